@@ -1,0 +1,57 @@
+# Baton: two commands on a fresh machine.
+#   make run   - the whole console with demo agents (embedded: SQLite, in-process worker)
+#   make test  - lint and the whole suite against Postgres, Redis, a Celery worker, Chromium
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+# The suite's services (override to point elsewhere).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
+CHROMIUM          ?= /usr/bin/chromium
+
+.PHONY: run test lint typecheck install bench chromium clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+# Plain HTTP on this machine only; production runs behind TLS (see the README).
+run: install
+	BATON_HTTPS=false $(BIN)/python manage.py up --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  echo "Installing Chromium from Debian for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: install lint chromium
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
+	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+	BATON_HTTPS=false SECRET_KEY=$$(head -c 32 /dev/urandom | base64) \
+	BATON_AGENT_MODULES=agents.demo,tests.support.agents \
+	BATON_CHROMIUM=$(CHROMIUM) DJANGO_ALLOW_ASYNC_UNSAFE=true \
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
+	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+	BATON_HTTPS=false SECRET_KEY=$$(head -c 32 /dev/urandom | base64) \
+	BATON_AGENT_MODULES=agents.demo,bench.support \
+	$(BIN)/python -m bench.gateway
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

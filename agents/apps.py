@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+import importlib
+
+from django.apps import AppConfig
+from django.conf import settings
+
+
+class AgentsConfig(AppConfig):
+    name = "agents"
+
+    def ready(self) -> None:
+        # Tools and agent programs register themselves on import; load the configured
+        # modules once here so every process (web, worker, beat) knows the same set.
+        for module in settings.BATON_AGENT_MODULES:
+            importlib.import_module(module)

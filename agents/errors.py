@@ -1,0 +1,65 @@
+"""What the gateway tells an agent program.
+
+Exceptions an agent may catch and adapt to derive from Exception. Control flow the
+gateway owns (suspend, delay, stop) derives from BaseException, so a program's
+`except Exception` cannot swallow a kill switch or an approval wait.
+"""
+
+from __future__ import annotations
+
+
+class ActionError(Exception):
+    """A step did not run or did not succeed; the agent may handle it."""
+
+    def __init__(self, tool: str, reason: str) -> None:
+        super().__init__(f"{tool}: {reason}")
+        self.tool = tool
+        self.reason = reason
+
+
+class PolicyDenied(ActionError):
+    pass
+
+
+class ArgumentsInvalid(PolicyDenied):
+    pass
+
+
+class ActionRejected(ActionError):
+    """A person rejected the held action; `reason` is what they wrote."""
+
+
+class ToolFailed(ActionError):
+    pass
+
+
+class GatewayStop(BaseException):  # noqa: N818  (control flow, not an error)
+    pass
+
+
+class Suspended(GatewayStop):
+    """The run waits for people; the task ends and holds no worker slot."""
+
+
+class Delayed(GatewayStop):
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+        self.reason = reason
+
+
+class Stopped(GatewayStop):
+    """A kill switch or a cancel covers the run. mode: 'pause', 'halt' or 'cancel'."""
+
+    def __init__(self, mode: str, reason: str) -> None:
+        super().__init__(reason)
+        self.mode = mode
+        self.reason = reason
+
+
+class LeaseLost(GatewayStop):
+    """Another worker owns the run now; this one must stop touching it."""
+
+
+class Divergence(GatewayStop):
+    """The program asked for something other than its journal holds: not deterministic."""

@@ -1,0 +1,362 @@
+"""The gateway: every call a hosted agent makes through `ctx` passes here (DESIGN section 4).
+
+Order of a tool step: kill switches and the run's own cancel flag, the journal (replay),
+the policy, the rate limit; then the outcome is journaled and audited in one transaction.
+A tool runs only after its action row is committed as `started`, so a worker killed
+mid-step leaves a trace the next attempt follows instead of guessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from agents import ratelimit
+from agents.errors import (
+    ActionRejected,
+    ArgumentsInvalid,
+    Delayed,
+    Divergence,
+    LeaseLost,
+    PolicyDenied,
+    Stopped,
+    Suspended,
+    ToolFailed,
+)
+from agents.killswitches import engaged_for, lock_for_admission
+from agents.llm import get_model
+from agents.models import Action, Run
+from agents.policy import Policy, Verdict, policy_for_version
+from agents.registry import Tool, ToolCall, UnknownTool, get_tool
+from audit import verbs
+from audit.chain import canonical_json
+from audit.services import Actor, audit_record
+
+S = Action.Status
+
+
+def args_hash(args: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(args)).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+class Context:
+    """What a hosted agent program sees. Everything non-deterministic goes through it."""
+
+    def __init__(self, run: Run, token: uuid.UUID, journal: dict[int, Action]) -> None:
+        self.run = run
+        self.agent = run.agent
+        self.version = run.version
+        self.policy: Policy = policy_for_version(
+            self.version.pk, json.dumps(self.version.policy, sort_keys=True)
+        )
+        self._token = token
+        self._journal = journal
+        self._seq = 0
+        self._lease = settings.BATON_RUN_LEASE_SECONDS
+        self._renew_at = time.monotonic() + self._lease / 2
+        self._actor = Actor.agent(self.agent)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.version.config
+
+    # --- the calls a program makes ----------------------------------------------------
+
+    def tool(self, name: str, /, **args: Any) -> Any:
+        self._seq += 1
+        existing = self._journal.get(self._seq)
+        if existing is not None:
+            return self._replay(existing, name, args)
+        return self._new_tool_step(self._seq, name, args)
+
+    def model(self, prompt: str, *, purpose: str = "") -> Any:
+        self._seq += 1
+        seq = self._seq
+        request = {"prompt": prompt, "purpose": purpose}
+        existing = self._journal.get(seq)
+        if existing is not None:
+            self._check_same(existing, Action.Kind.MODEL, existing.name, request)
+            return existing.result
+        client = get_model(self.config.get("model", "scripted"))
+        started = timezone.now()
+        reply = client.complete(prompt=prompt, purpose=purpose, config=self.config)
+        meta = {k: reply.get(k) for k in ("tokens_in", "tokens_out", "cost_eur")}
+        meta["rationale"] = reply.get("rationale", "")
+        with transaction.atomic():
+            self._admit()
+            action = self._create(
+                seq, Action.Kind.MODEL, client.name, request, request, status=S.SUCCEEDED,
+                result=_jsonable(reply["output"]), meta=meta, started_at=started,
+                finished_at=timezone.now(),
+            )
+            self._audit(verbs.MODEL_CALLED, action, model=client.name, purpose=purpose, **meta)
+        return action.result
+
+    def now(self) -> datetime:
+        value = self._value("now", lambda: timezone.now().isoformat())
+        return datetime.fromisoformat(value)
+
+    def random(self) -> float:
+        return float(self._value("random", lambda: random.random()))  # noqa: S311  (not a secret)
+
+    # --- replay -----------------------------------------------------------------------
+
+    def _check_same(self, existing: Action, kind: str, name: str, args: dict[str, Any]) -> None:
+        if existing.kind == kind and existing.name == name:
+            if args_hash(existing.requested_args) == args_hash(_jsonable(args)):
+                return
+        raise Divergence(
+            f"run {self.run.pk} diverged at step {existing.seq}: the journal holds "
+            f"{existing.kind} {existing.name!r} with {existing.requested_args}, but the program "
+            f"now asks for {kind} {name!r} with {_jsonable(args)}. Agent programs must be "
+            "deterministic given their journal: use ctx.now() and ctx.random()."
+        )
+
+    def _replay(self, existing: Action, name: str, args: dict[str, Any]) -> Any:
+        self._check_same(existing, Action.Kind.TOOL, name, args)
+        status = existing.status
+        if status in (S.SUCCEEDED, S.SHADOWED):
+            return existing.result
+        if status == S.FAILED:
+            raise ToolFailed(name, existing.error)
+        if status == S.INVALID:
+            raise ArgumentsInvalid(name, existing.reason)
+        if status == S.DENIED:
+            raise PolicyDenied(name, existing.reason)
+        if status in (S.REJECTED, S.CANCELLED):
+            raise ActionRejected(name, existing.error or existing.reason)
+        if status in (S.HELD, S.UNKNOWN):
+            with transaction.atomic():
+                self._admit()
+                self._park_for_approval()
+            raise Suspended()
+        tool = get_tool(name)
+        if status == S.APPROVED or tool.idempotent:
+            # Approved: run it now. Started but never finished (the worker died): a tool
+            # that takes an idempotency key is simply called again with the same key.
+            return self._execute(existing.seq, tool, existing.args, existing.requested_args,
+                                 None, existing)
+        self._hold_unknown(existing)
+        raise Suspended()
+
+    # --- a new step -------------------------------------------------------------------
+
+    def _new_tool_step(self, seq: int, name: str, args: dict[str, Any]) -> Any:
+        try:
+            requested = _jsonable(args)
+        except (TypeError, ValueError):
+            requested = {k: repr(v) for k, v in args.items()}
+            return self._refuse(seq, name, requested, S.INVALID, "arguments are not JSON")
+        try:
+            tool = get_tool(name)
+        except UnknownTool as exc:
+            return self._refuse(seq, name, requested, S.DENIED, str(exc))
+        errors = tool.argument_errors(requested)
+        if errors:
+            return self._refuse(seq, name, requested, S.INVALID, "; ".join(errors))
+        verdict = self.policy.decide(name, requested)
+        if verdict.effect == "deny":
+            return self._refuse(seq, name, requested, S.DENIED, verdict.reason, verdict)
+        if verdict.effect == "shadow":
+            return self._shadow(seq, tool, requested, verdict)
+        if verdict.effect == "approve":
+            self._hold(seq, tool, requested, verdict)
+            raise Suspended()
+        limit = self.policy.rate_limit_for(name)
+        if limit is not None:
+            wait = ratelimit.take(self.agent.pk, limit)
+            if wait:
+                raise Delayed(wait, f"rate limit {limit.limit}/{limit.per}s for {limit.tool}")
+        return self._execute(seq, tool, requested, requested, verdict, None)
+
+    def _refuse(
+        self, seq: int, name: str, args: dict[str, Any], status: str, reason: str,
+        verdict: Verdict | None = None,
+    ) -> Any:
+        with transaction.atomic():
+            self._admit()
+            action = self._create(
+                seq, Action.Kind.TOOL, name, args, args, status=status, reason=reason,
+                decision=Action.Decision.DENY, verdict=verdict, finished_at=timezone.now(),
+            )
+            verb = verbs.ACTION_INVALID if status == S.INVALID else verbs.ACTION_DENIED
+            self._audit(verb, action, args=args, reason=reason, rule=action.rule)
+        if status == S.INVALID:
+            raise ArgumentsInvalid(name, reason)
+        raise PolicyDenied(name, reason)
+
+    def _shadow(self, seq: int, tool: Tool, args: dict[str, Any], verdict: Verdict) -> Any:
+        call = ToolCall(args, self._key(seq), self.run.pk, self.agent.slug)
+        simulated = tool.simulate(call) if tool.simulate else {"simulated": True}
+        with transaction.atomic():
+            self._admit()
+            action = self._create(
+                seq, Action.Kind.TOOL, tool.name, args, args, status=S.SHADOWED,
+                decision=Action.Decision.SHADOW, verdict=verdict, result=_jsonable(simulated),
+                finished_at=timezone.now(),
+            )
+            self._audit(verbs.ACTION_SHADOWED, action, args=args, result=action.result,
+                        rule=action.rule)
+        return action.result
+
+    def _hold(self, seq: int, tool: Tool, args: dict[str, Any], verdict: Verdict) -> None:
+        from approvals.services import approval_request_open
+
+        with transaction.atomic():
+            self._admit()
+            action = self._create(
+                seq, Action.Kind.TOOL, tool.name, args, args, status=S.HELD,
+                decision=Action.Decision.APPROVE, verdict=verdict,
+            )
+            self._park_for_approval()
+            self._audit(verbs.ACTION_HELD, action, args=args, rule=action.rule)
+            approval_request_open(action=action, tool=tool, rule=verdict.rule)
+
+    def _hold_unknown(self, existing: Action) -> None:
+        from approvals.services import approval_request_open
+
+        with transaction.atomic():
+            self._admit()
+            moved = Action.objects.filter(
+                pk=existing.pk, status=S.STARTED, attempts=existing.attempts
+            ).update(status=S.UNKNOWN, reason="the worker stopped mid-step; outcome unknown")
+            if moved != 1:
+                raise LeaseLost()
+            existing.status = S.UNKNOWN
+            self._park_for_approval()
+            self._audit(verbs.ACTION_UNKNOWN, existing, args=existing.args)
+            approval_request_open(action=existing, tool=get_tool(existing.name), rule=None)
+
+    # --- execution --------------------------------------------------------------------
+
+    def _execute(
+        self, seq: int, tool: Tool, args: dict[str, Any], requested: dict[str, Any],
+        verdict: Verdict | None, existing: Action | None,
+    ) -> Any:
+        started = timezone.now()
+        with transaction.atomic():
+            self._admit()
+            if existing is None:
+                action = self._create(
+                    seq, Action.Kind.TOOL, tool.name, requested, args, status=S.STARTED,
+                    decision=Action.Decision.ALLOW, verdict=verdict, started_at=started,
+                    attempts=1,
+                )
+                verb = verbs.ACTION_ALLOWED
+            else:
+                action = existing
+                moved = Action.objects.filter(
+                    pk=action.pk, status=action.status, attempts=action.attempts
+                ).update(status=S.STARTED, attempts=F("attempts") + 1, started_at=started)
+                if moved != 1:
+                    raise LeaseLost()
+                verb = verbs.ACTION_ALLOWED if action.status == S.APPROVED else verbs.ACTION_RETRIED
+                action.status, action.attempts = S.STARTED, action.attempts + 1
+            self._audit(verb, action, args=args, rule=action.rule, attempt=action.attempts)
+        call = ToolCall(args, action.idempotency_key, self.run.pk, self.agent.slug)
+        try:
+            result = _jsonable(tool.fn(call))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self._finish(action, S.FAILED, verbs.ACTION_FAILED, error=error)
+            raise ToolFailed(tool.name, error) from exc
+        self._finish(action, S.SUCCEEDED, verbs.ACTION_SUCCEEDED, result=result)
+        return result
+
+    def _finish(self, action: Action, status: str, verb: str, *, result: Any = None,
+                error: str = "") -> None:
+        finished = timezone.now()
+        with transaction.atomic():
+            # Fenced by the attempt: a worker that lost the step to another writes nothing.
+            moved = Action.objects.filter(
+                pk=action.pk, status=S.STARTED, attempts=action.attempts
+            ).update(status=status, result=result, error=error, finished_at=finished)
+            if moved != 1:
+                raise LeaseLost()
+            action.status, action.result, action.error = status, result, error
+            action.finished_at = finished
+            self._audit(verb, action, result=result, error=error,
+                        duration_ms=action.duration_ms)
+
+    # --- the run's lease, switches and journal rows ------------------------------------
+
+    def _admit(self) -> None:
+        """Inside the step's transaction: refuse if the run was cancelled, another worker
+        owns it, or a kill switch covers it. Serialises with engage (agents.killswitches)."""
+        lock_for_admission(self.agent)
+        row = Run.objects.filter(pk=self.run.pk).values_list("status", "lease_token").first()
+        if row is not None and row[0] == Run.Status.CANCELLED:
+            raise Stopped("cancel", "the run was cancelled")
+        if row is None or row[0] != Run.Status.RUNNING or row[1] != self._token:
+            raise LeaseLost()
+        for switch in engaged_for(self.agent):
+            raise Stopped(switch.mode, f"{switch.mode} by kill switch on {switch.target}: "
+                                       f"{switch.reason}")
+        if time.monotonic() >= self._renew_at:
+            until = timezone.now() + timedelta(seconds=self._lease)
+            if not Run.objects.filter(pk=self.run.pk, lease_token=self._token).update(
+                lease_until=until
+            ):
+                raise LeaseLost()
+            self._renew_at = time.monotonic() + self._lease / 2
+
+    def _park_for_approval(self) -> None:
+        parked = Run.objects.filter(pk=self.run.pk, lease_token=self._token).update(
+            status=Run.Status.WAITING, wait_reason=Run.WaitReason.APPROVAL,
+            lease_token=None, lease_until=None,
+        )
+        if parked != 1:
+            raise LeaseLost()
+        self.run.status = Run.Status.WAITING
+
+    def _key(self, seq: int) -> str:
+        return f"baton-run{self.run.pk}-step{seq}"
+
+    def _create(self, seq: int, kind: str, name: str, requested: dict[str, Any],
+                args: dict[str, Any], *, status: str, verdict: Verdict | None = None,
+                **fields: Any) -> Action:
+        rule = verdict.rule.describe() if verdict and verdict.rule else None
+        if verdict is not None:
+            fields.setdefault("reason", verdict.reason)
+        try:
+            action = Action.objects.create(
+                run=self.run, seq=seq, kind=kind, name=name, requested_args=requested,
+                args=args, args_hash=args_hash(args), status=status,
+                rule_index=verdict.rule.index if verdict and verdict.rule else None,
+                rule=rule, idempotency_key=self._key(seq), **fields,
+            )
+        except IntegrityError:
+            # Another worker wrote this step first: it owns the run now.
+            raise LeaseLost() from None
+        self._journal[seq] = action
+        return action
+
+    def _value(self, name: str, make: Any) -> Any:
+        self._seq += 1
+        existing = self._journal.get(self._seq)
+        if existing is not None:
+            self._check_same(existing, Action.Kind.VALUE, name, {})
+            return existing.result
+        value = make()
+        self._create(self._seq, Action.Kind.VALUE, name, {}, {}, status=S.SUCCEEDED,
+                     result=value, finished_at=timezone.now())
+        return value
+
+    def _audit(self, verb: str, action: Action, **payload: Any) -> None:
+        payload = {"seq": action.seq, "tool": action.name, "status": action.status, **payload}
+        audit_record(verb=verb, actor=self._actor, subject_type="action", subject_id=action.pk,
+                     agent=self.agent, run=self.run, payload=payload)

@@ -1,0 +1,304 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Team(models.Model):
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("supervise_team", "Supervise the team's agents: runs, approvals, kill switches"),
+            ("administer_team", "Administer the team's agents: versions, policies, grants"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Agent(models.Model):
+    class Kind(models.TextChoices):
+        HOSTED = "hosted", "Hosted (runs in Baton's workers)"
+        REMOTE = "remote", "Remote (calls Baton's API)"
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="agents")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.HOSTED)
+    live_version = models.ForeignKey(
+        "AgentVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "name"]
+        permissions = [
+            ("supervise_agent", "Supervise the agent: runs, approvals, kill switches"),
+            ("administer_agent", "Administer the agent: versions, policies, grants"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AgentVersion(models.Model):
+    """An immutable configuration of an agent; a change is a new version."""
+
+    class Stage(models.TextChoices):
+        DRAFT = "draft"
+        SHADOW = "shadow"
+        CANARY = "canary"
+        LIVE = "live"
+        RETIRED = "retired"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    program = models.CharField(max_length=200, help_text="Registered name of the agent program")
+    config = models.JSONField(default=dict, blank=True)
+    policy = models.JSONField(default=dict, blank=True)
+    stage = models.CharField(max_length=10, choices=Stage.choices, default=Stage.DRAFT)
+    canary_percent = models.PositiveSmallIntegerField(default=0)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["agent", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "number"], name="version_number_unique"),
+            models.CheckConstraint(
+                condition=Q(canary_percent__lte=100), name="version_canary_percent_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent.slug} v{self.number}"
+
+
+class Run(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        WAITING = "waiting"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class WaitReason(models.TextChoices):
+        NONE = "", "—"
+        APPROVAL = "approval", "waiting for approval"
+        PAUSED = "paused", "paused by a kill switch"
+        RATE_LIMIT = "rate_limit", "delayed by a rate limit"
+
+    FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
+    version = models.ForeignKey(AgentVersion, on_delete=models.PROTECT, related_name="runs")
+    input = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    wait_reason = models.CharField(
+        max_length=12, choices=WaitReason.choices, default=WaitReason.NONE, blank=True
+    )
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    launched_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Delivery bookkeeping: when the run was last handed to the broker, and not before when
+    # it may run again (rate limits); the sweep reads both to find runs nobody picked up.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    wake_at = models.DateTimeField(null=True, blank=True)
+    # The lease: the one worker executing the run holds the token until lease_until; every
+    # step renews it and every write is fenced by it, so a worker that lost its lease can
+    # no longer change the run.
+    lease_token = models.UUIDField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["agent", "-created_at"], name="run_agent_recent"),
+            models.Index(fields=["status", "enqueued_at"], name="run_status_enqueued"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.agent_id}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+
+class Action(models.Model):
+    """One step of a run's journal: the unit Baton governs, shows and audits."""
+
+    class Kind(models.TextChoices):
+        TOOL = "tool"
+        MODEL = "model"
+        VALUE = "value", "recorded value (clock, random)"
+
+    class Status(models.TextChoices):
+        STARTED = "started"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        DENIED = "denied"
+        INVALID = "invalid", "invalid arguments"
+        SHADOWED = "shadowed"
+        HELD = "held", "held for approval"
+        APPROVED = "approved", "approved, not yet executed"
+        REJECTED = "rejected"
+        UNKNOWN = "unknown", "outcome unknown"
+        CANCELLED = "cancelled"
+
+    # Outcomes a replay returns or raises without asking the gateway again.
+    FINAL = (
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.DENIED,
+        Status.INVALID,
+        Status.SHADOWED,
+        Status.REJECTED,
+        Status.CANCELLED,
+    )
+
+    class Decision(models.TextChoices):
+        NONE = "", "—"
+        ALLOW = "allow"
+        DENY = "deny"
+        APPROVE = "approve"
+        SHADOW = "shadow"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="actions")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=5, choices=Kind.choices)
+    name = models.CharField(max_length=100)
+    # What the agent asked for, and what was (or will be) executed: they differ when an
+    # approver edited the arguments. Replay compares against the request.
+    requested_args = models.JSONField(default=dict)
+    args = models.JSONField(default=dict)
+    args_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    decision = models.CharField(max_length=8, choices=Decision.choices, blank=True, default="")
+    rule_index = models.IntegerField(null=True, blank=True)
+    rule = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    meta = models.JSONField(default=dict, blank=True)
+    idempotency_key = models.CharField(max_length=100)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "seq"], name="action_seq_unique"),
+        ]
+        indexes = [models.Index(fields=["-created_at"], name="action_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.seq} {self.name}"
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds() * 1000
+        return None
+
+
+class KillSwitch(models.Model):
+    class Scope(models.TextChoices):
+        GLOBAL = "global", "everything"
+        TEAM = "team"
+        AGENT = "agent"
+
+    class Mode(models.TextChoices):
+        PAUSE = "pause"
+        HALT = "halt"
+
+    scope = models.CharField(max_length=6, choices=Scope.choices)
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT)
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.PROTECT)
+    # "global", "team:<id>" or "agent:<id>": one engaged switch per target, portable across
+    # databases (a unique constraint over nullable columns would not be).
+    target = models.CharField(max_length=40)
+    mode = models.CharField(max_length=5, choices=Mode.choices)
+    reason = models.TextField()
+    engaged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    engaged_at = models.DateTimeField(auto_now_add=True)
+    released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    released_at = models.DateTimeField(null=True, blank=True)
+    release_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-engaged_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["target"],
+                condition=Q(released_at__isnull=True),
+                name="one_engaged_switch_per_target",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(scope="global", team__isnull=True, agent__isnull=True)
+                    | Q(scope="team", team__isnull=False, agent__isnull=True)
+                    | Q(scope="agent", team__isnull=True, agent__isnull=False)
+                ),
+                name="switch_scope_matches_target",
+            ),
+            models.CheckConstraint(condition=~Q(reason=""), name="switch_needs_reason"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mode} {self.target}"
+
+
+# The sandbox business tables the demo agents act on, so every side effect is visible
+# and countable. The idempotency key is what makes a retried tool call harmless, just as
+# a real payment provider's idempotency key would.
+class Payment(models.Model):
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    claim_id = models.CharField(max_length=40)
+    payee = models.CharField(max_length=100)
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class PurchaseOrder(models.Model):
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    sku = models.CharField(max_length=40)
+    supplier = models.CharField(max_length=100)
+    quantity = models.PositiveIntegerField()
+    unit_price = models.DecimalField(max_digits=12, decimal_places=2)
+    total = models.DecimalField(max_digits=14, decimal_places=2)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class SentEmail(models.Model):
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    to = models.EmailField()
+    subject = models.CharField(max_length=200)
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)

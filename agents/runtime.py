@@ -1,0 +1,126 @@
+"""Running a hosted agent: claim the run, replay its program against the journal, and
+settle the run from how the program ended. Every transition is compare-and-set on the
+run's lease token and writes its audit event in the same transaction."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from agents.errors import Delayed, Divergence, GatewayStop, LeaseLost, Stopped, Suspended
+from agents.gateway import Context, _jsonable
+from agents.killswitches import engaged_for
+from agents.models import Run
+from agents.registry import get_program
+from audit import verbs
+from audit.services import SYSTEM, Actor, audit_record
+
+log = logging.getLogger(__name__)
+
+
+def enqueue(run_id: int, *, countdown: float | None = None) -> None:
+    """Hand the run to a worker once the current transaction commits. Losing this message
+    loses nothing: the sweep finds queued runs nobody picked up."""
+    from agents.tasks import run_execute
+
+    def send() -> None:
+        run_execute.apply_async((run_id,), countdown=countdown)
+
+    transaction.on_commit(send, robust=True)
+
+
+def _claim(run_id: int, token: uuid.UUID) -> Run | None:
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = (
+            Run.objects.filter(pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING])
+            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+            .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
+            .update(
+                status=Run.Status.RUNNING,
+                wait_reason="",
+                wake_at=None,
+                lease_token=token,
+                lease_until=now + timedelta(seconds=settings.BATON_RUN_LEASE_SECONDS),
+                attempts=F("attempts") + 1,
+                started_at=Coalesce("started_at", now),
+            )
+        )
+        if not claimed:
+            return None
+        run = Run.objects.select_related("agent__team", "version").get(pk=run_id)
+        audit_record(verb=verbs.RUN_STARTED, actor=SYSTEM, subject_type="run", subject_id=run.pk,
+                     agent=run.agent, run=run, payload={"attempt": run.attempts})
+    return run
+
+
+def _settle(run: Run, token: uuid.UUID, verb: str, payload: dict[str, Any], **fields: Any) -> None:
+    with transaction.atomic():
+        moved = Run.objects.filter(pk=run.pk, lease_token=token).update(
+            lease_token=None, lease_until=None, **fields
+        )
+        if moved:
+            audit_record(verb=verb, actor=Actor.agent(run.agent), subject_type="run",
+                         subject_id=run.pk, agent=run.agent, run=run, payload=payload)
+            if fields.get("status") == Run.Status.QUEUED:
+                enqueue(run.pk, countdown=payload.get("countdown"))
+
+
+def execute_run(run_id: int) -> None:
+    """Execute (or resume) a run. Safe to call any number of times for the same run."""
+    token = uuid.uuid4()
+    run = _claim(run_id, token)
+    if run is None:
+        return  # finished, waiting, owned by a live worker, or not due yet
+    try:
+        for switch in engaged_for(run.agent):
+            raise Stopped(switch.mode, f"{switch.mode} by kill switch on {switch.target}")
+        program = get_program(run.version.program)
+        journal = {a.seq: a for a in run.actions.all()}
+        output = program(Context(run, token, journal), run.input)
+    except Suspended:
+        return
+    except LeaseLost:
+        log.info("run %s: lease lost to another worker", run_id)
+        return
+    except Delayed as d:
+        _settle(run, token, verbs.RUN_DELAYED, {"reason": d.reason, "countdown": d.countdown},
+                status=Run.Status.QUEUED, wait_reason=Run.WaitReason.RATE_LIMIT,
+                wake_at=timezone.now() + timedelta(seconds=d.countdown),
+                enqueued_at=timezone.now())
+    except Stopped as s:
+        if s.mode == "pause":
+            _settle(run, token, verbs.RUN_PAUSED, {"reason": s.reason},
+                    status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED)
+        elif s.mode == "halt":
+            _settle(run, token, verbs.RUN_CANCELLED, {"reason": s.reason},
+                    status=Run.Status.CANCELLED, error=s.reason, finished_at=timezone.now())
+        # "cancel": whoever cancelled the run already settled it.
+    except Divergence as d:
+        _fail(run, token, str(d))
+    except GatewayStop:
+        raise
+    except Exception as exc:
+        log.exception("run %s failed", run_id)
+        _fail(run, token, f"{type(exc).__name__}: {exc}")
+    else:
+        try:
+            result = _jsonable(output)
+        except (TypeError, ValueError):
+            _fail(run, token, "the program returned a value that is not JSON")
+            return
+        _settle(run, token, verbs.RUN_SUCCEEDED, {}, status=Run.Status.SUCCEEDED,
+                output=result, finished_at=timezone.now())
+
+
+def _fail(run: Run, token: uuid.UUID, error: str) -> None:
+    _settle(run, token, verbs.RUN_FAILED, {"error": error}, status=Run.Status.FAILED,
+            error=error, finished_at=timezone.now())

@@ -1,0 +1,78 @@
+"""Reads of agents and runs, already filtered to what the user may see."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+
+from agents.models import Action, Agent, KillSwitch, Run
+from console.permissions import agents_for_user
+
+
+def runs_for_user(user: Any) -> QuerySet[Run]:
+    return Run.objects.filter(agent__in=agents_for_user(user).values("pk")).select_related(
+        "agent__team", "version"
+    )
+
+
+def run_for_user(user: Any, run_id: int) -> Run:
+    run = runs_for_user(user).filter(pk=run_id).first()
+    if run is None:
+        raise Http404("No such run.")
+    return run
+
+
+def journal(run: Run) -> list[Action]:
+    return list(run.actions.select_related("approval_request").order_by("seq"))
+
+
+def engaged_switches() -> list[KillSwitch]:
+    return list(KillSwitch.objects.filter(released_at__isnull=True).select_related("team", "agent"))
+
+
+def agent_state(agent: Agent, switches: list[KillSwitch]) -> str:
+    """active, paused or halted: the strongest switch covering the agent."""
+    covering = [
+        s.mode for s in switches
+        if s.target in ("global", f"team:{agent.team_id}", f"agent:{agent.pk}")
+    ]
+    if KillSwitch.Mode.HALT in covering:
+        return "halted"
+    return "paused" if covering else "active"
+
+
+def overview(user: Any) -> dict[str, Any]:
+    open_runs = Q(runs__status__in=[Run.Status.QUEUED, Run.Status.RUNNING])
+    agents = list(
+        agents_for_user(user).annotate(
+            active_runs=Count("runs", filter=open_runs),
+            waiting_runs=Count("runs", filter=Q(runs__status=Run.Status.WAITING)),
+            failed_runs=Count("runs", filter=Q(runs__status=Run.Status.FAILED)),
+        )
+    )
+    switches = engaged_switches()
+    for agent in agents:
+        agent.state = agent_state(agent, switches)
+    visible = [a.pk for a in agents]
+    recent_runs = (
+        Run.objects.filter(agent_id__in=visible).select_related("agent", "version")
+        .order_by("-created_at")[:15]
+    )
+    recent_actions = (
+        Action.objects.filter(run__agent_id__in=visible, kind=Action.Kind.TOOL)
+        .select_related("run__agent").order_by("-created_at")[:20]
+    )
+    return {"agents": agents, "recent_runs": recent_runs, "recent_actions": recent_actions,
+            "switches": switches}
+
+
+def agent_detail(agent: Agent) -> dict[str, Any]:
+    switches = engaged_switches()
+    agent.state = agent_state(agent, switches)
+    return {
+        "agent": agent,
+        "versions": agent.versions.select_related("author").order_by("-number"),
+        "runs": agent.runs.select_related("version").order_by("-created_at")[:50],
+    }

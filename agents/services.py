@@ -1,0 +1,242 @@
+"""Every state change of agents, versions, runs and kill switches (STYLE: services)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from agents.killswitches import engaged_for, lock_for_engage
+from agents.models import Action, Agent, AgentVersion, KillSwitch, Run, Team
+from agents.policy import PolicyError, parse_policy
+from agents.registry import UnknownProgram, get_program
+from agents.runtime import enqueue
+from audit import verbs
+from audit.services import SYSTEM, Actor, audit_record
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+
+class ServiceError(Exception):
+    """A request the service refuses; the message is shown to the user as it is."""
+
+
+AGENT_HALTED = "{agent} is halted: release the kill switch before starting runs"
+NO_LIVE_VERSION = "{agent} has no live version to run"
+SWITCH_ALREADY_ENGAGED = "a kill switch is already engaged on {target}"
+SWITCH_NOT_ENGAGED = "this kill switch was already released"
+REASON_REQUIRED = "a reason is required"
+RUN_ALREADY_FINISHED = "run {run} has already finished"
+
+
+def _actor(user: User | None) -> Actor:
+    return Actor.user(user) if user is not None else SYSTEM
+
+
+def team_create(*, slug: str, name: str) -> Team:
+    return Team.objects.create(slug=slug, name=name)
+
+
+def agent_create(
+    *, slug: str, name: str, team: Team, kind: str = Agent.Kind.HOSTED, description: str = "",
+    owner: User | None = None, user: User | None = None,
+) -> Agent:
+    with transaction.atomic():
+        agent = Agent.objects.create(slug=slug, name=name, team=team, kind=kind,
+                                     description=description, owner=owner)
+        audit_record(verb=verbs.AGENT_CREATED, actor=_actor(user), subject_type="agent",
+                     subject_id=agent.pk, agent=agent, payload={"slug": slug, "name": name})
+    return agent
+
+
+def version_create(
+    *, agent: Agent, program: str, policy: dict[str, Any], config: dict[str, Any] | None = None,
+    note: str = "", user: User | None = None,
+) -> AgentVersion:
+    """A new draft version. Versions are never edited afterwards: a change is a new one."""
+    try:
+        parse_policy(policy)
+        if agent.kind == Agent.Kind.HOSTED:
+            get_program(program)
+    except (PolicyError, UnknownProgram) as exc:
+        raise ServiceError(str(exc)) from exc
+    with transaction.atomic():
+        last = (
+            AgentVersion.objects.select_for_update()
+            .filter(agent=agent).order_by("-number").values_list("number", flat=True).first()
+        )
+        version = AgentVersion.objects.create(
+            agent=agent, number=(last or 0) + 1, program=program, policy=policy,
+            config=config or {}, note=note, author=user,
+        )
+        audit_record(verb=verbs.VERSION_CREATED, actor=_actor(user), subject_type="version",
+                     subject_id=version.pk, agent=agent,
+                     payload={"number": version.number, "program": program, "policy": policy})
+    return version
+
+
+def version_publish(*, version: AgentVersion, user: User | None = None, reason: str = "") -> None:
+    """Make the version live for new runs (rollout through shadow and canary comes later)."""
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=version.agent_id)
+        AgentVersion.objects.filter(agent=agent, stage=AgentVersion.Stage.LIVE).exclude(
+            pk=version.pk
+        ).update(stage=AgentVersion.Stage.RETIRED)
+        AgentVersion.objects.filter(pk=version.pk).update(
+            stage=AgentVersion.Stage.LIVE, published_at=timezone.now()
+        )
+        agent.live_version = version
+        agent.save(update_fields=["live_version"])
+        audit_record(verb=verbs.POLICY_PUBLISHED, actor=_actor(user), subject_type="version",
+                     subject_id=version.pk, agent=agent,
+                     payload={"number": version.number, "reason": reason})
+
+
+def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
+    with transaction.atomic():
+        if agent.live_version_id is None:
+            raise ServiceError(NO_LIVE_VERSION.format(agent=agent.name))
+        if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
+            raise ServiceError(AGENT_HALTED.format(agent=agent.name))
+        run = Run.objects.create(agent=agent, version_id=agent.live_version_id, input=input,
+                                 launched_by=user, enqueued_at=timezone.now())
+        audit_record(verb=verbs.RUN_QUEUED, actor=_actor(user), subject_type="run",
+                     subject_id=run.pk, agent=agent, run=run,
+                     payload={"input": input, "version": agent.live_version_id})
+        enqueue(run.pk)
+    return run
+
+
+def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
+    """Cancel the given unfinished runs, their held actions and pending approvals."""
+    from approvals.services import approvals_cancel_for_runs
+
+    count = 0
+    for run in runs.select_related("agent__team").exclude(status__in=Run.FINAL):
+        moved = Run.objects.filter(pk=run.pk).exclude(status__in=Run.FINAL).update(
+            status=Run.Status.CANCELLED, error=reason, finished_at=timezone.now(),
+            lease_token=None, lease_until=None, wait_reason="",
+        )
+        if not moved:
+            continue
+        count += 1
+        Action.objects.filter(run=run, status__in=[Action.Status.HELD, Action.Status.APPROVED,
+                                                   Action.Status.UNKNOWN]).update(
+            status=Action.Status.CANCELLED, error=reason
+        )
+        approvals_cancel_for_runs(run_ids=[run.pk], reason=reason, actor=actor)
+        audit_record(verb=verbs.RUN_CANCELLED, actor=actor, subject_type="run",
+                     subject_id=run.pk, agent=run.agent, run=run, payload={"reason": reason})
+    return count
+
+
+def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
+    if not reason.strip():
+        raise ServiceError(REASON_REQUIRED)
+    with transaction.atomic():
+        lock_for_engage(f"agent:{run.agent_id}")
+        if not _cancel_runs(Run.objects.filter(pk=run.pk), reason=reason, actor=_actor(user)):
+            raise ServiceError(RUN_ALREADY_FINISHED.format(run=run.pk))
+
+
+def _scope_runs(switch: KillSwitch) -> Any:
+    if switch.scope == KillSwitch.Scope.AGENT:
+        return Run.objects.filter(agent_id=switch.agent_id)
+    if switch.scope == KillSwitch.Scope.TEAM:
+        return Run.objects.filter(agent__team_id=switch.team_id)
+    return Run.objects.all()
+
+
+def killswitch_engage(
+    *, scope: str, mode: str, reason: str, user: User | None,
+    team: Team | None = None, agent: Agent | None = None,
+) -> KillSwitch:
+    """Stop an agent, a team or everything. Once this commits no covered action is admitted:
+    the gateway's admission takes the same lock (agents.killswitches)."""
+    if not reason.strip():
+        raise ServiceError(REASON_REQUIRED)
+    target = {"global": "global", "team": f"team:{team.pk if team else ''}",
+              "agent": f"agent:{agent.pk if agent else ''}"}[scope]
+    with transaction.atomic():
+        lock_for_engage(target)
+        if KillSwitch.objects.filter(target=target, released_at__isnull=True).exists():
+            raise ServiceError(SWITCH_ALREADY_ENGAGED.format(target=target))
+        switch = KillSwitch.objects.create(scope=scope, team=team, agent=agent, target=target,
+                                           mode=mode, reason=reason, engaged_by=user)
+        cancelled = 0
+        if mode == KillSwitch.Mode.HALT:
+            cancelled = _cancel_runs(_scope_runs(switch), reason=f"halted: {reason}",
+                                     actor=_actor(user))
+        audit_record(verb=verbs.KILLSWITCH_ENGAGED, actor=_actor(user),
+                     subject_type="killswitch", subject_id=switch.pk, agent=agent,
+                     payload={"target": target, "mode": mode, "reason": reason,
+                              "runs_cancelled": cancelled})
+    return switch
+
+
+def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) -> int:
+    """Release a switch; runs a pause parked are queued again unless another switch still
+    covers them. A halt's runs stay cancelled. Returns how many runs were re-queued."""
+    if not reason.strip():
+        raise ServiceError(REASON_REQUIRED)
+    with transaction.atomic():
+        lock_for_engage(switch.target)
+        released = KillSwitch.objects.filter(pk=switch.pk, released_at__isnull=True).update(
+            released_at=timezone.now(), released_by=user, release_reason=reason
+        )
+        if not released:
+            raise ServiceError(SWITCH_NOT_ENGAGED)
+        requeued = 0
+        parked = _scope_runs(switch).filter(
+            status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED
+        ).select_related("agent__team")
+        for run in parked:
+            if engaged_for(run.agent):
+                continue
+            if Run.objects.filter(pk=run.pk, status=Run.Status.WAITING,
+                                  wait_reason=Run.WaitReason.PAUSED).update(
+                status=Run.Status.QUEUED, wait_reason="", enqueued_at=timezone.now()
+            ):
+                requeued += 1
+                enqueue(run.pk)
+        audit_record(verb=verbs.KILLSWITCH_RELEASED, actor=_actor(user),
+                     subject_type="killswitch", subject_id=switch.pk,
+                     agent=switch.agent, payload={"target": switch.target, "reason": reason,
+                                                  "runs_requeued": requeued})
+    return requeued
+
+
+def runs_sweep() -> int:
+    """Re-enqueue runs nobody is working on: queued but never picked up, or running under
+    a lease that expired because its worker died. Duplicates are harmless (runs replay)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.BATON_REQUEUE_AFTER_SECONDS)
+    count = 0
+    orphaned = Run.objects.filter(status=Run.Status.RUNNING, lease_until__lt=now)
+    for run in orphaned.select_related("agent__team")[:500]:
+        with transaction.atomic():
+            if Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING,
+                                  lease_until__lt=now).update(
+                status=Run.Status.QUEUED, lease_token=None, lease_until=None, enqueued_at=now
+            ):
+                audit_record(verb=verbs.RUN_REQUEUED, actor=SYSTEM, subject_type="run",
+                             subject_id=run.pk, agent=run.agent, run=run,
+                             payload={"why": "lease expired: its worker stopped"})
+                enqueue(run.pk)
+                count += 1
+    forgotten = Run.objects.filter(status=Run.Status.QUEUED).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale)
+    ).filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
+    for run_id in forgotten.values_list("pk", flat=True)[:500]:
+        with transaction.atomic():
+            if Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).filter(
+                Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale)
+            ).update(enqueued_at=now):
+                enqueue(run_id)
+                count += 1
+    return count

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from agents import selectors
+from console.permissions import agent_for_user
+
+
+@require_GET
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    context = selectors.overview(request.user)
+    template = "agents/overview.html"
+    if request.htmx:
+        template += "#live"
+    return render(request, template, context)
+
+
+@require_GET
+@login_required
+def agent_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    agent = agent_for_user(request.user, slug)
+    return render(request, "agents/agent.html", selectors.agent_detail(agent))
+
+
+@require_GET
+@login_required
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = selectors.run_for_user(request.user, run_id)
+    template = "agents/run.html#journal" if request.htmx else "agents/run.html"
+    return render(request, template, {"run": run, "journal": selectors.journal(run)})

@@ -1,0 +1,187 @@
+"""Approval requests and decisions (DESIGN section 5). The screens come with the queue;
+the decision service is complete here so the resume path is real."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.utils import timezone
+
+from agents.gateway import args_hash
+from agents.models import Action, Run
+from agents.policy import Rule, policy_for_version
+from agents.registry import Tool, get_tool
+from agents.runtime import enqueue
+from agents.services import ServiceError
+from approvals.models import ApprovalDecision, ApprovalRequest
+from audit import verbs
+from audit.services import SYSTEM, Actor, audit_record
+from console.permissions import user_can
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+ALREADY_DECIDED = "already decided: {status} by {who}"
+STALE_DECISION = "the action changed since you opened it; reload and decide again"
+SELF_APPROVAL = "you launched this run, so someone else must decide it"
+AUTHOR_APPROVAL = "you authored the policy in force, so someone else must decide it"
+ALREADY_APPROVED_BY_YOU = "you already approved this request; it needs another approver"
+REJECT_NEEDS_REASON = "a rejection needs a reason: it is sent back to the agent"
+EDIT_INVALID = "the edited arguments break the tool's schema: {errors}"
+EDIT_DENIED = "the policy would deny the edited arguments: {reason}"
+
+
+class AlreadyDecided(ServiceError):
+    pass
+
+
+def approval_request_open(*, action: Action, tool: Tool, rule: Rule | None) -> ApprovalRequest:
+    run = action.run
+    timeout = rule.timeout_seconds if rule else 24 * 3600
+    request = ApprovalRequest.objects.create(
+        action=action, run=run, agent=run.agent, version=run.version,
+        kind=ApprovalRequest.Kind.POLICY if rule else ApprovalRequest.Kind.UNKNOWN_OUTCOME,
+        tool=tool.name, args=action.args, args_hash=action.args_hash, risk=tool.risk,
+        rule_index=rule.index if rule else None, rule=rule.describe() if rule else None,
+        required_approvals=rule.approvals if rule else 1,
+        on_timeout=rule.on_timeout if rule else "reject",
+        due_at=timezone.now() + timedelta(seconds=timeout),
+        launched_by_id=run.launched_by_id, policy_author_id=run.version.author_id,
+    )
+    audit_record(verb=verbs.APPROVAL_REQUESTED, actor=Actor.agent(run.agent),
+                 subject_type="approval", subject_id=request.pk, agent=run.agent, run=run,
+                 payload={"tool": tool.name, "args": action.args, "kind": request.kind,
+                          "required": request.required_approvals, "rule": request.rule})
+    return request
+
+
+def _release(request: ApprovalRequest, *, status: str, action_status: str, args: Any,
+             error: str) -> None:
+    """Settle the held action and hand its run back to a worker."""
+    now = timezone.now()
+    ApprovalRequest.objects.filter(pk=request.pk).update(status=status, decided_at=now)
+    Action.objects.filter(pk=request.action_id, status__in=[
+        Action.Status.HELD, Action.Status.UNKNOWN]).update(
+        status=action_status, args=args, args_hash=args_hash(args), error=error
+    )
+    if Run.objects.filter(pk=request.run_id, status=Run.Status.WAITING,
+                          wait_reason=Run.WaitReason.APPROVAL).update(
+        status=Run.Status.QUEUED, wait_reason="", enqueued_at=now
+    ):
+        enqueue(request.run_id)
+
+
+def approval_decide(
+    *, request_id: int, user: User, verdict: str, seen_args_hash: str, comment: str = "",
+    edited_args: dict[str, Any] | None = None,
+) -> ApprovalRequest:
+    comment = comment.strip()
+    if verdict == ApprovalDecision.Verdict.REJECT and not comment:
+        raise ServiceError(REJECT_NEEDS_REASON)
+    with transaction.atomic():
+        try:
+            request = ApprovalRequest.objects.select_for_update().select_related(
+                "agent", "run", "version").get(pk=request_id)
+        except ApprovalRequest.DoesNotExist:
+            raise ApprovalRequest.DoesNotExist(f"no approval request {request_id}") from None
+        if not user_can(user, "supervise", request.agent):
+            raise PermissionDenied("you may not decide this agent's actions")
+        if request.status != ApprovalRequest.Status.PENDING:
+            last = request.decisions.select_related("user").last()
+            who = last.user.get_username() if last else "the system"
+            raise AlreadyDecided(ALREADY_DECIDED.format(status=request.status, who=who))
+        if seen_args_hash != request.args_hash:
+            raise ServiceError(STALE_DECISION)
+        if user.pk == request.launched_by_id:
+            raise ServiceError(SELF_APPROVAL)
+        if user.pk == request.policy_author_id:
+            raise ServiceError(AUTHOR_APPROVAL)
+        if request.decisions.filter(user=user).exists():
+            raise ServiceError(ALREADY_APPROVED_BY_YOU)
+        args = request.args
+        if edited_args is not None and verdict == ApprovalDecision.Verdict.APPROVE:
+            args = _check_edit(request, edited_args)
+        ApprovalDecision.objects.create(
+            request=request, user=user, verdict=verdict, comment=comment,
+            edited_args=edited_args, args_hash=args_hash(args),
+            launched_by_id=request.launched_by_id, policy_author_id=request.policy_author_id,
+        )
+        if args != request.args:
+            # An edit is what later approvers see and bind to; approvals of the old
+            # arguments no longer count towards the quorum.
+            ApprovalRequest.objects.filter(pk=request.pk).update(args=args,
+                                                                 args_hash=args_hash(args))
+        approvals = request.decisions.filter(
+            verdict=ApprovalDecision.Verdict.APPROVE, args_hash=args_hash(args)
+        ).count()
+        payload = {"verdict": verdict, "comment": comment, "args": args,
+                   "edited": edited_args is not None, "approvals": approvals,
+                   "required": request.required_approvals}
+        if verdict == ApprovalDecision.Verdict.REJECT:
+            _release(request, status=ApprovalRequest.Status.REJECTED,
+                     action_status=Action.Status.REJECTED, args=request.args,
+                     error=f"rejected by {user.get_username()}: {comment}")
+            verb = verbs.APPROVAL_REJECTED
+        elif approvals >= request.required_approvals:
+            _release(request, status=ApprovalRequest.Status.APPROVED,
+                     action_status=Action.Status.APPROVED, args=args, error="")
+            verb = verbs.APPROVAL_APPROVED
+        else:
+            verb = verbs.APPROVAL_DECISION
+        audit_record(verb=verb, actor=Actor.user(user), subject_type="approval",
+                     subject_id=request.pk, agent=request.agent, run=request.run,
+                     payload=payload)
+    request.refresh_from_db()
+    return request
+
+
+def _check_edit(request: ApprovalRequest, edited: Any) -> dict[str, Any]:
+    if not isinstance(edited, dict):
+        raise ServiceError(EDIT_INVALID.format(errors="arguments: must be an object"))
+    edited = json.loads(json.dumps(edited))
+    errors = get_tool(request.tool).argument_errors(edited)
+    if errors:
+        raise ServiceError(EDIT_INVALID.format(errors="; ".join(errors)))
+    version = request.version
+    policy = policy_for_version(version.pk, json.dumps(version.policy, sort_keys=True))
+    verdict = policy.decide(request.tool, edited)
+    if verdict.effect == "deny":
+        raise ServiceError(EDIT_DENIED.format(reason=verdict.reason))
+    return edited
+
+
+def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) -> None:
+    for request in ApprovalRequest.objects.filter(
+        run_id__in=run_ids, status=ApprovalRequest.Status.PENDING
+    ).select_related("agent", "run"):
+        ApprovalRequest.objects.filter(pk=request.pk).update(
+            status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
+        )
+        audit_record(verb=verbs.APPROVAL_CANCELLED, actor=actor, subject_type="approval",
+                     subject_id=request.pk, agent=request.agent, run=request.run,
+                     payload={"reason": reason})
+
+
+def approvals_expire() -> int:
+    """Fail closed: a request past its due time is rejected as expired."""
+    count = 0
+    due = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING,
+                                         due_at__lt=timezone.now())
+    for request_id in due.values_list("pk", flat=True)[:500]:
+        with transaction.atomic():
+            request = ApprovalRequest.objects.select_for_update().select_related(
+                "agent", "run").get(pk=request_id)
+            if request.status != ApprovalRequest.Status.PENDING:
+                continue
+            _release(request, status=ApprovalRequest.Status.EXPIRED,
+                     action_status=Action.Status.REJECTED, args=request.args,
+                     error="expired: nobody decided in time")
+            audit_record(verb=verbs.APPROVAL_REJECTED, actor=SYSTEM, subject_type="approval",
+                         subject_id=request.pk, agent=request.agent, run=request.run,
+                         payload={"expired": True})
+            count += 1
+    return count

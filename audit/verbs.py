@@ -1,0 +1,40 @@
+"""The fixed vocabulary of audit verbs. An event's verb is always one of these."""
+
+from __future__ import annotations
+
+RUN_QUEUED = "run.queued"
+RUN_STARTED = "run.started"
+RUN_WAITING = "run.waiting"
+RUN_DELAYED = "run.delayed"
+RUN_PAUSED = "run.paused"
+RUN_SUCCEEDED = "run.succeeded"
+RUN_FAILED = "run.failed"
+RUN_CANCELLED = "run.cancelled"
+RUN_REQUEUED = "run.requeued"
+
+ACTION_ALLOWED = "action.allowed"
+ACTION_SUCCEEDED = "action.succeeded"
+ACTION_FAILED = "action.failed"
+ACTION_DENIED = "action.denied"
+ACTION_INVALID = "action.invalid"
+ACTION_SHADOWED = "action.shadowed"
+ACTION_HELD = "action.held"
+ACTION_RETRIED = "action.retried"
+ACTION_UNKNOWN = "action.unknown"
+MODEL_CALLED = "model.called"
+
+APPROVAL_REQUESTED = "approval.requested"
+APPROVAL_APPROVED = "approval.approved"
+APPROVAL_REJECTED = "approval.rejected"
+APPROVAL_DECISION = "approval.decision"
+APPROVAL_CANCELLED = "approval.cancelled"
+
+KILLSWITCH_ENGAGED = "killswitch.engaged"
+KILLSWITCH_RELEASED = "killswitch.released"
+
+AGENT_CREATED = "agent.created"
+VERSION_CREATED = "version.created"
+POLICY_PUBLISHED = "policy.published"
+GRANT_ADDED = "grant.added"
+
+ALL = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str))

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+app = Celery("baton")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def _schedule(sender: Celery, **_: object) -> None:
+    from django.conf import settings
+
+    sender.add_periodic_task(
+        settings.BATON_SWEEP_EVERY_SECONDS, sender.signature("agents.sweep"), name="sweep runs"
+    )
+    if settings.BATON_DEMO_WORKLOAD:
+        sender.add_periodic_task(
+            settings.BATON_DEMO_EVERY_SECONDS,
+            sender.signature("agents.demo_workload"),
+            name="demo workload",
+        )

@@ -1,0 +1,65 @@
+"""`manage.py up`: the whole console in one process — web, worker, timers and demo.
+
+Embedded default (no DATABASE_URL/REDIS_URL): SQLite, in-memory broker and channel layer;
+with them, Postgres and Redis. The same code runs either way; only the backends differ.
+For production, run web, worker and beat as separate processes (see the README).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import uvicorn
+from celery.beat import EmbeddedService
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from agents.demo.seed import demo_seed
+from console.celery import app as celery_app
+
+
+class Command(BaseCommand):
+    help = "Run the whole Baton console (web, worker, timers) in one process, with demo agents."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--concurrency", type=int, default=4)
+        parser.add_argument("--no-demo", action="store_true", help="no demo agents or workload")
+
+    def handle(self, *args: Any, host: str, port: int, concurrency: int, no_demo: bool,
+               **options: Any) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        credentials = [] if no_demo else demo_seed()
+        if not no_demo:
+            celery_app.conf.beat_schedule["demo workload"] = {
+                "task": "agents.demo_workload",
+                "schedule": settings.BATON_DEMO_EVERY_SECONDS,
+            }
+        self._banner(host, port, credentials)
+
+        server = uvicorn.Server(uvicorn.Config(
+            "console.asgi:application", host=host, port=port, lifespan="off", log_level="warning",
+        ))
+        threading.Thread(target=server.run, name="web", daemon=True).start()
+        # Beat as a thread of this process: with the in-memory broker a separate beat
+        # process could not reach this worker.
+        EmbeddedService(celery_app, thread=True).start()
+        worker = celery_app.Worker(
+            pool="threads", concurrency=concurrency, loglevel="WARNING",
+            hostname=f"baton-up@{socket.gethostname()}",
+            queues=[settings.CELERY_TASK_DEFAULT_QUEUE],
+        )
+        worker.start()  # blocks until Ctrl-C; the web thread ends with the process
+
+    def _banner(self, host: str, port: int, credentials: list[tuple[str, str, str]]) -> None:
+        mode = "embedded (SQLite, in-process worker)" if settings.EMBEDDED else "Postgres + Redis"
+        self.stdout.write(self.style.SUCCESS(f"Baton is up on http://{host}:{port}/  [{mode}]"))
+        if credentials:
+            self.stdout.write("Demo accounts (passwords are new on every start):")
+            for username, password, role in credentials:
+                self.stdout.write(f"  {username:<6} {password:<16} {role}")
+        self.stdout.flush()

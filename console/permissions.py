@@ -1,0 +1,64 @@
+"""Who may do what to which agent: the one helper every view and service asks.
+
+Roles (groups) say what kind of work a person does; grants say where: a supervisor of
+team Claims holds `supervise_team` on that team through django-guardian, and so sees and
+decides only Claims agents. Compliance holds the model-wide view permissions.
+Capabilities: view, supervise, administer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.http import Http404
+from guardian.shortcuts import get_objects_for_user
+
+from agents.models import Agent, Team
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+    AnyUser = AbstractBaseUser | AnonymousUser
+
+CAPABILITIES = ("view", "supervise", "administer")
+NOT_ALLOWED = "You may not {capability} this agent."
+
+
+def user_can(user: Any, capability: str, agent: Agent) -> bool:
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}")
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser or user.has_perm(f"agents.{capability}_agent"):
+        return True
+    if user.has_perm(f"agents.{capability}_agent", agent):
+        return True
+    return bool(user.has_perm(f"agents.{capability}_team", agent.team))
+
+
+def agents_for_user(user: Any, capability: str = "view") -> QuerySet[Agent]:
+    agents = Agent.objects.select_related("team", "live_version")
+    if not user.is_authenticated or not user.is_active:
+        return agents.none()
+    if user.is_superuser or user.has_perm(f"agents.{capability}_agent"):
+        return agents
+    by_agent = get_objects_for_user(
+        user, f"agents.{capability}_agent", Agent, accept_global_perms=False, with_superuser=False
+    ).values("pk")
+    by_team = get_objects_for_user(
+        user, f"agents.{capability}_team", Team, accept_global_perms=False, with_superuser=False
+    ).values("pk")
+    return agents.filter(Q(pk__in=by_agent) | Q(team_id__in=by_team))
+
+
+def agent_for_user(user: Any, slug: str, capability: str = "view") -> Agent:
+    """The agent, if the user may see it (404 otherwise: unseen agents do not exist for
+    them), and may do `capability` to it (403 otherwise)."""
+    agent = agents_for_user(user, "view").filter(slug=slug).first()
+    if agent is None:
+        raise Http404("No such agent.")
+    if capability != "view" and not user_can(user, capability, agent):
+        raise PermissionDenied(NOT_ALLOWED.format(capability=capability))
+    return agent

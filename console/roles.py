@@ -1,0 +1,71 @@
+"""The three roles and how a person is granted one over an agent or a team."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import Group, Permission
+from django.db import transaction
+from guardian.shortcuts import assign_perm, remove_perm
+
+from agents.models import Agent, Team
+from audit import verbs
+from audit.services import SYSTEM, Actor, audit_record
+
+SUPERVISOR = "Supervisor"
+COMPLIANCE = "Compliance"
+AGENT_ADMIN = "Agent admin"
+
+# Model-wide permissions each role's group holds. Supervisors and admins hold nothing
+# model-wide: what they may touch comes from grants on agents and teams.
+GROUP_PERMISSIONS: dict[str, list[str]] = {
+    SUPERVISOR: [],
+    AGENT_ADMIN: ["agents.add_agent", "agents.add_team"],
+    COMPLIANCE: [
+        "agents.view_agent",
+        "agents.view_team",
+        "agents.view_run",
+        "agents.view_action",
+        "approvals.view_approvalrequest",
+        "audit.view_auditevent",
+    ],
+}
+# What a grant of the role over one agent or team gives.
+GRANT_CAPABILITIES = {SUPERVISOR: ["view", "supervise"], AGENT_ADMIN: ["view", "administer"]}
+
+
+def roles_ensure(apps: Any = None) -> None:
+    """Create the role groups with their permissions (idempotent; used by the migration)."""
+    group_model = apps.get_model("auth", "Group") if apps else Group
+    perm_model = apps.get_model("auth", "Permission") if apps else Permission
+    for name, perms in GROUP_PERMISSIONS.items():
+        group, _ = group_model.objects.get_or_create(name=name)
+        for dotted in perms:
+            app_label, codename = dotted.split(".")
+            group.permissions.add(
+                perm_model.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+
+
+def role_grant(*, user: Any, role: str, target: Agent | Team, granted_by: Any = None) -> None:
+    if role not in GRANT_CAPABILITIES:
+        raise ValueError(f"role {role!r} is not granted per agent or team")
+    kind = "agent" if isinstance(target, Agent) else "team"
+    with transaction.atomic():
+        user.groups.add(Group.objects.get(name=role))
+        for capability in GRANT_CAPABILITIES[role]:
+            assign_perm(f"agents.{capability}_{kind}", user, target)
+        audit_record(
+            verb=verbs.GRANT_ADDED,
+            actor=Actor.user(granted_by) if granted_by else SYSTEM,
+            subject_type="user",
+            subject_id=user.pk,
+            agent=target if isinstance(target, Agent) else None,
+            payload={"user": user.get_username(), "role": role, kind: target.slug},
+        )
+
+
+def role_revoke(*, user: Any, role: str, target: Agent | Team) -> None:
+    kind = "agent" if isinstance(target, Agent) else "team"
+    for capability in GRANT_CAPABILITIES[role]:
+        remove_perm(f"agents.{capability}_{kind}", user, target)

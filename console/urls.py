@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from agents import views as agent_views
+
+urlpatterns = [
+    path("", agent_views.overview, name="overview"),
+    path("agents/<slug:slug>/", agent_views.agent_detail, name="agent"),
+    path("runs/<int:run_id>/", agent_views.run_detail, name="run"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+]

@@ -1,0 +1,224 @@
+"""The suite runs against the real thing: Postgres, Redis, Celery worker processes and
+Chromium. If a service is missing the run stops with how to start it — never a skip."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    problems = []
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        problems.append("DATABASE_URL must point at Postgres (run the suite with `make test`).")
+    else:
+        import psycopg
+
+        db = settings.DATABASES["default"]
+        try:
+            psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"],
+                            password=db.get("PASSWORD") or None, dbname=db["NAME"],
+                            connect_timeout=3).close()
+        except psycopg.OperationalError as exc:
+            problems.append(f"Postgres does not answer ({exc}). Start it: {START_POSTGRES}")
+    if not settings.REDIS_URL:
+        problems.append("REDIS_URL must be set (run the suite with `make test`).")
+    else:
+        try:
+            redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            problems.append(f"Redis does not answer ({exc}). Start it: {START_REDIS}")
+    if "tests.support.agents" not in settings.BATON_AGENT_MODULES:
+        problems.append("BATON_AGENT_MODULES must include tests.support.agents (`make test`).")
+    if problems:
+        pytest.exit("The suite needs its real services:\n  " + "\n  ".join(problems), returncode=3)
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redis(redis_client: redis.Redis) -> None:
+    # Each test gets an empty test Redis database: counters, rate limits, gates.
+    redis_client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def task_queue() -> str:
+    # A queue of this session's own, so no message from an earlier run is ever delivered.
+    from console.celery import app
+
+    name = f"baton-test-{uuid.uuid4().hex[:8]}"
+    app.conf.task_default_queue = name
+    return name
+
+
+def db_url() -> str:
+    db = settings.DATABASES["default"]
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class Worker:
+    """A real `celery worker` process against the test database and this session's queue."""
+
+    def __init__(self, queue: str, tmp: Path, concurrency: int = 4, **env: str) -> None:
+        self.queue, self.concurrency = queue, concurrency
+        self.log = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
+        self.env = {**os.environ, "DATABASE_URL": db_url(), "BATON_TASK_QUEUE": queue,
+                    "BATON_RUN_LEASE_SECONDS": "2", "PYTHONUNBUFFERED": "1", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "console", "worker", "-P", "threads",
+                 "-c", str(self.concurrency), "-Q", self.queue, "-l", "INFO",
+                 "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
+                 "--without-mingle", "--without-heartbeat"],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if b" ready." in self.log.read_bytes():
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"the Celery worker did not start:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no ack, no goodbye."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def start_worker(task_queue: str, tmp_path: Path) -> Iterator[Any]:
+    started: list[Worker] = []
+
+    def start(**env: str) -> Worker:
+        worker = Worker(task_queue, tmp_path, **env).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(start_worker: Any) -> Worker:
+    return start_worker()
+
+
+def wait_for(predicate: Any, timeout: float = 20, message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+# --- people and their world -------------------------------------------------------------
+
+PASSWORD = "correct horse battery"
+_HASH: list[str] = []
+
+
+def _password_hash() -> str:
+    # Hashing is deliberately slow; every named person shares one hash of PASSWORD.
+    if not _HASH:
+        from django.contrib.auth.hashers import make_password
+
+        _HASH.append(make_password(PASSWORD))
+    return _HASH[0]
+
+
+@pytest.fixture
+def world(db: Any) -> Any:
+    """Two teams, named people with roles and grants, and no agents yet."""
+    from django.contrib.auth import get_user_model
+
+    from agents.services import team_create
+    from console import roles
+
+    roles.roles_ensure()
+    user_model = get_user_model()
+
+    class World:
+        pass
+
+    w = World()
+    w.claims = team_create(slug="claims", name="Claims")
+    w.support = team_create(slug="support", name="Support")
+
+    def person(username: str, role: str | None) -> Any:
+        user = user_model.objects.create_user(username)
+        user.password = _password_hash()
+        user.save(update_fields=["password"])
+        if role:
+            from django.contrib.auth.models import Group
+
+            user.groups.add(Group.objects.get(name=role))
+        return user
+
+    w.supervisor = person("sam", roles.SUPERVISOR)
+    roles.role_grant(user=w.supervisor, role=roles.SUPERVISOR, target=w.claims)
+    w.second_supervisor = person("sol", roles.SUPERVISOR)
+    roles.role_grant(user=w.second_supervisor, role=roles.SUPERVISOR, target=w.claims)
+    w.support_supervisor = person("sue", roles.SUPERVISOR)
+    roles.role_grant(user=w.support_supervisor, role=roles.SUPERVISOR, target=w.support)
+    w.compliance = person("cora", roles.COMPLIANCE)
+    w.admin = person("ada", roles.AGENT_ADMIN)
+    roles.role_grant(user=w.admin, role=roles.AGENT_ADMIN, target=w.claims)
+    w.outsider = person("otto", None)
+    return w
+
+
+@pytest.fixture
+def make_agent(world: Any) -> Any:
+    from agents.services import agent_create, version_create, version_publish
+
+    def make(slug: str, program: str, policy: dict[str, Any], team: Any = None,
+             config: dict[str, Any] | None = None) -> Any:
+        agent = agent_create(slug=slug, name=slug.replace("-", " ").title(),
+                             team=team or world.claims, user=world.admin)
+        version = version_create(agent=agent, program=program, policy=policy,
+                                 config=config or {"model": "scripted"}, user=world.admin)
+        version_publish(version=version, user=world.admin)
+        agent.refresh_from_db()
+        return agent
+
+    return make
+
+
+ALLOW_ALL_TESTS = {"rules": [{"tool": "test.*", "effect": "allow"}]}
