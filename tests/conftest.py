@@ -79,8 +79,9 @@ def db_url() -> str:
 class Worker:
     """A real `celery worker` process against the test database and this session's queue."""
 
-    def __init__(self, queue: str, tmp: Path, concurrency: int = 4, **env: str) -> None:
-        self.queue, self.concurrency = queue, concurrency
+    def __init__(self, queue: str, tmp: Path, concurrency: int = 4, beat: bool = False,
+                 **env: str) -> None:
+        self.queue, self.concurrency, self.beat = queue, concurrency, beat
         self.log = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
         self.env = {**os.environ, "DATABASE_URL": db_url(), "BATON_TASK_QUEUE": queue,
                     "BATON_RUN_LEASE_SECONDS": "2", "PYTHONUNBUFFERED": "1", **env}
@@ -92,7 +93,7 @@ class Worker:
                 [sys.executable, "-m", "celery", "-A", "console", "worker", "-P", "threads",
                  "-c", str(self.concurrency), "-Q", self.queue, "-l", "INFO",
                  "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
-                 "--without-mingle", "--without-heartbeat"],
+                 "--without-mingle", "--without-heartbeat", *(["-B"] if self.beat else [])],
                 cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30
@@ -123,8 +124,8 @@ class Worker:
 def start_worker(task_queue: str, tmp_path: Path) -> Iterator[Any]:
     started: list[Worker] = []
 
-    def start(**env: str) -> Worker:
-        worker = Worker(task_queue, tmp_path, **env).start()
+    def start(beat: bool = False, **env: str) -> Worker:
+        worker = Worker(task_queue, tmp_path, beat=beat, **env).start()
         started.append(worker)
         return worker
 
