@@ -99,8 +99,15 @@ class Context:
         with transaction.atomic():
             self._admit()
             action = self._create(
-                seq, Action.Kind.MODEL, client.name, request, request, status=S.SUCCEEDED,
-                result=_jsonable(reply["output"]), meta=meta, started_at=started,
+                seq,
+                Action.Kind.MODEL,
+                client.name,
+                request,
+                request,
+                status=S.SUCCEEDED,
+                result=_jsonable(reply["output"]),
+                meta=meta,
+                started_at=started,
                 finished_at=timezone.now(),
             )
             self._audit(verbs.MODEL_CALLED, action, model=client.name, purpose=purpose, **meta)
@@ -116,9 +123,9 @@ class Context:
     # --- replay -----------------------------------------------------------------------
 
     def _check_same(self, existing: Action, kind: str, name: str, args: dict[str, Any]) -> None:
-        if existing.kind == kind and existing.name == name:
-            if args_hash(existing.requested_args) == args_hash(_jsonable(args)):
-                return
+        same_call = existing.kind == kind and existing.name == name
+        if same_call and args_hash(existing.requested_args) == args_hash(_jsonable(args)):
+            return
         raise Divergence(
             f"run {self.run.pk} diverged at step {existing.seq}: the journal holds "
             f"{existing.kind} {existing.name!r} with {existing.requested_args}, but the program "
@@ -148,8 +155,9 @@ class Context:
         if status == S.APPROVED or tool.idempotent:
             # Approved: run it now. Started but never finished (the worker died): a tool
             # that takes an idempotency key is simply called again with the same key.
-            return self._execute(existing.seq, tool, existing.args, existing.requested_args,
-                                 None, existing)
+            return self._execute(
+                existing.seq, tool, existing.args, existing.requested_args, None, existing
+            )
         self._hold_unknown(existing)
         raise Suspended()
 
@@ -184,14 +192,27 @@ class Context:
         return self._execute(seq, tool, requested, requested, verdict, None)
 
     def _refuse(
-        self, seq: int, name: str, args: dict[str, Any], status: str, reason: str,
+        self,
+        seq: int,
+        name: str,
+        args: dict[str, Any],
+        status: str,
+        reason: str,
         verdict: Verdict | None = None,
     ) -> Any:
         with transaction.atomic():
             self._admit()
             action = self._create(
-                seq, Action.Kind.TOOL, name, args, args, status=status, reason=reason,
-                decision=Action.Decision.DENY, verdict=verdict, finished_at=timezone.now(),
+                seq,
+                Action.Kind.TOOL,
+                name,
+                args,
+                args,
+                status=status,
+                reason=reason,
+                decision=Action.Decision.DENY,
+                verdict=verdict,
+                finished_at=timezone.now(),
             )
             verb = verbs.ACTION_INVALID if status == S.INVALID else verbs.ACTION_DENIED
             self._audit(verb, action, args=args, reason=reason, rule=action.rule)
@@ -205,12 +226,20 @@ class Context:
         with transaction.atomic():
             self._admit()
             action = self._create(
-                seq, Action.Kind.TOOL, tool.name, args, args, status=S.SHADOWED,
-                decision=Action.Decision.SHADOW, verdict=verdict, result=_jsonable(simulated),
+                seq,
+                Action.Kind.TOOL,
+                tool.name,
+                args,
+                args,
+                status=S.SHADOWED,
+                decision=Action.Decision.SHADOW,
+                verdict=verdict,
+                result=_jsonable(simulated),
                 finished_at=timezone.now(),
             )
-            self._audit(verbs.ACTION_SHADOWED, action, args=args, result=action.result,
-                        rule=action.rule)
+            self._audit(
+                verbs.ACTION_SHADOWED, action, args=args, result=action.result, rule=action.rule
+            )
         return action.result
 
     def _hold(self, seq: int, tool: Tool, args: dict[str, Any], verdict: Verdict) -> None:
@@ -219,8 +248,14 @@ class Context:
         with transaction.atomic():
             self._admit()
             action = self._create(
-                seq, Action.Kind.TOOL, tool.name, args, args, status=S.HELD,
-                decision=Action.Decision.APPROVE, verdict=verdict,
+                seq,
+                Action.Kind.TOOL,
+                tool.name,
+                args,
+                args,
+                status=S.HELD,
+                decision=Action.Decision.APPROVE,
+                verdict=verdict,
             )
             self._park_for_approval()
             self._audit(verbs.ACTION_HELD, action, args=args, rule=action.rule)
@@ -244,16 +279,28 @@ class Context:
     # --- execution --------------------------------------------------------------------
 
     def _execute(
-        self, seq: int, tool: Tool, args: dict[str, Any], requested: dict[str, Any],
-        verdict: Verdict | None, existing: Action | None,
+        self,
+        seq: int,
+        tool: Tool,
+        args: dict[str, Any],
+        requested: dict[str, Any],
+        verdict: Verdict | None,
+        existing: Action | None,
     ) -> Any:
         started = timezone.now()
         with transaction.atomic():
             self._admit()
             if existing is None:
                 action = self._create(
-                    seq, Action.Kind.TOOL, tool.name, requested, args, status=S.STARTED,
-                    decision=Action.Decision.ALLOW, verdict=verdict, started_at=started,
+                    seq,
+                    Action.Kind.TOOL,
+                    tool.name,
+                    requested,
+                    args,
+                    status=S.STARTED,
+                    decision=Action.Decision.ALLOW,
+                    verdict=verdict,
+                    started_at=started,
                     attempts=1,
                 )
                 verb = verbs.ACTION_ALLOWED
@@ -277,8 +324,9 @@ class Context:
         self._finish(action, S.SUCCEEDED, verbs.ACTION_SUCCEEDED, result=result)
         return result
 
-    def _finish(self, action: Action, status: str, verb: str, *, result: Any = None,
-                error: str = "") -> None:
+    def _finish(
+        self, action: Action, status: str, verb: str, *, result: Any = None, error: str = ""
+    ) -> None:
         finished = timezone.now()
         with transaction.atomic():
             # Fenced by the attempt: a worker that lost the step to another writes nothing.
@@ -289,8 +337,7 @@ class Context:
                 raise LeaseLost()
             action.status, action.result, action.error = status, result, error
             action.finished_at = finished
-            self._audit(verb, action, result=result, error=error,
-                        duration_ms=action.duration_ms)
+            self._audit(verb, action, result=result, error=error, duration_ms=action.duration_ms)
 
     # --- the run's lease, switches and journal rows ------------------------------------
 
@@ -304,8 +351,9 @@ class Context:
         if row is None or row[0] != Run.Status.RUNNING or row[1] != self._token:
             raise LeaseLost()
         for switch in engaged_for(self.agent):
-            raise Stopped(switch.mode, f"{switch.mode} by kill switch on {switch.target}: "
-                                       f"{switch.reason}")
+            raise Stopped(
+                switch.mode, f"{switch.mode} by kill switch on {switch.target}: {switch.reason}"
+            )
         if time.monotonic() >= self._renew_at:
             until = timezone.now() + timedelta(seconds=self._lease)
             if not Run.objects.filter(pk=self.run.pk, lease_token=self._token).update(
@@ -316,8 +364,10 @@ class Context:
 
     def _park_for_approval(self) -> None:
         parked = Run.objects.filter(pk=self.run.pk, lease_token=self._token).update(
-            status=Run.Status.WAITING, wait_reason=Run.WaitReason.APPROVAL,
-            lease_token=None, lease_until=None,
+            status=Run.Status.WAITING,
+            wait_reason=Run.WaitReason.APPROVAL,
+            lease_token=None,
+            lease_until=None,
         )
         if parked != 1:
             raise LeaseLost()
@@ -326,18 +376,35 @@ class Context:
     def _key(self, seq: int) -> str:
         return f"baton-run{self.run.pk}-step{seq}"
 
-    def _create(self, seq: int, kind: str, name: str, requested: dict[str, Any],
-                args: dict[str, Any], *, status: str, verdict: Verdict | None = None,
-                **fields: Any) -> Action:
+    def _create(
+        self,
+        seq: int,
+        kind: str,
+        name: str,
+        requested: dict[str, Any],
+        args: dict[str, Any],
+        *,
+        status: str,
+        verdict: Verdict | None = None,
+        **fields: Any,
+    ) -> Action:
         rule = verdict.rule.describe() if verdict and verdict.rule else None
         if verdict is not None:
             fields.setdefault("reason", verdict.reason)
         try:
             action = Action.objects.create(
-                run=self.run, seq=seq, kind=kind, name=name, requested_args=requested,
-                args=args, args_hash=args_hash(args), status=status,
+                run=self.run,
+                seq=seq,
+                kind=kind,
+                name=name,
+                requested_args=requested,
+                args=args,
+                args_hash=args_hash(args),
+                status=status,
                 rule_index=verdict.rule.index if verdict and verdict.rule else None,
-                rule=rule, idempotency_key=self._key(seq), **fields,
+                rule=rule,
+                idempotency_key=self._key(seq),
+                **fields,
             )
         except IntegrityError:
             # Another worker wrote this step first: it owns the run now.
@@ -352,11 +419,26 @@ class Context:
             self._check_same(existing, Action.Kind.VALUE, name, {})
             return existing.result
         value = make()
-        self._create(self._seq, Action.Kind.VALUE, name, {}, {}, status=S.SUCCEEDED,
-                     result=value, finished_at=timezone.now())
+        self._create(
+            self._seq,
+            Action.Kind.VALUE,
+            name,
+            {},
+            {},
+            status=S.SUCCEEDED,
+            result=value,
+            finished_at=timezone.now(),
+        )
         return value
 
     def _audit(self, verb: str, action: Action, **payload: Any) -> None:
         payload = {"seq": action.seq, "tool": action.name, "status": action.status, **payload}
-        audit_record(verb=verb, actor=self._actor, subject_type="action", subject_id=action.pk,
-                     agent=self.agent, run=self.run, payload=payload)
+        audit_record(
+            verb=verb,
+            actor=self._actor,
+            subject_type="action",
+            subject_id=action.pk,
+            agent=self.agent,
+            run=self.run,
+            payload=payload,
+        )

@@ -38,6 +38,10 @@ class Agent(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not stored: active, paused or halted, derived from the engaged kill switches by
+    # agents.selectors.agent_state for the pages that show it.
+    state: str = "active"
+
     class Meta:
         ordering = ["team__name", "name"]
         permissions = [
@@ -285,6 +289,9 @@ class Payment(models.Model):
     currency = models.CharField(max_length=3)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    def __str__(self) -> str:
+        return f"payment {self.amount} {self.currency} for {self.claim_id}"
+
 
 class PurchaseOrder(models.Model):
     idempotency_key = models.CharField(max_length=100, unique=True)
@@ -295,6 +302,9 @@ class PurchaseOrder(models.Model):
     total = models.DecimalField(max_digits=14, decimal_places=2)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    def __str__(self) -> str:
+        return f"PO {self.quantity} × {self.sku}"
+
 
 class SentEmail(models.Model):
     idempotency_key = models.CharField(max_length=100, unique=True)
@@ -302,3 +312,6 @@ class SentEmail(models.Model):
     subject = models.CharField(max_length=200)
     body = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"e-mail to {self.to}"

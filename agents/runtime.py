@@ -32,7 +32,10 @@ def enqueue(run_id: int, *, countdown: float | None = None) -> None:
     from agents.tasks import run_execute
 
     def send() -> None:
-        run_execute.apply_async((run_id,), countdown=countdown)
+        if countdown:
+            run_execute.apply_async((run_id,), countdown=countdown)
+        else:
+            run_execute.apply_async((run_id,))
 
     transaction.on_commit(send, robust=True)
 
@@ -57,8 +60,15 @@ def _claim(run_id: int, token: uuid.UUID) -> Run | None:
         if not claimed:
             return None
         run = Run.objects.select_related("agent__team", "version").get(pk=run_id)
-        audit_record(verb=verbs.RUN_STARTED, actor=SYSTEM, subject_type="run", subject_id=run.pk,
-                     agent=run.agent, run=run, payload={"attempt": run.attempts})
+        audit_record(
+            verb=verbs.RUN_STARTED,
+            actor=SYSTEM,
+            subject_type="run",
+            subject_id=run.pk,
+            agent=run.agent,
+            run=run,
+            payload={"attempt": run.attempts},
+        )
     return run
 
 
@@ -68,8 +78,15 @@ def _settle(run: Run, token: uuid.UUID, verb: str, payload: dict[str, Any], **fi
             lease_token=None, lease_until=None, **fields
         )
         if moved:
-            audit_record(verb=verb, actor=Actor.agent(run.agent), subject_type="run",
-                         subject_id=run.pk, agent=run.agent, run=run, payload=payload)
+            audit_record(
+                verb=verb,
+                actor=Actor.agent(run.agent),
+                subject_type="run",
+                subject_id=run.pk,
+                agent=run.agent,
+                run=run,
+                payload=payload,
+            )
             if fields.get("status") == Run.Status.QUEUED:
                 enqueue(run.pk, countdown=payload.get("countdown"))
 
@@ -92,17 +109,36 @@ def execute_run(run_id: int) -> None:
         log.info("run %s: lease lost to another worker", run_id)
         return
     except Delayed as d:
-        _settle(run, token, verbs.RUN_DELAYED, {"reason": d.reason, "countdown": d.countdown},
-                status=Run.Status.QUEUED, wait_reason=Run.WaitReason.RATE_LIMIT,
-                wake_at=timezone.now() + timedelta(seconds=d.countdown),
-                enqueued_at=timezone.now())
+        _settle(
+            run,
+            token,
+            verbs.RUN_DELAYED,
+            {"reason": d.reason, "countdown": d.countdown},
+            status=Run.Status.QUEUED,
+            wait_reason=Run.WaitReason.RATE_LIMIT,
+            wake_at=timezone.now() + timedelta(seconds=d.countdown),
+            enqueued_at=timezone.now(),
+        )
     except Stopped as s:
         if s.mode == "pause":
-            _settle(run, token, verbs.RUN_PAUSED, {"reason": s.reason},
-                    status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED)
+            _settle(
+                run,
+                token,
+                verbs.RUN_PAUSED,
+                {"reason": s.reason},
+                status=Run.Status.WAITING,
+                wait_reason=Run.WaitReason.PAUSED,
+            )
         elif s.mode == "halt":
-            _settle(run, token, verbs.RUN_CANCELLED, {"reason": s.reason},
-                    status=Run.Status.CANCELLED, error=s.reason, finished_at=timezone.now())
+            _settle(
+                run,
+                token,
+                verbs.RUN_CANCELLED,
+                {"reason": s.reason},
+                status=Run.Status.CANCELLED,
+                error=s.reason,
+                finished_at=timezone.now(),
+            )
         # "cancel": whoever cancelled the run already settled it.
     except Divergence as d:
         _fail(run, token, str(d))
@@ -117,10 +153,24 @@ def execute_run(run_id: int) -> None:
         except (TypeError, ValueError):
             _fail(run, token, "the program returned a value that is not JSON")
             return
-        _settle(run, token, verbs.RUN_SUCCEEDED, {}, status=Run.Status.SUCCEEDED,
-                output=result, finished_at=timezone.now())
+        _settle(
+            run,
+            token,
+            verbs.RUN_SUCCEEDED,
+            {},
+            status=Run.Status.SUCCEEDED,
+            output=result,
+            finished_at=timezone.now(),
+        )
 
 
 def _fail(run: Run, token: uuid.UUID, error: str) -> None:
-    _settle(run, token, verbs.RUN_FAILED, {"error": error}, status=Run.Status.FAILED,
-            error=error, finished_at=timezone.now())
+    _settle(
+        run,
+        token,
+        verbs.RUN_FAILED,
+        {"error": error},
+        status=Run.Status.FAILED,
+        error=error,
+        finished_at=timezone.now(),
+    )

@@ -35,7 +35,8 @@ def engaged_switches() -> list[KillSwitch]:
 def agent_state(agent: Agent, switches: list[KillSwitch]) -> str:
     """active, paused or halted: the strongest switch covering the agent."""
     covering = [
-        s.mode for s in switches
+        s.mode
+        for s in switches
         if s.target in ("global", f"team:{agent.team_id}", f"agent:{agent.pk}")
     ]
     if KillSwitch.Mode.HALT in covering:
@@ -57,15 +58,21 @@ def overview(user: Any) -> dict[str, Any]:
         agent.state = agent_state(agent, switches)
     visible = [a.pk for a in agents]
     recent_runs = (
-        Run.objects.filter(agent_id__in=visible).select_related("agent", "version")
+        Run.objects.filter(agent_id__in=visible)
+        .select_related("agent", "version")
         .order_by("-created_at")[:15]
     )
     recent_actions = (
         Action.objects.filter(run__agent_id__in=visible, kind=Action.Kind.TOOL)
-        .select_related("run__agent").order_by("-created_at")[:20]
+        .select_related("run__agent")
+        .order_by("-created_at")[:20]
     )
-    return {"agents": agents, "recent_runs": recent_runs, "recent_actions": recent_actions,
-            "switches": switches}
+    return {
+        "agents": agents,
+        "recent_runs": recent_runs,
+        "recent_actions": recent_actions,
+        "switches": switches,
+    }
 
 
 def agent_detail(agent: Agent) -> dict[str, Any]:

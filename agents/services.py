@@ -43,20 +43,38 @@ def team_create(*, slug: str, name: str) -> Team:
 
 
 def agent_create(
-    *, slug: str, name: str, team: Team, kind: str = Agent.Kind.HOSTED, description: str = "",
-    owner: User | None = None, user: User | None = None,
+    *,
+    slug: str,
+    name: str,
+    team: Team,
+    kind: str = Agent.Kind.HOSTED,
+    description: str = "",
+    owner: User | None = None,
+    user: User | None = None,
 ) -> Agent:
     with transaction.atomic():
-        agent = Agent.objects.create(slug=slug, name=name, team=team, kind=kind,
-                                     description=description, owner=owner)
-        audit_record(verb=verbs.AGENT_CREATED, actor=_actor(user), subject_type="agent",
-                     subject_id=agent.pk, agent=agent, payload={"slug": slug, "name": name})
+        agent = Agent.objects.create(
+            slug=slug, name=name, team=team, kind=kind, description=description, owner=owner
+        )
+        audit_record(
+            verb=verbs.AGENT_CREATED,
+            actor=_actor(user),
+            subject_type="agent",
+            subject_id=agent.pk,
+            agent=agent,
+            payload={"slug": slug, "name": name},
+        )
     return agent
 
 
 def version_create(
-    *, agent: Agent, program: str, policy: dict[str, Any], config: dict[str, Any] | None = None,
-    note: str = "", user: User | None = None,
+    *,
+    agent: Agent,
+    program: str,
+    policy: dict[str, Any],
+    config: dict[str, Any] | None = None,
+    note: str = "",
+    user: User | None = None,
 ) -> AgentVersion:
     """A new draft version. Versions are never edited afterwards: a change is a new one."""
     try:
@@ -68,15 +86,28 @@ def version_create(
     with transaction.atomic():
         last = (
             AgentVersion.objects.select_for_update()
-            .filter(agent=agent).order_by("-number").values_list("number", flat=True).first()
+            .filter(agent=agent)
+            .order_by("-number")
+            .values_list("number", flat=True)
+            .first()
         )
         version = AgentVersion.objects.create(
-            agent=agent, number=(last or 0) + 1, program=program, policy=policy,
-            config=config or {}, note=note, author=user,
+            agent=agent,
+            number=(last or 0) + 1,
+            program=program,
+            policy=policy,
+            config=config or {},
+            note=note,
+            author=user,
         )
-        audit_record(verb=verbs.VERSION_CREATED, actor=_actor(user), subject_type="version",
-                     subject_id=version.pk, agent=agent,
-                     payload={"number": version.number, "program": program, "policy": policy})
+        audit_record(
+            verb=verbs.VERSION_CREATED,
+            actor=_actor(user),
+            subject_type="version",
+            subject_id=version.pk,
+            agent=agent,
+            payload={"number": version.number, "program": program, "policy": policy},
+        )
     return version
 
 
@@ -92,9 +123,14 @@ def version_publish(*, version: AgentVersion, user: User | None = None, reason: 
         )
         agent.live_version = version
         agent.save(update_fields=["live_version"])
-        audit_record(verb=verbs.POLICY_PUBLISHED, actor=_actor(user), subject_type="version",
-                     subject_id=version.pk, agent=agent,
-                     payload={"number": version.number, "reason": reason})
+        audit_record(
+            verb=verbs.POLICY_PUBLISHED,
+            actor=_actor(user),
+            subject_type="version",
+            subject_id=version.pk,
+            agent=agent,
+            payload={"number": version.number, "reason": reason},
+        )
 
 
 def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
@@ -103,11 +139,22 @@ def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) 
             raise ServiceError(NO_LIVE_VERSION.format(agent=agent.name))
         if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
             raise ServiceError(AGENT_HALTED.format(agent=agent.name))
-        run = Run.objects.create(agent=agent, version_id=agent.live_version_id, input=input,
-                                 launched_by=user, enqueued_at=timezone.now())
-        audit_record(verb=verbs.RUN_QUEUED, actor=_actor(user), subject_type="run",
-                     subject_id=run.pk, agent=agent, run=run,
-                     payload={"input": input, "version": agent.live_version_id})
+        run = Run.objects.create(
+            agent=agent,
+            version_id=agent.live_version_id,
+            input=input,
+            launched_by=user,
+            enqueued_at=timezone.now(),
+        )
+        audit_record(
+            verb=verbs.RUN_QUEUED,
+            actor=_actor(user),
+            subject_type="run",
+            subject_id=run.pk,
+            agent=agent,
+            run=run,
+            payload={"input": input, "version": agent.live_version_id},
+        )
         enqueue(run.pk)
     return run
 
@@ -118,20 +165,34 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
 
     count = 0
     for run in runs.select_related("agent__team").exclude(status__in=Run.FINAL):
-        moved = Run.objects.filter(pk=run.pk).exclude(status__in=Run.FINAL).update(
-            status=Run.Status.CANCELLED, error=reason, finished_at=timezone.now(),
-            lease_token=None, lease_until=None, wait_reason="",
+        moved = (
+            Run.objects.filter(pk=run.pk)
+            .exclude(status__in=Run.FINAL)
+            .update(
+                status=Run.Status.CANCELLED,
+                error=reason,
+                finished_at=timezone.now(),
+                lease_token=None,
+                lease_until=None,
+                wait_reason="",
+            )
         )
         if not moved:
             continue
         count += 1
-        Action.objects.filter(run=run, status__in=[Action.Status.HELD, Action.Status.APPROVED,
-                                                   Action.Status.UNKNOWN]).update(
-            status=Action.Status.CANCELLED, error=reason
-        )
+        Action.objects.filter(
+            run=run, status__in=[Action.Status.HELD, Action.Status.APPROVED, Action.Status.UNKNOWN]
+        ).update(status=Action.Status.CANCELLED, error=reason)
         approvals_cancel_for_runs(run_ids=[run.pk], reason=reason, actor=actor)
-        audit_record(verb=verbs.RUN_CANCELLED, actor=actor, subject_type="run",
-                     subject_id=run.pk, agent=run.agent, run=run, payload={"reason": reason})
+        audit_record(
+            verb=verbs.RUN_CANCELLED,
+            actor=actor,
+            subject_type="run",
+            subject_id=run.pk,
+            agent=run.agent,
+            run=run,
+            payload={"reason": reason},
+        )
     return count
 
 
@@ -146,36 +207,56 @@ def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
 
 def _scope_runs(switch: KillSwitch) -> Any:
     if switch.scope == KillSwitch.Scope.AGENT:
-        return Run.objects.filter(agent_id=switch.agent_id)
+        return Run.objects.filter(agent=switch.agent)
     if switch.scope == KillSwitch.Scope.TEAM:
-        return Run.objects.filter(agent__team_id=switch.team_id)
+        return Run.objects.filter(agent__team=switch.team)
     return Run.objects.all()
 
 
 def killswitch_engage(
-    *, scope: str, mode: str, reason: str, user: User | None,
-    team: Team | None = None, agent: Agent | None = None,
+    *,
+    scope: str,
+    mode: str,
+    reason: str,
+    user: User | None,
+    team: Team | None = None,
+    agent: Agent | None = None,
 ) -> KillSwitch:
     """Stop an agent, a team or everything. Once this commits no covered action is admitted:
     the gateway's admission takes the same lock (agents.killswitches)."""
     if not reason.strip():
         raise ServiceError(REASON_REQUIRED)
-    target = {"global": "global", "team": f"team:{team.pk if team else ''}",
-              "agent": f"agent:{agent.pk if agent else ''}"}[scope]
+    target = {
+        "global": "global",
+        "team": f"team:{team.pk if team else ''}",
+        "agent": f"agent:{agent.pk if agent else ''}",
+    }[scope]
     with transaction.atomic():
         lock_for_engage(target)
         if KillSwitch.objects.filter(target=target, released_at__isnull=True).exists():
             raise ServiceError(SWITCH_ALREADY_ENGAGED.format(target=target))
-        switch = KillSwitch.objects.create(scope=scope, team=team, agent=agent, target=target,
-                                           mode=mode, reason=reason, engaged_by=user)
+        switch = KillSwitch.objects.create(
+            scope=scope,
+            team=team,
+            agent=agent,
+            target=target,
+            mode=mode,
+            reason=reason,
+            engaged_by=user,
+        )
         cancelled = 0
         if mode == KillSwitch.Mode.HALT:
-            cancelled = _cancel_runs(_scope_runs(switch), reason=f"halted: {reason}",
-                                     actor=_actor(user))
-        audit_record(verb=verbs.KILLSWITCH_ENGAGED, actor=_actor(user),
-                     subject_type="killswitch", subject_id=switch.pk, agent=agent,
-                     payload={"target": target, "mode": mode, "reason": reason,
-                              "runs_cancelled": cancelled})
+            cancelled = _cancel_runs(
+                _scope_runs(switch), reason=f"halted: {reason}", actor=_actor(user)
+            )
+        audit_record(
+            verb=verbs.KILLSWITCH_ENGAGED,
+            actor=_actor(user),
+            subject_type="killswitch",
+            subject_id=switch.pk,
+            agent=agent,
+            payload={"target": target, "mode": mode, "reason": reason, "runs_cancelled": cancelled},
+        )
     return switch
 
 
@@ -192,22 +273,27 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
         if not released:
             raise ServiceError(SWITCH_NOT_ENGAGED)
         requeued = 0
-        parked = _scope_runs(switch).filter(
-            status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED
-        ).select_related("agent__team")
+        parked = (
+            _scope_runs(switch)
+            .filter(status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED)
+            .select_related("agent__team")
+        )
         for run in parked:
             if engaged_for(run.agent):
                 continue
-            if Run.objects.filter(pk=run.pk, status=Run.Status.WAITING,
-                                  wait_reason=Run.WaitReason.PAUSED).update(
-                status=Run.Status.QUEUED, wait_reason="", enqueued_at=timezone.now()
-            ):
+            if Run.objects.filter(
+                pk=run.pk, status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED
+            ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=timezone.now()):
                 requeued += 1
                 enqueue(run.pk)
-        audit_record(verb=verbs.KILLSWITCH_RELEASED, actor=_actor(user),
-                     subject_type="killswitch", subject_id=switch.pk,
-                     agent=switch.agent, payload={"target": switch.target, "reason": reason,
-                                                  "runs_requeued": requeued})
+        audit_record(
+            verb=verbs.KILLSWITCH_RELEASED,
+            actor=_actor(user),
+            subject_type="killswitch",
+            subject_id=switch.pk,
+            agent=switch.agent,
+            payload={"target": switch.target, "reason": reason, "runs_requeued": requeued},
+        )
     return requeued
 
 
@@ -220,23 +306,32 @@ def runs_sweep() -> int:
     orphaned = Run.objects.filter(status=Run.Status.RUNNING, lease_until__lt=now)
     for run in orphaned.select_related("agent__team")[:500]:
         with transaction.atomic():
-            if Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING,
-                                  lease_until__lt=now).update(
+            if Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, lease_until__lt=now).update(
                 status=Run.Status.QUEUED, lease_token=None, lease_until=None, enqueued_at=now
             ):
-                audit_record(verb=verbs.RUN_REQUEUED, actor=SYSTEM, subject_type="run",
-                             subject_id=run.pk, agent=run.agent, run=run,
-                             payload={"why": "lease expired: its worker stopped"})
+                audit_record(
+                    verb=verbs.RUN_REQUEUED,
+                    actor=SYSTEM,
+                    subject_type="run",
+                    subject_id=run.pk,
+                    agent=run.agent,
+                    run=run,
+                    payload={"why": "lease expired: its worker stopped"},
+                )
                 enqueue(run.pk)
                 count += 1
-    forgotten = Run.objects.filter(status=Run.Status.QUEUED).filter(
-        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale)
-    ).filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
+    forgotten = (
+        Run.objects.filter(status=Run.Status.QUEUED)
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale))
+        .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
+    )
     for run_id in forgotten.values_list("pk", flat=True)[:500]:
         with transaction.atomic():
-            if Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).filter(
-                Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale)
-            ).update(enqueued_at=now):
+            if (
+                Run.objects.filter(pk=run_id, status=Run.Status.QUEUED)
+                .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale))
+                .update(enqueued_at=now)
+            ):
                 enqueue(run_id)
                 count += 1
     return count

@@ -4,14 +4,19 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
+from django_htmx.middleware import HtmxDetails
 
 from agents import selectors
 from console.permissions import agent_for_user
 
 
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
 @require_GET
 @login_required
-def overview(request: HttpRequest) -> HttpResponse:
+def overview(request: HtmxHttpRequest) -> HttpResponse:
     context = selectors.overview(request.user)
     template = "agents/overview.html"
     if request.htmx:
@@ -28,7 +33,7 @@ def agent_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_GET
 @login_required
-def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     run = selectors.run_for_user(request.user, run_id)
     template = "agents/run.html#journal" if request.htmx else "agents/run.html"
     return render(request, template, {"run": run, "journal": selectors.journal(run)})

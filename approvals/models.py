@@ -97,3 +97,6 @@ class ApprovalDecision(models.Model):
                 condition=Q(verdict="approve") | ~Q(comment=""), name="rejection_needs_reason"
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.verdict} by {self.user_id}"

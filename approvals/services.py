@@ -43,40 +43,63 @@ def approval_request_open(*, action: Action, tool: Tool, rule: Rule | None) -> A
     run = action.run
     timeout = rule.timeout_seconds if rule else 24 * 3600
     request = ApprovalRequest.objects.create(
-        action=action, run=run, agent=run.agent, version=run.version,
+        action=action,
+        run=run,
+        agent=run.agent,
+        version=run.version,
         kind=ApprovalRequest.Kind.POLICY if rule else ApprovalRequest.Kind.UNKNOWN_OUTCOME,
-        tool=tool.name, args=action.args, args_hash=action.args_hash, risk=tool.risk,
-        rule_index=rule.index if rule else None, rule=rule.describe() if rule else None,
+        tool=tool.name,
+        args=action.args,
+        args_hash=action.args_hash,
+        risk=tool.risk,
+        rule_index=rule.index if rule else None,
+        rule=rule.describe() if rule else None,
         required_approvals=rule.approvals if rule else 1,
         on_timeout=rule.on_timeout if rule else "reject",
         due_at=timezone.now() + timedelta(seconds=timeout),
-        launched_by_id=run.launched_by_id, policy_author_id=run.version.author_id,
+        launched_by_id=run.launched_by_id,
+        policy_author_id=run.version.author_id,
     )
-    audit_record(verb=verbs.APPROVAL_REQUESTED, actor=Actor.agent(run.agent),
-                 subject_type="approval", subject_id=request.pk, agent=run.agent, run=run,
-                 payload={"tool": tool.name, "args": action.args, "kind": request.kind,
-                          "required": request.required_approvals, "rule": request.rule})
+    audit_record(
+        verb=verbs.APPROVAL_REQUESTED,
+        actor=Actor.agent(run.agent),
+        subject_type="approval",
+        subject_id=request.pk,
+        agent=run.agent,
+        run=run,
+        payload={
+            "tool": tool.name,
+            "args": action.args,
+            "kind": request.kind,
+            "required": request.required_approvals,
+            "rule": request.rule,
+        },
+    )
     return request
 
 
-def _release(request: ApprovalRequest, *, status: str, action_status: str, args: Any,
-             error: str) -> None:
+def _release(
+    request: ApprovalRequest, *, status: str, action_status: str, args: Any, error: str
+) -> None:
     """Settle the held action and hand its run back to a worker."""
     now = timezone.now()
     ApprovalRequest.objects.filter(pk=request.pk).update(status=status, decided_at=now)
-    Action.objects.filter(pk=request.action_id, status__in=[
-        Action.Status.HELD, Action.Status.UNKNOWN]).update(
-        status=action_status, args=args, args_hash=args_hash(args), error=error
-    )
-    if Run.objects.filter(pk=request.run_id, status=Run.Status.WAITING,
-                          wait_reason=Run.WaitReason.APPROVAL).update(
-        status=Run.Status.QUEUED, wait_reason="", enqueued_at=now
-    ):
+    Action.objects.filter(
+        pk=request.action_id, status__in=[Action.Status.HELD, Action.Status.UNKNOWN]
+    ).update(status=action_status, args=args, args_hash=args_hash(args), error=error)
+    if Run.objects.filter(
+        pk=request.run_id, status=Run.Status.WAITING, wait_reason=Run.WaitReason.APPROVAL
+    ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=now):
         enqueue(request.run_id)
 
 
 def approval_decide(
-    *, request_id: int, user: User, verdict: str, seen_args_hash: str, comment: str = "",
+    *,
+    request_id: int,
+    user: User,
+    verdict: str,
+    seen_args_hash: str,
+    comment: str = "",
     edited_args: dict[str, Any] | None = None,
 ) -> ApprovalRequest:
     comment = comment.strip()
@@ -84,8 +107,11 @@ def approval_decide(
         raise ServiceError(REJECT_NEEDS_REASON)
     with transaction.atomic():
         try:
-            request = ApprovalRequest.objects.select_for_update().select_related(
-                "agent", "run", "version").get(pk=request_id)
+            request = (
+                ApprovalRequest.objects.select_for_update()
+                .select_related("agent", "run", "version")
+                .get(pk=request_id)
+            )
         except ApprovalRequest.DoesNotExist:
             raise ApprovalRequest.DoesNotExist(f"no approval request {request_id}") from None
         if not user_can(user, "supervise", request.agent):
@@ -106,35 +132,61 @@ def approval_decide(
         if edited_args is not None and verdict == ApprovalDecision.Verdict.APPROVE:
             args = _check_edit(request, edited_args)
         ApprovalDecision.objects.create(
-            request=request, user=user, verdict=verdict, comment=comment,
-            edited_args=edited_args, args_hash=args_hash(args),
-            launched_by_id=request.launched_by_id, policy_author_id=request.policy_author_id,
+            request=request,
+            user=user,
+            verdict=verdict,
+            comment=comment,
+            edited_args=edited_args,
+            args_hash=args_hash(args),
+            launched_by_id=request.launched_by_id,
+            policy_author_id=request.policy_author_id,
         )
         if args != request.args:
             # An edit is what later approvers see and bind to; approvals of the old
             # arguments no longer count towards the quorum.
-            ApprovalRequest.objects.filter(pk=request.pk).update(args=args,
-                                                                 args_hash=args_hash(args))
+            ApprovalRequest.objects.filter(pk=request.pk).update(
+                args=args, args_hash=args_hash(args)
+            )
         approvals = request.decisions.filter(
             verdict=ApprovalDecision.Verdict.APPROVE, args_hash=args_hash(args)
         ).count()
-        payload = {"verdict": verdict, "comment": comment, "args": args,
-                   "edited": edited_args is not None, "approvals": approvals,
-                   "required": request.required_approvals}
+        payload = {
+            "verdict": verdict,
+            "comment": comment,
+            "args": args,
+            "edited": edited_args is not None,
+            "approvals": approvals,
+            "required": request.required_approvals,
+        }
         if verdict == ApprovalDecision.Verdict.REJECT:
-            _release(request, status=ApprovalRequest.Status.REJECTED,
-                     action_status=Action.Status.REJECTED, args=request.args,
-                     error=f"rejected by {user.get_username()}: {comment}")
+            _release(
+                request,
+                status=ApprovalRequest.Status.REJECTED,
+                action_status=Action.Status.REJECTED,
+                args=request.args,
+                error=f"rejected by {user.get_username()}: {comment}",
+            )
             verb = verbs.APPROVAL_REJECTED
         elif approvals >= request.required_approvals:
-            _release(request, status=ApprovalRequest.Status.APPROVED,
-                     action_status=Action.Status.APPROVED, args=args, error="")
+            _release(
+                request,
+                status=ApprovalRequest.Status.APPROVED,
+                action_status=Action.Status.APPROVED,
+                args=args,
+                error="",
+            )
             verb = verbs.APPROVAL_APPROVED
         else:
             verb = verbs.APPROVAL_DECISION
-        audit_record(verb=verb, actor=Actor.user(user), subject_type="approval",
-                     subject_id=request.pk, agent=request.agent, run=request.run,
-                     payload=payload)
+        audit_record(
+            verb=verb,
+            actor=Actor.user(user),
+            subject_type="approval",
+            subject_id=request.pk,
+            agent=request.agent,
+            run=request.run,
+            payload=payload,
+        )
     request.refresh_from_db()
     return request
 
@@ -161,27 +213,47 @@ def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) 
         ApprovalRequest.objects.filter(pk=request.pk).update(
             status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
         )
-        audit_record(verb=verbs.APPROVAL_CANCELLED, actor=actor, subject_type="approval",
-                     subject_id=request.pk, agent=request.agent, run=request.run,
-                     payload={"reason": reason})
+        audit_record(
+            verb=verbs.APPROVAL_CANCELLED,
+            actor=actor,
+            subject_type="approval",
+            subject_id=request.pk,
+            agent=request.agent,
+            run=request.run,
+            payload={"reason": reason},
+        )
 
 
 def approvals_expire() -> int:
     """Fail closed: a request past its due time is rejected as expired."""
     count = 0
-    due = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING,
-                                         due_at__lt=timezone.now())
+    due = ApprovalRequest.objects.filter(
+        status=ApprovalRequest.Status.PENDING, due_at__lt=timezone.now()
+    )
     for request_id in due.values_list("pk", flat=True)[:500]:
         with transaction.atomic():
-            request = ApprovalRequest.objects.select_for_update().select_related(
-                "agent", "run").get(pk=request_id)
+            request = (
+                ApprovalRequest.objects.select_for_update()
+                .select_related("agent", "run")
+                .get(pk=request_id)
+            )
             if request.status != ApprovalRequest.Status.PENDING:
                 continue
-            _release(request, status=ApprovalRequest.Status.EXPIRED,
-                     action_status=Action.Status.REJECTED, args=request.args,
-                     error="expired: nobody decided in time")
-            audit_record(verb=verbs.APPROVAL_REJECTED, actor=SYSTEM, subject_type="approval",
-                         subject_id=request.pk, agent=request.agent, run=request.run,
-                         payload={"expired": True})
+            _release(
+                request,
+                status=ApprovalRequest.Status.EXPIRED,
+                action_status=Action.Status.REJECTED,
+                args=request.args,
+                error="expired: nobody decided in time",
+            )
+            audit_record(
+                verb=verbs.APPROVAL_REJECTED,
+                actor=SYSTEM,
+                subject_type="approval",
+                subject_id=request.pk,
+                agent=request.agent,
+                run=request.run,
+                payload={"expired": True},
+            )
             count += 1
     return count

@@ -31,9 +31,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
         db = settings.DATABASES["default"]
         try:
-            psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"],
-                            password=db.get("PASSWORD") or None, dbname=db["NAME"],
-                            connect_timeout=3).close()
+            psycopg.connect(
+                host=db["HOST"],
+                port=db["PORT"] or 5432,
+                user=db["USER"],
+                password=db.get("PASSWORD") or None,
+                dbname=db["NAME"],
+                connect_timeout=3,
+            ).close()
         except psycopg.OperationalError as exc:
             problems.append(f"Postgres does not answer ({exc}). Start it: {START_POSTGRES}")
     if not settings.REDIS_URL:
@@ -79,22 +84,50 @@ def db_url() -> str:
 class Worker:
     """A real `celery worker` process against the test database and this session's queue."""
 
-    def __init__(self, queue: str, tmp: Path, concurrency: int = 4, beat: bool = False,
-                 **env: str) -> None:
+    def __init__(
+        self, queue: str, tmp: Path, concurrency: int = 4, beat: bool = False, **env: str
+    ) -> None:
         self.queue, self.concurrency, self.beat = queue, concurrency, beat
         self.log = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
-        self.env = {**os.environ, "DATABASE_URL": db_url(), "BATON_TASK_QUEUE": queue,
-                    "BATON_RUN_LEASE_SECONDS": "2", "PYTHONUNBUFFERED": "1", **env}
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": db_url(),
+            "BATON_TASK_QUEUE": queue,
+            "BATON_RUN_LEASE_SECONDS": "2",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "console", "worker", "-P", "threads",
-                 "-c", str(self.concurrency), "-Q", self.queue, "-l", "INFO",
-                 "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
-                 "--without-mingle", "--without-heartbeat", *(["-B"] if self.beat else [])],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "console",
+                    "worker",
+                    "-P",
+                    "threads",
+                    "-c",
+                    str(self.concurrency),
+                    "-Q",
+                    self.queue,
+                    "-l",
+                    "INFO",
+                    "-n",
+                    f"test-{uuid.uuid4().hex[:6]}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    *(["-B"] if self.beat else []),
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -209,12 +242,26 @@ def world(db: Any) -> Any:
 def make_agent(world: Any) -> Any:
     from agents.services import agent_create, version_create, version_publish
 
-    def make(slug: str, program: str, policy: dict[str, Any], team: Any = None,
-             config: dict[str, Any] | None = None) -> Any:
-        agent = agent_create(slug=slug, name=slug.replace("-", " ").title(),
-                             team=team or world.claims, user=world.admin)
-        version = version_create(agent=agent, program=program, policy=policy,
-                                 config=config or {"model": "scripted"}, user=world.admin)
+    def make(
+        slug: str,
+        program: str,
+        policy: dict[str, Any],
+        team: Any = None,
+        config: dict[str, Any] | None = None,
+    ) -> Any:
+        agent = agent_create(
+            slug=slug,
+            name=slug.replace("-", " ").title(),
+            team=team or world.claims,
+            user=world.admin,
+        )
+        version = version_create(
+            agent=agent,
+            program=program,
+            policy=policy,
+            config=config or {"model": "scripted"},
+            user=world.admin,
+        )
         version_publish(version=version, user=world.admin)
         agent.refresh_from_db()
         return agent
@@ -223,3 +270,111 @@ def make_agent(world: Any) -> Any:
 
 
 ALLOW_ALL_TESTS = {"rules": [{"tool": "test.*", "effect": "allow"}]}
+
+
+# --- a real console server and a real browser ------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """The ASGI console under uvicorn, as production runs it, on the test database."""
+
+    def __init__(self, queue: str, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "server.log"
+        self.env = {**os.environ, "DATABASE_URL": db_url(), "BATON_TASK_QUEUE": queue}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        import urllib.request
+
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "console.asgi:application",
+                    "--port",
+                    str(self.port),
+                    "--lifespan",
+                    "off",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/login/", timeout=1) as response:  # noqa: S310
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the console did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def console_server(task_queue: str, tmp_path: Path) -> Iterator[Server]:
+    server = Server(task_queue, tmp_path).start()
+    yield server
+    server.stop()
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    executable = os.environ.get("BATON_CHROMIUM", "/usr/bin/chromium")
+    if not Path(executable).exists():
+        pytest.exit(
+            f"Chromium is missing at {executable}: apt-get install -y chromium "
+            "(make test installs it)",
+            returncode=3,
+        )
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+def log_in(page: Any, server: Server, username: str) -> None:
+    page.goto(f"{server.url}/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server.url}/")

@@ -72,6 +72,5 @@ def customer_email(ctx: Any, ticket: dict[str, Any]) -> dict[str, Any]:
         f"about: {ticket['topic']}",
         purpose="draft email",
     )
-    sent = ctx.tool("email.send", to=ticket["email"], subject=draft["subject"],
-                    body=draft["body"])
+    sent = ctx.tool("email.send", to=ticket["email"], subject=draft["subject"], body=draft["body"])
     return {"sent": not sent.get("simulated", False), "message_id": sent.get("message_id")}

@@ -39,8 +39,12 @@ def pay(call: ToolCall) -> dict[str, Any]:
     a = call.args
     payment, _ = Payment.objects.get_or_create(
         idempotency_key=call.idempotency_key,
-        defaults={"claim_id": a["claim_id"], "payee": a["payee"],
-                  "amount": Decimal(str(a["amount"])), "currency": a["currency"]},
+        defaults={
+            "claim_id": a["claim_id"],
+            "payee": a["payee"],
+            "amount": Decimal(str(a["amount"])),
+            "currency": a["currency"],
+        },
     )
     return {"payment_id": payment.pk, "amount": str(payment.amount), "currency": payment.currency}
 
@@ -78,8 +82,13 @@ def flag_claim(call: ToolCall) -> dict[str, Any]:
 )
 def stock_level(call: ToolCall) -> dict[str, Any]:
     seed = int(hashlib.sha256(call.args["sku"].encode()).hexdigest()[:8], 16)
-    return {"sku": call.args["sku"], "on_hand": seed % 120, "reorder_point": 60,
-            "unit_price": round(5 + (seed % 9000) / 100, 2), "supplier": "Nordwerk GmbH"}
+    return {
+        "sku": call.args["sku"],
+        "on_hand": seed % 120,
+        "reorder_point": 60,
+        "unit_price": round(5 + (seed % 9000) / 100, 2),
+        "supplier": "Nordwerk GmbH",
+    }
 
 
 def _simulate_po(call: ToolCall) -> dict[str, Any]:
@@ -113,8 +122,13 @@ def create_po(call: ToolCall) -> dict[str, Any]:
         raise ValueError(f"total {a['total']} does not equal quantity × unit price ({total})")
     order, _ = PurchaseOrder.objects.get_or_create(
         idempotency_key=call.idempotency_key,
-        defaults={"sku": a["sku"], "supplier": a["supplier"], "quantity": a["quantity"],
-                  "unit_price": Decimal(str(a["unit_price"])), "total": total},
+        defaults={
+            "sku": a["sku"],
+            "supplier": a["supplier"],
+            "quantity": a["quantity"],
+            "unit_price": Decimal(str(a["unit_price"])),
+            "total": total,
+        },
     )
     return {"po_id": order.pk, "total": str(order.total)}
 

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,207 +14,482 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Payment',
+            name="Payment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('idempotency_key', models.CharField(max_length=100, unique=True)),
-                ('claim_id', models.CharField(max_length=40)),
-                ('payee', models.CharField(max_length=100)),
-                ('amount', models.DecimalField(decimal_places=2, max_digits=12)),
-                ('currency', models.CharField(max_length=3)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("idempotency_key", models.CharField(max_length=100, unique=True)),
+                ("claim_id", models.CharField(max_length=40)),
+                ("payee", models.CharField(max_length=100)),
+                ("amount", models.DecimalField(decimal_places=2, max_digits=12)),
+                ("currency", models.CharField(max_length=3)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='PurchaseOrder',
+            name="PurchaseOrder",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('idempotency_key', models.CharField(max_length=100, unique=True)),
-                ('sku', models.CharField(max_length=40)),
-                ('supplier', models.CharField(max_length=100)),
-                ('quantity', models.PositiveIntegerField()),
-                ('unit_price', models.DecimalField(decimal_places=2, max_digits=12)),
-                ('total', models.DecimalField(decimal_places=2, max_digits=14)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("idempotency_key", models.CharField(max_length=100, unique=True)),
+                ("sku", models.CharField(max_length=40)),
+                ("supplier", models.CharField(max_length=100)),
+                ("quantity", models.PositiveIntegerField()),
+                ("unit_price", models.DecimalField(decimal_places=2, max_digits=12)),
+                ("total", models.DecimalField(decimal_places=2, max_digits=14)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='SentEmail',
+            name="SentEmail",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('idempotency_key', models.CharField(max_length=100, unique=True)),
-                ('to', models.EmailField(max_length=254)),
-                ('subject', models.CharField(max_length=200)),
-                ('body', models.TextField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("idempotency_key", models.CharField(max_length=100, unique=True)),
+                ("to", models.EmailField(max_length=254)),
+                ("subject", models.CharField(max_length=200)),
+                ("body", models.TextField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Team',
+            name="Team",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(unique=True)),
-                ('name', models.CharField(max_length=100)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("slug", models.SlugField(unique=True)),
+                ("name", models.CharField(max_length=100)),
             ],
             options={
-                'ordering': ['name'],
-                'permissions': [('supervise_team', "Supervise the team's agents: runs, approvals, kill switches"), ('administer_team', "Administer the team's agents: versions, policies, grants")],
+                "ordering": ["name"],
+                "permissions": [
+                    (
+                        "supervise_team",
+                        "Supervise the team's agents: runs, approvals, kill switches",
+                    ),
+                    ("administer_team", "Administer the team's agents: versions, policies, grants"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Agent',
+            name="Agent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(unique=True)),
-                ('name', models.CharField(max_length=100)),
-                ('description', models.TextField(blank=True)),
-                ('kind', models.CharField(choices=[('hosted', "Hosted (runs in Baton's workers)"), ('remote', "Remote (calls Baton's API)")], default='hosted', max_length=10)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("slug", models.SlugField(unique=True)),
+                ("name", models.CharField(max_length=100)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("hosted", "Hosted (runs in Baton's workers)"),
+                            ("remote", "Remote (calls Baton's API)"),
+                        ],
+                        default="hosted",
+                        max_length=10,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['team__name', 'name'],
-                'permissions': [('supervise_agent', 'Supervise the agent: runs, approvals, kill switches'), ('administer_agent', 'Administer the agent: versions, policies, grants')],
+                "ordering": ["team__name", "name"],
+                "permissions": [
+                    ("supervise_agent", "Supervise the agent: runs, approvals, kill switches"),
+                    ("administer_agent", "Administer the agent: versions, policies, grants"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='AgentVersion',
+            name="AgentVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('program', models.CharField(help_text='Registered name of the agent program', max_length=200)),
-                ('config', models.JSONField(blank=True, default=dict)),
-                ('policy', models.JSONField(blank=True, default=dict)),
-                ('stage', models.CharField(choices=[('draft', 'Draft'), ('shadow', 'Shadow'), ('canary', 'Canary'), ('live', 'Live'), ('retired', 'Retired')], default='draft', max_length=10)),
-                ('canary_percent', models.PositiveSmallIntegerField(default=0)),
-                ('note', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('published_at', models.DateTimeField(blank=True, null=True)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='versions', to='agents.agent')),
-                ('author', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField()),
+                (
+                    "program",
+                    models.CharField(
+                        help_text="Registered name of the agent program", max_length=200
+                    ),
+                ),
+                ("config", models.JSONField(blank=True, default=dict)),
+                ("policy", models.JSONField(blank=True, default=dict)),
+                (
+                    "stage",
+                    models.CharField(
+                        choices=[
+                            ("draft", "Draft"),
+                            ("shadow", "Shadow"),
+                            ("canary", "Canary"),
+                            ("live", "Live"),
+                            ("retired", "Retired"),
+                        ],
+                        default="draft",
+                        max_length=10,
+                    ),
+                ),
+                ("canary_percent", models.PositiveSmallIntegerField(default=0)),
+                ("note", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("published_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="versions",
+                        to="agents.agent",
+                    ),
+                ),
+                (
+                    "author",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['agent', '-number'],
+                "ordering": ["agent", "-number"],
             },
         ),
         migrations.AddField(
-            model_name='agent',
-            name='live_version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='agents.agentversion'),
+            model_name="agent",
+            name="live_version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="agents.agentversion",
+            ),
         ),
         migrations.CreateModel(
-            name='Run',
+            name="Run",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('input', models.JSONField(default=dict)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('waiting', 'Waiting'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='queued', max_length=10)),
-                ('wait_reason', models.CharField(blank=True, choices=[('', '—'), ('approval', 'waiting for approval'), ('paused', 'paused by a kill switch'), ('rate_limit', 'delayed by a rate limit')], default='', max_length=12)),
-                ('output', models.JSONField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('enqueued_at', models.DateTimeField(blank=True, null=True)),
-                ('wake_at', models.DateTimeField(blank=True, null=True)),
-                ('lease_token', models.UUIDField(blank=True, null=True)),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='runs', to='agents.agent')),
-                ('launched_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='runs', to='agents.agentversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("input", models.JSONField(default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("waiting", "Waiting"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="queued",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "wait_reason",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("", "—"),
+                            ("approval", "waiting for approval"),
+                            ("paused", "paused by a kill switch"),
+                            ("rate_limit", "delayed by a rate limit"),
+                        ],
+                        default="",
+                        max_length=12,
+                    ),
+                ),
+                ("output", models.JSONField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("enqueued_at", models.DateTimeField(blank=True, null=True)),
+                ("wake_at", models.DateTimeField(blank=True, null=True)),
+                ("lease_token", models.UUIDField(blank=True, null=True)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="runs",
+                        to="agents.agent",
+                    ),
+                ),
+                (
+                    "launched_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="runs",
+                        to="agents.agentversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Action',
+            name="Action",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.PositiveIntegerField()),
-                ('kind', models.CharField(choices=[('tool', 'Tool'), ('model', 'Model'), ('value', 'recorded value (clock, random)')], max_length=5)),
-                ('name', models.CharField(max_length=100)),
-                ('requested_args', models.JSONField(default=dict)),
-                ('args', models.JSONField(default=dict)),
-                ('args_hash', models.CharField(max_length=64)),
-                ('status', models.CharField(choices=[('started', 'Started'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('denied', 'Denied'), ('invalid', 'invalid arguments'), ('shadowed', 'Shadowed'), ('held', 'held for approval'), ('approved', 'approved, not yet executed'), ('rejected', 'Rejected'), ('unknown', 'outcome unknown'), ('cancelled', 'Cancelled')], max_length=10)),
-                ('decision', models.CharField(blank=True, choices=[('', '—'), ('allow', 'Allow'), ('deny', 'Deny'), ('approve', 'Approve'), ('shadow', 'Shadow')], default='', max_length=8)),
-                ('rule_index', models.IntegerField(blank=True, null=True)),
-                ('rule', models.JSONField(blank=True, null=True)),
-                ('reason', models.TextField(blank=True)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('meta', models.JSONField(blank=True, default=dict)),
-                ('idempotency_key', models.CharField(max_length=100)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='actions', to='agents.run')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("seq", models.PositiveIntegerField()),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("tool", "Tool"),
+                            ("model", "Model"),
+                            ("value", "recorded value (clock, random)"),
+                        ],
+                        max_length=5,
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("requested_args", models.JSONField(default=dict)),
+                ("args", models.JSONField(default=dict)),
+                ("args_hash", models.CharField(max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("started", "Started"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("denied", "Denied"),
+                            ("invalid", "invalid arguments"),
+                            ("shadowed", "Shadowed"),
+                            ("held", "held for approval"),
+                            ("approved", "approved, not yet executed"),
+                            ("rejected", "Rejected"),
+                            ("unknown", "outcome unknown"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "decision",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("", "—"),
+                            ("allow", "Allow"),
+                            ("deny", "Deny"),
+                            ("approve", "Approve"),
+                            ("shadow", "Shadow"),
+                        ],
+                        default="",
+                        max_length=8,
+                    ),
+                ),
+                ("rule_index", models.IntegerField(blank=True, null=True)),
+                ("rule", models.JSONField(blank=True, null=True)),
+                ("reason", models.TextField(blank=True)),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("meta", models.JSONField(blank=True, default=dict)),
+                ("idempotency_key", models.CharField(max_length=100)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="actions",
+                        to="agents.run",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['run', 'seq'],
+                "ordering": ["run", "seq"],
             },
         ),
         migrations.CreateModel(
-            name='KillSwitch',
+            name="KillSwitch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('scope', models.CharField(choices=[('global', 'everything'), ('team', 'Team'), ('agent', 'Agent')], max_length=6)),
-                ('target', models.CharField(max_length=40)),
-                ('mode', models.CharField(choices=[('pause', 'Pause'), ('halt', 'Halt')], max_length=5)),
-                ('reason', models.TextField()),
-                ('engaged_at', models.DateTimeField(auto_now_add=True)),
-                ('released_at', models.DateTimeField(blank=True, null=True)),
-                ('release_reason', models.TextField(blank=True)),
-                ('agent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='agents.agent')),
-                ('engaged_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('released_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('team', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='agents.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "scope",
+                    models.CharField(
+                        choices=[("global", "everything"), ("team", "Team"), ("agent", "Agent")],
+                        max_length=6,
+                    ),
+                ),
+                ("target", models.CharField(max_length=40)),
+                (
+                    "mode",
+                    models.CharField(choices=[("pause", "Pause"), ("halt", "Halt")], max_length=5),
+                ),
+                ("reason", models.TextField()),
+                ("engaged_at", models.DateTimeField(auto_now_add=True)),
+                ("released_at", models.DateTimeField(blank=True, null=True)),
+                ("release_reason", models.TextField(blank=True)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="agents.agent",
+                    ),
+                ),
+                (
+                    "engaged_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "released_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="agents.team",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-engaged_at'],
+                "ordering": ["-engaged_at"],
             },
         ),
         migrations.AddField(
-            model_name='agent',
-            name='team',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='agents', to='agents.team'),
+            model_name="agent",
+            name="team",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="agents", to="agents.team"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='agentversion',
-            constraint=models.UniqueConstraint(fields=('agent', 'number'), name='version_number_unique'),
+            model_name="agentversion",
+            constraint=models.UniqueConstraint(
+                fields=("agent", "number"), name="version_number_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='agentversion',
-            constraint=models.CheckConstraint(condition=models.Q(('canary_percent__lte', 100)), name='version_canary_percent_range'),
+            model_name="agentversion",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("canary_percent__lte", 100)),
+                name="version_canary_percent_range",
+            ),
         ),
         migrations.AddIndex(
-            model_name='run',
-            index=models.Index(fields=['agent', '-created_at'], name='run_agent_recent'),
+            model_name="run",
+            index=models.Index(fields=["agent", "-created_at"], name="run_agent_recent"),
         ),
         migrations.AddIndex(
-            model_name='run',
-            index=models.Index(fields=['status', 'enqueued_at'], name='run_status_enqueued'),
+            model_name="run",
+            index=models.Index(fields=["status", "enqueued_at"], name="run_status_enqueued"),
         ),
         migrations.AddIndex(
-            model_name='action',
-            index=models.Index(fields=['-created_at'], name='action_recent'),
+            model_name="action",
+            index=models.Index(fields=["-created_at"], name="action_recent"),
         ),
         migrations.AddConstraint(
-            model_name='action',
-            constraint=models.UniqueConstraint(fields=('run', 'seq'), name='action_seq_unique'),
+            model_name="action",
+            constraint=models.UniqueConstraint(fields=("run", "seq"), name="action_seq_unique"),
         ),
         migrations.AddConstraint(
-            model_name='killswitch',
-            constraint=models.UniqueConstraint(condition=models.Q(('released_at__isnull', True)), fields=('target',), name='one_engaged_switch_per_target'),
+            model_name="killswitch",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("released_at__isnull", True)),
+                fields=("target",),
+                name="one_engaged_switch_per_target",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='killswitch',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('agent__isnull', True), ('scope', 'global'), ('team__isnull', True)), models.Q(('agent__isnull', True), ('scope', 'team'), ('team__isnull', False)), models.Q(('agent__isnull', False), ('scope', 'agent'), ('team__isnull', True)), _connector='OR'), name='switch_scope_matches_target'),
+            model_name="killswitch",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("agent__isnull", True), ("scope", "global"), ("team__isnull", True)),
+                    models.Q(("agent__isnull", True), ("scope", "team"), ("team__isnull", False)),
+                    models.Q(("agent__isnull", False), ("scope", "agent"), ("team__isnull", True)),
+                    _connector="OR",
+                ),
+                name="switch_scope_matches_target",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='killswitch',
-            constraint=models.CheckConstraint(condition=models.Q(('reason', ''), _negated=True), name='switch_needs_reason'),
+            model_name="killswitch",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("reason", ""), _negated=True), name="switch_needs_reason"
+            ),
         ),
     ]

@@ -17,13 +17,15 @@ from tests.support.agents import executions
 
 pytestmark = pytest.mark.django_db
 
-HOLD_HELD = {"rules": [{"tool": "test.held", "effect": "approve"},
-                       {"tool": "test.*", "effect": "allow"}]}
+HOLD_HELD = {
+    "rules": [{"tool": "test.held", "effect": "approve"}, {"tool": "test.*", "effect": "allow"}]
+}
 
 
 def verbs_of(run: Run) -> list[str]:
-    return list(AuditEvent.objects.filter(run_id=run.pk).order_by("seq")
-                .values_list("verb", flat=True))
+    return list(
+        AuditEvent.objects.filter(run_id=run.pk).order_by("seq").values_list("verb", flat=True)
+    )
 
 
 def run_once(agent: Any, input: dict[str, Any], user: Any = None) -> Run:
@@ -40,19 +42,27 @@ def test_allowed_steps_execute_and_each_is_journaled_and_audited(make_agent: Any
     assert run.output == {"results": [1, 2, 3]}
     steps = list(run.actions.values_list("seq", "name", "status", "decision"))
     assert steps == [(i, "test.count", "succeeded", "allow") for i in (1, 2, 3)]
-    assert verbs_of(run) == (["run.queued", "run.started"]
-                             + ["action.allowed", "action.succeeded"] * 3 + ["run.succeeded"])
+    assert verbs_of(run) == (
+        ["run.queued", "run.started"]
+        + ["action.allowed", "action.succeeded"] * 3
+        + ["run.succeeded"]
+    )
 
 
-def test_replay_returns_journaled_results_without_executing_again(make_agent: Any,
-                                                                  world: Any) -> None:
+def test_replay_returns_journaled_results_without_executing_again(
+    make_agent: Any, world: Any
+) -> None:
     agent = make_agent("diverge", "tests.support.agents.divergent", HOLD_HELD)
     run = run_once(agent, {"label": "r"})
     assert run.status == Run.Status.WAITING
     assert executions("r") == 1
     request = ApprovalRequest.objects.get(run=run)
-    approval_decide(request_id=request.pk, user=world.supervisor, verdict="approve",
-                    seen_args_hash=request.args_hash)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+    )
     execute_run(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.SUCCEEDED
@@ -61,13 +71,18 @@ def test_replay_returns_journaled_results_without_executing_again(make_agent: An
     assert run.attempts == 2
 
 
-def test_divergent_replay_fails_the_run_loudly(make_agent: Any, world: Any,
-                                               redis_client: Any) -> None:
+def test_divergent_replay_fails_the_run_loudly(
+    make_agent: Any, world: Any, redis_client: Any
+) -> None:
     agent = make_agent("diverge", "tests.support.agents.divergent", HOLD_HELD)
     run = run_once(agent, {"label": "d"})
     request = ApprovalRequest.objects.get(run=run)
-    approval_decide(request_id=request.pk, user=world.supervisor, verdict="approve",
-                    seen_args_hash=request.args_hash)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+    )
     redis_client.set("test:flip:d", 1)
     execute_run(run.pk)
     run.refresh_from_db()
@@ -80,8 +95,11 @@ def test_divergent_replay_fails_the_run_loudly(make_agent: Any, world: Any,
 
 
 def test_no_matching_rule_means_deny(make_agent: Any) -> None:
-    agent = make_agent("counter", "tests.support.agents.counter",
-                       {"rules": [{"tool": "payments.*", "effect": "allow"}]})
+    agent = make_agent(
+        "counter",
+        "tests.support.agents.counter",
+        {"rules": [{"tool": "payments.*", "effect": "allow"}]},
+    )
     run = run_once(agent, {"label": "x", "steps": 1})
     assert run.status == Run.Status.FAILED
     assert "PolicyDenied" in run.error and "denied by default" in run.error
@@ -92,10 +110,16 @@ def test_no_matching_rule_means_deny(make_agent: Any) -> None:
 
 
 def test_first_matching_rule_wins(make_agent: Any) -> None:
-    agent = make_agent("counter", "tests.support.agents.counter", {"rules": [
-        {"tool": "test.count", "when": "n >= 1", "effect": "deny", "reason": "only one"},
-        {"tool": "test.*", "effect": "allow"},
-    ]})
+    agent = make_agent(
+        "counter",
+        "tests.support.agents.counter",
+        {
+            "rules": [
+                {"tool": "test.count", "when": "n >= 1", "effect": "deny", "reason": "only one"},
+                {"tool": "test.*", "effect": "allow"},
+            ]
+        },
+    )
     run = run_once(agent, {"label": "f", "steps": 2})
     assert [a.status for a in run.actions.order_by("seq")] == ["succeeded", "denied"]
     assert run.actions.get(seq=2).reason == "only one"
@@ -106,11 +130,16 @@ def test_arguments_breaking_the_schema_are_refused_audited_and_not_executed(
     make_agent: Any,
 ) -> None:
     agent = make_agent("rogue", "tests.support.agents.rogue", ALLOW_ALL_TESTS)
-    run = run_once(agent, {"calls": [
-        ["test.count", {"label": 7}],
-        ["test.pay", {"claim_id": "c1", "amount": -5, "extra": True}],
-        ["test.nonexistent", {"x": 1}],
-    ]})
+    run = run_once(
+        agent,
+        {
+            "calls": [
+                ["test.count", {"label": 7}],
+                ["test.pay", {"claim_id": "c1", "amount": -5, "extra": True}],
+                ["test.nonexistent", {"x": 1}],
+            ]
+        },
+    )
     assert run.status == Run.Status.SUCCEEDED
     count, pay, unknown = run.actions.order_by("seq")
     assert count.status == pay.status == Action.Status.INVALID
@@ -124,10 +153,20 @@ def test_arguments_breaking_the_schema_are_refused_audited_and_not_executed(
 
 
 def test_shadow_returns_the_simulation_and_sends_nothing(make_agent: Any) -> None:
-    agent = make_agent("mailer", "agents.demo.programs.customer_email",
-                       {"rules": [{"tool": "email.send", "effect": "shadow"}]})
-    run = run_once(agent, {"ticket_id": "T-1", "customer": "Mei", "email": "mei@example.com",
-                           "topic": "a late delivery"})
+    agent = make_agent(
+        "mailer",
+        "agents.demo.programs.customer_email",
+        {"rules": [{"tool": "email.send", "effect": "shadow"}]},
+    )
+    run = run_once(
+        agent,
+        {
+            "ticket_id": "T-1",
+            "customer": "Mei",
+            "email": "mei@example.com",
+            "topic": "a late delivery",
+        },
+    )
     assert run.status == Run.Status.SUCCEEDED
     assert run.output == {"sent": False, "message_id": None}
     send = run.actions.get(kind=Action.Kind.TOOL)
@@ -137,10 +176,20 @@ def test_shadow_returns_the_simulation_and_sends_nothing(make_agent: Any) -> Non
 
 
 def test_model_calls_are_journaled_with_tokens_and_cost(make_agent: Any) -> None:
-    agent = make_agent("mailer", "agents.demo.programs.customer_email",
-                       {"rules": [{"tool": "email.send", "effect": "allow"}]})
-    run = run_once(agent, {"ticket_id": "T-2", "customer": "Tom", "email": "tom@example.com",
-                           "topic": "a double charge"})
+    agent = make_agent(
+        "mailer",
+        "agents.demo.programs.customer_email",
+        {"rules": [{"tool": "email.send", "effect": "allow"}]},
+    )
+    run = run_once(
+        agent,
+        {
+            "ticket_id": "T-2",
+            "customer": "Tom",
+            "email": "tom@example.com",
+            "topic": "a double charge",
+        },
+    )
     model = run.actions.get(kind=Action.Kind.MODEL)
     assert model.name == "scripted" and model.requested_args["purpose"] == "draft email"
     assert model.meta["tokens_in"] > 0 and model.meta["cost_eur"] > 0
@@ -162,33 +211,54 @@ def test_rate_limit_delays_the_run_instead_of_failing_it(make_agent: Any) -> Non
     assert executions("rl") == 2
 
 
-def test_reject_reason_reaches_the_agent_as_the_steps_error(make_agent: Any,
-                                                            world: Any) -> None:
-    agent = make_agent("payer", "tests.support.agents.payout_with_fallback",
-                       {"rules": [{"tool": "test.pay", "effect": "approve"},
-                                  {"tool": "test.*", "effect": "allow"}]})
+def test_reject_reason_reaches_the_agent_as_the_steps_error(make_agent: Any, world: Any) -> None:
+    agent = make_agent(
+        "payer",
+        "tests.support.agents.payout_with_fallback",
+        {
+            "rules": [
+                {"tool": "test.pay", "effect": "approve"},
+                {"tool": "test.*", "effect": "allow"},
+            ]
+        },
+    )
     run = run_once(agent, {"claim_id": "c9", "amount": 5000})
     request = ApprovalRequest.objects.get(run=run)
-    approval_decide(request_id=request.pk, user=world.supervisor, verdict="reject",
-                    comment="amount not documented", seen_args_hash=request.args_hash)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="reject",
+        comment="amount not documented",
+        seen_args_hash=request.args_hash,
+    )
     execute_run(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.SUCCEEDED
-    assert run.output == {"paid": False,
-                          "reason": "rejected by sam: amount not documented"}
+    assert run.output == {"paid": False, "reason": "rejected by sam: amount not documented"}
     assert executions("rejected:c9") == 1
     assert not Payment.objects.exists()
 
 
 def test_approved_edit_executes_with_the_edited_arguments(make_agent: Any, world: Any) -> None:
-    agent = make_agent("payer", "tests.support.agents.payout_with_fallback",
-                       {"rules": [{"tool": "test.pay", "effect": "approve"},
-                                  {"tool": "test.*", "effect": "allow"}]})
+    agent = make_agent(
+        "payer",
+        "tests.support.agents.payout_with_fallback",
+        {
+            "rules": [
+                {"tool": "test.pay", "effect": "approve"},
+                {"tool": "test.*", "effect": "allow"},
+            ]
+        },
+    )
     run = run_once(agent, {"claim_id": "c10", "amount": 5000})
     request = ApprovalRequest.objects.get(run=run)
-    approval_decide(request_id=request.pk, user=world.supervisor, verdict="approve",
-                    edited_args={"claim_id": "c10", "amount": 4200},
-                    seen_args_hash=request.args_hash)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        edited_args={"claim_id": "c10", "amount": 4200},
+        seen_args_hash=request.args_hash,
+    )
     execute_run(run.pk)
     run.refresh_from_db()
     assert run.output == {"paid": True, "amount": "4200"}
@@ -197,11 +267,13 @@ def test_approved_edit_executes_with_the_edited_arguments(make_agent: Any, world
     assert action.requested_args["amount"] == 5000 and action.args["amount"] == 4200
 
 
-def test_pause_parks_the_run_and_release_resumes_it_without_repeats(make_agent: Any,
-                                                                    world: Any) -> None:
+def test_pause_parks_the_run_and_release_resumes_it_without_repeats(
+    make_agent: Any, world: Any
+) -> None:
     agent = make_agent("counter", "tests.support.agents.counter", ALLOW_ALL_TESTS)
-    switch = killswitch_engage(scope="agent", agent=agent, mode="pause", reason="checking",
-                               user=world.supervisor)
+    switch = killswitch_engage(
+        scope="agent", agent=agent, mode="pause", reason="checking", user=world.supervisor
+    )
     run = run_once(agent, {"label": "p", "steps": 2})
     assert (run.status, run.wait_reason) == (Run.Status.WAITING, Run.WaitReason.PAUSED)
     assert executions("p") == 0
@@ -211,13 +283,16 @@ def test_pause_parks_the_run_and_release_resumes_it_without_repeats(make_agent: 
     assert run.status == Run.Status.SUCCEEDED and executions("p") == 2
 
 
-def test_halt_cancels_waiting_runs_and_their_pending_approvals(make_agent: Any,
-                                                               world: Any) -> None:
-    agent = make_agent("payer", "tests.support.agents.payout_with_fallback",
-                       {"rules": [{"tool": "test.pay", "effect": "approve"}]})
+def test_halt_cancels_waiting_runs_and_their_pending_approvals(make_agent: Any, world: Any) -> None:
+    agent = make_agent(
+        "payer",
+        "tests.support.agents.payout_with_fallback",
+        {"rules": [{"tool": "test.pay", "effect": "approve"}]},
+    )
     run = run_once(agent, {"claim_id": "c11", "amount": 50})
-    killswitch_engage(scope="team", team=world.claims, mode="halt", reason="incident 42",
-                      user=world.supervisor)
+    killswitch_engage(
+        scope="team", team=world.claims, mode="halt", reason="incident 42", user=world.supervisor
+    )
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED and "incident 42" in run.error
     assert ApprovalRequest.objects.get(run=run).status == ApprovalRequest.Status.CANCELLED
@@ -225,15 +300,25 @@ def test_halt_cancels_waiting_runs_and_their_pending_approvals(make_agent: Any,
     assert not Payment.objects.exists()
 
 
-def test_a_started_step_of_a_non_idempotent_tool_is_held_as_unknown(make_agent: Any,
-                                                                   world: Any) -> None:
+def test_a_started_step_of_a_non_idempotent_tool_is_held_as_unknown(
+    make_agent: Any, world: Any
+) -> None:
     agent = make_agent("fragile", "tests.support.agents.fragile", ALLOW_ALL_TESTS)
     run = run_start(agent=agent, input={"label": "u"})
     # What a worker killed between claiming the step and recording its outcome leaves.
-    Action.objects.create(run=run, seq=1, kind="tool", name="test.count_once",
-                          requested_args={"label": "u"}, args={"label": "u"}, args_hash="x",
-                          status=Action.Status.STARTED, decision="allow", attempts=1,
-                          idempotency_key=f"baton-run{run.pk}-step1")
+    Action.objects.create(
+        run=run,
+        seq=1,
+        kind="tool",
+        name="test.count_once",
+        requested_args={"label": "u"},
+        args={"label": "u"},
+        args_hash="x",
+        status=Action.Status.STARTED,
+        decision="allow",
+        attempts=1,
+        idempotency_key=f"baton-run{run.pk}-step1",
+    )
     execute_run(run.pk)
     run.refresh_from_db()
     assert (run.status, run.wait_reason) == (Run.Status.WAITING, Run.WaitReason.APPROVAL)

@@ -36,7 +36,10 @@ def test_a_run_completes_in_a_real_worker(make_agent: Any, worker: Any) -> None:
 
 
 def test_worker_killed_mid_step_then_restarted_completes_each_side_effect_once(
-    make_agent: Any, start_worker: Any, redis_client: Any, tmp_path: Any,
+    make_agent: Any,
+    start_worker: Any,
+    redis_client: Any,
+    tmp_path: Any,
 ) -> None:
     agent = make_agent("payer", "tests.support.agents.gated_payout", ALLOW_ALL_TESTS)
     first = start_worker()
@@ -64,7 +67,8 @@ def test_worker_killed_mid_step_then_restarted_completes_each_side_effect_once(
 
 
 def test_the_same_run_delivered_several_times_has_no_duplicate_side_effect(
-    make_agent: Any, worker: Any,
+    make_agent: Any,
+    worker: Any,
 ) -> None:
     agent = make_agent("counter", "tests.support.agents.counter", ALLOW_ALL_TESTS)
     run = run_start(agent=agent, input={"label": "dup", "steps": 5})
@@ -81,23 +85,27 @@ def test_the_same_run_delivered_several_times_has_no_duplicate_side_effect(
     assert run.output == {"results": [1, 2, 3, 4, 5]}
 
 
-def test_no_action_is_admitted_after_a_halt_commits(make_agent: Any, start_worker: Any,
-                                                    world: Any) -> None:
+def test_no_action_is_admitted_after_a_halt_commits(
+    make_agent: Any, start_worker: Any, world: Any
+) -> None:
     start_worker(BATON_RUN_LEASE_SECONDS="30")
     runs = []
     for i in range(4):
         agent = make_agent(f"busy-{i}", "tests.support.agents.slow_counter", ALLOW_ALL_TESTS)
-        runs.append(run_start(agent=agent, input={"label": f"busy{i}", "steps": 500,
-                                                  "pause": 0.005}))
+        runs.append(
+            run_start(agent=agent, input={"label": f"busy{i}", "steps": 500, "pause": 0.005})
+        )
     wait_for(lambda: all(r.actions.count() >= 5 for r in runs), message="agents to be busy")
 
-    killswitch_engage(scope="team", team=world.claims, mode="halt", reason="runaway agents",
-                      user=world.supervisor)
+    killswitch_engage(
+        scope="team", team=world.claims, mode="halt", reason="runaway agents", user=world.supervisor
+    )
     admitted = set(Action.objects.values_list("pk", flat=True))
     time.sleep(1.5)
 
     assert set(Action.objects.values_list("pk", flat=True)) == admitted, (
-        "an action was admitted after the halt committed")
+        "an action was admitted after the halt committed"
+    )
     for i, run in enumerate(runs):
         assert status(run) == Run.Status.CANCELLED
         rows = run.actions.count()
@@ -105,13 +113,15 @@ def test_no_action_is_admitted_after_a_halt_commits(make_agent: Any, start_worke
         assert not run.actions.filter(status=Action.Status.STARTED).exists()
 
 
-def test_pause_then_release_resumes_runs_where_they_stopped(make_agent: Any, worker: Any,
-                                                            world: Any) -> None:
+def test_pause_then_release_resumes_runs_where_they_stopped(
+    make_agent: Any, worker: Any, world: Any
+) -> None:
     agent = make_agent("steady", "tests.support.agents.slow_counter", ALLOW_ALL_TESTS)
     run = run_start(agent=agent, input={"label": "pr", "steps": 40, "pause": 0.01})
     wait_for(lambda: run.actions.count() >= 5, message="the run to get going")
-    switch = killswitch_engage(scope="agent", agent=agent, mode="pause", reason="look first",
-                               user=world.supervisor)
+    switch = killswitch_engage(
+        scope="agent", agent=agent, mode="pause", reason="look first", user=world.supervisor
+    )
     wait_for(lambda: status(run) == Run.Status.WAITING, message="the run to park")
     frozen = executions("pr")
     time.sleep(0.5)
@@ -122,18 +132,28 @@ def test_pause_then_release_resumes_runs_where_they_stopped(make_agent: Any, wor
     assert executions("pr") == 40, "no step ran twice, none was skipped"
 
 
-def test_an_approval_resumes_the_run_in_a_worker(make_agent: Any, worker: Any,
-                                                 world: Any) -> None:
+def test_an_approval_resumes_the_run_in_a_worker(make_agent: Any, worker: Any, world: Any) -> None:
     from agents.demo.seed import CLAIMS_POLICY
 
     agent = make_agent("claims-payer", "agents.demo.programs.claim_payout", CLAIMS_POLICY)
-    run = run_start(agent=agent, input={"claim_id": "CLM-1", "policyholder": "Mei Chen",
-                                        "description": "hail damage", "amount": 4200})
+    run = run_start(
+        agent=agent,
+        input={
+            "claim_id": "CLM-1",
+            "policyholder": "Mei Chen",
+            "description": "hail damage",
+            "amount": 4200,
+        },
+    )
     wait_for(lambda: status(run) == Run.Status.WAITING, message="the payout to be held")
     request = ApprovalRequest.objects.get(run=run)
     assert request.args["amount"] == 4200 and request.required_approvals == 1
-    approval_decide(request_id=request.pk, user=world.supervisor, verdict="approve",
-                    seen_args_hash=request.args_hash)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+    )
     wait_for(lambda: finished(run), message="the approved run to finish")
     assert run.status == Run.Status.SUCCEEDED
     assert Payment.objects.get(claim_id="CLM-1").amount == 4200

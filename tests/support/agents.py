@@ -69,8 +69,12 @@ def pay(call: ToolCall) -> dict[str, Any]:
     r().incr(f"test:exec:pay:{call.args['claim_id']}")
     payment, _ = Payment.objects.get_or_create(
         idempotency_key=call.idempotency_key,
-        defaults={"claim_id": call.args["claim_id"], "payee": "test",
-                  "amount": Decimal(str(call.args["amount"])), "currency": "EUR"},
+        defaults={
+            "claim_id": call.args["claim_id"],
+            "payee": "test",
+            "amount": Decimal(str(call.args["amount"])),
+            "currency": "EUR",
+        },
     )
     gate = call.args.get("gate")
     if gate:
@@ -82,8 +86,10 @@ def pay(call: ToolCall) -> dict[str, Any]:
 @program
 def counter(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
     """Calls test.count `steps` times, then optionally a held step, then counts again."""
-    results = [ctx.tool("test.count", label=input["label"], n=i)["executions"]
-               for i in range(input.get("steps", 3))]
+    results = [
+        ctx.tool("test.count", label=input["label"], n=i)["executions"]
+        for i in range(input.get("steps", 3))
+    ]
     return {"results": results}
 
 
@@ -103,8 +109,9 @@ def slow_counter(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
 @program
 def gated_payout(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
     before = ctx.tool("test.count", label=f"{input['claim_id']}:before")
-    paid = ctx.tool("test.pay", claim_id=input["claim_id"], amount=input["amount"],
-                    gate=input.get("gate", ""))
+    paid = ctx.tool(
+        "test.pay", claim_id=input["claim_id"], amount=input["amount"], gate=input.get("gate", "")
+    )
     after = ctx.tool("test.count", label=f"{input['claim_id']}:after")
     return {"paid": paid, "before": before["executions"], "after": after["executions"]}
 

@@ -30,8 +30,9 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=4)
         parser.add_argument("--no-demo", action="store_true", help="no demo agents or workload")
 
-    def handle(self, *args: Any, host: str, port: int, concurrency: int, no_demo: bool,
-               **options: Any) -> None:
+    def handle(
+        self, *args: Any, host: str, port: int, concurrency: int, no_demo: bool, **options: Any
+    ) -> None:
         call_command("migrate", interactive=False, verbosity=0)
         credentials = [] if no_demo else demo_seed()
         if not no_demo:
@@ -41,15 +42,23 @@ class Command(BaseCommand):
             }
         self._banner(host, port, credentials)
 
-        server = uvicorn.Server(uvicorn.Config(
-            "console.asgi:application", host=host, port=port, lifespan="off", log_level="warning",
-        ))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                "console.asgi:application",
+                host=host,
+                port=port,
+                lifespan="off",
+                log_level="warning",
+            )
+        )
         threading.Thread(target=server.run, name="web", daemon=True).start()
         # Beat as a thread of this process: with the in-memory broker a separate beat
         # process could not reach this worker.
-        EmbeddedService(celery_app, thread=True).start()
+        EmbeddedService(celery_app, thread=True).start()  # type: ignore[union-attr]
         worker = celery_app.Worker(
-            pool="threads", concurrency=concurrency, loglevel="WARNING",
+            pool="threads",
+            concurrency=concurrency,
+            loglevel="WARNING",
             hostname=f"baton-up@{socket.gethostname()}",
             queues=[settings.CELERY_TASK_DEFAULT_QUEUE],
         )
