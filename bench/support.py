@@ -1,0 +1,31 @@
+"""A no-op tool and a program that times each governed step, for the benchmarks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agents.registry import ToolCall, program, tool
+
+NOOP_SCHEMA = {
+    "type": "object",
+    "properties": {"i": {"type": "integer"}},
+    "required": ["i"],
+    "additionalProperties": False,
+}
+
+
+@tool("bench.noop", schema=NOOP_SCHEMA, idempotent=True)
+def noop(call: ToolCall) -> dict[str, Any]:
+    return {"i": call.args["i"]}
+
+
+@program
+def timed_steps(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
+    """Times each governed step; the timings are the output (so nothing replays here)."""
+    timings = []
+    for i in range(input["steps"]):
+        started = time.perf_counter()
+        ctx.tool("bench.noop", i=i)
+        timings.append(time.perf_counter() - started)
+    return {"timings": timings}
