@@ -43,7 +43,7 @@ test: install lint chromium
 	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 	BATON_HTTPS=false SECRET_KEY=$$(head -c 32 /dev/urandom | base64) \
 	BATON_AGENT_MODULES=agents.demo,tests.support.agents \
-	BATON_CHROMIUM=$(CHROMIUM) DJANGO_ALLOW_ASYNC_UNSAFE=true \
+	BATON_CHROMIUM=$(CHROMIUM) \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

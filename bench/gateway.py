@@ -52,8 +52,11 @@ def agent() -> object:
     if found:
         return found
     made = agent_create(slug="bench", name="Bench", team=team)
-    version = version_create(agent=made, program="bench.support.timed_steps",
-                             policy={"rules": [{"tool": "bench.*", "effect": "allow"}]})
+    version = version_create(
+        agent=made,
+        program="bench.support.timed_steps",
+        policy={"rules": [{"tool": "bench.*", "effect": "allow"}]},
+    )
     version_publish(version=version)
     made.refresh_from_db()
     return made
@@ -103,16 +106,21 @@ def main() -> None:
     b50 = pct(bare, 0.5)
     g50, g99 = pct(governed, 0.5), pct(governed, 0.99)
     added50, added99 = g50 - b50, g99 - b50
-    report([
-        ("floor: INSERT+COMMIT p50", ms(f50), f"p99 {ms(f99)}"),
-        ("bare tool call p50", ms(b50), ""),
-        ("governed step p50", ms(g50), f"p99 {ms(g99)}"),
-        ("added by the gateway p50", ms(added50),
-         f"= {added50 / f50:.1f}x floor (budget <= 2.0x)"),
-        ("added by the gateway p99", ms(added99), f"= {added99 / f99:.1f}x floor p99"),
-        ("governed steps/s, 1 process", f"{STEPS / elapsed:,.0f}", "(budget >= 1,000)"),
-        ("governed steps/s, 2 processes", f"{parallel_rate:,.0f}", "(budget >= 1,000)"),
-    ])
+    report(
+        [
+            ("floor: INSERT+COMMIT p50", ms(f50), f"p99 {ms(f99)}"),
+            ("bare tool call p50", ms(b50), ""),
+            ("governed step p50", ms(g50), f"p99 {ms(g99)}"),
+            (
+                "added by the gateway p50",
+                ms(added50),
+                f"= {added50 / f50:.1f}x floor (budget <= 2.0x)",
+            ),
+            ("added by the gateway p99", ms(added99), f"= {added99 / f99:.1f}x floor p99"),
+            ("governed steps/s, 1 process", f"{STEPS / elapsed:,.0f}", "(budget >= 1,000)"),
+            ("governed steps/s, 2 processes", f"{parallel_rate:,.0f}", "(budget >= 1,000)"),
+        ]
+    )
 
 
 if __name__ == "__main__":

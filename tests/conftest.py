@@ -75,6 +75,13 @@ def task_queue() -> str:
     return name
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a worker or server process: this one's, minus what only the
+    test process itself may have."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    return {**env, **extra}
+
+
 def db_url() -> str:
     db = settings.DATABASES["default"]
     auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
@@ -89,14 +96,13 @@ class Worker:
     ) -> None:
         self.queue, self.concurrency, self.beat = queue, concurrency, beat
         self.log = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": db_url(),
-            "BATON_TASK_QUEUE": queue,
-            "BATON_RUN_LEASE_SECONDS": "2",
-            "PYTHONUNBUFFERED": "1",
+        self.env = child_env(
+            DATABASE_URL=db_url(),
+            BATON_TASK_QUEUE=queue,
+            BATON_RUN_LEASE_SECONDS="2",
+            PYTHONUNBUFFERED="1",
             **env,
-        }
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
@@ -290,7 +296,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "server.log"
-        self.env = {**os.environ, "DATABASE_URL": db_url(), "BATON_TASK_QUEUE": queue}
+        self.env = child_env(DATABASE_URL=db_url(), BATON_TASK_QUEUE=queue)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Server:
@@ -352,6 +358,9 @@ CHROMIUM_ARGS = [
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
+    # beside it are still plain synchronous code. Only this process gets the exemption.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     executable = os.environ.get("BATON_CHROMIUM", "/usr/bin/chromium")
     if not Path(executable).exists():
         pytest.exit(

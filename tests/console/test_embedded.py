@@ -4,7 +4,6 @@ agents working — started for real in a subprocess with no DATABASE_URL or REDI
 from __future__ import annotations
 
 import http.cookiejar
-import os
 import re
 import sqlite3
 import subprocess
@@ -13,14 +12,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import ROOT, child_env, free_port, wait_for
 
 
 def test_the_embedded_console_comes_up_with_demo_agents_working(tmp_path: Path) -> None:
     port = free_port()
     env = {
         k: v
-        for k, v in os.environ.items()
+        for k, v in child_env().items()
         if k not in ("DATABASE_URL", "REDIS_URL", "BATON_TASK_QUEUE")
     }
     env.update(
