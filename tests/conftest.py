@@ -96,13 +96,13 @@ class Worker:
     ) -> None:
         self.queue, self.concurrency, self.beat = queue, concurrency, beat
         self.log = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
-        self.env = child_env(
-            DATABASE_URL=db_url(),
-            BATON_TASK_QUEUE=queue,
-            BATON_RUN_LEASE_SECONDS="2",
-            PYTHONUNBUFFERED="1",
-            **env,
-        )
+        defaults = {
+            "DATABASE_URL": db_url(),
+            "BATON_TASK_QUEUE": queue,
+            "BATON_RUN_LEASE_SECONDS": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env = child_env(**{**defaults, **env})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
