@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from agents import ratelimit
+from agents import ratelimit, store
 from agents.errors import (
     ActionRejected,
     ArgumentsInvalid,
@@ -29,18 +29,16 @@ from agents.errors import (
     Divergence,
     LeaseLost,
     PolicyDenied,
-    Stopped,
     Suspended,
     ToolFailed,
 )
-from agents.killswitches import engaged_for, lock_for_admission
 from agents.llm import get_model
 from agents.models import Action, Run
 from agents.policy import Policy, Verdict, policy_for_version
 from agents.registry import Tool, ToolCall, UnknownTool, get_tool
 from audit import verbs
 from audit.chain import canonical_json
-from audit.services import Actor, audit_record
+from audit.services import Actor, audit_append
 
 S = Action.Status
 
@@ -287,33 +285,45 @@ class Context:
         verdict: Verdict | None,
         existing: Action | None,
     ) -> Any:
-        started = timezone.now()
-        with transaction.atomic():
-            self._admit()
-            if existing is None:
-                action = self._create(
+        if existing is None:
+            rule = verdict.rule if verdict else None
+            self._maybe_renew()
+            action = store.start_step(
+                run=self.run,
+                token=self._token,
+                agent=self.agent,
+                seq=seq,
+                name=tool.name,
+                requested=requested,
+                args=args,
+                args_hash=args_hash(args),
+                rule_index=rule.index if rule else None,
+                rule=rule.describe() if rule else None,
+                reason=verdict.reason if verdict else "",
+                key=self._key(seq),
+                actor=self._actor,
+                payload=self._payload(
                     seq,
-                    Action.Kind.TOOL,
                     tool.name,
-                    requested,
-                    args,
-                    status=S.STARTED,
-                    decision=Action.Decision.ALLOW,
-                    verdict=verdict,
-                    started_at=started,
-                    attempts=1,
-                )
-                verb = verbs.ACTION_ALLOWED
-            else:
-                action = existing
+                    Action.Status.STARTED,
+                    args=args,
+                    rule=rule.describe() if rule else None,
+                    attempt=1,
+                ),
+            )
+            self._journal[seq] = action
+        else:
+            action = existing
+            with transaction.atomic():
+                self._admit()
                 moved = Action.objects.filter(
                     pk=action.pk, status=action.status, attempts=action.attempts
-                ).update(status=S.STARTED, attempts=F("attempts") + 1, started_at=started)
+                ).update(status=S.STARTED, attempts=F("attempts") + 1, started_at=timezone.now())
                 if moved != 1:
                     raise LeaseLost()
                 verb = verbs.ACTION_ALLOWED if action.status == S.APPROVED else verbs.ACTION_RETRIED
                 action.status, action.attempts = S.STARTED, action.attempts + 1
-            self._audit(verb, action, args=args, rule=action.rule, attempt=action.attempts)
+                self._audit(verb, action, args=args, rule=action.rule, attempt=action.attempts)
         call = ToolCall(args, action.idempotency_key, self.run.pk, self.agent.slug)
         try:
             result = _jsonable(tool.fn(call))
@@ -327,33 +337,27 @@ class Context:
     def _finish(
         self, action: Action, status: str, verb: str, *, result: Any = None, error: str = ""
     ) -> None:
-        finished = timezone.now()
-        with transaction.atomic():
-            # Fenced by the attempt: a worker that lost the step to another writes nothing.
-            moved = Action.objects.filter(
-                pk=action.pk, status=S.STARTED, attempts=action.attempts
-            ).update(status=status, result=result, error=error, finished_at=finished)
-            if moved != 1:
-                raise LeaseLost()
-            action.status, action.result, action.error = status, result, error
-            action.finished_at = finished
-            self._audit(verb, action, result=result, error=error, duration_ms=action.duration_ms)
+        store.finish_step(
+            action=action,
+            run=self.run,
+            agent=self.agent,
+            status=status,
+            verb=verb,
+            result=result,
+            error=error,
+            actor=self._actor,
+            payload=self._payload(action.seq, action.name, status, result=result, error=error),
+        )
 
     # --- the run's lease, switches and journal rows ------------------------------------
 
     def _admit(self) -> None:
         """Inside the step's transaction: refuse if the run was cancelled, another worker
         owns it, or a kill switch covers it. Serialises with engage (agents.killswitches)."""
-        lock_for_admission(self.agent)
-        row = Run.objects.filter(pk=self.run.pk).values_list("status", "lease_token").first()
-        if row is not None and row[0] == Run.Status.CANCELLED:
-            raise Stopped("cancel", "the run was cancelled")
-        if row is None or row[0] != Run.Status.RUNNING or row[1] != self._token:
-            raise LeaseLost()
-        for switch in engaged_for(self.agent):
-            raise Stopped(
-                switch.mode, f"{switch.mode} by kill switch on {switch.target}: {switch.reason}"
-            )
+        store.admit(self.run.pk, self._token, self.agent)
+        self._maybe_renew()
+
+    def _maybe_renew(self) -> None:
         if time.monotonic() >= self._renew_at:
             until = timezone.now() + timedelta(seconds=self._lease)
             if not Run.objects.filter(pk=self.run.pk, lease_token=self._token).update(
@@ -431,14 +435,11 @@ class Context:
         )
         return value
 
-    def _audit(self, verb: str, action: Action, **payload: Any) -> None:
-        payload = {"seq": action.seq, "tool": action.name, "status": action.status, **payload}
-        audit_record(
-            verb=verb,
-            actor=self._actor,
-            subject_type="action",
-            subject_id=action.pk,
-            agent=self.agent,
-            run=self.run,
-            payload=payload,
+    def _payload(self, seq: int, name: str, status: str, **details: Any) -> dict[str, Any]:
+        return {"seq": seq, "tool": name, "status": status, **details}
+
+    def _audit(self, verb: str, action: Action, **details: Any) -> None:
+        payload = self._payload(action.seq, action.name, action.status, **details)
+        audit_append(
+            store.action_event(verb, self._actor, self.run, self.agent, action.seq, payload)
         )

@@ -1,5 +1,5 @@
-"""The canonical form of an audit event and its hash: the one contract between the writer
-and every verifier (including the offline one, which must not import this module).
+"""The canonical form of an audit event and its hash: the one contract between the writers
+(Python here, and the Postgres function `baton_audit_append`) and every verifier.
 
 canonical(event) = UTF-8 JSON of the content fields below, keys sorted, no spaces,
 non-ASCII kept, NaN refused; times as ISO 8601 UTC with microseconds and a trailing Z.
@@ -40,11 +40,18 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def event_hash(prev_hash: str, seq: int, content: dict[str, Any]) -> str:
-    body = dict(content)
+def canonical_content(content: dict[str, Any]) -> bytes:
+    body = {k: content[k] for k in CONTENT_FIELDS}
     if isinstance(body["occurred_at"], datetime):
         body["occurred_at"] = format_time(body["occurred_at"])
-    digest = hashlib.sha256()
-    digest.update(f"{prev_hash}\n{seq}\n".encode())
-    digest.update(canonical_json({k: body[k] for k in CONTENT_FIELDS}))
+    return canonical_json(body)
+
+
+def chain_hash(prev_hash: str, seq: int, canonical: bytes) -> str:
+    digest = hashlib.sha256(f"{prev_hash}\n{seq}\n".encode())
+    digest.update(canonical)
     return digest.hexdigest()
+
+
+def event_hash(prev_hash: str, seq: int, content: dict[str, Any]) -> str:
+    return chain_hash(prev_hash, seq, canonical_content(content))

@@ -28,7 +28,7 @@ class AuditEvent(models.Model):
     run_id = models.BigIntegerField(null=True, blank=True)
     payload = models.JSONField(default=dict)
     prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
+    hash = models.CharField(max_length=64)
 
     class Meta:
         ordering = ["-seq"]

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import verbs
-from audit.chain import GENESIS, event_hash
+from audit.chain import GENESIS, canonical_content, chain_hash
 from audit.models import AuditEvent, ChainHead
 
 if TYPE_CHECKING:
@@ -39,6 +40,77 @@ def _plain(payload: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(payload, default=str))
 
 
+def event_content(
+    *,
+    verb: str,
+    actor: Actor,
+    subject_type: str,
+    subject_id: object,
+    agent_id: int | None = None,
+    team_id: int | None = None,
+    run_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+    occurred_at: datetime | None = None,
+) -> dict[str, Any]:
+    """An event's content fields, as hashed (see audit.chain)."""
+    if verb not in verbs.ALL:
+        raise ValueError(f"unknown audit verb {verb!r}")
+    return {
+        "occurred_at": occurred_at or timezone.now(),
+        "actor_type": actor.type,
+        "actor_id": actor.id,
+        "actor_label": actor.label,
+        "verb": verb,
+        "subject_type": subject_type,
+        "subject_id": str(subject_id),
+        "agent_id": agent_id,
+        "team_id": team_id,
+        "run_id": run_id,
+        "payload": _plain(payload or {}),
+    }
+
+
+def append_args(content: dict[str, Any]) -> list[Any]:
+    """The arguments of baton_audit_append for this content, in order."""
+    return [
+        canonical_content(content),
+        content["occurred_at"],
+        content["actor_type"],
+        content["actor_id"],
+        content["actor_label"],
+        content["verb"],
+        content["subject_type"],
+        content["subject_id"],
+        content["agent_id"],
+        content["team_id"],
+        content["run_id"],
+        json.dumps(content["payload"]),
+    ]
+
+
+APPEND_SQL = "SELECT * FROM baton_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+
+
+def audit_append(content: dict[str, Any]) -> int:
+    """Append prepared content to the chain; returns its sequence number. Call it last in
+    the transaction of the change it records: it holds the chain head until commit."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("an audit event is written inside the transaction of its change")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(APPEND_SQL, append_args(content))
+            return int(cursor.fetchone()[1])
+    head = ChainHead.objects.select_for_update().filter(pk=1).first()
+    if head is None:
+        ChainHead.objects.create(pk=1, seq=0, hash=GENESIS)
+        head = ChainHead.objects.select_for_update().get(pk=1)
+    seq = head.seq + 1
+    digest = chain_hash(head.hash, seq, canonical_content(content))
+    AuditEvent.objects.create(seq=seq, prev_hash=head.hash, hash=digest, **content)
+    ChainHead.objects.filter(pk=1).update(seq=seq, hash=digest)
+    return seq
+
+
 def audit_record(
     *,
     verb: str,
@@ -48,32 +120,17 @@ def audit_record(
     agent: Any = None,
     run: Any = None,
     payload: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one event to the chain. Call it last in the transaction of the change it
-    records: it locks the chain head until that transaction commits."""
-    if verb not in verbs.ALL:
-        raise ValueError(f"unknown audit verb {verb!r}")
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("audit_record must run inside the transaction of its change")
-    content: dict[str, Any] = {
-        "occurred_at": timezone.now(),
-        "actor_type": actor.type,
-        "actor_id": actor.id,
-        "actor_label": actor.label,
-        "verb": verb,
-        "subject_type": subject_type,
-        "subject_id": str(subject_id),
-        "agent_id": agent.pk if agent is not None else None,
-        "team_id": agent.team_id if agent is not None else None,
-        "run_id": run.pk if run is not None else None,
-        "payload": _plain(payload or {}),
-    }
-    head = ChainHead.objects.select_for_update().filter(pk=1).first()
-    if head is None:
-        head = ChainHead.objects.create(pk=1, seq=0, hash=GENESIS)
-        head = ChainHead.objects.select_for_update().get(pk=1)
-    seq = head.seq + 1
-    digest = event_hash(head.hash, seq, content)
-    event = AuditEvent.objects.create(seq=seq, prev_hash=head.hash, hash=digest, **content)
-    ChainHead.objects.filter(pk=1).update(seq=seq, hash=digest)
-    return event
+) -> int:
+    """Record one state change in the audit trail; returns the event's sequence number."""
+    return audit_append(
+        event_content(
+            verb=verb,
+            actor=actor,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            agent_id=agent.pk if agent is not None else None,
+            team_id=agent.team_id if agent is not None else None,
+            run_id=run.pk if run is not None else None,
+            payload=payload,
+        )
+    )

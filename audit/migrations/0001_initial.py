@@ -50,7 +50,7 @@ class Migration(migrations.Migration):
                 ("run_id", models.BigIntegerField(blank=True, null=True)),
                 ("payload", models.JSONField(default=dict)),
                 ("prev_hash", models.CharField(max_length=64)),
-                ("hash", models.CharField(max_length=64, unique=True)),
+                ("hash", models.CharField(max_length=64)),
             ],
             options={
                 "ordering": ["-seq"],

@@ -1,0 +1,204 @@
+"""The gateway's durable writes: admitting a step, starting it, finishing it.
+
+On Postgres each is one round trip (the functions in agents/migrations/0002); on other
+databases the same steps run through the ORM in one transaction. Both keep one contract:
+- admit: refuse if the run was cancelled, its lease belongs to another worker, or a kill
+  switch covers the agent — serialised with killswitch_engage;
+- start: admit, write the journal row as `started`, append `action.allowed`, commit;
+- finish: record the outcome only if the step is still this attempt's, with its event.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from agents.errors import LeaseLost, Stopped
+from agents.killswitches import engaged_for
+from agents.models import Action, Agent, Run
+from audit import verbs
+from audit.services import Actor, append_args, audit_append, event_content
+
+
+def _postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _refusal(code: str) -> None:
+    if code == "ok":
+        return
+    if code == "cancel":
+        raise Stopped("cancel", "the run was cancelled")
+    if code == "lost":
+        raise LeaseLost()
+    mode, target, reason = code.split("\t", 2)
+    raise Stopped(mode, f"{mode} by kill switch on {target}: {reason}")
+
+
+def _admit_code(run_id: int, token: uuid.UUID, agent: Agent) -> str:
+    row = Run.objects.filter(pk=run_id).values_list("status", "lease_token").first()
+    if row is not None and row[0] == Run.Status.CANCELLED:
+        return "cancel"
+    if row is None or row[0] != Run.Status.RUNNING or row[1] != token:
+        return "lost"
+    for switch in engaged_for(agent):
+        return f"{switch.mode}\t{switch.target}\t{switch.reason}"
+    return "ok"
+
+
+def admit(run_id: int, token: uuid.UUID, agent: Agent) -> None:
+    """Inside the step's transaction: raise Stopped or LeaseLost unless the step may go."""
+    if _postgres():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT baton_admit(%s, %s, %s, %s)", [run_id, token, agent.team_id, agent.pk]
+            )
+            code = cursor.fetchone()[0]
+    else:
+        code = _admit_code(run_id, token, agent)
+    _refusal(code)
+
+
+def action_event(
+    verb: str, actor: Actor, run: Run, agent: Agent, seq: int, payload: dict[str, Any]
+) -> dict[str, Any]:
+    return event_content(
+        verb=verb,
+        actor=actor,
+        subject_type="action",
+        subject_id=f"{run.pk}/{seq}",
+        agent_id=agent.pk,
+        team_id=agent.team_id,
+        run_id=run.pk,
+        payload=payload,
+        occurred_at=timezone.now(),
+    )
+
+
+_START = (
+    "SELECT * FROM baton_step_start(%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, "
+    "%s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
+)
+
+
+def start_step(
+    *,
+    run: Run,
+    token: uuid.UUID,
+    agent: Agent,
+    seq: int,
+    name: str,
+    requested: dict[str, Any],
+    args: dict[str, Any],
+    args_hash: str,
+    rule_index: int | None,
+    rule: dict[str, Any] | None,
+    reason: str,
+    key: str,
+    actor: Actor,
+    payload: dict[str, Any],
+) -> Action:
+    """Admit a new allowed step and journal it as `started`, committed before the tool runs."""
+    content = action_event(verbs.ACTION_ALLOWED, actor, run, agent, seq, payload)
+    now = content["occurred_at"]
+    fields = dict(
+        run=run,
+        seq=seq,
+        kind=Action.Kind.TOOL,
+        name=name,
+        requested_args=requested,
+        args=args,
+        args_hash=args_hash,
+        status=Action.Status.STARTED,
+        decision=Action.Decision.ALLOW,
+        rule_index=rule_index,
+        rule=rule,
+        reason=reason,
+        idempotency_key=key,
+        attempts=1,
+        started_at=now,
+    )
+    if _postgres():
+        audit = append_args(content)
+        params = [
+            run.pk,
+            token,
+            agent.team_id,
+            agent.pk,
+            seq,
+            name,
+            json.dumps(requested),
+            json.dumps(args),
+            args_hash,
+            rule_index,
+            json.dumps(rule) if rule else None,
+            reason,
+            key,
+            now,
+            audit[0],
+            *audit[2:8],
+            audit[11],
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(_START, params)
+            code, action_id = cursor.fetchone()
+        _refusal(code)
+        return Action(pk=action_id, created_at=now, **fields)
+    with transaction.atomic():
+        admit(run.pk, token, agent)
+        action = Action.objects.create(**fields)
+        audit_append(content)
+    return action
+
+
+_FINISH = (
+    "SELECT baton_step_finish(%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+    "%s, %s, %s, %s::jsonb)"
+)
+
+
+def finish_step(
+    *,
+    action: Action,
+    run: Run,
+    agent: Agent,
+    status: str,
+    verb: str,
+    result: Any,
+    error: str,
+    actor: Actor,
+    payload: dict[str, Any],
+) -> None:
+    """Record a started step's outcome. Fenced by the attempt: a worker that lost the step
+    to another (its lease expired) writes nothing and gets LeaseLost."""
+    content = action_event(verb, actor, run, agent, action.seq, payload)
+    now = content["occurred_at"]
+    if _postgres():
+        audit = append_args(content)
+        params = [
+            action.pk,
+            action.attempts,
+            status,
+            None if result is None else json.dumps(result),
+            error,
+            now,
+            audit[0],
+            *audit[2:],
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(_FINISH, params)
+            moved = cursor.fetchone()[0]
+    else:
+        with transaction.atomic():
+            moved = Action.objects.filter(
+                pk=action.pk, status=Action.Status.STARTED, attempts=action.attempts
+            ).update(status=status, result=result, error=error, finished_at=now)
+            if moved:
+                audit_append(content)
+    if not moved:
+        raise LeaseLost()
+    action.status, action.result, action.error, action.finished_at = status, result, error, now
