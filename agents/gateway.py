@@ -285,6 +285,27 @@ class Context:
         verdict: Verdict | None,
         existing: Action | None,
     ) -> Any:
+        action = self._start(seq, tool, args, requested, verdict, existing)
+        call = ToolCall(args, action.idempotency_key, self.run.pk, self.agent.slug)
+        try:
+            result = _jsonable(tool.fn(call))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self._finish(action, S.FAILED, verbs.ACTION_FAILED, error=error)
+            raise ToolFailed(tool.name, error) from exc
+        self._finish(action, S.SUCCEEDED, verbs.ACTION_SUCCEEDED, result=result)
+        return result
+
+    def _start(
+        self,
+        seq: int,
+        tool: Tool,
+        args: dict[str, Any],
+        requested: dict[str, Any],
+        verdict: Verdict | None,
+        existing: Action | None,
+    ) -> Action:
+        """Admit the step and journal it as `started`, committed before anything runs."""
         if existing is None:
             rule = verdict.rule if verdict else None
             self._maybe_renew()
@@ -324,15 +345,7 @@ class Context:
                 verb = verbs.ACTION_ALLOWED if action.status == S.APPROVED else verbs.ACTION_RETRIED
                 action.status, action.attempts = S.STARTED, action.attempts + 1
                 self._audit(verb, action, args=args, rule=action.rule, attempt=action.attempts)
-        call = ToolCall(args, action.idempotency_key, self.run.pk, self.agent.slug)
-        try:
-            result = _jsonable(tool.fn(call))
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            self._finish(action, S.FAILED, verbs.ACTION_FAILED, error=error)
-            raise ToolFailed(tool.name, error) from exc
-        self._finish(action, S.SUCCEEDED, verbs.ACTION_SUCCEEDED, result=result)
-        return result
+        return action
 
     def _finish(
         self, action: Action, status: str, verb: str, *, result: Any = None, error: str = ""

@@ -315,3 +315,26 @@ class SentEmail(models.Model):
 
     def __str__(self) -> str:
         return f"e-mail to {self.to}"
+
+
+class ApiKey(models.Model):
+    """A remote agent's machine identity: `bk_<prefix>.<secret>`, shown once. Only a hash
+    of the secret is kept; the prefix finds the key without revealing it."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"bk_{self.prefix}… ({self.name})"

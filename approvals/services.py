@@ -91,6 +91,11 @@ def _release(
         pk=request.run_id, status=Run.Status.WAITING, wait_reason=Run.WaitReason.APPROVAL
     ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=now):
         enqueue(request.run_id)
+    else:
+        # A remote agent's run stays running while the agent polls for the decision.
+        Run.objects.filter(
+            pk=request.run_id, status=Run.Status.RUNNING, wait_reason=Run.WaitReason.APPROVAL
+        ).update(wait_reason="")
 
 
 def approval_decide(

@@ -36,5 +36,7 @@ AGENT_CREATED = "agent.created"
 VERSION_CREATED = "version.created"
 POLICY_PUBLISHED = "policy.published"
 GRANT_ADDED = "grant.added"
+APIKEY_CREATED = "apikey.created"
+APIKEY_REVOKED = "apikey.revoked"
 
 ALL = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str))

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from agents import api
 from agents import views as agent_views
 
 urlpatterns = [
@@ -11,4 +12,12 @@ urlpatterns = [
     path("runs/<int:run_id>/", agent_views.run_detail, name="run"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/v1/runs", api.run_create, name="api-runs"),
+    path("api/v1/runs/<int:run_id>", api.run_show, name="api-run"),
+    path("api/v1/runs/<int:run_id>/steps", api.step_submit, name="api-steps"),
+    path("api/v1/runs/<int:run_id>/steps/<int:seq>", api.step_show, name="api-step"),
+    path(
+        "api/v1/runs/<int:run_id>/steps/<int:seq>/result", api.step_result, name="api-step-result"
+    ),
+    path("api/v1/runs/<int:run_id>/finish", api.run_finish, name="api-run-finish"),
 ]

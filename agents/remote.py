@@ -1,0 +1,375 @@
+"""Services for remote agents: agents that run anywhere and call Baton's HTTP API with an
+API key. They pass the same gateway as hosted agents (DESIGN section 4) — same kill
+switches, journal, policy, rate limits, approvals and audit — but execute their own tools:
+an allowed step is admitted and journaled as `started`, the agent runs it, then reports.
+
+Steps are numbered by the agent (1, 2, …) so a resubmitted step after a network failure
+is recognised instead of run twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from agents import store
+from agents.errors import (
+    Delayed,
+    Divergence,
+    LeaseLost,
+    PolicyDenied,
+    Stopped,
+    Suspended,
+)
+from agents.gateway import Context, _jsonable
+from agents.killswitches import engaged_for
+from agents.models import Action, Agent, ApiKey, KillSwitch, Run
+from agents.registry import Tool
+from agents.services import AGENT_HALTED, NO_LIVE_VERSION, REASON_REQUIRED, ServiceError
+from audit import verbs
+from audit.services import Actor, audit_record
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+S = Action.Status
+
+KEY_INVALID = "invalid API key"
+KEY_EXPIRED = "this API key has expired"
+KEY_REVOKED = "this API key was revoked"
+NOT_REMOTE = "{agent} runs in Baton's workers; only remote agents take API keys"
+RUN_NOT_RUNNING = "run {run} is {status}"
+STEP_OUT_OF_ORDER = "step {seq} is out of order: the next step of this run is {expected}"
+STEP_NOT_OPEN = "step {seq} is {status}, not running: nothing to report"
+STEPS_STILL_OPEN = "step {seq} is still {status}: report or resolve it before finishing"
+SAME_STEP_DIFFERENT_CALL = "step {seq} was submitted before as a different call"
+LAST_USE_RESOLUTION = timedelta(minutes=1)
+
+
+class Conflict(ServiceError):
+    """The request is well formed but the run or step is not in a state that allows it."""
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def _hash(secret: str) -> str:
+    # The secret is 32 random bytes: a fast hash is enough, nothing to brute-force.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def apikey_create(
+    *, agent: Agent, name: str, user: User | None, days: int = 90
+) -> tuple[ApiKey, str]:
+    """Returns the key and its plain text, which is shown once and never stored."""
+    if agent.kind != Agent.Kind.REMOTE:
+        raise ServiceError(NOT_REMOTE.format(agent=agent.name))
+    prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            agent=agent,
+            name=name,
+            prefix=prefix,
+            secret_hash=_hash(secret),
+            created_by=user,
+            expires_at=timezone.now() + timedelta(days=days),
+        )
+        audit_record(
+            verb=verbs.APIKEY_CREATED,
+            actor=_user_actor(user),
+            subject_type="apikey",
+            subject_id=key.pk,
+            agent=agent,
+            payload={"prefix": prefix, "name": name, "expires_at": key.expires_at},
+        )
+    return key, f"bk_{prefix}.{secret}"
+
+
+def apikey_revoke(*, key: ApiKey, user: User | None, reason: str) -> None:
+    if not reason.strip():
+        raise ServiceError(REASON_REQUIRED)
+    with transaction.atomic():
+        if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        ):
+            audit_record(
+                verb=verbs.APIKEY_REVOKED,
+                actor=_user_actor(user),
+                subject_type="apikey",
+                subject_id=key.pk,
+                agent=key.agent,
+                payload={"prefix": key.prefix, "reason": reason},
+            )
+
+
+def apikey_authenticate(presented: str) -> ApiKey:
+    """The live key for `bk_<prefix>.<secret>`, or ServiceError saying why not."""
+    body = presented.removeprefix("bk_")
+    prefix, _, secret = body.partition(".")
+    key = (
+        ApiKey.objects.select_related("agent__team", "agent__live_version")
+        .filter(prefix=prefix)
+        .first()
+        if prefix and secret
+        else None
+    )
+    if key is None or not hmac.compare_digest(key.secret_hash, _hash(secret)):
+        raise ServiceError(KEY_INVALID)
+    now = timezone.now()
+    if key.revoked_at is not None:
+        raise ServiceError(KEY_REVOKED)
+    if key.expires_at <= now:
+        raise ServiceError(KEY_EXPIRED)
+    if key.last_used_at is None or now - key.last_used_at > LAST_USE_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key
+
+
+def _user_actor(user: User | None) -> Actor:
+    from audit.services import SYSTEM
+
+    return Actor.user(user) if user is not None else SYSTEM
+
+
+# --- runs and steps ----------------------------------------------------------------------
+
+
+class Admitted(Exception):  # noqa: N818  (control flow of RemoteContext)
+    def __init__(self, action: Action) -> None:
+        self.action = action
+
+
+class RemoteContext(Context):
+    """The gateway for an agent that runs its own tools."""
+
+    def _execute(
+        self,
+        seq: int,
+        tool: Tool,
+        args: dict[str, Any],
+        requested: dict[str, Any],
+        verdict: Any,
+        existing: Action | None,
+    ) -> Any:
+        raise Admitted(self._start(seq, tool, args, requested, verdict, existing))
+
+    def _park_for_approval(self) -> None:
+        # A remote run stays `running` while a step waits: the agent is alive and polling.
+        Run.objects.filter(pk=self.run.pk).update(wait_reason=Run.WaitReason.APPROVAL)
+
+    def _maybe_renew(self) -> None:
+        pass  # a remote run holds no worker lease
+
+
+def _context(run: Run) -> RemoteContext:
+    journal = {a.seq: a for a in run.actions.all()}
+    return RemoteContext(run, run.lease_token or uuid.uuid4(), journal)
+
+
+def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
+    agent = key.agent
+    with transaction.atomic():
+        if agent.live_version_id is None:
+            raise Conflict(NO_LIVE_VERSION.format(agent=agent.name))
+        if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
+            raise Conflict(AGENT_HALTED.format(agent=agent.name))
+        now = timezone.now()
+        run = Run.objects.create(
+            agent=agent,
+            version_id=agent.live_version_id,
+            input=input,
+            status=Run.Status.RUNNING,
+            started_at=now,
+            attempts=1,
+            # The run's own token: every step's admission checks it, as for hosted runs.
+            lease_token=uuid.uuid4(),
+        )
+        audit_record(
+            verb=verbs.RUN_STARTED,
+            actor=Actor.agent(agent),
+            subject_type="run",
+            subject_id=run.pk,
+            agent=agent,
+            run=run,
+            payload={"input": input, "via": "api", "key": key.prefix},
+        )
+    return run
+
+
+def remote_run(key: ApiKey, run_id: int) -> Run:
+    run = (
+        Run.objects.select_related("agent__team", "version")
+        .filter(pk=run_id, agent=key.agent)
+        .first()
+    )
+    if run is None:
+        raise Run.DoesNotExist(f"no run {run_id} for this agent")
+    return run
+
+
+def describe(action: Action) -> dict[str, Any]:
+    """What the agent should do about a step, from its journal row."""
+    base: dict[str, Any] = {"seq": action.seq, "tool": action.name, "status": action.status}
+    if action.status == S.STARTED:
+        return {
+            **base,
+            "decision": "allow",
+            "args": action.args,
+            "idempotency_key": action.idempotency_key,
+        }
+    if action.status in (S.HELD, S.UNKNOWN, S.APPROVED):
+        return {**base, "decision": "pending"}
+    if action.status == S.SHADOWED:
+        return {**base, "decision": "shadow", "result": action.result}
+    if action.status in (S.SUCCEEDED, S.FAILED):
+        return {**base, "decision": "done", "result": action.result, "error": action.error}
+    if action.status in (S.DENIED, S.INVALID):
+        return {**base, "decision": "deny", "reason": action.reason}
+    return {**base, "decision": "rejected", "reason": action.error or action.reason}
+
+
+def _outcome(ctx: RemoteContext, seq: int, call: Any) -> dict[str, Any]:
+    try:
+        result = call()
+    except Admitted as admitted:
+        return describe(admitted.action)
+    except Suspended:
+        return describe(ctx._journal[seq])
+    except PolicyDenied as denied:
+        return (
+            describe(ctx._journal[seq])
+            if seq in ctx._journal
+            else {"seq": seq, "decision": "deny", "reason": denied.reason}
+        )
+    except Delayed as delayed:
+        return {
+            "seq": seq,
+            "decision": "retry",
+            "retry_after": round(delayed.countdown, 2),
+            "reason": delayed.reason,
+        }
+    except Stopped as stopped:
+        if stopped.mode == "pause":
+            return {"seq": seq, "decision": "paused", "reason": stopped.reason}
+        return {"seq": seq, "decision": "halted", "reason": stopped.reason}
+    except LeaseLost:
+        raise Conflict(RUN_NOT_RUNNING.format(run=ctx.run.pk, status=_status(ctx.run))) from None
+    except Divergence:
+        raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=seq)) from None
+    return {"seq": seq, "decision": "shadow", "result": result}
+
+
+def _status(run: Run) -> str:
+    return Run.objects.filter(pk=run.pk).values_list("status", flat=True).first() or "gone"
+
+
+def remote_action_submit(*, run: Run, seq: int, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's decision on step `seq`: allow (run it now), deny, shadow (here is the
+    simulated result), pending (wait for people), retry (rate limit), paused or halted.
+    Submitting the same step again returns its current state."""
+    ctx = _context(run)
+    existing = ctx._journal.get(seq)
+    if existing is not None:
+        try:
+            ctx._check_same(existing, Action.Kind.TOOL, tool, args)
+        except Divergence:
+            raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=seq)) from None
+        if existing.status == S.APPROVED:
+            return _outcome(ctx, seq, lambda: ctx._replay(existing, tool, args))
+        return describe(existing)
+    expected = max(ctx._journal, default=0) + 1
+    if seq != expected:
+        raise Conflict(STEP_OUT_OF_ORDER.format(seq=seq, expected=expected))
+    return _outcome(ctx, seq, lambda: ctx._new_tool_step(seq, tool, args))
+
+
+def remote_action_poll(*, run: Run, seq: int) -> dict[str, Any]:
+    """The current state of a step; an approved step is admitted here, once."""
+    ctx = _context(run)
+    action = ctx._journal.get(seq)
+    if action is None:
+        raise Action.DoesNotExist(f"run {run.pk} has no step {seq}")
+    if action.status == S.APPROVED:
+        return _outcome(ctx, seq, lambda: ctx._replay(action, action.name, action.requested_args))
+    return describe(action)
+
+
+def remote_action_report(
+    *, run: Run, seq: int, ok: bool, result: Any = None, error: str = ""
+) -> dict[str, Any]:
+    action = Action.objects.filter(run=run, seq=seq).first()
+    if action is None:
+        raise Action.DoesNotExist(f"run {run.pk} has no step {seq}")
+    if action.status != S.STARTED:
+        same = (action.status == S.SUCCEEDED and ok and action.result == _jsonable(result)) or (
+            action.status == S.FAILED and not ok and action.error == error
+        )
+        if same:  # a repeated report after a lost answer
+            return describe(action)
+        raise Conflict(STEP_NOT_OPEN.format(seq=seq, status=action.status))
+    status, verb = (S.SUCCEEDED, verbs.ACTION_SUCCEEDED) if ok else (S.FAILED, verbs.ACTION_FAILED)
+    value = _jsonable(result) if ok else None
+    try:
+        store.finish_step(
+            action=action,
+            run=run,
+            agent=run.agent,
+            status=status,
+            verb=verb,
+            result=value,
+            error="" if ok else error,
+            actor=Actor.agent(run.agent),
+            payload={
+                "seq": seq,
+                "tool": action.name,
+                "status": status,
+                "result": value,
+                "error": error,
+                "via": "api",
+            },
+        )
+    except LeaseLost:
+        raise Conflict(STEP_NOT_OPEN.format(seq=seq, status=_status_of(action))) from None
+    return describe(action)
+
+
+def _status_of(action: Action) -> str:
+    return Action.objects.filter(pk=action.pk).values_list("status", flat=True).first() or "gone"
+
+
+def remote_run_finish(*, run: Run, output: Any = None, error: str = "") -> Run:
+    open_step = run.actions.filter(status__in=[S.STARTED, S.HELD, S.APPROVED, S.UNKNOWN]).first()
+    if open_step is not None:
+        raise Conflict(STEPS_STILL_OPEN.format(seq=open_step.seq, status=open_step.status))
+    status = Run.Status.FAILED if error else Run.Status.SUCCEEDED
+    with transaction.atomic():
+        moved = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+            status=status,
+            output=None if error else _jsonable(output),
+            error=error,
+            finished_at=timezone.now(),
+            lease_token=None,
+            wait_reason="",
+            attempts=F("attempts"),
+        )
+        if not moved:
+            raise Conflict(RUN_NOT_RUNNING.format(run=run.pk, status=_status(run)))
+        audit_record(
+            verb=verbs.RUN_FAILED if error else verbs.RUN_SUCCEEDED,
+            actor=Actor.agent(run.agent),
+            subject_type="run",
+            subject_id=run.pk,
+            agent=run.agent,
+            run=run,
+            payload={"error": error, "via": "api"},
+        )
+    run.refresh_from_db()
+    return run
