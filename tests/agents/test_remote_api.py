@@ -334,3 +334,22 @@ def test_a_session_cookie_alone_does_not_reach_the_api(world: Any, remote_agent:
     client.force_login(world.supervisor)
     response = client.post("/api/v1/runs", data="{}", content_type="application/json")
     assert response.status_code == 401
+
+
+def test_keys_are_issued_listed_and_revoked_from_the_command_line(remote_agent: Agent) -> None:
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+    call_command("apikey", "create", "ledger-bot", "--name", "ci", stdout=out)
+    text = out.getvalue().splitlines()[0]
+    assert Api(text).post("/runs").status_code == 201
+    listing = StringIO()
+    call_command("apikey", "list", "ledger-bot", stdout=listing)
+    prefix = text.split(".")[0]
+    assert prefix in listing.getvalue()
+    call_command("apikey", "revoke", prefix, "--reason", "rotated", stdout=StringIO())
+    assert Api(text).post("/runs").status_code == 401
+    with pytest.raises(CommandError, match="no agent 'nobody'"):
+        call_command("apikey", "create", "nobody", "--name", "x")
