@@ -38,7 +38,7 @@ from agents.policy import Policy, Verdict, policy_for_version
 from agents.registry import Tool, ToolCall, UnknownTool, get_tool
 from audit import verbs
 from audit.chain import canonical_json
-from audit.services import Actor, audit_append
+from audit.services import Actor, audit_append, audit_record
 
 S = Action.Status
 
@@ -255,9 +255,9 @@ class Context:
                 decision=Action.Decision.APPROVE,
                 verdict=verdict,
             )
-            self._park_for_approval()
             self._audit(verbs.ACTION_HELD, action, args=args, rule=action.rule)
             approval_request_open(action=action, tool=tool, rule=verdict.rule)
+            self._park_for_approval()
 
     def _hold_unknown(self, existing: Action) -> None:
         from approvals.services import approval_request_open
@@ -270,9 +270,9 @@ class Context:
             if moved != 1:
                 raise LeaseLost()
             existing.status = S.UNKNOWN
-            self._park_for_approval()
             self._audit(verbs.ACTION_UNKNOWN, existing, args=existing.args)
             approval_request_open(action=existing, tool=get_tool(existing.name), rule=None)
+            self._park_for_approval()
 
     # --- execution --------------------------------------------------------------------
 
@@ -389,6 +389,15 @@ class Context:
         if parked != 1:
             raise LeaseLost()
         self.run.status = Run.Status.WAITING
+        audit_record(
+            verb=verbs.RUN_WAITING,
+            actor=self._actor,
+            subject_type="run",
+            subject_id=self.run.pk,
+            agent=self.agent,
+            run=self.run,
+            payload={"why": "an action waits for approval"},
+        )
 
     def _key(self, seq: int) -> str:
         return f"baton-run{self.run.pk}-step{seq}"

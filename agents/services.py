@@ -284,6 +284,15 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
             if Run.objects.filter(
                 pk=run.pk, status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED
             ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=timezone.now()):
+                audit_record(
+                    verb=verbs.RUN_QUEUED,
+                    actor=_actor(user),
+                    subject_type="run",
+                    subject_id=run.pk,
+                    agent=run.agent,
+                    run=run,
+                    payload={"why": "the pause was released"},
+                )
                 requeued += 1
                 enqueue(run.pk)
         audit_record(

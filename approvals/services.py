@@ -90,6 +90,15 @@ def _release(
     if Run.objects.filter(
         pk=request.run_id, status=Run.Status.WAITING, wait_reason=Run.WaitReason.APPROVAL
     ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=now):
+        audit_record(
+            verb=verbs.RUN_QUEUED,
+            actor=SYSTEM,
+            subject_type="run",
+            subject_id=request.run_id,
+            agent=request.agent,
+            run=request.run,
+            payload={"why": f"approval {request.pk} {status}"},
+        )
         enqueue(request.run_id)
     else:
         # A remote agent's run stays running while the agent polls for the decision.
@@ -163,24 +172,23 @@ def approval_decide(
             "approvals": approvals,
             "required": request.required_approvals,
         }
+        release: dict[str, Any] | None = None
         if verdict == ApprovalDecision.Verdict.REJECT:
-            _release(
-                request,
-                status=ApprovalRequest.Status.REJECTED,
-                action_status=Action.Status.REJECTED,
-                args=request.args,
-                error=f"rejected by {user.get_username()}: {comment}",
-            )
             verb = verbs.APPROVAL_REJECTED
+            release = {
+                "status": ApprovalRequest.Status.REJECTED,
+                "action_status": Action.Status.REJECTED,
+                "args": request.args,
+                "error": f"rejected by {user.get_username()}: {comment}",
+            }
         elif approvals >= request.required_approvals:
-            _release(
-                request,
-                status=ApprovalRequest.Status.APPROVED,
-                action_status=Action.Status.APPROVED,
-                args=args,
-                error="",
-            )
             verb = verbs.APPROVAL_APPROVED
+            release = {
+                "status": ApprovalRequest.Status.APPROVED,
+                "action_status": Action.Status.APPROVED,
+                "args": args,
+                "error": "",
+            }
         else:
             verb = verbs.APPROVAL_DECISION
         audit_record(
@@ -192,6 +200,8 @@ def approval_decide(
             run=request.run,
             payload=payload,
         )
+        if release is not None:
+            _release(request, **release)
     request.refresh_from_db()
     return request
 
@@ -244,13 +254,6 @@ def approvals_expire() -> int:
             )
             if request.status != ApprovalRequest.Status.PENDING:
                 continue
-            _release(
-                request,
-                status=ApprovalRequest.Status.EXPIRED,
-                action_status=Action.Status.REJECTED,
-                args=request.args,
-                error="expired: nobody decided in time",
-            )
             audit_record(
                 verb=verbs.APPROVAL_REJECTED,
                 actor=SYSTEM,
@@ -259,6 +262,13 @@ def approvals_expire() -> int:
                 agent=request.agent,
                 run=request.run,
                 payload={"expired": True},
+            )
+            _release(
+                request,
+                status=ApprovalRequest.Status.EXPIRED,
+                action_status=Action.Status.REJECTED,
+                args=request.args,
+                error="expired: nobody decided in time",
             )
             count += 1
     return count

@@ -326,3 +326,35 @@ def test_a_started_step_of_a_non_idempotent_tool_is_held_as_unknown(
     request = ApprovalRequest.objects.get(run=run)
     assert request.kind == ApprovalRequest.Kind.UNKNOWN_OUTCOME
     assert executions("u") == 0
+
+
+def test_every_transition_of_a_held_and_approved_run_is_audited_in_order(
+    make_agent: Any, world: Any
+) -> None:
+    agent = make_agent(
+        "payer",
+        "tests.support.agents.payout_with_fallback",
+        {"rules": [{"tool": "test.pay", "effect": "approve"}]},
+    )
+    run = run_once(agent, {"claim_id": "c12", "amount": 10})
+    request = ApprovalRequest.objects.get(run=run)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+    )
+    execute_run(run.pk)
+    assert verbs_of(run) == [
+        "run.queued",
+        "run.started",
+        "action.held",
+        "approval.requested",
+        "run.waiting",
+        "approval.approved",
+        "run.queued",
+        "run.started",
+        "action.allowed",
+        "action.succeeded",
+        "run.succeeded",
+    ]
