@@ -41,11 +41,11 @@ class Command(BaseCommand):
                     state = "revoked" if key.revoked_at else f"expires {key.expires_at:%Y-%m-%d}"
                     self.stdout.write(f"bk_{key.prefix}  {key.name}  {state}")
             else:
-                key = ApiKey.objects.filter(prefix=options["prefix"].removeprefix("bk_")).first()
-                if key is None:
+                found = ApiKey.objects.filter(prefix=options["prefix"].removeprefix("bk_")).first()
+                if found is None:
                     raise CommandError(f"no key with prefix {options['prefix']}")
-                apikey_revoke(key=key, user=None, reason=options["reason"])
-                self.stdout.write(f"revoked bk_{key.prefix}")
+                apikey_revoke(key=found, user=None, reason=options["reason"])
+                self.stdout.write(f"revoked bk_{found.prefix}")
         except ServiceError as exc:
             raise CommandError(str(exc)) from exc
 
