@@ -81,12 +81,16 @@ def flag_claim(call: ToolCall) -> dict[str, Any]:
     },
 )
 def stock_level(call: ToolCall) -> dict[str, Any]:
-    seed = int(hashlib.sha256(call.args["sku"].encode()).hexdigest()[:8], 16)
+    # Stock moves between reads (this is the warehouse, not the agent: its answer is
+    # journaled, so a replay sees the same figure); prices are fixed per SKU.
+    sku = call.args["sku"]
+    price = int(hashlib.sha256(sku.encode()).hexdigest()[:8], 16)
+    stock = int(hashlib.sha256(f"{sku}:{call.run_id}".encode()).hexdigest()[:8], 16)
     return {
-        "sku": call.args["sku"],
-        "on_hand": seed % 120,
+        "sku": sku,
+        "on_hand": stock % 120,
         "reorder_point": 60,
-        "unit_price": round(5 + (seed % 9000) / 100, 2),
+        "unit_price": round(5 + (price % 9000) / 100, 2),
         "supplier": "Nordwerk GmbH",
     }
 
