@@ -27,7 +27,16 @@ ON_TIMEOUT = ("reject", "escalate")
 DEFAULT_APPROVAL_TIMEOUT = 4 * 3600
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_RULE_KEYS = {"tool", "when", "effect", "approvals", "timeout", "on_timeout", "reason"}
+_RULE_KEYS = {
+    "tool",
+    "when",
+    "effect",
+    "approvals",
+    "timeout",
+    "on_timeout",
+    "escalate_to",
+    "reason",
+}
 _LIMIT_KEYS = {"tool", "limit", "per"}
 
 
@@ -54,6 +63,7 @@ class Rule:
     timeout_seconds: int
     on_timeout: str
     reason: str
+    escalate_to: tuple[str, ...] = ()
 
     def matches(self, tool: str, args: dict[str, Any]) -> bool:
         if not fnmatch.fnmatchcase(tool, self.tool):
@@ -68,6 +78,8 @@ class Rule:
             out.update(
                 approvals=self.approvals, timeout=self.timeout_seconds, on_timeout=self.on_timeout
             )
+            if self.escalate_to:
+                out["escalate_to"] = list(self.escalate_to)
         if self.reason:
             out["reason"] = self.reason
         return out
@@ -137,7 +149,26 @@ def _parse_rule(index: int, raw: object) -> Rule:
     reason = raw.get("reason", "")
     if not isinstance(reason, str):
         raise PolicyError(f"{where}: 'reason' is text")
-    return Rule(index, tool.strip(), condition, effect, approvals, timeout, on_timeout, reason)
+    escalate_to = raw.get("escalate_to", [])
+    if isinstance(escalate_to, str):
+        escalate_to = [escalate_to]
+    if not isinstance(escalate_to, list) or not all(
+        isinstance(g, str) and g.strip() for g in escalate_to
+    ):
+        raise PolicyError(f"{where}: 'escalate_to' names approver groups")
+    if on_timeout == "escalate" and not escalate_to:
+        raise PolicyError(f"{where}: 'on_timeout': 'escalate' needs 'escalate_to' groups")
+    return Rule(
+        index,
+        tool.strip(),
+        condition,
+        effect,
+        approvals,
+        timeout,
+        on_timeout,
+        reason,
+        tuple(g.strip() for g in escalate_to),
+    )
 
 
 def _parse_limit(index: int, raw: object) -> RateLimit:

@@ -37,6 +37,9 @@ class ApprovalRequest(models.Model):
     on_timeout = models.CharField(max_length=10, default="reject")
     due_at = models.DateTimeField(null=True, blank=True)
     escalation_level = models.PositiveSmallIntegerField(default=0)
+    # The approver group the request has escalated to (from the rule's escalate_to); its
+    # members may see and decide it besides the agent's supervisors.
+    escalated_to = models.CharField(max_length=150, blank=True)
     # Who may not approve: the person who launched the run, and the author of the policy
     # version in force. Copied here so the database itself can refuse such a decision.
     launched_by = models.ForeignKey(
@@ -95,6 +98,9 @@ class ApprovalDecision(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(verdict="approve") | ~Q(comment=""), name="rejection_needs_reason"
+            ),
+            models.CheckConstraint(
+                condition=Q(verdict__in=["approve", "reject"]), name="decision_verdict_known"
             ),
         ]
 

@@ -18,9 +18,9 @@ from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
 from agents.services import ServiceError
 from approvals.models import ApprovalDecision, ApprovalRequest
+from approvals.selectors import can_decide
 from audit import verbs
 from audit.services import SYSTEM, Actor, audit_record
-from console.permissions import user_can
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -33,6 +33,8 @@ ALREADY_APPROVED_BY_YOU = "you already approved this request; it needs another a
 REJECT_NEEDS_REASON = "a rejection needs a reason: it is sent back to the agent"
 EDIT_INVALID = "the edited arguments break the tool's schema: {errors}"
 EDIT_DENIED = "the policy would deny the edited arguments: {reason}"
+NOT_YOURS = "you may not decide this agent's actions"
+BAD_VERDICT = "a decision is approve or reject"
 
 
 class AlreadyDecided(ServiceError):
@@ -117,6 +119,8 @@ def approval_decide(
     edited_args: dict[str, Any] | None = None,
 ) -> ApprovalRequest:
     comment = comment.strip()
+    if verdict not in ApprovalDecision.Verdict.values:
+        raise ServiceError(BAD_VERDICT)
     if verdict == ApprovalDecision.Verdict.REJECT and not comment:
         raise ServiceError(REJECT_NEEDS_REASON)
     with transaction.atomic():
@@ -128,8 +132,8 @@ def approval_decide(
             )
         except ApprovalRequest.DoesNotExist:
             raise ApprovalRequest.DoesNotExist(f"no approval request {request_id}") from None
-        if not user_can(user, "supervise", request.agent):
-            raise PermissionDenied("you may not decide this agent's actions")
+        if not can_decide(user, request):
+            raise PermissionDenied(NOT_YOURS)
         if request.status != ApprovalRequest.Status.PENDING:
             last = request.decisions.select_related("user").last()
             who = last.user.get_username() if last else "the system"
@@ -240,7 +244,8 @@ def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) 
 
 
 def approvals_expire() -> int:
-    """Fail closed: a request past its due time is rejected as expired."""
+    """Requests past their due time escalate to the rule's next approver group, or, with
+    no group left, fail closed: rejected as expired. Returns how many moved."""
     count = 0
     due = ApprovalRequest.objects.filter(
         status=ApprovalRequest.Status.PENDING, due_at__lt=timezone.now()
@@ -254,21 +259,42 @@ def approvals_expire() -> int:
             )
             if request.status != ApprovalRequest.Status.PENDING:
                 continue
-            audit_record(
-                verb=verbs.APPROVAL_REJECTED,
-                actor=SYSTEM,
-                subject_type="approval",
-                subject_id=request.pk,
-                agent=request.agent,
-                run=request.run,
-                payload={"expired": True},
-            )
-            _release(
-                request,
-                status=ApprovalRequest.Status.EXPIRED,
-                action_status=Action.Status.REJECTED,
-                args=request.args,
-                error="expired: nobody decided in time",
-            )
+            groups = (request.rule or {}).get("escalate_to", [])
+            if request.on_timeout == "escalate" and request.escalation_level < len(groups):
+                _escalate(request, groups[request.escalation_level])
+            else:
+                audit_record(
+                    verb=verbs.APPROVAL_EXPIRED,
+                    actor=SYSTEM,
+                    subject_type="approval",
+                    subject_id=request.pk,
+                    agent=request.agent,
+                    run=request.run,
+                    payload={"due_at": request.due_at},
+                )
+                _release(
+                    request,
+                    status=ApprovalRequest.Status.EXPIRED,
+                    action_status=Action.Status.REJECTED,
+                    args=request.args,
+                    error="expired: nobody decided in time",
+                )
             count += 1
     return count
+
+
+def _escalate(request: ApprovalRequest, group: str) -> None:
+    timeout = (request.rule or {}).get("timeout", 4 * 3600)
+    due_at = timezone.now() + timedelta(seconds=timeout)
+    ApprovalRequest.objects.filter(pk=request.pk).update(
+        escalation_level=request.escalation_level + 1, escalated_to=group, due_at=due_at
+    )
+    audit_record(
+        verb=verbs.APPROVAL_ESCALATED,
+        actor=SYSTEM,
+        subject_type="approval",
+        subject_id=request.pk,
+        agent=request.agent,
+        run=request.run,
+        payload={"to": group, "level": request.escalation_level + 1, "due_at": due_at},
+    )

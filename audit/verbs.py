@@ -28,6 +28,8 @@ APPROVAL_APPROVED = "approval.approved"
 APPROVAL_REJECTED = "approval.rejected"
 APPROVAL_DECISION = "approval.decision"
 APPROVAL_CANCELLED = "approval.cancelled"
+APPROVAL_ESCALATED = "approval.escalated"
+APPROVAL_EXPIRED = "approval.expired"
 
 KILLSWITCH_ENGAGED = "killswitch.engaged"
 KILLSWITCH_RELEASED = "killswitch.released"

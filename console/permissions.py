@@ -62,3 +62,28 @@ def agent_for_user(user: Any, slug: str, capability: str = "view") -> Agent:
     if capability != "view" and not user_can(user, capability, agent):
         raise PermissionDenied(NOT_ALLOWED.format(capability=capability))
     return agent
+
+
+def users_who_can(capability: str, agent: Agent) -> QuerySet[Any]:
+    """Active people who may `capability` the agent, through a grant on it or its team or
+    a model-wide permission (superusers excluded: they are not on call)."""
+    from django.contrib.auth import get_user_model
+    from guardian.shortcuts import get_users_with_perms
+
+    on_agent = get_users_with_perms(
+        agent, only_with_perms_in=[f"{capability}_agent"], with_group_users=True
+    ).values("pk")
+    on_team = get_users_with_perms(
+        agent.team, only_with_perms_in=[f"{capability}_team"], with_group_users=True
+    ).values("pk")
+    user_model = get_user_model()
+    model_wide = Q(
+        user_permissions__codename=f"{capability}_agent",
+        user_permissions__content_type__app_label="agents",
+    ) | Q(
+        groups__permissions__codename=f"{capability}_agent",
+        groups__permissions__content_type__app_label="agents",
+    )
+    return user_model.objects.filter(
+        Q(pk__in=on_agent) | Q(pk__in=on_team) | model_wide, is_active=True
+    ).distinct()

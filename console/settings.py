@@ -209,6 +209,25 @@ BATON_SWEEP_EVERY_SECONDS = env_float("BATON_SWEEP_EVERY_SECONDS", 5.0)
 BATON_DEMO_WORKLOAD = env_bool("BATON_DEMO_WORKLOAD", False)
 BATON_DEMO_EVERY_SECONDS = env_float("BATON_DEMO_EVERY_SECONDS", 4.0)
 
+# --- Notifications --------------------------------------------------------------------
+# Who is told when an approval is requested, escalated or expires: the deciders by e-mail,
+# and every webhook, signed with HMAC-SHA256 (approvals/notifications.py).
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if EMBEDDED
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "baton@localhost")
+BATON_BASE_URL = env_str("BATON_BASE_URL").rstrip("/")
+BATON_WEBHOOK_URLS = env_list("BATON_WEBHOOK_URLS")
+BATON_WEBHOOK_SECRET = env_str("BATON_WEBHOOK_SECRET")
+
 # --- Security -------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the cookie-backed meta tag

@@ -5,11 +5,17 @@ from django.urls import path
 
 from agents import api
 from agents import views as agent_views
+from approvals import views as approval_views
 
 urlpatterns = [
     path("", agent_views.overview, name="overview"),
     path("agents/<slug:slug>/", agent_views.agent_detail, name="agent"),
     path("runs/<int:run_id>/", agent_views.run_detail, name="run"),
+    path("approvals/", approval_views.queue, name="approvals"),
+    path("approvals/badge", approval_views.badge, name="approvals-badge"),
+    path("approvals/batch", approval_views.batch, name="approvals-batch"),
+    path("approvals/<int:request_id>/", approval_views.detail, name="approval"),
+    path("approvals/<int:request_id>/decide", approval_views.decide, name="approval-decide"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/runs", api.run_create, name="api-runs"),

@@ -39,3 +39,8 @@ def arg_items(value: Any) -> list[tuple[str, str]]:
             shown = str(item)
         items.append((key, shown))
     return items
+
+
+@register.filter
+def get_item(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None

@@ -106,3 +106,20 @@ def test_logout_needs_a_csrf_token(world: Any) -> None:
     client.force_login(world.supervisor)
     assert client.post("/logout/").status_code == 403
     assert client.get("/").status_code == 200
+
+
+def test_who_can_supervise_an_agent(world: Any, agents: Any) -> None:
+    from console.permissions import users_who_can
+
+    claims, support = agents
+    assert set(users_who_can("supervise", claims).values_list("username", flat=True)) == {
+        "sam",
+        "sol",
+    }
+    assert set(users_who_can("supervise", support).values_list("username", flat=True)) == {"sue"}
+    assert set(users_who_can("view", claims).values_list("username", flat=True)) >= {
+        "sam",
+        "sol",
+        "ada",
+        "cora",
+    }

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from approvals.models import ApprovalDecision
+from approvals.selectors import RISK_ORDER
+
+REASON_REQUIRED = "Write the reason: it goes back to the agent."
+
+
+class QueueFilter(forms.Form):
+    tab = forms.ChoiceField(
+        choices=[("pending", "pending"), ("history", "history")], required=False
+    )
+    agent = forms.SlugField(required=False)
+    team = forms.SlugField(required=False)
+    tool = forms.RegexField(regex=r"^[\w.*-]{1,100}$", required=False)
+    risk = forms.ChoiceField(choices=[("", "any")] + [(r, r) for r in RISK_ORDER], required=False)
+    sort = forms.ChoiceField(choices=[("risk", "risk"), ("due", "time left")], required=False)
+
+
+class DecisionForm(forms.Form):
+    verdict = forms.ChoiceField(choices=ApprovalDecision.Verdict.choices)
+    args_hash = forms.RegexField(
+        regex=r"^[0-9a-f]{64}$",
+        error_messages={"invalid": "This decision is not bound to an action: reload the request."},
+    )
+    comment = forms.CharField(required=False, max_length=2000, strip=True)
+    edit = forms.BooleanField(required=False)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("verdict") == ApprovalDecision.Verdict.REJECT and not data.get("comment"):
+            self.add_error("comment", REASON_REQUIRED)
+        return data
+
+
+def edited_arguments(post: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    """Arguments from the edit form's `arg:<name>` fields, typed after the tool's schema.
+    A value that does not fit its type is passed on as written, so the schema check names
+    the field rather than this form guessing."""
+    properties = schema.get("properties", {})
+    edited: dict[str, Any] = {}
+    for name, spec in properties.items():
+        key = f"arg:{name}"
+        if key not in post:
+            continue
+        raw = post[key].strip()
+        if raw == "" and name not in schema.get("required", []):
+            continue
+        edited[name] = _typed(raw, spec.get("type"))
+    return edited
+
+
+def _typed(raw: str, kind: Any) -> Any:
+    try:
+        if kind == "integer":
+            return int(raw)
+        if kind == "number":
+            number = float(raw.replace(",", ""))
+            return int(number) if number.is_integer() and "." not in raw else number
+        if kind == "boolean":
+            return {"true": True, "false": False}.get(raw.lower(), raw)
+        if kind in ("object", "array"):
+            return json.loads(raw)
+    except ValueError:
+        return raw
+    return raw

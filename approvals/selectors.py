@@ -1,0 +1,145 @@
+"""Reads of approval requests, filtered to what the person may see and decide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.http import Http404
+from django.utils import timezone
+
+from agents.models import Action
+from approvals.models import ApprovalDecision, ApprovalRequest
+from console.permissions import agents_for_user, user_can
+
+RISK_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
+def can_decide(user: Any, request: ApprovalRequest) -> bool:
+    """Supervisors of the agent (grant on it or its team), and, once the request has
+    escalated, the members of the approver group it escalated to."""
+    if user_can(user, "supervise", request.agent):
+        return True
+    return (
+        bool(request.escalated_to)
+        and user.is_active
+        and user.groups.filter(name=request.escalated_to).exists()
+    )
+
+
+def _group_names(user: Any) -> list[str]:
+    return list(user.groups.values_list("name", flat=True)) if user.is_authenticated else []
+
+
+def approvals_for_user(user: Any) -> QuerySet[ApprovalRequest]:
+    visible = Q(agent__in=agents_for_user(user, "view").values("pk"))
+    groups = _group_names(user)
+    if groups:
+        visible |= Q(escalated_to__in=groups)
+    return ApprovalRequest.objects.filter(visible).select_related(
+        "agent__team", "version", "run", "action"
+    )
+
+
+def decidable_count(user: Any) -> int:
+    """Pending requests the person may decide: the navigation badge."""
+    if not user.is_authenticated:
+        return 0
+    mine = Q(agent__in=agents_for_user(user, "supervise").values("pk"))
+    groups = _group_names(user)
+    if groups:
+        mine |= Q(escalated_to__in=groups)
+    return ApprovalRequest.objects.filter(mine, status=ApprovalRequest.Status.PENDING).count()
+
+
+def request_for_user(user: Any, request_id: int) -> ApprovalRequest:
+    request = approvals_for_user(user).filter(pk=request_id).first()
+    if request is None:
+        raise Http404("No such approval request.")
+    return request
+
+
+def queue(
+    user: Any,
+    *,
+    tab: str,
+    agent: str = "",
+    team: str = "",
+    tool: str = "",
+    risk: str = "",
+    sort: str = "risk",
+) -> QuerySet[ApprovalRequest]:
+    requests = approvals_for_user(user)
+    if tab == "history":
+        requests = requests.exclude(status=ApprovalRequest.Status.PENDING).order_by(
+            "-decided_at", "-pk"
+        )
+    else:
+        requests = requests.filter(status=ApprovalRequest.Status.PENDING)
+        if sort == "due":
+            requests = requests.order_by("due_at", "pk")
+        else:
+            # Highest risk first, newest first within a risk.
+            rank = Case(
+                *[When(risk=r, then=Value(n)) for r, n in RISK_ORDER.items()],
+                default=Value(9),
+                output_field=IntegerField(),
+            )
+            requests = requests.annotate(risk_rank=rank).order_by("risk_rank", "-created_at")
+    if agent:
+        requests = requests.filter(agent__slug=agent)
+    if team:
+        requests = requests.filter(agent__team__slug=team)
+    if tool:
+        requests = requests.filter(tool=tool)
+    if risk:
+        requests = requests.filter(risk=risk)
+    return requests
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request: ApprovalRequest
+    steps: list[Action]
+    rationale: str
+    decisions: list[ApprovalDecision]
+    approvals_given: int
+    still_needed: int
+    time_left: timedelta | None
+    can_decide: bool
+    decided_by_you: bool
+
+
+def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
+    """Everything a supervisor needs to decide in seconds (DESIGN section 5)."""
+    held_seq = request.action.seq
+    steps = [
+        a
+        for a in request.run.actions.order_by("seq")
+        if a.seq < held_seq and a.kind != Action.Kind.VALUE
+    ]
+    rationale = next(
+        (a.meta.get("rationale", "") for a in reversed(steps) if a.kind == Action.Kind.MODEL), ""
+    )
+    decisions = list(request.decisions.select_related("user"))
+    given = sum(
+        1
+        for d in decisions
+        if d.verdict == ApprovalDecision.Verdict.APPROVE and d.args_hash == request.args_hash
+    )
+    time_left = request.due_at - timezone.now() if request.due_at else None
+    pending = request.status == ApprovalRequest.Status.PENDING
+    yours = any(d.user_id == user.pk for d in decisions)
+    return RequestContext(
+        request=request,
+        steps=steps,
+        rationale=rationale,
+        decisions=decisions,
+        approvals_given=given,
+        still_needed=max(request.required_approvals - given, 0),
+        time_left=time_left,
+        can_decide=pending and not yours and can_decide(user, request),
+        decided_by_you=yours,
+    )

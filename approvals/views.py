@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from agents.registry import get_tool
+from agents.services import ServiceError
+from agents.views import HtmxHttpRequest
+from approvals import selectors
+from approvals.forms import DecisionForm, QueueFilter, edited_arguments
+from approvals.models import ApprovalRequest
+from approvals.services import STALE_DECISION, AlreadyDecided, approval_decide
+
+
+@require_GET
+@login_required
+def queue(request: HtmxHttpRequest) -> HttpResponse:
+    form = QueueFilter(request.GET)
+    filters: dict[str, Any] = form.cleaned_data if form.is_valid() else {}
+    tab = filters.get("tab") or "pending"
+    requests = selectors.queue(
+        request.user,
+        tab=tab,
+        agent=filters.get("agent", ""),
+        team=filters.get("team", ""),
+        tool=filters.get("tool", ""),
+        risk=filters.get("risk", ""),
+        sort=filters.get("sort") or "risk",
+    )
+    context = {"form": form, "tab": tab, "requests": requests[:200]}
+    template = "approvals/queue.html#rows" if request.htmx else "approvals/queue.html"
+    return render(request, template, context)
+
+
+@require_GET
+@login_required
+def badge(request: HtmxHttpRequest) -> HttpResponse:
+    return render(
+        request, "approvals/badge.html", {"pending_count": selectors.decidable_count(request.user)}
+    )
+
+
+@require_GET
+@login_required
+def detail(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
+    approval = selectors.request_for_user(request.user, request_id)
+    return _render_request(request, approval)
+
+
+def _render_request(
+    request: HtmxHttpRequest,
+    approval: ApprovalRequest,
+    *,
+    form: DecisionForm | None = None,
+    error: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "ctx": selectors.request_context(request.user, approval),
+        "form": form,
+        "error": error,
+        "schema": get_tool(approval.tool).schema,
+    }
+    template = "approvals/request.html#panel" if request.htmx else "approvals/request.html"
+    return render(request, template, context, status=status)
+
+
+@require_POST
+@login_required
+def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
+    approval = selectors.request_for_user(request.user, request_id)
+    if not selectors.can_decide(request.user, approval):
+        raise PermissionDenied("You may not decide this agent's actions.")
+    form = DecisionForm(request.POST)
+    if not form.is_valid():
+        return _render_request(request, approval, form=form, status=400)
+    data = form.cleaned_data
+    edited = (
+        edited_arguments(request.POST, get_tool(approval.tool).schema) if data["edit"] else None
+    )
+    try:
+        approval_decide(
+            request_id=approval.pk,
+            user=request.user,
+            verdict=data["verdict"],
+            seen_args_hash=data["args_hash"],
+            comment=data["comment"],
+            edited_args=edited,
+        )
+    except AlreadyDecided as exc:
+        return _render_request(request, _fresh(approval), error=str(exc), status=409)
+    except ServiceError as exc:
+        status = 409 if str(exc) == STALE_DECISION else 400
+        return _render_request(request, _fresh(approval), form=form, error=str(exc), status=status)
+    if request.htmx:
+        response = _render_request(request, _fresh(approval))
+        response["HX-Trigger"] = "approvals-changed"
+        return response
+    messages.success(request, f"Request {approval.pk}: {data['verdict']} recorded.")
+    return redirect("approvals")
+
+
+def _fresh(approval: ApprovalRequest) -> ApprovalRequest:
+    approval.refresh_from_db()
+    return approval
+
+
+@require_POST
+@login_required
+def batch(request: HtmxHttpRequest) -> HttpResponse:
+    """Decide several requests at once; each is its own decision, audited on its own."""
+    verdict = request.POST.get("verdict", "")
+    comment = request.POST.get("comment", "").strip()
+    done, refused = 0, []
+    for item in request.POST.getlist("selected"):
+        request_id, _, seen = item.partition(":")
+        if not request_id.isdigit():
+            refused.append(f"{item!r}: not a request")
+            continue
+        approval = selectors.approvals_for_user(request.user).filter(pk=int(request_id)).first()
+        if approval is None:
+            refused.append(f"#{request_id}: no such request")
+            continue
+        try:
+            approval_decide(
+                request_id=approval.pk,
+                user=request.user,
+                verdict=verdict,
+                seen_args_hash=seen,
+                comment=comment,
+            )
+            done += 1
+        except (ServiceError, PermissionDenied, ValueError) as exc:
+            refused.append(f"#{request_id}: {exc}")
+    if done:
+        messages.success(request, f"{done} request(s): {verdict} recorded.")
+    for line in refused:
+        messages.error(request, line)
+    if not done and not refused:
+        messages.error(request, "Select at least one request.")
+    return redirect("approvals")

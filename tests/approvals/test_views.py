@@ -1,0 +1,235 @@
+"""The queue and request screens over HTTP: who sees, who decides, and bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from approvals.models import ApprovalDecision, ApprovalRequest
+from audit.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def client_for(user: Any, csrf: bool = False) -> Client:
+    client = Client(enforce_csrf_checks=csrf)
+    client.force_login(user)
+    return client
+
+
+def post_decision(client: Client, request: ApprovalRequest, **data: Any) -> Any:
+    body = {"verdict": "approve", "args_hash": request.args_hash, **data}
+    return client.post(f"/approvals/{request.pk}/decide", body)
+
+
+def nothing_changed(request: ApprovalRequest, events_before: int) -> None:
+    request.refresh_from_db()
+    assert request.status == "pending"
+    assert not ApprovalDecision.objects.filter(request=request).exists()
+    assert AuditEvent.objects.count() == events_before
+
+
+def test_the_queue_shows_what_waits_with_its_context(held: Any, world: Any) -> None:
+    request = held(amount=4200)
+    page = client_for(world.supervisor).get("/approvals/").content.decode()
+    assert f'id="request-{request.pk}"' in page and "test.pay" in page and "4,200.00" in page
+    detail = client_for(world.supervisor).get(f"/approvals/{request.pk}/").content.decode()
+    for expected in [
+        "Payer",
+        "v1",
+        "a person checks payouts",
+        "4,200.00",
+        "claim_id",
+        "0 of 1 approval",
+        "1 still needed",
+        "left",
+        'id="approve"',
+    ]:
+        assert expected in detail, expected
+
+
+def test_approving_from_the_request_page_releases_the_action(held: Any, world: Any) -> None:
+    request = held()
+    response = post_decision(client_for(world.supervisor), request)
+    assert response.status_code == 302 and response["Location"] == "/approvals/"
+    request.refresh_from_db()
+    assert request.status == "approved"
+
+
+def test_an_htmx_decision_gets_the_updated_panel_and_a_refresh_signal(
+    held: Any, world: Any
+) -> None:
+    request = held()
+    response = client_for(world.supervisor).post(
+        f"/approvals/{request.pk}/decide",
+        {"verdict": "approve", "args_hash": request.args_hash},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200 and response["HX-Trigger"] == "approvals-changed"
+    body = response.content.decode()
+    assert 'id="panel"' in body and "<html" not in body and "approved" in body
+
+
+def test_compliance_reads_the_queue_but_may_not_decide(held: Any, world: Any) -> None:
+    request = held()
+    client = client_for(world.compliance)
+    assert f"request-{request.pk}" in client.get("/approvals/").content.decode()
+    page = client.get(f"/approvals/{request.pk}/").content.decode()
+    assert "You can see this request but not decide it." in page and 'id="approve"' not in page
+    before = AuditEvent.objects.count()
+    assert post_decision(client, request).status_code == 403
+    nothing_changed(request, before)
+
+
+def test_a_supervisor_of_another_team_neither_sees_nor_decides(held: Any, world: Any) -> None:
+    request = held()
+    client = client_for(world.support_supervisor)
+    assert f"request-{request.pk}" not in client.get("/approvals/").content.decode()
+    assert client.get(f"/approvals/{request.pk}/").status_code == 404
+    before = AuditEvent.objects.count()
+    assert post_decision(client, request).status_code == 404
+    nothing_changed(request, before)
+
+
+def test_unknown_request_is_404(world: Any) -> None:
+    client = client_for(world.supervisor)
+    assert client.get("/approvals/999999/").status_code == 404
+    assert client.post("/approvals/999999/decide", {"verdict": "approve"}).status_code == 404
+
+
+def test_deciding_a_decided_request_is_409_with_who_decided(held: Any, world: Any) -> None:
+    request = held()
+    post_decision(client_for(world.supervisor), request)
+    response = post_decision(
+        client_for(world.second_supervisor), request, headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 409
+    assert "already decided: approved by sam" in response.content.decode()
+    assert ApprovalDecision.objects.filter(request=request).count() == 1
+
+
+def test_a_stale_decision_is_409_and_changes_nothing(held: Any, world: Any) -> None:
+    request = held()
+    before = AuditEvent.objects.count()
+    response = post_decision(client_for(world.supervisor), request, args_hash="a" * 64)
+    assert (
+        response.status_code == 409 and "changed since you opened it" in response.content.decode()
+    )
+    nothing_changed(request, before)
+
+
+def test_a_rejection_without_a_reason_is_a_form_error(held: Any, world: Any) -> None:
+    request = held()
+    before = AuditEvent.objects.count()
+    response = post_decision(client_for(world.supervisor), request, verdict="reject")
+    assert response.status_code == 400
+    assert "Write the reason: it goes back to the agent." in response.content.decode()
+    nothing_changed(request, before)
+
+
+def test_malformed_edited_arguments_name_the_field(held: Any, world: Any) -> None:
+    request = held()
+    before = AuditEvent.objects.count()
+    response = post_decision(
+        client_for(world.supervisor),
+        request,
+        edit="1",
+        **{"arg:claim_id": "c1", "arg:amount": "twelve"},
+    )
+    assert response.status_code == 400
+    assert "amount: &#x27;twelve&#x27; is not of type &#x27;number&#x27;" in (
+        response.content.decode()
+    )
+    nothing_changed(request, before)
+
+
+def test_edited_arguments_from_the_form_are_typed_and_approved(held: Any, world: Any) -> None:
+    request = held(amount=900)
+    response = post_decision(
+        client_for(world.supervisor),
+        request,
+        edit="1",
+        **{"arg:claim_id": "c1", "arg:amount": "850.50"},
+    )
+    assert response.status_code == 302
+    request.refresh_from_db()
+    assert request.args == {"claim_id": "c1", "amount": 850.5}
+
+
+@pytest.mark.parametrize("data", [{"verdict": "maybe"}, {"args_hash": "not-a-hash"}, {}])
+def test_a_malformed_decision_is_a_400(held: Any, world: Any, data: dict[str, str]) -> None:
+    request = held()
+    before = AuditEvent.objects.count()
+    response = client_for(world.supervisor).post(f"/approvals/{request.pk}/decide", data)
+    assert response.status_code == 400
+    nothing_changed(request, before)
+
+
+def test_a_decision_without_a_csrf_token_is_refused(held: Any, world: Any) -> None:
+    request = held()
+    before = AuditEvent.objects.count()
+    assert post_decision(client_for(world.supervisor, csrf=True), request).status_code == 403
+    nothing_changed(request, before)
+
+
+def test_batch_decisions_are_each_audited_and_refusals_reported(held: Any, world: Any) -> None:
+    first, second, third = held(claim="a"), held(claim="b"), held(claim="c")
+    client = client_for(world.supervisor)
+    response = client.post(
+        "/approvals/batch",
+        {
+            "verdict": "approve",
+            "selected": [
+                f"{first.pk}:{first.args_hash}",
+                f"{second.pk}:{second.args_hash}",
+                f"{third.pk}:{'0' * 64}",
+                "junk",
+            ],
+        },
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "2 request(s): approve recorded." in page
+    assert "changed since you opened it" in page and "not a request" in page
+    assert ApprovalRequest.objects.filter(status="approved").count() == 2
+    assert AuditEvent.objects.filter(verb="approval.approved").count() == 2
+
+
+def test_batch_rejection_needs_a_reason(held: Any, world: Any) -> None:
+    request = held()
+    response = client_for(world.supervisor).post(
+        "/approvals/batch",
+        {"verdict": "reject", "selected": [f"{request.pk}:{request.args_hash}"]},
+        follow=True,
+    )
+    assert "a rejection needs a reason" in response.content.decode()
+    request.refresh_from_db()
+    assert request.status == "pending"
+
+
+def test_the_queue_filters_sorts_and_keeps_history(held: Any, world: Any) -> None:
+    low, high = held(amount=100, claim="low"), held(amount=20000, claim="high")
+    client = client_for(world.supervisor)
+    assert f"request-{low.pk}" in client.get("/approvals/?agent=payer").content.decode()
+    assert f"request-{low.pk}" not in client.get("/approvals/?agent=other").content.decode()
+    assert f"request-{low.pk}" not in client.get("/approvals/?risk=low").content.decode()
+    post_decision(client, low, verdict="reject", comment="no")
+    history = client.get("/approvals/?tab=history").content.decode()
+    assert "rejected" in history and "sam (reject)" in history
+    assert f"request-{high.pk}" in client.get("/approvals/?sort=due").content.decode()
+
+
+def test_malformed_filters_give_a_message_not_a_500(held: Any, world: Any) -> None:
+    response = client_for(world.supervisor).get("/approvals/?agent=%3Cscript%3E&risk=huge")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "<script>" not in body and "risk:" in body and "agent:" in body
+
+
+def test_the_badge_counts_what_the_person_may_decide(held: Any, world: Any) -> None:
+    held(claim="x")
+    held(claim="y")
+    assert ">2<" in client_for(world.supervisor).get("/approvals/badge").content.decode()
+    assert "badge" not in client_for(world.compliance).get("/approvals/badge").content.decode()
