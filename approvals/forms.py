@@ -32,7 +32,7 @@ class DecisionForm(forms.Form):
     edit = forms.BooleanField(required=False)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("verdict") == ApprovalDecision.Verdict.REJECT and not data.get("comment"):
             self.add_error("comment", REASON_REQUIRED)
         return data

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
@@ -87,7 +88,7 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     try:
         approval_decide(
             request_id=approval.pk,
-            user=request.user,
+            user=_person(request),
             verdict=data["verdict"],
             seen_args_hash=data["args_hash"],
             comment=data["comment"],
@@ -104,6 +105,12 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
         return response
     messages.success(request, f"Request {approval.pk}: {data['verdict']} recorded.")
     return redirect("approvals")
+
+
+def _person(request: HtmxHttpRequest) -> User:
+    # login_required has let only a logged-in person this far.
+    assert isinstance(request.user, User)
+    return request.user
 
 
 def _fresh(approval: ApprovalRequest) -> ApprovalRequest:
@@ -130,7 +137,7 @@ def batch(request: HtmxHttpRequest) -> HttpResponse:
         try:
             approval_decide(
                 request_id=approval.pk,
-                user=request.user,
+                user=_person(request),
                 verdict=verdict,
                 seen_args_hash=seen,
                 comment=comment,

@@ -8,7 +8,7 @@ Capabilities: view, supervise, administer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
@@ -70,12 +70,19 @@ def users_who_can(capability: str, agent: Agent) -> QuerySet[Any]:
     from django.contrib.auth import get_user_model
     from guardian.shortcuts import get_users_with_perms
 
-    on_agent = get_users_with_perms(
-        agent, only_with_perms_in=[f"{capability}_agent"], with_group_users=True
-    ).values("pk")
-    on_team = get_users_with_perms(
-        agent.team, only_with_perms_in=[f"{capability}_team"], with_group_users=True
-    ).values("pk")
+    # With attach_perms off (the default) guardian returns a queryset of users.
+    on_agent = cast(
+        QuerySet[Any],
+        get_users_with_perms(
+            agent, only_with_perms_in=[f"{capability}_agent"], with_group_users=True
+        ),
+    )
+    on_team = cast(
+        QuerySet[Any],
+        get_users_with_perms(
+            agent.team, only_with_perms_in=[f"{capability}_team"], with_group_users=True
+        ),
+    )
     user_model = get_user_model()
     model_wide = Q(
         user_permissions__codename=f"{capability}_agent",
@@ -85,5 +92,6 @@ def users_who_can(capability: str, agent: Agent) -> QuerySet[Any]:
         groups__permissions__content_type__app_label="agents",
     )
     return user_model.objects.filter(
-        Q(pk__in=on_agent) | Q(pk__in=on_team) | model_wide, is_active=True
+        Q(pk__in=on_agent.values("pk")) | Q(pk__in=on_team.values("pk")) | model_wide,
+        is_active=True,
     ).distinct()
