@@ -38,20 +38,19 @@ chromium:
 	  echo "Installing Chromium from Debian for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: install lint chromium
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
+# The suite's and the benchmarks' services, with a throwaway key (plain HTTP on this machine).
+SERVICES = DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-	BATON_HTTPS=false SECRET_KEY=$$(head -c 32 /dev/urandom | base64) \
-	BATON_AGENT_MODULES=agents.demo,tests.support.agents \
-	BATON_CHROMIUM=$(CHROMIUM) \
+	BATON_HTTPS=false SECRET_KEY=$$(head -c 32 /dev/urandom | base64)
+
+test: install lint chromium
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,tests.support.agents BATON_CHROMIUM=$(CHROMIUM) \
+	EMAIL_BACKEND=django.core.mail.backends.locmem.EmailBackend \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
-	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-	BATON_HTTPS=false SECRET_KEY=$$(head -c 32 /dev/urandom | base64) \
-	BATON_AGENT_MODULES=agents.demo,bench.support \
-	$(BIN)/python -m bench.gateway
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.gateway
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.approvals
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

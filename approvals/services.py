@@ -18,6 +18,7 @@ from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
 from agents.services import ServiceError
 from approvals.models import ApprovalDecision, ApprovalRequest
+from approvals.notifications import notify_on_commit
 from approvals.selectors import can_decide
 from audit import verbs
 from audit.services import SYSTEM, Actor, audit_record
@@ -77,6 +78,7 @@ def approval_request_open(*, action: Action, tool: Tool, rule: Rule | None) -> A
             "rule": request.rule,
         },
     )
+    notify_on_commit(event="approval.requested", request_id=request.pk)
     return request
 
 
@@ -272,6 +274,7 @@ def approvals_expire() -> int:
                     run=request.run,
                     payload={"due_at": request.due_at},
                 )
+                notify_on_commit(event="approval.expired", request_id=request.pk)
                 _release(
                     request,
                     status=ApprovalRequest.Status.EXPIRED,
@@ -298,3 +301,4 @@ def _escalate(request: ApprovalRequest, group: str) -> None:
         run=request.run,
         payload={"to": group, "level": request.escalation_level + 1, "due_at": due_at},
     )
+    notify_on_commit(event="approval.escalated", request_id=request.pk)

@@ -29,3 +29,30 @@ def timed_steps(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
         ctx.tool("bench.noop", i=i)
         timings.append(time.perf_counter() - started)
     return {"timings": timings}
+
+
+MARK_SCHEMA = {
+    "type": "object",
+    "properties": {"token": {"type": "string"}},
+    "required": ["token"],
+    "additionalProperties": False,
+}
+
+
+@tool("bench.mark", schema=MARK_SCHEMA, idempotent=True)
+def mark(call: ToolCall) -> dict[str, Any]:
+    """Says when it starts (CLOCK_MONOTONIC, comparable across processes on this machine)."""
+    import os
+
+    import redis
+
+    started = time.perf_counter_ns()
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client.lpush("bench:started", f"{call.args['token']} {started}")
+    return {"token": call.args["token"]}
+
+
+@program
+def held_mark(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
+    """One step, held for approval; its tool marks the moment it starts."""
+    return ctx.tool("bench.mark", token=input["token"])

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
+from django.core import mail
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -167,8 +168,9 @@ def test_an_expired_request_fails_closed(held: Any, world: Any) -> None:
 
 
 def test_a_request_escalates_to_the_next_group_then_fails_closed(
-    payer: Any, world: Any, make_agent: Any
+    payer: Any, world: Any, settings: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     from agents.services import version_create, version_publish
 
     version_publish(
@@ -190,7 +192,7 @@ def test_a_request_escalates_to_the_next_group_then_fails_closed(
         )
     )
     payer.refresh_from_db()
-    lead = type(world.outsider).objects.create_user("lena")
+    lead = type(world.outsider).objects.create_user("lena", email="lena@baton.example")
     lead.groups.add(Group.objects.create(name="Claims leads"))
     run = run_start(agent=payer, input={"claim_id": "c2", "amount": 10})
     execute_run(run.pk)
@@ -199,13 +201,16 @@ def test_a_request_escalates_to_the_next_group_then_fails_closed(
         decide(request, lead)
 
     ApprovalRequest.objects.filter(pk=request.pk).update(due_at=timezone.now())
-    approvals_expire()
+    with django_capture_on_commit_callbacks(execute=True):
+        approvals_expire()
     request.refresh_from_db()
     assert (request.status, request.escalation_level, request.escalated_to) == (
         "pending",
         1,
         "Claims leads",
     )
+    escalated = [m for m in mail.outbox if "Escalated" in m.subject]
+    assert [m.to for m in escalated] == [["lena@baton.example"]], "the group is told"
     assert request.due_at > timezone.now() + timedelta(minutes=59)
 
     ApprovalRequest.objects.filter(pk=request.pk).update(due_at=timezone.now())
