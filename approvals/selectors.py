@@ -55,8 +55,15 @@ def decidable_count(user: Any) -> int:
 
 
 def request_for_user(user: Any, request_id: int) -> ApprovalRequest:
-    request = approvals_for_user(user).filter(pk=request_id).first()
-    if request is None:
+    request = (
+        ApprovalRequest.objects.select_related("agent__team", "version", "run", "action")
+        .filter(pk=request_id)
+        .first()
+    )
+    if request is None or not (
+        user_can(user, "view", request.agent)
+        or (request.escalated_to and user.groups.filter(name=request.escalated_to).exists())
+    ):
         raise Http404("No such approval request.")
     return request
 

@@ -129,7 +129,7 @@ def approval_decide(
         try:
             request = (
                 ApprovalRequest.objects.select_for_update()
-                .select_related("agent", "run", "version")
+                .select_related("agent__team", "run", "version")
                 .get(pk=request_id)
             )
         except ApprovalRequest.DoesNotExist:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404
+from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
 
 from agents.models import Agent, Team
@@ -31,11 +32,24 @@ def user_can(user: Any, capability: str, agent: Agent) -> bool:
         raise ValueError(f"unknown capability {capability!r}")
     if not user.is_authenticated or not user.is_active:
         return False
+    # Remembered on the user object, which lives for one request (or one task): a view
+    # and the service it calls ask the same question, and each answer costs queries.
+    memo: dict[tuple[str, int], bool] = user.__dict__.setdefault("_baton_can", {})
+    key = (capability, agent.pk)
+    if key not in memo:
+        memo[key] = _user_can(user, capability, agent)
+    return memo[key]
+
+
+def _user_can(user: Any, capability: str, agent: Agent) -> bool:
     if user.is_superuser or user.has_perm(f"agents.{capability}_agent"):
         return True
-    if user.has_perm(f"agents.{capability}_agent", agent):
+    # One checker per user object: it loads all of a person's grants on an object at the
+    # first question, so asking view and then supervise costs no more queries.
+    checker = user.__dict__.setdefault("_baton_checker", ObjectPermissionChecker(user))
+    if checker.has_perm(f"{capability}_agent", agent):
         return True
-    return bool(user.has_perm(f"agents.{capability}_team", agent.team))
+    return bool(checker.has_perm(f"{capability}_team", agent.team))
 
 
 def agents_for_user(user: Any, capability: str = "view") -> QuerySet[Agent]:

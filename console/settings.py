@@ -118,12 +118,21 @@ if EMBEDDED:
         }
     }
 else:
-    DATABASES = {
-        "default": dict(
-            dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
-        )
-    }
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES = {"default": dict(dj_database_url.parse(DATABASE_URL))}
+    postgres = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    if postgres and env_bool("BATON_DB_POOL", False):
+        # Under ASGI every request runs in a thread of its own, so persistent connections
+        # would be opened anew per request; a process-wide pool keeps them. console/asgi.py
+        # turns it on for the web process; workers keep per-thread persistent connections
+        # (a pool must not cross the fork of a prefork worker).
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("DB_POOL_MIN", 2),
+            "max_size": env_int("DB_POOL_MAX", 20),
+            "timeout": env_float("DB_POOL_TIMEOUT", 10.0),
+        }
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60)
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
