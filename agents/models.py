@@ -9,6 +9,9 @@ class Team(models.Model):
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=100)
 
+    # Not stored: whether the person looking may supervise the whole team (selectors).
+    can_supervise: bool = False
+
     class Meta:
         ordering = ["name"]
         permissions = [
@@ -41,6 +44,7 @@ class Agent(models.Model):
     # Not stored: active, paused or halted, derived from the engaged kill switches by
     # agents.selectors.agent_state for the pages that show it.
     state: str = "active"
+    can_supervise: bool = False
 
     class Meta:
         ordering = ["team__name", "name"]
@@ -255,8 +259,12 @@ class KillSwitch(models.Model):
     released_at = models.DateTimeField(null=True, blank=True)
     release_reason = models.TextField(blank=True)
 
+    # Not stored: whether the person looking may release it (console.context).
+    can_release: bool = False
+
     class Meta:
         ordering = ["-engaged_at"]
+        permissions = [("engage_global", "Engage and release the global kill switch")]
         constraints = [
             models.UniqueConstraint(
                 fields=["target"],

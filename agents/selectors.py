@@ -8,7 +8,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
 from agents.models import Action, Agent, KillSwitch, Run
-from console.permissions import agents_for_user
+from console.permissions import agents_for_user, team_can, user_can
 
 
 def runs_for_user(user: Any) -> QuerySet[Run]:
@@ -56,6 +56,8 @@ def overview(user: Any) -> dict[str, Any]:
     switches = engaged_switches()
     for agent in agents:
         agent.state = agent_state(agent, switches)
+        agent.can_supervise = user_can(user, "supervise", agent)
+        agent.team.can_supervise = team_can(user, "supervise", agent.team)
     visible = [a.pk for a in agents]
     recent_runs = (
         Run.objects.filter(agent_id__in=visible)

@@ -78,6 +78,29 @@ def agent_for_user(user: Any, slug: str, capability: str = "view") -> Agent:
     return agent
 
 
+def team_can(user: Any, capability: str, team: Team) -> bool:
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser or user.has_perm(f"agents.{capability}_team"):
+        return True
+    checker = user.__dict__.setdefault("_baton_checker", ObjectPermissionChecker(user))
+    return bool(checker.has_perm(f"{capability}_team", team))
+
+
+def team_for_user(user: Any, slug: str, capability: str = "view") -> Team:
+    """The team, if the user may see it (through it or one of its agents), and may do
+    `capability` to the whole team (403 otherwise)."""
+    team = Team.objects.filter(slug=slug).first()
+    visible = team is not None and (
+        team_can(user, "view", team) or agents_for_user(user).filter(team=team).exists()
+    )
+    if team is None or not visible:
+        raise Http404("No such team.")
+    if capability != "view" and not team_can(user, capability, team):
+        raise PermissionDenied(f"You may not {capability} this team.")
+    return team
+
+
 def users_who_can(capability: str, agent: Agent) -> QuerySet[Any]:
     """Active people who may `capability` the agent, through a grant on it or its team or
     a model-wide permission (superusers excluded: they are not on call)."""

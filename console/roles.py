@@ -19,7 +19,8 @@ AGENT_ADMIN = "Agent admin"
 # Model-wide permissions each role's group holds. Supervisors and admins hold nothing
 # model-wide: what they may touch comes from grants on agents and teams.
 GROUP_PERMISSIONS: dict[str, list[str]] = {
-    SUPERVISOR: [],
+    # Any supervisor may stop everything: in an incident the first person to see it acts.
+    SUPERVISOR: ["agents.engage_global"],
     AGENT_ADMIN: ["agents.add_agent", "agents.add_team"],
     COMPLIANCE: [
         "agents.view_agent",
@@ -42,9 +43,13 @@ def roles_ensure(apps: Any = None) -> None:
         group, _ = group_model.objects.get_or_create(name=name)
         for dotted in perms:
             app_label, codename = dotted.split(".")
-            group.permissions.add(
-                perm_model.objects.get(content_type__app_label=app_label, codename=codename)
-            )
+            # A permission added by a later migration does not exist yet when an earlier
+            # one runs; the later migration calls this again.
+            found = perm_model.objects.filter(
+                content_type__app_label=app_label, codename=codename
+            ).first()
+            if found is not None:
+                group.permissions.add(found)
 
 
 def role_grant(*, user: Any, role: str, target: Agent | Team, granted_by: Any = None) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from agents import api
+from agents import api, switch_views
 from agents import views as agent_views
 from approvals import views as approval_views
 
@@ -16,6 +16,8 @@ urlpatterns = [
     path("approvals/batch", approval_views.batch, name="approvals-batch"),
     path("approvals/<int:request_id>/", approval_views.detail, name="approval"),
     path("approvals/<int:request_id>/decide", approval_views.decide, name="approval-decide"),
+    path("switches/engage", switch_views.engage, name="switch-engage"),
+    path("switches/<int:switch_id>/release", switch_views.release, name="switch-release"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/runs", api.run_create, name="api-runs"),

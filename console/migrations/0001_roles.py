@@ -1,18 +1,12 @@
 from __future__ import annotations
 
-from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
 
 def create_roles(apps, schema_editor):
-    # Permissions are normally created after all migrations; the roles need them now.
-    for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
-    from console.roles import roles_ensure
+    from console.migrations import _roles
 
-    roles_ensure(apps)
+    _roles.create_roles(apps)
 
 
 class Migration(migrations.Migration):
