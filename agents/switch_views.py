@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 from agents.forms import PASSWORD_REQUIRED, PASSWORD_WRONG, EngageForm, ReleaseForm
 from agents.models import KillSwitch
 from agents.services import ServiceError, killswitch_engage, killswitch_release
-from console.permissions import agent_for_user, team_for_user
+from console.permissions import agent_for_user, signed_in, team_for_user
 
 GLOBAL_NOT_ALLOWED = "You may not stop or restart everything."
 
@@ -72,9 +72,9 @@ def engage(request: HttpRequest) -> HttpResponse:
             scope=data["scope"],
             mode=data["mode"],
             reason=data["reason"],
-            user=request.user,
+            user=signed_in(request),
             **target,
-        )  # type: ignore[arg-type]
+        )
     except ServiceError as exc:
         messages.error(request, str(exc))
     else:
@@ -103,7 +103,7 @@ def release(request: HttpRequest, switch_id: int) -> HttpResponse:
     try:
         requeued = killswitch_release(
             switch=switch,
-            user=request.user,  # type: ignore[arg-type]
+            user=signed_in(request),
             reason=form.cleaned_data["reason"],
         )
     except ServiceError as exc:

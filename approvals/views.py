@@ -4,7 +4,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
@@ -17,6 +16,7 @@ from approvals import selectors
 from approvals.forms import DecisionForm, QueueFilter, edited_arguments
 from approvals.models import ApprovalRequest
 from approvals.services import STALE_DECISION, AlreadyDecided, approval_decide
+from console.permissions import signed_in
 
 
 @require_GET
@@ -88,7 +88,7 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     try:
         approval_decide(
             request_id=approval.pk,
-            user=_person(request),
+            user=signed_in(request),
             verdict=data["verdict"],
             seen_args_hash=data["args_hash"],
             comment=data["comment"],
@@ -105,12 +105,6 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
         return response
     messages.success(request, f"Request {approval.pk}: {data['verdict']} recorded.")
     return redirect("approvals")
-
-
-def _person(request: HtmxHttpRequest) -> User:
-    # login_required has let only a logged-in person this far.
-    assert isinstance(request.user, User)
-    return request.user
 
 
 def _fresh(approval: ApprovalRequest) -> ApprovalRequest:
@@ -137,7 +131,7 @@ def batch(request: HtmxHttpRequest) -> HttpResponse:
         try:
             approval_decide(
                 request_id=approval.pk,
-                user=_person(request),
+                user=signed_in(request),
                 verdict=verdict,
                 seen_args_hash=seen,
                 comment=comment,
