@@ -64,15 +64,9 @@ def overview(user: Any) -> dict[str, Any]:
         .select_related("agent", "version")
         .order_by("-created_at")[:15]
     )
-    recent_actions = (
-        Action.objects.filter(run__agent_id__in=visible, kind=Action.Kind.TOOL)
-        .select_related("run__agent")
-        .order_by("-created_at")[:20]
-    )
     return {
         "agents": agents,
         "recent_runs": recent_runs,
-        "recent_actions": recent_actions,
         "switches": switches,
     }
 

@@ -22,6 +22,7 @@ from agents.killswitches import engaged_for
 from agents.models import Action, Agent, Run
 from audit import verbs
 from audit.services import Actor, append_args, audit_append, event_content
+from console.live import ring_on_commit
 
 
 def _postgres() -> bool:
@@ -147,6 +148,7 @@ def start_step(
             cursor.execute(_START, params)
             code, action_id = cursor.fetchone()
         _refusal(code)
+        ring_on_commit(agent_id=agent.pk, team_id=agent.team_id)
         return Action(pk=action_id, created_at=now, **fields)
     with transaction.atomic():
         admit(run.pk, token, agent)
@@ -192,6 +194,8 @@ def finish_step(
         with connection.cursor() as cursor:
             cursor.execute(_FINISH, params)
             moved = cursor.fetchone()[0]
+        if moved:
+            ring_on_commit(agent_id=agent.pk, team_id=agent.team_id)
     else:
         with transaction.atomic():
             moved = Action.objects.filter(

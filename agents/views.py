@@ -7,6 +7,7 @@ from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
 from agents import selectors
+from console.frames import recent_events as visible_events_page
 from console.permissions import agent_for_user
 
 
@@ -18,6 +19,7 @@ class HtmxHttpRequest(HttpRequest):
 @login_required
 def overview(request: HtmxHttpRequest) -> HttpResponse:
     context = selectors.overview(request.user)
+    context["recent_events"] = visible_events_page(request.user)
     template = "agents/overview.html"
     if request.htmx:
         template += "#live"

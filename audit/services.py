@@ -11,6 +11,7 @@ from django.utils import timezone
 from audit import verbs
 from audit.chain import GENESIS, canonical_content, chain_hash
 from audit.models import AuditEvent, ChainHead
+from console.live import ring_on_commit
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -96,6 +97,7 @@ def audit_append(content: dict[str, Any]) -> int:
     the transaction of the change it records: it holds the chain head until commit."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("an audit event is written inside the transaction of its change")
+    ring_on_commit(agent_id=content["agent_id"], team_id=content["team_id"])
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(APPEND_SQL, append_args(content))

@@ -5,3 +5,16 @@ from django.apps import AppConfig
 
 class ConsoleConfig(AppConfig):
     name = "console"
+
+    def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_out
+
+        user_logged_out.connect(_close_sockets, dispatch_uid="baton-live-logout")
+
+
+def _close_sockets(sender: object, request: object, user: object, **_: object) -> None:
+    # A logged-out person's open pages stop receiving at once, not at the next re-check.
+    from console.live import say_to_user
+
+    if user is not None:
+        say_to_user(user.pk, {"type": "live.logout"})  # type: ignore[attr-defined]

@@ -6,24 +6,36 @@ from django.conf import settings
 from django.http import HttpRequest
 
 
-def console(request: HttpRequest) -> dict[str, Any]:
-    """What every page shows: engaged kill switches, to everyone who is logged in."""
+def switch_banners(user: Any) -> list[Any]:
+    """Engaged kill switches, each marked with whether this person may release it."""
     from agents.models import KillSwitch
+    from console.permissions import team_can, user_can
 
-    switches: list[KillSwitch] = []
-    if getattr(request, "user", None) is not None and request.user.is_authenticated:
-        from console.permissions import team_can, user_can
-
-        switches = list(
-            KillSwitch.objects.filter(released_at__isnull=True).select_related(
-                "agent__team", "team", "engaged_by"
-            )
+    switches = list(
+        KillSwitch.objects.filter(released_at__isnull=True).select_related(
+            "agent__team", "team", "engaged_by"
         )
-        for switch in switches:
-            if switch.agent is not None:
-                switch.can_release = user_can(request.user, "supervise", switch.agent)
-            elif switch.team is not None:
-                switch.can_release = team_can(request.user, "supervise", switch.team)
-            else:
-                switch.can_release = request.user.has_perm("agents.engage_global")
-    return {"baton_embedded": settings.EMBEDDED, "engaged_switches": switches}
+    )
+    for switch in switches:
+        if switch.agent is not None:
+            switch.can_release = user_can(user, "supervise", switch.agent)
+        elif switch.team is not None:
+            switch.can_release = team_can(user, "supervise", switch.team)
+        else:
+            switch.can_release = user.has_perm("agents.engage_global")
+    return switches
+
+
+def console(request: HttpRequest) -> dict[str, Any]:
+    """What every page shows: engaged kill switches, to everyone who is logged in, and
+    the sequence number the page was rendered at (where its live stream starts)."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {"baton_embedded": settings.EMBEDDED, "engaged_switches": []}
+    from console.frames import latest_seq
+
+    return {
+        "baton_embedded": settings.EMBEDDED,
+        "engaged_switches": switch_banners(user),
+        "live_seq": latest_seq(),
+    }

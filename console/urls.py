@@ -6,6 +6,7 @@ from django.urls import path
 from agents import api, switch_views
 from agents import views as agent_views
 from approvals import views as approval_views
+from console import views as console_views
 
 urlpatterns = [
     path("", agent_views.overview, name="overview"),
@@ -18,6 +19,7 @@ urlpatterns = [
     path("approvals/<int:request_id>/decide", approval_views.decide, name="approval-decide"),
     path("switches/engage", switch_views.engage, name="switch-engage"),
     path("switches/<int:switch_id>/release", switch_views.release, name="switch-release"),
+    path("live/events", console_views.live_events, name="live-events"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/runs", api.run_create, name="api-runs"),

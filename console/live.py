@@ -1,0 +1,88 @@
+"""Live events: after an audit event commits, ring a doorbell on the channel layer for the
+groups that may see it (per agent, per team, everyone). The doorbell carries no event:
+each socket's consumer reads what it may see from Postgres (DESIGN section 8), so a lost
+doorbell delays a frame and loses nothing.
+
+Doorbells are rung from one event loop per process (a daemon thread), so the gateway's
+hot path only queues a tuple. The in-memory layer of the embedded console lives on the
+web server's loop, which the first consumer registers; before that nobody listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+EVERYONE = "live.all"
+_web_loop: asyncio.AbstractEventLoop | None = None
+_own_loop: asyncio.AbstractEventLoop | None = None
+_lock = threading.Lock()
+
+
+def agent_group(agent_id: int) -> str:
+    return f"live.agent.{agent_id}"
+
+
+def team_group(team_id: int) -> str:
+    return f"live.team.{team_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"live.user.{user_id}"
+
+
+def register_web_loop(loop: asyncio.AbstractEventLoop) -> None:
+    global _web_loop
+    _web_loop = loop
+
+
+def _loop() -> asyncio.AbstractEventLoop | None:
+    global _own_loop
+    if isinstance(get_channel_layer(), InMemoryChannelLayer):
+        return _web_loop
+    with _lock:
+        if _own_loop is None:
+            _own_loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=_own_loop.run_forever, name="live-doorbell", daemon=True
+            ).start()
+        return _own_loop
+
+
+def _groups(agent_id: int | None, team_id: int | None) -> list[str]:
+    if agent_id is not None:
+        return [agent_group(agent_id)]
+    if team_id is not None:
+        return [team_group(team_id)]
+    return [EVERYONE]
+
+
+def _send(groups: list[str], message: dict[str, Any]) -> None:
+    loop, layer = _loop(), get_channel_layer()
+    if loop is None or layer is None:
+        return
+    for group in groups:
+        future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
+        future.add_done_callback(_report)
+
+
+def _report(future: Any) -> None:
+    if future.exception() is not None:
+        log.warning("live doorbell not delivered: %s", future.exception())
+
+
+def ring_on_commit(*, agent_id: int | None, team_id: int | None) -> None:
+    """After the current transaction commits, tell the sockets that may see it."""
+    groups = _groups(agent_id, team_id)
+    transaction.on_commit(lambda: _send(groups, {"type": "live.doorbell"}), robust=True)
+
+
+def say_to_user(user_id: int, message: dict[str, Any]) -> None:
+    _send([user_group(user_id)], message)
