@@ -334,6 +334,10 @@ class Server:
             self.proc.terminate()
             self.proc.wait(10)
 
+    def restart(self) -> Server:
+        self.stop()
+        return self.start()
+
 
 @pytest.fixture
 def console_server(task_queue: str, tmp_path: Path) -> Iterator[Server]:
@@ -352,33 +356,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
-    # beside it are still plain synchronous code. Only this process gets the exemption.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    executable = os.environ.get("BATON_CHROMIUM", "/usr/bin/chromium")
-    if not Path(executable).exists():
-        pytest.exit(
-            f"Chromium is missing at {executable}: apt-get install -y chromium "
-            "(make test installs it)",
-            returncode=3,
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context()
-    yield context.new_page()
-    context.close()
 
 
 def log_in(page: Any, server: Server, username: str) -> None:

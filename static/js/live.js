@@ -26,6 +26,11 @@
   document.addEventListener("htmx:wsBeforeMessage", function (event) {
     const frame = numbers(event.detail.message);
     if (!frame) return;
+    if (/data-hello="1"/.test(event.detail.message)) {
+      // A new socket says where it starts; fetch what came before that, if anything.
+      if (frame.seq > last) catchUp(frame.seq);
+      return;
+    }
     if (busy || frame.seq <= last || frame.after > last) {
       event.preventDefault();  // already have it, or something before it is missing
       if (frame.seq > last) catchUp(frame.seq);
