@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -136,6 +138,8 @@ class Run(models.Model):
     lease_token = models.UUIDField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # The Celery worker that claimed the run last (for the workers page).
+    worker = models.CharField(max_length=200, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -346,3 +350,24 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"bk_{self.prefix}… ({self.name})"
+
+
+class WorkerBeat(models.Model):
+    """A worker process's heartbeat: which workers are alive, and since when."""
+
+    hostname = models.CharField(max_length=200, unique=True)
+    pid = models.PositiveIntegerField()
+    concurrency = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    # Not stored: filled by agents.selectors.workers for the page.
+    alive: bool = False
+    runs: list[Any]
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname

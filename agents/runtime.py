@@ -40,7 +40,7 @@ def enqueue(run_id: int, *, countdown: float | None = None) -> None:
     transaction.on_commit(send, robust=True)
 
 
-def _claim(run_id: int, token: uuid.UUID) -> Run | None:
+def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
     now = timezone.now()
     with transaction.atomic():
         claimed = (
@@ -54,6 +54,7 @@ def _claim(run_id: int, token: uuid.UUID) -> Run | None:
                 lease_token=token,
                 lease_until=now + timedelta(seconds=settings.BATON_RUN_LEASE_SECONDS),
                 attempts=F("attempts") + 1,
+                worker=worker,
                 started_at=Coalesce("started_at", now),
             )
         )
@@ -91,10 +92,10 @@ def _settle(run: Run, token: uuid.UUID, verb: str, payload: dict[str, Any], **fi
                 enqueue(run.pk, countdown=payload.get("countdown"))
 
 
-def execute_run(run_id: int) -> None:
+def execute_run(run_id: int, *, worker: str = "") -> None:
     """Execute (or resume) a run. Safe to call any number of times for the same run."""
     token = uuid.uuid4()
-    run = _claim(run_id, token)
+    run = _claim(run_id, token, worker)
     if run is None:
         return  # finished, waiting, owned by a live worker, or not due yet
     try:

@@ -79,3 +79,19 @@ def agent_detail(agent: Agent) -> dict[str, Any]:
         "versions": agent.versions.select_related("author").order_by("-number"),
         "runs": agent.runs.select_related("version").order_by("-created_at")[:50],
     }
+
+
+def workers(user: Any) -> list[Any]:
+    """Workers that beat recently or stopped lately, each with the visible runs it runs."""
+    from agents.heartbeat import alive_since
+    from agents.models import WorkerBeat
+
+    running: dict[str, list[Run]] = {}
+    for run in runs_for_user(user).filter(status=Run.Status.RUNNING).order_by("pk"):
+        running.setdefault(run.worker, []).append(run)
+    beats = list(WorkerBeat.objects.all())
+    threshold = alive_since()
+    for beat in beats:
+        beat.alive = beat.stopped_at is None and beat.last_seen >= threshold
+        beat.runs = running.get(beat.hostname, [])
+    return sorted(beats, key=lambda b: (not b.alive, b.hostname))

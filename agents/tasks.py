@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 
 
-@shared_task(name="agents.run_execute", acks_late=True, reject_on_worker_lost=True)
-def run_execute(run_id: int) -> None:
+@shared_task(name="agents.run_execute", bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_execute(self: Task, run_id: int) -> None:
     from agents.runtime import execute_run
 
-    execute_run(run_id)
+    execute_run(run_id, worker=self.request.hostname or "")
 
 
 @shared_task(name="agents.sweep")

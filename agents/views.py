@@ -28,6 +28,13 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_GET
 @login_required
+def workers(request: HtmxHttpRequest) -> HttpResponse:
+    template = "agents/workers.html#list" if request.htmx else "agents/workers.html"
+    return render(request, template, {"workers": selectors.workers(request.user)})
+
+
+@require_GET
+@login_required
 def agent_detail(request: HttpRequest, slug: str) -> HttpResponse:
     agent = agent_for_user(request.user, slug)
     return render(request, "agents/agent.html", selectors.agent_detail(agent))

@@ -3,12 +3,27 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
 app = Celery("baton")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+def _heartbeat_start(sender: object, **kwargs: object) -> None:
+    from agents import heartbeat
+
+    heartbeat.start(sender, **kwargs)
+
+
+@worker_shutdown.connect
+def _heartbeat_stop(sender: object, **kwargs: object) -> None:
+    from agents import heartbeat
+
+    heartbeat.stop(sender, **kwargs)
 
 
 @app.on_after_finalize.connect

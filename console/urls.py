@@ -11,6 +11,7 @@ from console import views as console_views
 urlpatterns = [
     path("", agent_views.overview, name="overview"),
     path("agents/<slug:slug>/", agent_views.agent_detail, name="agent"),
+    path("workers/", agent_views.workers, name="workers"),
     path("runs/<int:run_id>/", agent_views.run_detail, name="run"),
     path("approvals/", approval_views.queue, name="approvals"),
     path("approvals/badge", approval_views.badge, name="approvals-badge"),
