@@ -51,6 +51,7 @@ test: install lint chromium
 bench: install
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.gateway
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.approvals
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.live
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

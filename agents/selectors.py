@@ -44,10 +44,15 @@ def agent_state(agent: Agent, switches: list[KillSwitch]) -> str:
     return "paused" if covering else "active"
 
 
-def overview(user: Any) -> dict[str, Any]:
+def agent_cards(user: Any, agent_ids: set[int] | None = None) -> list[Any]:
+    """Agents with what their cards show: state, run counts, whether the person may stop
+    them. All the person may see, or only those of `agent_ids`."""
     open_runs = Q(runs__status__in=[Run.Status.QUEUED, Run.Status.RUNNING])
+    visible = agents_for_user(user)
+    if agent_ids is not None:
+        visible = visible.filter(pk__in=agent_ids)
     agents = list(
-        agents_for_user(user).annotate(
+        visible.annotate(
             active_runs=Count("runs", filter=open_runs),
             waiting_runs=Count("runs", filter=Q(runs__status=Run.Status.WAITING)),
             failed_runs=Count("runs", filter=Q(runs__status=Run.Status.FAILED)),
@@ -58,6 +63,12 @@ def overview(user: Any) -> dict[str, Any]:
         agent.state = agent_state(agent, switches)
         agent.can_supervise = user_can(user, "supervise", agent)
         agent.team.can_supervise = team_can(user, "supervise", agent.team)
+    return agents
+
+
+def overview(user: Any) -> dict[str, Any]:
+    agents = agent_cards(user)
+    switches = engaged_switches()
     visible = [a.pk for a in agents]
     recent_runs = (
         Run.objects.filter(agent_id__in=visible)

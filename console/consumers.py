@@ -13,12 +13,20 @@ import logging
 from typing import Any
 
 from channels.auth import get_user
-from channels.db import database_sync_to_async
+from channels.db import database_sync_to_async as _db
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from console import frames, live
 
 log = logging.getLogger(__name__)
+
+
+def _db_parallel(func: Any) -> Any:
+    # Not thread-sensitive: every socket's reads would otherwise queue on one shared
+    # thread, and a hundred open pages would wait on each other.
+    return _db(func, thread_sensitive=False)
+
+
 RECHECK_SECONDS = 20.0
 CLOSE_UNAUTHENTICATED = 4401
 
@@ -40,7 +48,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         await self._join()
         await self.channel_layer.group_add(live.user_group(user.pk), self.channel_name)
         await self.accept()
-        self.after = await database_sync_to_async(frames.latest_seq)()
+        self.after = await _db_parallel(frames.latest_seq)()
         # The first frame says where this socket starts; the page fetches what came
         # between its own render and this point over HTTP.
         await self.send(text_data=frames.hello_frame(self.after))
@@ -64,7 +72,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def _join(self) -> None:
-        self.scope_ids = await database_sync_to_async(frames.visible_scope)(self.user)
+        self.scope_ids = await _db_parallel(frames.visible_scope)(self.user)
         agent_ids, team_ids = self.scope_ids
         wanted = (
             [live.agent_group(a) for a in agent_ids]
@@ -85,7 +93,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         async with self.flushing:
             while True:
                 self.pending = False
-                html, last, more = await database_sync_to_async(self._render)()
+                html, last, more = await _db_parallel(self._render)()
                 if html:
                     await self.send(text_data=html)
                     self.after = last

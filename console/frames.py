@@ -69,16 +69,21 @@ def render_frames(
     """HTML for the events, in order, and the last seq carried."""
     if not events:
         return "", after
+    # Only what these events change is rendered again: the stream always; the badge on
+    # approvals; the cards of agents whose runs moved; everything a switch touches.
     request = _stub_request(user, csrf_cookie)
-    verbs = {e.verb.split(".")[0] for e in events}
+    kinds = {e.verb.split(".")[0] for e in events}
     context: dict[str, Any] = {"events": events, "after": after, "request": request, "user": user}
-    if verbs & {"approval", "action", "killswitch", "run"}:
+    if "approval" in kinds or "killswitch" in kinds:
         context["pending_count"] = decidable_count(user)
-    if verbs & {"killswitch", "run", "action"}:
-        context.update(agent_selectors.overview(user))
-    if "killswitch" in verbs:
+    if "killswitch" in kinds:
+        context["agents"] = agent_selectors.agent_cards(user)
         context["engaged_switches"] = switch_banners(user)
         context["show_banners"] = True
+    else:
+        moved = {e.agent_id for e in events if e.verb.startswith("run.") and e.agent_id}
+        if moved:
+            context["agents"] = agent_selectors.agent_cards(user, moved)
     html = render_to_string("console/frames.html", context, request=request)
     return html, events[-1].seq
 
