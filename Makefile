@@ -52,6 +52,7 @@ bench: install
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.gateway
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.approvals
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.live
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.killswitch
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
