@@ -47,6 +47,8 @@ class Agent(models.Model):
     # agents.selectors.agent_state for the pages that show it.
     state: str = "active"
     can_supervise: bool = False
+    pace: list[int]
+    current_run: Any = None
 
     class Meta:
         ordering = ["team__name", "name"]

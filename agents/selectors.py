@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import TruncMinute
 from django.http import Http404
+from django.utils import timezone
 
 from agents.models import Action, Agent, KillSwitch, Run
 from console.permissions import agents_for_user, team_can, user_can
@@ -59,11 +62,46 @@ def agent_cards(user: Any, agent_ids: set[int] | None = None) -> list[Any]:
         )
     )
     switches = engaged_switches()
+    pace = actions_per_minute([a.pk for a in agents])
+    current = _current_runs([a.pk for a in agents])
     for agent in agents:
         agent.state = agent_state(agent, switches)
         agent.can_supervise = user_can(user, "supervise", agent)
         agent.team.can_supervise = team_can(user, "supervise", agent.team)
+        agent.pace = pace.get(agent.pk, [0] * PACE_MINUTES)
+        agent.current_run = current.get(agent.pk)
     return agents
+
+
+PACE_MINUTES = 15
+
+
+def actions_per_minute(agent_ids: list[int]) -> dict[int, list[int]]:
+    """Tool actions per minute over the last PACE_MINUTES minutes, oldest first."""
+    now = timezone.now().replace(second=0, microsecond=0)
+    since = now - timedelta(minutes=PACE_MINUTES - 1)
+    rows = (
+        Action.objects.filter(
+            run__agent_id__in=agent_ids, kind=Action.Kind.TOOL, created_at__gte=since
+        )
+        .annotate(minute=TruncMinute("created_at"))
+        .values("run__agent_id", "minute")
+        .annotate(n=Count("pk"))
+    )
+    pace: dict[int, list[int]] = {}
+    for row in rows:
+        slot = int((row["minute"] - since).total_seconds() // 60)
+        if 0 <= slot < PACE_MINUTES:
+            pace.setdefault(row["run__agent_id"], [0] * PACE_MINUTES)[slot] += row["n"]
+    return pace
+
+
+def _current_runs(agent_ids: list[int]) -> dict[int, Run]:
+    running = Run.objects.filter(agent_id__in=agent_ids, status=Run.Status.RUNNING).order_by("-pk")
+    current: dict[int, Run] = {}
+    for run in running:
+        current.setdefault(run.agent_id, run)
+    return current
 
 
 def overview(user: Any) -> dict[str, Any]:

@@ -44,3 +44,24 @@ def arg_items(value: Any) -> list[tuple[str, str]]:
 @register.filter
 def get_item(value: Any, key: str) -> Any:
     return value.get(key) if isinstance(value, dict) else None
+
+
+@register.filter
+def max_of(values: Any) -> int:
+    return max(values or [0]) or 1
+
+
+@register.filter
+def mul(value: int, factor: int) -> int:
+    return int(value) * int(factor)
+
+
+@register.filter
+def bar_h(value: int, peak: int) -> int:
+    """Height of a bar in the 24-unit pace chart; any activity shows at least one unit."""
+    return 0 if not value else max(1, round(22 * int(value) / int(peak)))
+
+
+@register.filter
+def bar_y(value: int, peak: int) -> int:
+    return 24 - bar_h(value, peak)

@@ -60,3 +60,26 @@ def test_the_demo_seed_creates_people_agents_and_printable_passwords(db: Any) ->
     assert Agent.objects.count() == 3
     again = demo_seed()  # a second start keeps the world and renews the passwords
     assert Agent.objects.count() == 3 and again[0][1] != password
+
+
+def test_agent_cards_show_the_current_run_and_actions_per_minute(
+    world: Any, make_agent: Any
+) -> None:
+    from agents.models import Run
+    from agents.selectors import actions_per_minute, agent_cards
+    from tests.conftest import ALLOW_ALL_TESTS
+
+    agent = make_agent("counter", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    run = run_start(agent=agent, input={"label": "p", "steps": 4})
+    execute_run(run.pk)
+    pace = actions_per_minute([agent.pk])[agent.pk]
+    assert len(pace) == 15 and sum(pace[-2:]) == 4  # this minute (or the one just gone)
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.RUNNING)
+    card = agent_cards(world.supervisor)[0]
+    assert card.current_run.pk == run.pk and sum(card.pace) == 4
+    client = Client()
+    client.force_login(world.supervisor)
+    page = client.get("/").content.decode()
+    assert f'running <a href="/runs/{run.pk}/">#{run.pk}</a>' in page
+    assert "tool actions per minute, last 15 minutes: 0, 0, 0," in page
+    assert page.count("<rect ") >= 15
