@@ -12,16 +12,12 @@ from __future__ import annotations
 import http.cookiejar
 import multiprocessing
 import os
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 
-from bench.common import ms, pct, report, use_bench_database
+from bench.common import ms, pct, report, service_env, start_web, start_worker, use_bench_database
 
 RUNS = int(os.environ.get("BENCH_APPROVALS", "150"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,19 +59,6 @@ def floor(db_url: str, redis_url: str, samples: int = 300) -> list[float]:
     return timings
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path, ready: str) -> subprocess.Popen[bytes]:
-    out = open(log, "wb")  # noqa: SIM115  (the process writes to it for its whole life)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if ready in log.read_text(errors="replace"):
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError(f"{cmd[2]} did not start:\n{log.read_text()[-2000:]}")
-
-
 def main() -> None:
     db_url = use_bench_database("baton_bench_approvals")
     redis_url = os.environ["REDIS_URL"]
@@ -109,50 +92,10 @@ def main() -> None:
     person = get_user_model().objects.create_user("bench-supervisor", password="bench-pass-123")
     roles.role_grant(user=person, role=roles.SUPERVISOR, target=team)
 
-    queue = f"bench-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "DATABASE_URL": db_url, "BATON_TASK_QUEUE": queue}
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    logs = Path(os.environ.get("BENCH_LOGS") or tempfile.gettempdir())
-    worker = start(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "console",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            "4",
-            "-Q",
-            queue,
-            "-l",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        env,
-        logs / "bench-worker.log",
-        " ready.",
-    )
+    env, queue = service_env(db_url)
+    worker = start_worker(env, queue, 4, "bench-worker.log")
     port = 8765
-    server = start(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "console.asgi:application",
-            "--port",
-            str(port),
-            "--lifespan",
-            "off",
-        ],
-        env,
-        logs / "bench-web.log",
-        "Uvicorn running",
-    )
+    server = start_web(env, port, "bench-web.log")
     try:
         from celery import current_app
 

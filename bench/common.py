@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def use_bench_database(name: str = "baton_bench") -> str:
@@ -45,6 +53,77 @@ def report(rows: list[tuple[str, str, str]]) -> None:
     for name, figure, note in rows:
         print(f"  {name:<{width}}  {figure:>14}  {note}")
     sys.stdout.flush()
+
+
+def service_env(db_url: str, **extra: str) -> tuple[dict[str, str], str]:
+    """The environment for the worker and web processes a benchmark starts, on a Celery
+    queue of the benchmark's own; returns it and the queue."""
+    queue = f"bench-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "DATABASE_URL": db_url, "BATON_TASK_QUEUE": queue, **extra}
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    return env, queue
+
+
+def log_path(name: str) -> Path:
+    return Path(os.environ.get("BENCH_LOGS") or tempfile.gettempdir()) / name
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path, ready: str) -> subprocess.Popen[bytes]:
+    out = open(log, "wb")  # noqa: SIM115  (the process writes to it for its whole life)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if ready in log.read_text(errors="replace"):
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"{cmd[2]} did not start:\n{log.read_text()[-2000:]}")
+
+
+def start_worker(env: dict[str, str], queue: str, concurrency: int, log: str) -> Any:
+    return start(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "console",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-Q",
+            queue,
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env,
+        log_path(log),
+        " ready.",
+    )
+
+
+def start_web(env: dict[str, str], port: int, log: str) -> Any:
+    return start(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "console.asgi:application",
+            "--port",
+            str(port),
+            "--lifespan",
+            "off",
+        ],
+        env,
+        log_path(log),
+        "Uvicorn running",
+    )
 
 
 __all__ = ["pct", "ms", "report", "statistics", "use_bench_database"]

@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import os
 import random
-import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
-from bench.approvals import floor, start
-from bench.common import ms, pct, report, statistics, use_bench_database
+from bench.approvals import floor
+from bench.common import (
+    ms,
+    pct,
+    report,
+    service_env,
+    start_worker,
+    statistics,
+    use_bench_database,
+)
 
 AGENTS = 20
 TRIALS = int(os.environ.get("BENCH_KILLSWITCH_TRIALS", "80"))
@@ -205,39 +209,8 @@ def main() -> None:
         agent.refresh_from_db()
         agents.append(agent)
 
-    queue = f"bench-{uuid.uuid4().hex[:6]}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "BATON_TASK_QUEUE": queue,
-        "BATON_RUN_LEASE_SECONDS": "30",
-    }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    logs = Path(os.environ.get("BENCH_LOGS") or tempfile.gettempdir())
-    worker = start(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "console",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(AGENTS),
-            "-Q",
-            queue,
-            "-l",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        env,
-        logs / "bench-killswitch-worker.log",
-        " ready.",
-    )
+    env, queue = service_env(db_url, BATON_RUN_LEASE_SECONDS="30")
+    worker = start_worker(env, queue, AGENTS, "bench-killswitch-worker.log")
     try:
         from celery import current_app
 

@@ -11,14 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
-from bench.approvals import start
-from bench.common import ms, pct, report, use_bench_database
+from bench.common import ms, pct, report, service_env, start_web, use_bench_database
 
 EVENTS = int(os.environ.get("BENCH_LIVE_EVENTS", "60"))
 SOCKETS = [int(n) for n in os.environ.get("BENCH_LIVE_SOCKETS", "1,50,100").split(",")]
@@ -128,25 +123,9 @@ def main() -> None:
     browser.force_login(person)
     cookie = f"sessionid={browser.cookies['sessionid'].value}"
 
-    env = {**os.environ, "DATABASE_URL": db_url, "BATON_TASK_QUEUE": f"live-{uuid.uuid4().hex}"}
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    logs = Path(os.environ.get("BENCH_LOGS") or tempfile.gettempdir())
+    env, _ = service_env(db_url)
     port = 8766
-    server = start(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "console.asgi:application",
-            "--port",
-            str(port),
-            "--lifespan",
-            "off",
-        ],
-        env,
-        logs / "bench-live-web.log",
-        "Uvicorn running",
-    )
+    server = start_web(env, port, "bench-live-web.log")
     rows = []
     try:
         client = redis.Redis.from_url(os.environ["REDIS_URL"])
