@@ -1,10 +1,21 @@
 """The canonical form of an audit event and its hash: the one contract between the writers
-(Python here, and the Postgres function `baton_audit_append`) and every verifier.
+(Python here, and the Postgres function `baton_audit_append`) and every verifier,
+including the offline one (audit/offline.py), which restates it without importing this.
 
-canonical(event) = UTF-8 JSON of the content fields below, keys sorted, no spaces,
-non-ASCII kept, NaN refused; times as ISO 8601 UTC with microseconds and a trailing Z.
-hash(event) = SHA-256 hex of  prev_hash + "\\n" + str(seq) + "\\n" + canonical(event).
-The first event's prev_hash is 64 zeros.
+canonical(event) = UTF-8 JSON of the content fields below, keys sorted at every level, no
+    whitespace, non-ASCII characters written as themselves, NaN and infinities refused;
+    times as ISO 8601 UTC with microseconds and a trailing Z; numbers as Python's json
+    writes them. The canonical bytes are stored verbatim (AuditEvent.body).
+digest(event) = SHA-256 hex of canonical(event).
+hash(event) = SHA-256 hex of the ASCII text  prev_hash + "\\n" + seq + "\\n" + digest(event).
+The first event's prev_hash is 64 zeros ("0" * 64).
+
+Hashing the digest rather than the bytes lets an export prove that an event it leaves
+out still sits in the chain: it carries that event's seq and digest only.
+
+A checkpoint signs the ASCII text
+    "baton-checkpoint/1\\n" + seq + "\\n" + hash + "\\n" + signed_at + "\\n"
+with Ed25519; key_id is the first 16 hex digits of SHA-256 of the raw 32-byte public key.
 """
 
 from __future__ import annotations
@@ -47,11 +58,21 @@ def canonical_content(content: dict[str, Any]) -> bytes:
     return canonical_json(body)
 
 
+def digest(canonical: bytes) -> str:
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def link_hash(prev_hash: str, seq: int, content_digest: str) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{seq}\n{content_digest}".encode()).hexdigest()
+
+
 def chain_hash(prev_hash: str, seq: int, canonical: bytes) -> str:
-    digest = hashlib.sha256(f"{prev_hash}\n{seq}\n".encode())
-    digest.update(canonical)
-    return digest.hexdigest()
+    return link_hash(prev_hash, seq, digest(canonical))
 
 
 def event_hash(prev_hash: str, seq: int, content: dict[str, Any]) -> str:
     return chain_hash(prev_hash, seq, canonical_content(content))
+
+
+def checkpoint_message(seq: int, head_hash: str, signed_at: str) -> bytes:
+    return f"baton-checkpoint/1\n{seq}\n{head_hash}\n{signed_at}\n".encode()

@@ -107,8 +107,9 @@ def audit_append(content: dict[str, Any]) -> int:
         ChainHead.objects.create(pk=1, seq=0, hash=GENESIS)
         head = ChainHead.objects.select_for_update().get(pk=1)
     seq = head.seq + 1
-    digest = chain_hash(head.hash, seq, canonical_content(content))
-    AuditEvent.objects.create(seq=seq, prev_hash=head.hash, hash=digest, **content)
+    body = canonical_content(content)
+    digest = chain_hash(head.hash, seq, body)
+    AuditEvent.objects.create(seq=seq, body=body.decode("utf-8"), prev_hash=head.hash, hash=digest)
     ChainHead.objects.filter(pk=1).update(seq=seq, hash=digest)
     return seq
 
