@@ -33,6 +33,16 @@ def _schedule(sender: Celery, **_: object) -> None:
     sender.add_periodic_task(
         settings.BATON_SWEEP_EVERY_SECONDS, sender.signature("agents.sweep"), name="sweep runs"
     )
+    sender.add_periodic_task(
+        settings.BATON_AUDIT_CHECKPOINT_EVERY_SECONDS,
+        sender.signature("audit.checkpoint"),
+        name="sign audit checkpoint",
+    )
+    sender.add_periodic_task(
+        settings.BATON_AUDIT_VERIFY_EVERY_SECONDS,
+        sender.signature("audit.verify"),
+        name="verify audit chain",
+    )
     if settings.BATON_DEMO_WORKLOAD:
         sender.add_periodic_task(
             settings.BATON_DEMO_EVERY_SECONDS,

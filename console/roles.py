@@ -29,6 +29,8 @@ GROUP_PERMISSIONS: dict[str, list[str]] = {
         "agents.view_action",
         "approvals.view_approvalrequest",
         "audit.view_auditevent",
+        # Held by the role by default, but a permission of its own so it can be withheld.
+        "audit.export_auditevent",
     ],
 }
 # What a grant of the role over one agent or team gives.

@@ -262,3 +262,19 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- Audit trail (DESIGN section 7) -----------------------------------------------------
+# The Ed25519 key that signs checkpoints of the chain head: a PEM file (or the PEM itself
+# in BATON_AUDIT_SIGNING_KEY), never in the repository. A console on this machine only
+# generates one beside its data; production without one signs nothing and says so
+# (`check --deploy`, the integrity badge). `manage.py audit_keygen` writes a new key.
+BATON_AUDIT_SIGNING_KEY = env_str("BATON_AUDIT_SIGNING_KEY")
+BATON_AUDIT_SIGNING_KEY_FILE = env_str(
+    "BATON_AUDIT_SIGNING_KEY_FILE", "" if HTTPS else str(DATA_DIR / "audit_signing_key.pem")
+)
+# Public keys of earlier signing keys (a PEM bundle), so checkpoints survive a rotation.
+BATON_AUDIT_TRUSTED_KEYS_FILE = env_str("BATON_AUDIT_TRUSTED_KEYS_FILE")
+# Every checkpoint is also appended here, outside the database; ship it elsewhere.
+BATON_AUDIT_CHECKPOINT_DIR = env_str("BATON_AUDIT_CHECKPOINT_DIR", str(DATA_DIR / "checkpoints"))
+BATON_AUDIT_CHECKPOINT_EVERY_SECONDS = env_float("BATON_AUDIT_CHECKPOINT_EVERY_SECONDS", 300.0)
+BATON_AUDIT_VERIFY_EVERY_SECONDS = env_float("BATON_AUDIT_VERIFY_EVERY_SECONDS", 3600.0)

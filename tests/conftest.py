@@ -63,6 +63,22 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
     options["options"] = "-c baton.test_flush=on"
 
 
+@pytest.fixture(autouse=True)
+def audit_keys(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Each test signs checkpoints with a key of its own and keeps them in a directory of
+    its own, so no checkpoint of another test's chain is ever held against this one."""
+    from audit.signing import signing_key
+
+    where = tmp_path_factory.mktemp("audit")
+    settings.BATON_AUDIT_SIGNING_KEY = ""
+    settings.BATON_AUDIT_SIGNING_KEY_FILE = str(where / "signing_key.pem")
+    settings.BATON_AUDIT_TRUSTED_KEYS_FILE = ""
+    settings.BATON_AUDIT_CHECKPOINT_DIR = str(where / "checkpoints")
+    signing_key.cache_clear()
+    yield where
+    signing_key.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)

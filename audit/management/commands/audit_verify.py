@@ -1,0 +1,41 @@
+"""Recompute the audit chain against its signed checkpoints; exit non-zero naming the first
+bad sequence number if anything was changed, removed or forged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from audit.signing import key_id, load_public_keys
+from audit.verify import chain_verify, verification_record
+
+
+class Command(BaseCommand):
+    help = "Verify the audit hash chain and its signed checkpoints."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--public-key",
+            type=Path,
+            help="trust only the key(s) in this PEM file, not the configured signing key",
+        )
+
+    def handle(self, *args: Any, public_key: Path | None, **options: Any) -> None:
+        from django.utils import timezone
+
+        keys = None
+        if public_key is not None:
+            try:
+                keys = {key_id(k): k for k in load_public_keys(public_key.read_bytes())}
+            except (OSError, ValueError) as exc:
+                raise CommandError(f"cannot read the public key {public_key}: {exc}") from exc
+            if not keys:
+                raise CommandError(f"{public_key} holds no Ed25519 public key")
+        started_at = timezone.now()
+        outcome = chain_verify(keys=keys)
+        verification_record(outcome, started_at)
+        if not outcome.ok:
+            raise CommandError(f"audit chain BROKEN: {outcome.message}")
+        self.stdout.write(f"audit chain OK: {outcome.message}")

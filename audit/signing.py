@@ -1,0 +1,193 @@
+"""The audit signing key and the checkpoints it signs (DESIGN section 7).
+
+A checkpoint is the chain head (seq, hash) at a moment, signed with Ed25519 over the text
+given in audit.chain. It is stored in the database for the pages and exports, and appended
+to a file in BATON_AUDIT_CHECKPOINT_DIR: the copy outside the database is what catches
+someone who rewrites the tail and the head together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from audit.chain import checkpoint_message, format_time
+from audit.models import ChainHead, Checkpoint
+
+log = logging.getLogger(__name__)
+
+NO_SIGNING_KEY = (
+    "No audit signing key is configured: checkpoints are not signed. "
+    "Set BATON_AUDIT_SIGNING_KEY_FILE (see `manage.py audit_keygen`)."
+)
+CHECKPOINT_FILE = "checkpoints.jsonl"
+
+
+class SigningKeyError(Exception):
+    pass
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_pem(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def private_pem(private_key: Ed25519PrivateKey) -> bytes:
+    return private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _load_private(pem: bytes, where: str) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except ValueError as exc:
+        raise SigningKeyError(f"{where} does not hold a PEM private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"{where} holds a key that is not Ed25519")
+    return key
+
+
+@cache
+def signing_key() -> Ed25519PrivateKey | None:
+    """The configured key, or None when there is none. On this machine only (no HTTPS) a
+    missing key file is created, like the secret key."""
+    if settings.BATON_AUDIT_SIGNING_KEY:
+        pem = settings.BATON_AUDIT_SIGNING_KEY.replace("\\n", "\n").encode()
+        return _load_private(pem, "BATON_AUDIT_SIGNING_KEY")
+    if not settings.BATON_AUDIT_SIGNING_KEY_FILE:
+        return None
+    path = Path(settings.BATON_AUDIT_SIGNING_KEY_FILE)
+    if not path.exists() and not settings.HTTPS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(private_pem(Ed25519PrivateKey.generate()))
+        path.chmod(0o600)
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"BATON_AUDIT_SIGNING_KEY_FILE cannot be read: {exc}") from exc
+    return _load_private(pem, str(path))
+
+
+def trusted_keys() -> dict[str, Ed25519PublicKey]:
+    """Public keys whose checkpoints verification accepts: the signing key's and the
+    earlier ones listed in BATON_AUDIT_TRUSTED_KEYS_FILE."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    private = signing_key()
+    if private is not None:
+        keys[key_id(private.public_key())] = private.public_key()
+    if settings.BATON_AUDIT_TRUSTED_KEYS_FILE:
+        text = Path(settings.BATON_AUDIT_TRUSTED_KEYS_FILE).read_text()
+        for public in load_public_keys(text.encode()):
+            keys[key_id(public)] = public
+    return keys
+
+
+def load_public_keys(pem_bundle: bytes) -> list[Ed25519PublicKey]:
+    marker = b"-----END PUBLIC KEY-----"
+    keys = []
+    for chunk in pem_bundle.split(marker):
+        if b"-----BEGIN PUBLIC KEY-----" not in chunk:
+            continue
+        key = serialization.load_pem_public_key(chunk.strip() + b"\n" + marker + b"\n")
+        if not isinstance(key, Ed25519PublicKey):
+            raise SigningKeyError("a trusted key is not an Ed25519 public key")
+        keys.append(key)
+    return keys
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    seq: int
+    hash: str
+    signed_at: str
+    key_id: str
+    signature: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "seq": self.seq,
+            "hash": self.hash,
+            "signed_at": self.signed_at,
+            "key_id": self.key_id,
+            "signature": self.signature,
+        }
+
+
+def checkpoint_sign(*, only_if_new: bool = False) -> Checkpoint | None:
+    """Sign the current chain head and keep the checkpoint in the database and in the
+    checkpoint file. Returns None when there is no key, or (only_if_new) when nothing was
+    appended since the last checkpoint."""
+    private = signing_key()
+    if private is None:
+        log.warning(NO_SIGNING_KEY)
+        return None
+    with transaction.atomic():
+        # Lock the head: no writer may move it between reading and signing.
+        head = ChainHead.objects.select_for_update().filter(pk=1).first()
+        seq, head_hash = (head.seq, head.hash) if head else (0, "0" * 64)
+        last = Checkpoint.objects.order_by("-seq").first()
+        if only_if_new and last is not None and last.seq == seq:
+            return None
+        signed_at = format_time(timezone.now())
+        signature = private.sign(checkpoint_message(seq, head_hash, signed_at)).hex()
+        checkpoint = Checkpoint.objects.create(
+            seq=seq,
+            hash=head_hash,
+            signed_at=signed_at,
+            key_id=key_id(private.public_key()),
+            signature=signature,
+        )
+        signed = SignedHead(seq, head_hash, signed_at, checkpoint.key_id, signature)
+        transaction.on_commit(lambda: _keep_outside(signed))
+    return checkpoint
+
+
+def _keep_outside(signed: SignedHead) -> None:
+    directory = Path(settings.BATON_AUDIT_CHECKPOINT_DIR)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / CHECKPOINT_FILE).open("a") as out:
+            out.write(json.dumps(signed.as_json(), sort_keys=True) + "\n")
+    except OSError:
+        # The database copy stands; the badge shows verification against the file copy.
+        log.exception("could not append checkpoint #%s to %s", signed.seq, directory)
+
+
+def outside_checkpoints() -> list[SignedHead]:
+    """The checkpoints kept in the checkpoint file (empty if there is none yet)."""
+    path = Path(settings.BATON_AUDIT_CHECKPOINT_DIR) / CHECKPOINT_FILE
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            found.append(
+                SignedHead(
+                    int(row["seq"]),
+                    row["hash"],
+                    row["signed_at"],
+                    row["key_id"],
+                    row["signature"],
+                )
+            )
+    return found

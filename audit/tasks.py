@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from celery import shared_task
+
+from audit.signing import checkpoint_sign
+from audit.verify import chain_verify_and_record
+
+
+@shared_task(name="audit.checkpoint")
+def checkpoint() -> int | None:
+    signed = checkpoint_sign(only_if_new=True)
+    return signed.seq if signed else None
+
+
+@shared_task(name="audit.verify")
+def verify() -> bool:
+    outcome, _ = chain_verify_and_record()
+    return outcome.ok
