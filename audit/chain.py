@@ -16,6 +16,8 @@ out still sits in the chain: it carries that event's seq and digest only.
 A checkpoint signs the ASCII text
     "baton-checkpoint/1\\n" + seq + "\\n" + hash + "\\n" + signed_at + "\\n"
 with Ed25519; key_id is the first 16 hex digits of SHA-256 of the raw 32-byte public key.
+An export's seal signs  "baton-export/1\n" + SHA-256 hex of the export's bytes before the
+seal + "\n"  with the same key (audit/export.py describes the export's records).
 """
 
 from __future__ import annotations
@@ -76,3 +78,7 @@ def event_hash(prev_hash: str, seq: int, content: dict[str, Any]) -> str:
 
 def checkpoint_message(seq: int, head_hash: str, signed_at: str) -> bytes:
     return f"baton-checkpoint/1\n{seq}\n{head_hash}\n{signed_at}\n".encode()
+
+
+def export_seal_message(export_digest: str) -> bytes:
+    return f"baton-export/1\n{export_digest}\n".encode()

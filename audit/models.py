@@ -131,6 +131,7 @@ class Checkpoint(models.Model):
     class Meta:
         ordering = ["-seq"]
         indexes = [models.Index(fields=["seq"], name="audit_checkpoint_seq")]
+        permissions = [("sign_checkpoint", "Sign checkpoints and start verification")]
 
     def __str__(self) -> str:
         return f"checkpoint #{self.seq}"

@@ -41,4 +41,6 @@ GRANT_ADDED = "grant.added"
 APIKEY_CREATED = "apikey.created"
 APIKEY_REVOKED = "apikey.revoked"
 
+AUDIT_EXPORTED = "audit.exported"
+
 ALL = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str))

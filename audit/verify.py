@@ -63,14 +63,14 @@ def _signature_ok(signed: SignedHead, keys: dict[str, Ed25519PublicKey]) -> str 
 def _rows() -> Iterator[tuple[int, str, str, str]]:
     """(seq, prev_hash, hash, body) in seq order, streamed."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            raw = cursor.cursor  # psycopg's own cursor: COPY streams without a result set in memory
-            with raw.copy(
-                "COPY (SELECT seq, prev_hash, hash, body FROM audit_auditevent ORDER BY seq) "
-                "TO STDOUT"
-            ) as copy:
-                copy.set_types(["int8", "text", "text", "text"])
-                yield from copy.rows()
+        # psycopg's own COPY: streamed, never a result set held in memory.
+        copy_sql = (
+            "COPY (SELECT seq, prev_hash, hash, body FROM audit_auditevent ORDER BY seq) "
+            "TO STDOUT (FORMAT BINARY)"
+        )
+        with connection.cursor() as cursor, cursor.cursor.copy(copy_sql) as copy:
+            copy.set_types(["int8", "text", "text", "text"])
+            yield from copy.rows()
         return
     yield from (
         AuditEvent.objects.order_by("seq")

@@ -31,6 +31,8 @@ GROUP_PERMISSIONS: dict[str, list[str]] = {
         "audit.view_auditevent",
         # Held by the role by default, but a permission of its own so it can be withheld.
         "audit.export_auditevent",
+        # Signing the head as it stands changes no record; it makes the record provable.
+        "audit.sign_checkpoint",
     ],
 }
 # What a grant of the role over one agent or team gives.

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from agents import api, switch_views
 from agents import views as agent_views
@@ -21,6 +21,7 @@ urlpatterns = [
     path("switches/engage", switch_views.engage, name="switch-engage"),
     path("switches/<int:switch_id>/release", switch_views.release, name="switch-release"),
     path("live/events", console_views.live_events, name="live-events"),
+    path("audit/", include("audit.urls")),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/runs", api.run_create, name="api-runs"),

@@ -67,9 +67,13 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
 def audit_keys(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Each test signs checkpoints with a key of its own and keeps them in a directory of
     its own, so no checkpoint of another test's chain is ever held against this one."""
-    from audit.signing import signing_key
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from audit.signing import private_pem, signing_key
 
     where = tmp_path_factory.mktemp("audit")
+    # Written up front, so this process and the ones it starts share one key.
+    (where / "signing_key.pem").write_bytes(private_pem(Ed25519PrivateKey.generate()))
     settings.BATON_AUDIT_SIGNING_KEY = ""
     settings.BATON_AUDIT_SIGNING_KEY_FILE = str(where / "signing_key.pem")
     settings.BATON_AUDIT_TRUSTED_KEYS_FILE = ""
@@ -104,6 +108,9 @@ def child_env(**extra: str) -> dict[str, str]:
     """The environment for a worker or server process: this one's, minus what only the
     test process itself may have."""
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    # The audit key and checkpoint file of the test at hand (see audit_keys).
+    env["BATON_AUDIT_SIGNING_KEY_FILE"] = settings.BATON_AUDIT_SIGNING_KEY_FILE
+    env["BATON_AUDIT_CHECKPOINT_DIR"] = settings.BATON_AUDIT_CHECKPOINT_DIR
     return {**env, **extra}
 
 

@@ -134,6 +134,7 @@ class Migration(migrations.Migration):
             options={
                 "ordering": ["-seq"],
                 "indexes": [models.Index(fields=["seq"], name="audit_checkpoint_seq")],
+                "permissions": [("sign_checkpoint", "Sign checkpoints and start verification")],
             },
         ),
         migrations.CreateModel(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +282,46 @@ def test_the_command_exits_non_zero_naming_the_seq(settings: Any) -> None:
     done = audit_verify()
     assert done.returncode != 0
     assert "first bad seq 2" in done.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> None:
+    """The README's SQL for the application's role, run as written."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## The audit trail") :]
+    block = section[
+        section.index("```sql") + len("```sql") : section.index("```", section.index("```sql") + 6)
+    ]
+    statements = [
+        line for line in block.splitlines() if line.strip() and not line.strip().startswith("--")
+    ]
+    role = f"baton_app_{uuid.uuid4().hex[:8]}"
+    sql = "\n".join(statements).replace("baton_app", role).replace("'...'", "'pw'")
+    record(1)
+    with psycopg.connect(db_url(), autocommit=True) as owner:
+        owner.execute(sql)
+        try:
+            app = psycopg.connect(db_url().replace("postgres@", f"{role}:pw@", 1), autocommit=True)
+            with app:
+                from audit.services import APPEND_SQL, append_args, event_content
+
+                content = event_content(
+                    verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9
+                )
+                args = append_args(content)
+                with app.transaction():
+                    app.execute(APPEND_SQL, args)
+                assert app.execute("SELECT count(*) FROM audit_auditevent").fetchone()[0] == 2
+                for attempt in (
+                    "UPDATE audit_auditevent SET body = body",
+                    "DELETE FROM audit_auditevent",
+                    "TRUNCATE audit_auditevent",
+                    "SET session_replication_role = replica",
+                    "ALTER TABLE audit_auditevent DISABLE TRIGGER USER",
+                ):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        app.execute(attempt)
+        finally:
+            owner.execute(f"DROP OWNED BY {role}")
+            owner.execute(f"DROP ROLE {role}")
+    assert chain_verify().ok

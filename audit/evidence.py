@@ -1,0 +1,173 @@
+"""Views that produce evidence: the export, the public key and the offline verifier to
+check it with, checkpoints and verification on demand, and the integrity badge."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.handlers.asgi import ASGIRequest
+from django.db import connection, transaction
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from audit import verbs
+from audit.chain import format_time
+from audit.export import csv_chunks, export_plan, jsonl_chunks
+from audit.filters import AuditFilter
+from audit.models import Checkpoint, Verification
+from audit.selectors import audit_scope, filter_q
+from audit.services import Actor, audit_record
+from audit.signing import NO_SIGNING_KEY, checkpoint_sign, public_pem, signing_key
+from console.permissions import signed_in
+
+FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+BAD_FORMAT = "Export as jsonl or csv."
+EXPORT_FORBIDDEN = "Exporting audit evidence needs the export permission."
+SIGNING_FORBIDDEN = "Signing checkpoints and starting verification needs its own permission."
+VERIFIER = Path(__file__).with_name("offline.py")
+
+
+def integrity() -> dict[str, Any]:
+    """What the integrity badge shows: the last verification and the last checkpoint."""
+    return {
+        "verification": Verification.objects.order_by("-finished_at").first(),
+        "checkpoint": Checkpoint.objects.order_by("-seq", "-id").first(),
+        "signing": signing_key() is not None,
+    }
+
+
+def _visible(user: Any) -> Q:
+    scope = audit_scope(user)
+    if scope.nothing:
+        raise PermissionDenied
+    if scope.everything:
+        return Q()
+    return Q(team_id__in=scope.teams) | Q(agent_id__in=scope.agents)
+
+
+@require_GET
+@login_required
+def export(request: HttpRequest) -> HttpResponseBase:
+    user = signed_in(request)
+    if not user.has_perm("audit.export_auditevent"):
+        raise PermissionDenied(EXPORT_FORBIDDEN)
+    visible = _visible(user)
+    fmt = request.GET.get("format", "jsonl")
+    form = AuditFilter(request.GET, user=user)
+    if fmt not in FORMATS or not form.is_valid():
+        problems = [BAD_FORMAT] if fmt not in FORMATS else []
+        problems += [str(e) for errors in form.errors.values() for e in errors]
+        return HttpResponse("\n".join(problems) + "\n", status=400, content_type="text/plain")
+    cleaned = {k: v for k, v in form.cleaned_data.items() if k != "before"}
+    filters = {k: v for k, v in request.GET.items() if k in form.fields and k != "before" and v}
+    with transaction.atomic():
+        # The export is evidence of its own: who took what, recorded before it is taken.
+        seq = audit_record(
+            verb=verbs.AUDIT_EXPORTED,
+            actor=Actor.user(user),
+            subject_type="export",
+            subject_id=format_time(timezone.now()),
+            payload={"filter": filters, "format": fmt},
+        )
+    checkpoint_sign()  # so the export ends on a signed checkpoint, its own event included
+    matched = visible & filter_q(cleaned)
+    plan = export_plan(matched, up_to=seq)
+    chunks = (jsonl_chunks if fmt == "jsonl" else csv_chunks)(
+        plan,
+        matched,
+        by=user.get_username(),
+        filters=filters,
+        generated_at=format_time(timezone.now()),
+    )
+    content: Iterator[bytes] | AsyncIterator[bytes] = chunks
+    if isinstance(request, ASGIRequest):
+        content = _from_own_thread(chunks)
+    response = StreamingHttpResponse(content, content_type=FORMATS[fmt])
+    name = f"baton-audit-{plan.anchor_seq + 1}-{plan.to_seq}.{fmt}"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _from_own_thread(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+    """Serve a database-reading generator under ASGI without loading it into memory: it
+    runs in a thread of its own, with a connection of its own, one chunk at a time."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-export")
+
+    def close() -> None:
+        chunks.close()
+        connection.close()
+
+    async def stream() -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        try:
+            while (chunk := await loop.run_in_executor(executor, next, chunks, None)) is not None:
+                yield chunk
+        finally:
+            await loop.run_in_executor(executor, close)
+            executor.shutdown(wait=False)
+
+    return stream()
+
+
+@require_GET
+@login_required
+def public_key(request: HttpRequest) -> HttpResponse:
+    private = signing_key()
+    if private is None:
+        return HttpResponse(NO_SIGNING_KEY + "\n", status=404, content_type="text/plain")
+    response = HttpResponse(public_pem(private.public_key()), content_type="application/x-pem-file")
+    response["Content-Disposition"] = 'attachment; filename="baton-audit-public-key.pem"'
+    return response
+
+
+@require_GET
+@login_required
+def verifier(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse(VERIFIER.read_bytes(), content_type="text/x-python; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="baton_verify_export.py"'
+    return response
+
+
+@require_POST
+@login_required
+def checkpoint(request: HttpRequest) -> HttpResponse:
+    user = signed_in(request)
+    if not user.has_perm("audit.sign_checkpoint"):
+        raise PermissionDenied(SIGNING_FORBIDDEN)
+    signed = checkpoint_sign()
+    if signed is None:
+        messages.error(request, NO_SIGNING_KEY)
+    else:
+        messages.success(request, f"Checkpoint #{signed.seq} signed at {signed.signed_at}.")
+    return redirect("audit")
+
+
+@require_POST
+@login_required
+def verify(request: HttpRequest) -> HttpResponse:
+    from audit.tasks import verify as verify_task
+
+    user = signed_in(request)
+    if not user.has_perm("audit.sign_checkpoint"):
+        raise PermissionDenied(SIGNING_FORBIDDEN)
+    transaction.on_commit(verify_task.delay)
+    messages.info(request, "Verification started; the badge shows its outcome when it ends.")
+    return redirect("audit")
+
+
+@require_GET
+@login_required
+def badge(request: HttpRequest) -> HttpResponse:
+    _visible(signed_in(request))
+    return render(request, "audit/badge.html", integrity())

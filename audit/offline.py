@@ -1,0 +1,308 @@
+"""Offline verifier for Baton audit exports. Needs only this file, Python 3.11 and the
+`cryptography` package: no database, no Baton settings, no Baton code.
+
+    python offline.py EXPORT(.jsonl|.csv) --public-key baton-audit-public-key.pem
+
+It restates the documented canonical form on purpose instead of importing Baton's, so a
+fault in the writer cannot hide itself in the verifier:
+
+    canonical(event) = UTF-8 JSON of the event object, keys sorted at every level, no
+        whitespace, non-ASCII characters as themselves, no NaN or infinities.
+    digest = SHA-256 hex of canonical(event)
+    hash   = SHA-256 hex of  prev_hash + "\\n" + seq + "\\n" + digest   (genesis: 64 zeros)
+    checkpoint signature: Ed25519 over "baton-checkpoint/1\\n" + seq + "\\n" + hash + "\\n"
+        + signed_at + "\\n";  key_id = first 16 hex of SHA-256 of the raw public key
+    seal signature: Ed25519 over "baton-export/1\\n" + SHA-256 hex of every byte of the
+        export before the seal record + "\\n"
+
+Exit status 0 when the export is intact and covered by a signed checkpoint, 1 otherwise,
+with the first bad sequence number (or line) named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+ZERO = "0" * 64
+EVENT_FIELDS = (
+    "occurred_at",
+    "actor_type",
+    "actor_id",
+    "actor_label",
+    "verb",
+    "subject_type",
+    "subject_id",
+    "agent_id",
+    "team_id",
+    "run_id",
+    "payload",
+)
+
+
+@dataclass
+class Report:
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    events: int = 0
+    links: int = 0
+    checkpoints: int = 0
+    from_seq: int = 0
+    to_seq: int = 0
+
+    def bad(self, problem: str) -> None:
+        self.ok = False
+        self.problems.append(problem)
+
+    def summary(self) -> str:
+        if self.ok:
+            return (
+                f"OK: #{self.from_seq}..#{self.to_seq} intact: {self.events} events shown, "
+                f"{self.links} linked by digest, {self.checkpoints} signed checkpoints"
+            )
+        return "FAILED: " + "; ".join(self.problems[:5])
+
+
+def _sha(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+def canonical(event: dict[str, Any]) -> bytes:
+    return json.dumps(
+        event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def key_id_of(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return _sha(raw)[:16]
+
+
+def load_keys(pem: bytes) -> dict[str, Ed25519PublicKey]:
+    keys = {}
+    end = b"-----END PUBLIC KEY-----"
+    for chunk in pem.split(end):
+        if b"-----BEGIN PUBLIC KEY-----" in chunk:
+            key = serialization.load_pem_public_key(chunk.strip() + b"\n" + end + b"\n")
+            if isinstance(key, Ed25519PublicKey):
+                keys[key_id_of(key)] = key
+    return keys
+
+
+def _signed(keys: dict[str, Ed25519PublicKey], key: str, signature: str, message: bytes) -> bool:
+    public = keys.get(key)
+    if public is None:
+        return False
+    try:
+        public.verify(bytes.fromhex(signature), message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _records_jsonl(body: bytes) -> list[tuple[int, dict[str, Any]]]:
+    return [(n, json.loads(line)) for n, line in enumerate(body.decode().splitlines(), 1) if line]
+
+
+def _int(text: str) -> int | None:
+    return None if text == "" else int(text)
+
+
+def _records_csv(body: bytes) -> list[tuple[int, dict[str, Any]]]:
+    rows = csv.DictReader(io.StringIO(body.decode(), newline=""))
+    records = []
+    for n, row in enumerate(rows, 2):
+        kind = row["record"]
+        if kind == "export":
+            meta = json.loads(row["payload"])
+            anchor = {"seq": int(row["seq"]), "hash": row["hash"]}
+            records.append((n, {"type": "export", **meta, "anchor": anchor}))
+        elif kind == "checkpoint":
+            records.append(
+                (
+                    n,
+                    {
+                        "type": "checkpoint",
+                        "seq": int(row["seq"]),
+                        "hash": row["hash"],
+                        "signed_at": row["signed_at"],
+                        "key_id": row["key_id"],
+                        "signature": row["signature"],
+                    },
+                )
+            )
+        elif kind == "event":
+            event = {
+                "occurred_at": row["occurred_at"],
+                "actor_type": row["actor_type"],
+                "actor_id": _int(row["actor_id"]),
+                "actor_label": row["actor_label"],
+                "verb": row["verb"],
+                "subject_type": row["subject_type"],
+                "subject_id": row["subject_id"],
+                "agent_id": _int(row["agent_id"]),
+                "team_id": _int(row["team_id"]),
+                "run_id": _int(row["run_id"]),
+                "payload": json.loads(row["payload"]),
+            }
+            records.append(
+                (
+                    n,
+                    {
+                        "type": "event",
+                        "seq": int(row["seq"]),
+                        "prev_hash": row["prev_hash"],
+                        "hash": row["hash"],
+                        "event": event,
+                    },
+                )
+            )
+        elif kind == "link":
+            records.append((n, {"type": "link", "seq": int(row["seq"]), "digest": row["digest"]}))
+        elif kind == "seal":
+            records.append(
+                (
+                    n,
+                    {
+                        "type": "seal",
+                        "sha256": row["hash"],
+                        "key_id": row["key_id"],
+                        "signature": row["signature"],
+                    },
+                )
+            )
+        else:
+            raise ValueError(f"unknown record {kind!r}")
+    return records
+
+
+def _check_seal(data: bytes, keys: dict[str, Ed25519PublicKey], report: Report) -> bytes:
+    """Split off the last line (the seal) and check it signs the bytes before it."""
+    body, _, last = data.rstrip(b"\n").rpartition(b"\n")
+    body += b"\n"
+    try:
+        if last.startswith(b"{"):
+            seal = json.loads(last)
+            digest, key, signature = seal["sha256"], seal["key_id"], seal["signature"]
+            if seal.get("type") != "seal":
+                raise ValueError("the last line is not the seal")
+        else:
+            cells = next(csv.reader([last.decode()]))
+            if cells[0] != "seal":
+                raise ValueError("the last row is not the seal")
+            digest, key, signature = cells[3], cells[17], cells[18]
+    except (ValueError, KeyError, IndexError, StopIteration) as exc:
+        report.bad(f"the export's seal is missing or unreadable ({exc})")
+        return body
+    if _sha(body) != digest:
+        report.bad("the export's bytes do not match its seal: something in it was changed")
+    elif not _signed(keys, key, signature, f"baton-export/1\n{digest}\n".encode()):
+        report.bad("the export's seal is not signed by the given key")
+    return body
+
+
+def verify(data: bytes, keys: dict[str, Ed25519PublicKey]) -> Report:
+    report = Report()
+    body = _check_seal(data, keys, report)
+    try:
+        parse = _records_jsonl if body.startswith(b"{") else _records_csv
+        records = parse(body)
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        report.bad(f"the export cannot be read: {exc}")
+        return report
+    if not records or records[0][1].get("type") != "export":
+        report.bad("the export has no header")
+        return report
+    try:
+        _verify_chain(records, keys, report)
+    except (ValueError, KeyError, TypeError) as exc:
+        report.bad(f"the export is malformed: {exc}")
+    return report
+
+
+def _verify_chain(
+    records: list[tuple[int, dict[str, Any]]], keys: dict[str, Ed25519PublicKey], report: Report
+) -> None:
+    header = records[0][1]
+    anchor_seq, running = int(header["anchor"]["seq"]), header["anchor"]["hash"]
+    report.from_seq, report.to_seq = anchor_seq + 1, int(header["to_seq"])
+    signed: dict[int, str] = {}
+    for line, record in records[1:]:
+        if record["type"] != "checkpoint":
+            continue
+        seq, head = int(record["seq"]), record["hash"]
+        message = f"baton-checkpoint/1\n{seq}\n{head}\n{record['signed_at']}\n".encode()
+        if not _signed(keys, record["key_id"], record["signature"], message):
+            report.bad(f"checkpoint #{seq} (line {line}) is not signed by the given key")
+        elif signed.setdefault(seq, head) != head:
+            report.bad(f"two checkpoints disagree at #{seq}")
+        report.checkpoints += 1
+    if anchor_seq == 0:
+        if running != ZERO:
+            report.bad("the export starts at the genesis but its anchor hash is not 64 zeros")
+    elif signed.get(anchor_seq) != running:
+        report.bad(f"the export's anchor #{anchor_seq} is not a signed checkpoint")
+    want = anchor_seq + 1
+    for line, record in records[1:]:
+        kind = record["type"]
+        if kind == "checkpoint":
+            continue
+        seq = int(record["seq"])
+        if seq != want:
+            report.bad(f"line {line}: expected #{want}, found #{seq}")
+            return
+        if kind == "event":
+            if record["prev_hash"] != running:
+                report.bad(f"#{seq} does not link to the event before it")
+                return
+            running = _sha(f"{running}\n{seq}\n{_sha(canonical(record['event']))}")
+            if running != record["hash"]:
+                report.bad(f"#{seq} does not match its hash: its content was changed")
+                return
+            report.events += 1
+        elif kind == "link":
+            running = _sha(f"{running}\n{seq}\n{record['digest']}")
+            report.links += 1
+        else:
+            report.bad(f"line {line}: unknown record {kind!r}")
+            return
+        if seq in signed and signed[seq] != running:
+            report.bad(f"#{seq} differs from the checkpoint signed at #{seq}")
+            return
+        want = seq + 1
+    last = want - 1
+    if last != report.to_seq:
+        report.bad(f"the export stops at #{last}, its header says #{report.to_seq}")
+    elif last not in signed:
+        report.bad(f"#{last}, the end of the export, is not covered by a signed checkpoint")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Verify a Baton audit export offline.")
+    parser.add_argument("export", type=Path)
+    parser.add_argument("--public-key", type=Path, required=True, action="append")
+    args = parser.parse_args(argv)
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in args.public_key:
+        keys.update(load_keys(path.read_bytes()))
+    if not keys:
+        print("FAILED: no Ed25519 public key in " + ", ".join(map(str, args.public_key)))
+        return 1
+    report = verify(args.export.read_bytes(), keys)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,450 @@
+"""Reads of the audit trail, filtered to what the person may see (DESIGN sections 7, 9).
+
+Compliance (the model-wide `audit.view_auditevent`) reads everything. A supervisor reads
+the events of the teams they hold a grant on and of the agents they hold one on. Pages
+are keyset-paginated on `seq`, and every filter is turned into something an index of
+AuditEvent serves, so a page costs the same at ten million rows as at ten.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.http import Http404
+from guardian.shortcuts import get_objects_for_user
+
+from agents.models import Action, Agent, Run, Team
+from audit import verbs
+from audit.chain import format_time
+from audit.filters import DECISIONS
+from audit.models import AuditEvent
+from console.permissions import agents_for_user
+
+PAGE_SIZE = 50
+# An event's time is read a moment before it takes its seq (in the same transaction,
+# waiting at most for the chain head's lock), so time order and seq order can disagree
+# by that wait and by clock skew between servers, never by more than this. Time bounds
+# become seq bounds this much wider, and the exact time test still applies.
+CLOCK_SLACK = timedelta(minutes=15)
+# Up to this many grants, a supervisor's page is one index scan per grant, merged.
+MAX_BRANCHES = 8
+RUN_INPUT_VERBS = (verbs.RUN_QUEUED, verbs.RUN_STARTED)
+DECISION_STATUS = {
+    verbs.APPROVAL_APPROVED: "approved",
+    verbs.APPROVAL_REJECTED: "rejected",
+    verbs.APPROVAL_EXPIRED: "expired",
+    verbs.APPROVAL_CANCELLED: "cancelled",
+}
+
+
+# --- who sees what --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The events a person may read: everything, or those of some teams and agents."""
+
+    everything: bool = False
+    teams: tuple[int, ...] = ()
+    agents: tuple[int, ...] = ()
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.everything or self.teams or self.agents)
+
+    def branches(self) -> list[Q]:
+        """One condition per grant; their union is what the person may see."""
+        return [Q(team_id=t) for t in self.teams] + [Q(agent_id=a) for a in self.agents]
+
+
+def audit_scope(user: Any) -> Scope:
+    if not user.is_authenticated or not user.is_active:
+        return Scope()
+    # Remembered for the request: the navigation and the page both ask.
+    memo: Scope | None = user.__dict__.get("_baton_audit_scope")
+    if memo is not None:
+        return memo
+    if user.is_superuser or user.has_perm("audit.view_auditevent"):
+        scope = Scope(everything=True)
+    else:
+        teams = get_objects_for_user(
+            user, "agents.view_team", Team, accept_global_perms=False, with_superuser=False
+        ).values_list("pk", flat=True)
+        team_ids = tuple(sorted(teams))
+        # Agents seen through a team grant are covered by it (their events carry the team).
+        agents = agents_for_user(user).exclude(team_id__in=team_ids).values_list("pk", flat=True)
+        scope = Scope(teams=team_ids, agents=tuple(sorted(agents)))
+    user.__dict__["_baton_audit_scope"] = scope
+    return scope
+
+
+def can_browse(user: Any) -> bool:
+    """Whether the person may see any of the audit trail (the navigation link, and 403)."""
+    return not audit_scope(user).nothing
+
+
+def events_for_user(user: Any) -> QuerySet[AuditEvent]:
+    scope = audit_scope(user)
+    events = AuditEvent.objects.order_by("-seq")
+    if scope.everything:
+        return events
+    if scope.nothing:
+        return events.none()
+    return events.filter(Q(team_id__in=scope.teams) | Q(agent_id__in=scope.agents))
+
+
+def visible_agents(user: Any) -> QuerySet[Agent]:
+    """Agents the person may filter the trail by."""
+    if audit_scope(user).everything:
+        return Agent.objects.all()
+    return agents_for_user(user)
+
+
+def visible_teams(user: Any) -> QuerySet[Team]:
+    """Teams the person may filter the trail by: theirs, and those of agents they see."""
+    scope = audit_scope(user)
+    if scope.everything:
+        return Team.objects.all()
+    return Team.objects.filter(Q(pk__in=scope.teams) | Q(agents__in=scope.agents)).distinct()
+
+
+# --- filters --------------------------------------------------------------------------
+
+
+def _seq_range(since: datetime | None, until: datetime | None) -> Q:
+    """Seq bounds that hold every event in [since, until), found with one step each down
+    the occurred_at index. Narrowing by seq is what lets a time range share the
+    seq-ordered indexes with the other filters instead of sorting the whole range."""
+    bounds = Q()
+    if since is not None:
+        # The last event clearly before the range: all events in it come after.
+        before = (
+            AuditEvent.objects.filter(occurred_at__lt=format_time(since - CLOCK_SLACK))
+            .order_by("-occurred_at")
+            .values_list("seq", flat=True)
+            .first()
+        )
+        if before is not None:
+            bounds &= Q(seq__gt=before)
+    if until is not None:
+        after = (
+            AuditEvent.objects.filter(occurred_at__gte=format_time(until + CLOCK_SLACK))
+            .order_by("occurred_at")
+            .values_list("seq", flat=True)
+            .first()
+        )
+        if after is not None:
+            bounds &= Q(seq__lt=after)
+    return bounds
+
+
+def filter_q(cleaned: dict[str, Any]) -> Q:
+    """The cleaned AuditFilter as one condition (without the page cursor)."""
+    q = Q()
+    if cleaned.get("agent") is not None:
+        q &= Q(agent_id=cleaned["agent"].pk)
+    if cleaned.get("team") is not None:
+        q &= Q(team_id=cleaned["team"].pk)
+    if cleaned.get("actor"):
+        q &= Q(actor_label=cleaned["actor"])
+    if cleaned.get("verb"):
+        q &= Q(verb=cleaned["verb"])
+    if cleaned.get("decision"):
+        q &= Q(verb=DECISIONS[cleaned["decision"]])
+    if cleaned.get("run"):
+        q &= Q(run_id=cleaned["run"])
+    if cleaned.get("q"):
+        # The payload is only in the body; a contained-text search reads rows in seq
+        # order until a page is full, so it is fastest combined with another filter.
+        q &= Q(body__icontains=cleaned["q"])
+    since, until = cleaned.get("since"), cleaned.get("until")
+    if since is not None:
+        q &= Q(occurred_at__gte=format_time(since))
+    if until is not None:
+        q &= Q(occurred_at__lt=format_time(until))
+    if since is not None or until is not None:
+        q &= _seq_range(since, until)
+    return q
+
+
+def audit_query(user: Any, cleaned: dict[str, Any]) -> QuerySet[AuditEvent]:
+    """The events the person may see that match the cleaned AuditFilter, newest first.
+    The `before` cursor is not applied: that is the page's business (audit_page)."""
+    return events_for_user(user).filter(filter_q(cleaned))
+
+
+# --- pages ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    event: AuditEvent
+    agent: str
+    team: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    rows: list[Row]
+    older: int | None  # the `before` cursor of the next older page, if there is one
+    newest: bool  # whether this is the first page
+
+
+def audit_page(user: Any, cleaned: dict[str, Any], size: int = PAGE_SIZE) -> AuditPage:
+    """One page, newest first: WHERE seq < before ORDER BY seq DESC LIMIT size + 1."""
+    before = cleaned.get("before")
+    condition = filter_q(cleaned) & (Q(seq__lt=before) if before else Q())
+    scope = audit_scope(user)
+    keyed = cleaned.get("agent") is not None or cleaned.get("run")
+    branches = scope.branches()
+    if scope.everything or keyed or len(branches) <= 1 or len(branches) > MAX_BRANCHES:
+        events = list(events_for_user(user).filter(condition)[: size + 1])
+    else:
+        # "team IN (a, b) ORDER BY seq DESC" reads every row of both teams to sort them;
+        # one scan of (team_id, -seq) per grant, merged, reads only a page of each.
+        pages = [
+            AuditEvent.objects.filter(condition & b).order_by("-seq")[: size + 1] for b in branches
+        ]
+        merged = heapq.merge(*pages, key=lambda e: -e.seq)
+        events = list(_unique(merged, size + 1))
+    shown = events[:size]
+    return AuditPage(
+        rows=rows_for(shown),
+        older=shown[-1].seq if len(events) > size else None,
+        newest=not before,
+    )
+
+
+def _unique(events: Iterable[AuditEvent], limit: int) -> Iterable[AuditEvent]:
+    seen: set[int] = set()
+    for event in events:
+        if event.seq not in seen:
+            seen.add(event.seq)
+            yield event
+            if len(seen) == limit:
+                return
+
+
+def rows_for(events: list[AuditEvent]) -> list[Row]:
+    # Events keep ids, not foreign keys (the trail outlives what it names); labels are
+    # looked up for the page, and an id stands in for anything since deleted.
+    agents = dict(
+        Agent.objects.filter(pk__in={e.agent_id for e in events if e.agent_id}).values_list(
+            "pk", "slug"
+        )
+    )
+    teams = dict(
+        Team.objects.filter(pk__in={e.team_id for e in events if e.team_id}).values_list(
+            "pk", "slug"
+        )
+    )
+    return [
+        Row(
+            event=e,
+            agent=_label(agents, e.agent_id),
+            team=_label(teams, e.team_id),
+            summary=summarize(e.payload),
+        )
+        for e in events
+    ]
+
+
+def _label(labels: dict[int, str], pk: int | None) -> str:
+    if pk is None:
+        return ""
+    return labels.get(pk, f"#{pk}")
+
+
+SUMMARY_KEYS = ("tool", "verdict", "comment", "reason", "error", "why", "input", "target")
+# Said by the subject and the verb already.
+SUMMARY_SKIP = {"seq", "status"}
+
+
+def summarize(payload: dict[str, Any], width: int = 120) -> str:
+    """A line saying what an event is about: its most telling payload fields first."""
+    keys = [k for k in SUMMARY_KEYS if payload.get(k) not in (None, "", {})]
+    keys += [k for k in payload if k not in SUMMARY_KEYS and k not in SUMMARY_SKIP]
+    parts = [f"{k}: {_short(payload[k])}" for k in keys[:4]]
+    text = " · ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_short(v) for v in value)
+    return str(value)
+
+
+# --- one event ------------------------------------------------------------------------
+
+
+def event_for_user(user: Any, seq: int) -> AuditEvent:
+    event = events_for_user(user).filter(seq=seq).first()
+    if event is None:
+        raise Http404("No such audit event.")
+    return event
+
+
+def step_of(event: AuditEvent) -> int | None:
+    """The step of its run an action or approval event is about, if any."""
+    if event.run_id is None:
+        return None
+    if event.subject_type == "action":
+        return _step_number(event.subject_id)
+    if event.subject_type != "approval":
+        return None
+    requested = (
+        AuditEvent.objects.filter(
+            run_id=event.run_id, verb=verbs.APPROVAL_REQUESTED, subject_id=event.subject_id
+        )
+        .values_list("seq", flat=True)
+        .first()
+    )
+    if requested is None:
+        return None
+    # A request is opened in the transaction that holds the action, right after it.
+    held = (
+        AuditEvent.objects.filter(run_id=event.run_id, seq__lt=requested, subject_type="action")
+        .order_by("-seq")
+        .values_list("subject_id", flat=True)
+        .first()
+    )
+    return _step_number(held) if held else None
+
+
+def _step_number(subject_id: str) -> int | None:
+    _, _, step = subject_id.partition("/")
+    return int(step) if step.isdigit() else None
+
+
+# --- the decision chain ---------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One step of a run: a model call or a tool call, with every event about it."""
+
+    number: int
+    events: list[AuditEvent] = field(default_factory=list)
+    output: Any = None  # a model call's answer, from the run's journal
+
+    @property
+    def kind(self) -> str:
+        return "model" if any(e.verb == verbs.MODEL_CALLED for e in self.events) else "tool"
+
+    @property
+    def name(self) -> str:
+        for e in self.events:
+            name = e.payload.get("tool") or e.payload.get("model")
+            if name:
+                return str(name)
+        return ""
+
+    @property
+    def status(self) -> str:
+        """Where the step ended, as far as the trail tells: its last action status, or
+        the decision on it if nothing happened to it after that."""
+        status = ""
+        for e in self.events:
+            status = DECISION_STATUS.get(e.verb) or str(e.payload.get("status") or status)
+        return status
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the timeline: a run event, or a step with its events."""
+
+    event: AuditEvent | None = None
+    step: Step | None = None
+
+
+@dataclass(frozen=True)
+class DecisionChain:
+    run_id: int
+    step: int | None  # the one action shown, or None for the whole run
+    agent: str
+    team: str
+    inputs: list[AuditEvent]
+    timeline: list[Entry]
+    outcome: AuditEvent | None  # run.succeeded or run.failed, for the whole run
+    output: Any = None  # the run's output, from its journal (not in the trail)
+
+
+def decision_chain(user: Any, run_id: int, *, step: int | None = None) -> DecisionChain:
+    """Everything the trail holds about one run (or one action of it), in the order it
+    happened: the input, each model call and tool call with the rule that matched, who
+    approved or rejected it and why, and the result. 404 if the person sees none of it."""
+    events = list(events_for_user(user).filter(run_id=run_id).order_by("seq"))
+    if not events:
+        raise Http404("No such run in the audit trail.")
+    steps: dict[int, Step] = {}
+    approvals: dict[str, int] = {}  # approval request id -> step
+    last_step: int | None = None
+    timeline: list[Entry] = []
+    for e in events:
+        number = _step_for(e, approvals, last_step)
+        if number is None:
+            timeline.append(Entry(event=e))
+            continue
+        if e.subject_type == "action":
+            last_step = number
+        if number not in steps:
+            steps[number] = Step(number)
+            timeline.append(Entry(step=steps[number]))
+        steps[number].events.append(e)
+    if step is not None:
+        if step not in steps:
+            raise Http404("No such action in this run.")
+        timeline = [Entry(step=steps[step])]
+    shown = [x.step for x in timeline if x.step is not None and x.step.kind == "model"]
+    _attach_model_outputs(run_id, shown)
+    rows = rows_for(events[:1])
+    finals = [e for e in events if e.verb in (verbs.RUN_SUCCEEDED, verbs.RUN_FAILED)]
+    outcome = finals[-1] if finals and step is None else None
+    if outcome is not None:  # shown once, under Result
+        timeline = [x for x in timeline if x.event is None or x.event.seq != outcome.seq]
+    return DecisionChain(
+        run_id=run_id,
+        step=step,
+        agent=rows[0].agent,
+        team=rows[0].team,
+        inputs=[e for e in events if e.verb in RUN_INPUT_VERBS and "input" in e.payload],
+        timeline=timeline,
+        outcome=outcome,
+        output=Run.objects.filter(pk=run_id).values_list("output", flat=True).first()
+        if outcome is not None
+        else None,
+    )
+
+
+def _step_for(e: AuditEvent, approvals: dict[str, int], last_step: int | None) -> int | None:
+    if e.subject_type == "action":
+        return _step_number(e.subject_id)
+    if e.subject_type != "approval":
+        return None
+    if e.verb == verbs.APPROVAL_REQUESTED and last_step is not None:
+        # Opened in the same transaction as the held action, so right after its event.
+        approvals[e.subject_id] = last_step
+    return approvals.get(e.subject_id)
+
+
+def _attach_model_outputs(run_id: int, steps: list[Step]) -> None:
+    """A model's answer is journaled with the run, not in the trail (only its purpose,
+    cost and rationale are); shown when the journal still holds it, marked as such."""
+    if not steps:
+        return
+    outputs = dict(
+        Action.objects.filter(
+            run_id=run_id, seq__in=[s.number for s in steps], kind=Action.Kind.MODEL
+        ).values_list("seq", "result")
+    )
+    for s in steps:
+        s.output = outputs.get(s.number)
