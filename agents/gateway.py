@@ -108,7 +108,16 @@ class Context:
                 started_at=started,
                 finished_at=timezone.now(),
             )
-            self._audit(verbs.MODEL_CALLED, action, model=client.name, purpose=purpose, **meta)
+            # The prompt and the answer go into the trail: what the agent was told is evidence.
+            self._audit(
+                verbs.MODEL_CALLED,
+                action,
+                model=client.name,
+                purpose=purpose,
+                prompt=prompt,
+                output=action.result,
+                **meta,
+            )
         return action.result
 
     def now(self) -> datetime:

@@ -369,7 +369,9 @@ def remote_run_finish(*, run: Run, output: Any = None, error: str = "") -> Run:
             subject_id=run.pk,
             agent=run.agent,
             run=run,
-            payload={"error": error, "via": "api"},
+            payload={"error": error, "via": "api"}
+            if error
+            else {"output": _jsonable(output), "via": "api"},
         )
     run.refresh_from_db()
     return run

@@ -158,7 +158,7 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
             run,
             token,
             verbs.RUN_SUCCEEDED,
-            {},
+            {"output": result},
             status=Run.Status.SUCCEEDED,
             output=result,
             finished_at=timezone.now(),

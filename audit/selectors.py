@@ -334,7 +334,8 @@ class Step:
 
     number: int
     events: list[AuditEvent] = field(default_factory=list)
-    output: Any = None  # a model call's answer, from the run's journal
+    output: Any = None  # a model call's answer
+    output_in_trail: bool = False  # from the model.called event, not the journal
 
     @property
     def kind(self) -> str:
@@ -375,7 +376,8 @@ class DecisionChain:
     inputs: list[AuditEvent]
     timeline: list[Entry]
     outcome: AuditEvent | None  # run.succeeded or run.failed, for the whole run
-    output: Any = None  # the run's output, from its journal (not in the trail)
+    output: Any = None  # the run's output
+    output_in_trail: bool = False
 
 
 def decision_chain(user: Any, run_id: int, *, step: int | None = None) -> DecisionChain:
@@ -419,10 +421,19 @@ def decision_chain(user: Any, run_id: int, *, step: int | None = None) -> Decisi
         inputs=[e for e in events if e.verb in RUN_INPUT_VERBS and "input" in e.payload],
         timeline=timeline,
         outcome=outcome,
-        output=Run.objects.filter(pk=run_id).values_list("output", flat=True).first()
-        if outcome is not None
-        else None,
+        output_in_trail=outcome is not None and "output" in outcome.payload,
+        output=_run_output(run_id, outcome),
     )
+
+
+def _run_output(run_id: int, outcome: AuditEvent | None) -> Any:
+    """The run's output from its final event; for runs that ended before outputs were
+    recorded there, from the run itself (the page says which)."""
+    if outcome is None:
+        return None
+    if "output" in outcome.payload:
+        return outcome.payload["output"]
+    return Run.objects.filter(pk=run_id).values_list("output", flat=True).first()
 
 
 def _step_for(e: AuditEvent, approvals: dict[str, int], last_step: int | None) -> int | None:
@@ -437,8 +448,13 @@ def _step_for(e: AuditEvent, approvals: dict[str, int], last_step: int | None) -
 
 
 def _attach_model_outputs(run_id: int, steps: list[Step]) -> None:
-    """A model's answer is journaled with the run, not in the trail (only its purpose,
-    cost and rationale are); shown when the journal still holds it, marked as such."""
+    """A model's answer is in its model.called event; for events written before answers
+    were recorded there, it is shown from the run's journal, marked as such."""
+    for s in steps:
+        for e in s.events:
+            if e.verb == verbs.MODEL_CALLED and "output" in e.payload:
+                s.output, s.output_in_trail = e.payload["output"], True
+    steps = [s for s in steps if not s.output_in_trail]
     if not steps:
         return
     outputs = dict(

@@ -412,6 +412,10 @@ def test_the_decision_chain_tells_what_happened_and_who_said_no(
         "claims.flag",  # what the agent did next
         "run.succeeded",  # the result
     )
+    # The model's answer and the run's output are in the trail itself, not borrowed.
+    assert "The model's answer:" in page.content.decode()
+    assert "The run's output:" in page.content.decode()
+    assert "not covered by the audit hash chain" not in page.content.decode()
 
 
 def test_an_action_chain_shows_the_input_and_that_action_only(
