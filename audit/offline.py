@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,153 +111,167 @@ def _signed(keys: dict[str, Ed25519PublicKey], key: str, signature: str, message
     return True
 
 
-def _records_jsonl(body: bytes) -> list[tuple[int, dict[str, Any]]]:
-    return [(n, json.loads(line)) for n, line in enumerate(body.decode().splitlines(), 1) if line]
+def _jsonl_records(lines: Iterator[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            yield n, json.loads(line)
 
 
 def _int(text: str) -> int | None:
     return None if text == "" else int(text)
 
 
-def _records_csv(body: bytes) -> list[tuple[int, dict[str, Any]]]:
-    rows = csv.DictReader(io.StringIO(body.decode(), newline=""))
-    records = []
+def _csv_record(row: dict[str, str]) -> dict[str, Any]:
+    kind = row["record"]
+    if kind == "export":
+        return {
+            "type": "export",
+            **json.loads(row["payload"]),
+            "anchor": {"seq": int(row["seq"]), "hash": row["hash"]},
+        }
+    if kind == "checkpoint":
+        return {
+            "type": "checkpoint",
+            "seq": int(row["seq"]),
+            "hash": row["hash"],
+            "signed_at": row["signed_at"],
+            "key_id": row["key_id"],
+            "signature": row["signature"],
+        }
+    if kind == "event":
+        event = {
+            "occurred_at": row["occurred_at"],
+            "actor_type": row["actor_type"],
+            "actor_id": _int(row["actor_id"]),
+            "actor_label": row["actor_label"],
+            "verb": row["verb"],
+            "subject_type": row["subject_type"],
+            "subject_id": row["subject_id"],
+            "agent_id": _int(row["agent_id"]),
+            "team_id": _int(row["team_id"]),
+            "run_id": _int(row["run_id"]),
+            "payload": json.loads(row["payload"]),
+        }
+        return {
+            "type": "event",
+            "seq": int(row["seq"]),
+            "prev_hash": row["prev_hash"],
+            "hash": row["hash"],
+            "event": event,
+        }
+    if kind == "link":
+        return {"type": "link", "seq": int(row["seq"]), "digest": row["digest"]}
+    raise ValueError(f"unknown record {kind!r}")
+
+
+def _csv_records(lines: Iterator[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+    rows = csv.DictReader((line.decode() for line in lines), strict=True)
     for n, row in enumerate(rows, 2):
-        kind = row["record"]
-        if kind == "export":
-            meta = json.loads(row["payload"])
-            anchor = {"seq": int(row["seq"]), "hash": row["hash"]}
-            records.append((n, {"type": "export", **meta, "anchor": anchor}))
-        elif kind == "checkpoint":
-            records.append(
-                (
-                    n,
-                    {
-                        "type": "checkpoint",
-                        "seq": int(row["seq"]),
-                        "hash": row["hash"],
-                        "signed_at": row["signed_at"],
-                        "key_id": row["key_id"],
-                        "signature": row["signature"],
-                    },
-                )
-            )
-        elif kind == "event":
-            event = {
-                "occurred_at": row["occurred_at"],
-                "actor_type": row["actor_type"],
-                "actor_id": _int(row["actor_id"]),
-                "actor_label": row["actor_label"],
-                "verb": row["verb"],
-                "subject_type": row["subject_type"],
-                "subject_id": row["subject_id"],
-                "agent_id": _int(row["agent_id"]),
-                "team_id": _int(row["team_id"]),
-                "run_id": _int(row["run_id"]),
-                "payload": json.loads(row["payload"]),
-            }
-            records.append(
-                (
-                    n,
-                    {
-                        "type": "event",
-                        "seq": int(row["seq"]),
-                        "prev_hash": row["prev_hash"],
-                        "hash": row["hash"],
-                        "event": event,
-                    },
-                )
-            )
-        elif kind == "link":
-            records.append((n, {"type": "link", "seq": int(row["seq"]), "digest": row["digest"]}))
-        elif kind == "seal":
-            records.append(
-                (
-                    n,
-                    {
-                        "type": "seal",
-                        "sha256": row["hash"],
-                        "key_id": row["key_id"],
-                        "signature": row["signature"],
-                    },
-                )
-            )
-        else:
-            raise ValueError(f"unknown record {kind!r}")
-    return records
+        if None in row or None in row.values():
+            raise ValueError(f"row {n} does not have the export's columns")
+        yield n, _csv_record(row)
 
 
-def _check_seal(data: bytes, keys: dict[str, Ed25519PublicKey], report: Report) -> bytes:
-    """Split off the last line (the seal) and check it signs the bytes before it."""
-    body, _, last = data.rstrip(b"\n").rpartition(b"\n")
-    body += b"\n"
+class _Sealed:
+    """Every line but the last, hashed as it passes; the last is the seal."""
+
+    def __init__(self, lines: Iterable[bytes]) -> None:
+        self.lines = iter(lines)
+        self.digest = hashlib.sha256()
+        self.last = b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        held = next(self.lines, b"")
+        for line in self.lines:
+            self.digest.update(held)
+            yield held
+            held = line
+        self.last = held
+
+
+def _check_seal(sealed: _Sealed, keys: dict[str, Ed25519PublicKey], report: Report) -> None:
+    last = sealed.last.rstrip(b"\n")
     try:
         if last.startswith(b"{"):
             seal = json.loads(last)
-            digest, key, signature = seal["sha256"], seal["key_id"], seal["signature"]
             if seal.get("type") != "seal":
                 raise ValueError("the last line is not the seal")
+            digest, key, signature = seal["sha256"], seal["key_id"], seal["signature"]
         else:
             cells = next(csv.reader([last.decode()]))
             if cells[0] != "seal":
                 raise ValueError("the last row is not the seal")
             digest, key, signature = cells[3], cells[17], cells[18]
-    except (ValueError, KeyError, IndexError, StopIteration) as exc:
+    except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError) as exc:
         report.bad(f"the export's seal is missing or unreadable ({exc})")
-        return body
-    if _sha(body) != digest:
+        return
+    if sealed.digest.hexdigest() != digest:
         report.bad("the export's bytes do not match its seal: something in it was changed")
     elif not _signed(keys, key, signature, f"baton-export/1\n{digest}\n".encode()):
         report.bad("the export's seal is not signed by the given key")
-    return body
 
 
-def verify(data: bytes, keys: dict[str, Ed25519PublicKey]) -> Report:
+def verify(data: bytes | Iterable[bytes], keys: dict[str, Ed25519PublicKey]) -> Report:
+    """Check an export given whole, or as an iterable of its lines (a file opened in
+    binary mode: memory stays flat however long the export is)."""
+    lines = data.splitlines(keepends=True) if isinstance(data, bytes) else data
+    sealed = _Sealed(lines)
     report = Report()
-    body = _check_seal(data, keys, report)
-    try:
-        parse = _records_jsonl if body.startswith(b"{") else _records_csv
-        records = parse(body)
-    except (ValueError, KeyError, UnicodeDecodeError) as exc:
-        report.bad(f"the export cannot be read: {exc}")
-        return report
-    if not records or records[0][1].get("type") != "export":
-        report.bad("the export has no header")
-        return report
+    walked = iter(sealed)
+    first = next(walked, b"")
+    again = _prepend(first, walked)
+    records = _jsonl_records(again) if first.startswith(b"{") else _csv_records(again)
     try:
         _verify_chain(records, keys, report)
-    except (ValueError, KeyError, TypeError) as exc:
-        report.bad(f"the export is malformed: {exc}")
+        for _ in walked:  # the rest, when the walk stopped early, still counts for the seal
+            pass
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+        report.bad(f"the export cannot be read: {exc}")
+        return report
+    _check_seal(sealed, keys, report)
     return report
 
 
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
 def _verify_chain(
-    records: list[tuple[int, dict[str, Any]]], keys: dict[str, Ed25519PublicKey], report: Report
+    records: Iterator[tuple[int, dict[str, Any]]],
+    keys: dict[str, Ed25519PublicKey],
+    report: Report,
 ) -> None:
-    header = records[0][1]
+    line, header = next(records, (0, {}))
+    if header.get("type") != "export":
+        report.bad("the export has no header")
+        return
     anchor_seq, running = int(header["anchor"]["seq"]), header["anchor"]["hash"]
     report.from_seq, report.to_seq = anchor_seq + 1, int(header["to_seq"])
     signed: dict[int, str] = {}
-    for line, record in records[1:]:
-        if record["type"] != "checkpoint":
-            continue
-        seq, head = int(record["seq"]), record["hash"]
-        message = f"baton-checkpoint/1\n{seq}\n{head}\n{record['signed_at']}\n".encode()
-        if not _signed(keys, record["key_id"], record["signature"], message):
-            report.bad(f"checkpoint #{seq} (line {line}) is not signed by the given key")
-        elif signed.setdefault(seq, head) != head:
-            report.bad(f"two checkpoints disagree at #{seq}")
-        report.checkpoints += 1
-    if anchor_seq == 0:
-        if running != ZERO:
-            report.bad("the export starts at the genesis but its anchor hash is not 64 zeros")
-    elif signed.get(anchor_seq) != running:
-        report.bad(f"the export's anchor #{anchor_seq} is not a signed checkpoint")
     want = anchor_seq + 1
-    for line, record in records[1:]:
+    walking = False
+    for line, record in records:
         kind = record["type"]
         if kind == "checkpoint":
+            if walking:
+                report.bad(f"line {line}: a checkpoint after the events")
+                return
+            seq, head = int(record["seq"]), record["hash"]
+            message = f"baton-checkpoint/1\n{seq}\n{head}\n{record['signed_at']}\n".encode()
+            if not _signed(keys, record["key_id"], record["signature"], message):
+                report.bad(f"checkpoint #{seq} (line {line}) is not signed by the given key")
+            elif signed.setdefault(seq, head) != head:
+                report.bad(f"two checkpoints disagree at #{seq}")
+            report.checkpoints += 1
             continue
+        if not walking:
+            walking = True
+            if anchor_seq == 0 and running != ZERO:
+                report.bad("the export starts at the genesis but its anchor is not 64 zeros")
+            elif anchor_seq != 0 and signed.get(anchor_seq) != running:
+                report.bad(f"the export's anchor #{anchor_seq} is not a signed checkpoint")
         seq = int(record["seq"])
         if seq != want:
             report.bad(f"line {line}: expected #{want}, found #{seq}")
@@ -299,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     if not keys:
         print("FAILED: no Ed25519 public key in " + ", ".join(map(str, args.public_key)))
         return 1
-    report = verify(args.export.read_bytes(), keys)
+    with args.export.open("rb") as export:
+        report = verify(export, keys)
     print(report.summary())
     return 0 if report.ok else 1
 
