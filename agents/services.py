@@ -255,6 +255,7 @@ def killswitch_engage(
             subject_type="killswitch",
             subject_id=switch.pk,
             agent=agent,
+            team=switch.team,
             payload={"target": target, "mode": mode, "reason": reason, "runs_cancelled": cancelled},
         )
     return switch
@@ -301,6 +302,7 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
             subject_type="killswitch",
             subject_id=switch.pk,
             agent=switch.agent,
+            team=switch.team,
             payload={"target": switch.target, "reason": reason, "runs_requeued": requeued},
         )
     return requeued

@@ -121,10 +121,13 @@ def audit_record(
     subject_type: str,
     subject_id: object,
     agent: Any = None,
+    team: Any = None,
     run: Any = None,
     payload: dict[str, Any] | None = None,
 ) -> int:
-    """Record one state change in the audit trail; returns the event's sequence number."""
+    """Record one state change in the audit trail; returns the event's sequence number.
+    The event belongs to the agent's team, or to `team` for changes to a team itself
+    (that is whose supervisors see it)."""
     return audit_append(
         event_content(
             verb=verb,
@@ -132,7 +135,7 @@ def audit_record(
             subject_type=subject_type,
             subject_id=subject_id,
             agent_id=agent.pk if agent is not None else None,
-            team_id=agent.team_id if agent is not None else None,
+            team_id=agent.team_id if agent is not None else (team.pk if team else None),
             run_id=run.pk if run is not None else None,
             payload=payload,
         )

@@ -70,6 +70,7 @@ def role_grant(*, user: Any, role: str, target: Agent | Team, granted_by: Any = 
             subject_type="user",
             subject_id=user.pk,
             agent=target if isinstance(target, Agent) else None,
+            team=target if isinstance(target, Team) else None,
             payload={"user": user.get_username(), "role": role, kind: target.slug},
         )
 

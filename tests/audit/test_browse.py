@@ -444,3 +444,20 @@ def test_another_teams_supervisor_sees_no_chain(world: Any, rejected_run: Any) -
     client = client_for(world.support_supervisor)
     assert client.get(f"/audit/runs/{rejected_run.pk}/").status_code == 404
     assert client.get(f"/audit/runs/{rejected_run.pk}/actions/1/").status_code == 404
+
+
+def test_a_team_switch_and_a_team_grant_are_seen_by_that_teams_supervisors(world: Any) -> None:
+    from agents.services import killswitch_engage
+
+    killswitch_engage(
+        scope="team", mode="pause", reason="bad deploy", user=world.supervisor, team=world.claims
+    )
+
+    def rows(person: Any, verb: str) -> str:
+        response = client_for(person).get("/audit/", {"verb": verb}, HTTP_HX_REQUEST="true")
+        return str(response.content.decode())
+
+    assert "bad deploy" in rows(world.supervisor, verbs.KILLSWITCH_ENGAGED)
+    assert "bad deploy" not in rows(world.support_supervisor, verbs.KILLSWITCH_ENGAGED)
+    assert "sol" in rows(world.supervisor, verbs.GRANT_ADDED)  # granted on team claims
+    assert "sam" not in rows(world.support_supervisor, verbs.GRANT_ADDED)
