@@ -9,6 +9,7 @@ AuditEvent serves, so a page costs the same at ten million rows as at ten.
 from __future__ import annotations
 
 import heapq
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +27,10 @@ from audit.models import AuditEvent
 from console.permissions import agents_for_user
 
 PAGE_SIZE = 50
+# A text search reads events newest first until a page is full; rare words would read the
+# whole trail. One request searches this many events below its cursor, then offers to go
+# on (the page says how far it looked).
+SEARCH_WINDOW = 100_000
 # An event's time is read a moment before it takes its seq (in the same transaction,
 # waiting at most for the chain head's lock), so time order and seq order can disagree
 # by that wait and by clock skew between servers, never by more than this. Time bounds
@@ -161,7 +166,8 @@ def filter_q(cleaned: dict[str, Any]) -> Q:
     if cleaned.get("q"):
         # The payload is only in the body; a contained-text search reads rows in seq
         # order until a page is full, so it is fastest combined with another filter.
-        q &= Q(body__icontains=cleaned["q"])
+        # Searched as it is written inside the JSON: quotes and backslashes escaped.
+        q &= Q(body__icontains=json.dumps(cleaned["q"], ensure_ascii=False)[1:-1])
     since, until = cleaned.get("since"), cleaned.get("until")
     if since is not None:
         q &= Q(occurred_at__gte=format_time(since))
@@ -194,12 +200,16 @@ class AuditPage:
     rows: list[Row]
     older: int | None  # the `before` cursor of the next older page, if there is one
     newest: bool  # whether this is the first page
+    searched_from: int | None = None  # a text search stopped here, short of a full page
 
 
 def audit_page(user: Any, cleaned: dict[str, Any], size: int = PAGE_SIZE) -> AuditPage:
     """One page, newest first: WHERE seq < before ORDER BY seq DESC LIMIT size + 1."""
     before = cleaned.get("before")
     condition = filter_q(cleaned) & (Q(seq__lt=before) if before else Q())
+    floor = _search_floor(before) if cleaned.get("q") else None
+    if floor is not None:
+        condition &= Q(seq__gte=floor)
     scope = audit_scope(user)
     keyed = cleaned.get("agent") is not None or cleaned.get("run")
     branches = scope.branches()
@@ -214,11 +224,17 @@ def audit_page(user: Any, cleaned: dict[str, Any], size: int = PAGE_SIZE) -> Aud
         merged = heapq.merge(*pages, key=lambda e: -e.seq)
         events = list(_unique(merged, size + 1))
     shown = events[:size]
-    return AuditPage(
-        rows=rows_for(shown),
-        older=shown[-1].seq if len(events) > size else None,
-        newest=not before,
-    )
+    if len(events) > size:
+        return AuditPage(rows=rows_for(shown), older=shown[-1].seq, newest=not before)
+    if floor is not None and floor > 1:
+        # The window ran out before the page filled: older events are still unsearched.
+        return AuditPage(rows=rows_for(shown), older=floor, newest=not before, searched_from=floor)
+    return AuditPage(rows=rows_for(shown), older=None, newest=not before)
+
+
+def _search_floor(before: int | None) -> int:
+    top = before or (AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0)
+    return max(1, top - SEARCH_WINDOW)
 
 
 def _unique(events: Iterable[AuditEvent], limit: int) -> Iterable[AuditEvent]:

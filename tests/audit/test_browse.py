@@ -461,3 +461,32 @@ def test_a_team_switch_and_a_team_grant_are_seen_by_that_teams_supervisors(world
     assert "bad deploy" not in rows(world.support_supervisor, verbs.KILLSWITCH_ENGAGED)
     assert "sol" in rows(world.supervisor, verbs.GRANT_ADDED)  # granted on team claims
     assert "sam" not in rows(world.support_supervisor, verbs.GRANT_ADDED)
+
+
+def test_quoted_text_is_found_as_it_was_written(world: Any, agents: Any) -> None:
+    seq = record(agents.claims, payload={"note": 'paid to ACME "Ltd" \\ branch'})
+    client = client_for(world.compliance)
+    assert seqs(client.get("/audit/", {"q": 'ACME "Ltd" \\ branch'})) == [seq]
+
+
+def test_a_text_search_looks_a_window_at_a_time_and_offers_to_go_on(
+    world: Any, agents: Any, monkeypatch: Any
+) -> None:
+    from audit import selectors
+
+    needle = record(agents.claims, payload={"note": "needle"})
+    for _ in range(12):
+        record(agents.claims, payload={"note": "hay"})
+    monkeypatch.setattr(selectors, "SEARCH_WINDOW", 5)
+    client = client_for(world.compliance)
+    url, found, pages = "/audit/?q=needle", [], 0
+    while url and pages < 10:
+        page = client.get(url)
+        found += seqs(page)
+        older = re.search(r'href="(/audit/\?[^"]*before=\d+[^"]*)" hx-get', page.content.decode())
+        if found:
+            break
+        assert 'data-testid="searched-from"' in page.content.decode()
+        url, pages = html.unescape(older.group(1)) if older else "", pages + 1
+    assert found == [needle]
+    assert pages >= 2  # it took more than one window to get there

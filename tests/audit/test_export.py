@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.test import Client
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agents.runtime import execute_run
 from agents.services import run_start
@@ -187,3 +189,41 @@ def test_a_bad_export_request_says_why_and_records_nothing(
     assert response.status_code == 400
     assert response.content.strip()
     assert AuditEvent.objects.count() == before
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    payload=st.dictionaries(
+        st.sampled_from(["run_id", "payload", "a", ',"run_id":']) | st.text(),
+        json_values,
+        max_size=4,
+    ),
+    subject=st.text(),
+)
+def test_the_payload_is_cut_from_the_canonical_body_exactly(
+    payload: dict[str, Any], subject: str
+) -> None:
+    from audit.chain import canonical_content, canonical_json
+    from audit.export import payload_text
+
+    content = {
+        "occurred_at": "2026-11-22T10:00:00.000000Z",
+        "actor_type": "user",
+        "actor_id": 1,
+        "actor_label": ',"payload":{"x":1}',
+        "verb": "run.queued",
+        "subject_type": "run",
+        "subject_id": subject,
+        "agent_id": None,
+        "team_id": None,
+        "run_id": None,
+        "payload": payload,
+    }
+    body = canonical_content(content).decode()
+    assert payload_text(body) == canonical_json(payload).decode()
