@@ -46,6 +46,13 @@ def integrity() -> dict[str, Any]:
     }
 
 
+def _allowed(request: HttpRequest, perm: str, refusal: str) -> Any:
+    user = signed_in(request)
+    if not user.has_perm(perm):
+        raise PermissionDenied(refusal)
+    return user
+
+
 def _visible(user: Any) -> Q:
     scope = audit_scope(user)
     if scope.nothing:
@@ -58,9 +65,7 @@ def _visible(user: Any) -> Q:
 @require_GET
 @login_required
 def export(request: HttpRequest) -> HttpResponseBase:
-    user = signed_in(request)
-    if not user.has_perm("audit.export_auditevent"):
-        raise PermissionDenied(EXPORT_FORBIDDEN)
+    user = _allowed(request, "audit.export_auditevent", EXPORT_FORBIDDEN)
     visible = _visible(user)
     fmt = request.GET.get("format", "jsonl")
     form = AuditFilter(request.GET, user=user)
@@ -142,9 +147,7 @@ def verifier(request: HttpRequest) -> HttpResponse:
 @require_POST
 @login_required
 def checkpoint(request: HttpRequest) -> HttpResponse:
-    user = signed_in(request)
-    if not user.has_perm("audit.sign_checkpoint"):
-        raise PermissionDenied(SIGNING_FORBIDDEN)
+    _allowed(request, "audit.sign_checkpoint", SIGNING_FORBIDDEN)
     signed = checkpoint_sign()
     if signed is None:
         messages.error(request, NO_SIGNING_KEY)
@@ -158,9 +161,7 @@ def checkpoint(request: HttpRequest) -> HttpResponse:
 def verify(request: HttpRequest) -> HttpResponse:
     from audit.tasks import verify as verify_task
 
-    user = signed_in(request)
-    if not user.has_perm("audit.sign_checkpoint"):
-        raise PermissionDenied(SIGNING_FORBIDDEN)
+    _allowed(request, "audit.sign_checkpoint", SIGNING_FORBIDDEN)
     transaction.on_commit(verify_task.delay)
     messages.info(request, "Verification started; the badge shows its outcome when it ends.")
     return redirect("audit")

@@ -30,7 +30,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import BooleanField, ExpressionWrapper, Q
 
-from audit.chain import GENESIS, canonical_json, export_seal_message
+from audit.chain import CONTENT_FIELDS, GENESIS, canonical_json, export_seal_message
 from audit.models import AuditEvent, ChainHead, Checkpoint
 from audit.signing import key_id, signing_key
 
@@ -42,17 +42,7 @@ CSV_COLUMNS = (
     "prev_hash",
     "hash",
     "digest",
-    "occurred_at",
-    "actor_type",
-    "actor_id",
-    "actor_label",
-    "verb",
-    "subject_type",
-    "subject_id",
-    "agent_id",
-    "team_id",
-    "run_id",
-    "payload",
+    *CONTENT_FIELDS,  # payload last, as canonical JSON text
     "signed_at",
     "key_id",
     "signature",
@@ -98,18 +88,7 @@ def export_plan(matched: Q, *, up_to: int | None = None) -> Plan:
 ROW = ("seq", "prev_hash", "hash", "body", "matched")
 ROW_TYPES = ["int8", "text", "text", "text", "bool"]
 # The generated columns, read beside the body so CSV need not parse it.
-COLUMNS = (
-    "occurred_at",
-    "actor_type",
-    "actor_id",
-    "actor_label",
-    "verb",
-    "subject_type",
-    "subject_id",
-    "agent_id",
-    "team_id",
-    "run_id",
-)
+COLUMNS = tuple(name for name in CONTENT_FIELDS if name != "payload")
 COLUMN_TYPES = ["text", "text", "int8", "text", "text", "text", "text", "int8", "int8", "int8"]
 
 
