@@ -227,3 +227,22 @@ def test_the_payload_is_cut_from_the_canonical_body_exactly(
     }
     body = canonical_content(content).decode()
     assert payload_text(body) == canonical_json(payload).decode()
+
+
+def test_a_csv_export_of_awkward_text_verifies(trail: Any, world: Any) -> None:
+    from django.db import transaction
+
+    from audit.services import SYSTEM, audit_record
+
+    with transaction.atomic():
+        audit_record(
+            verb=verbs.RUN_QUEUED,
+            actor=SYSTEM,
+            subject_type="run",
+            subject_id='7, "quoted"',
+            payload={"note": 'a, "b"\nc', "run_id": {"payload": ',"run_id":'}, "n": 1e20},
+        )
+    data = download(client_for(world.compliance), "?format=csv")
+    report = offline.verify(data, keys())
+    assert report.ok, report.problems
+    assert report.events == AuditEvent.objects.count()
