@@ -30,7 +30,7 @@ PAGE_SIZE = 50
 # A text search reads events newest first until a page is full; rare words would read the
 # whole trail. One request searches this many events below its cursor, then offers to go
 # on (the page says how far it looked).
-SEARCH_WINDOW = 20_000
+SEARCH_WINDOW = 10_000
 # An event's time is read a moment before it takes its seq (in the same transaction,
 # waiting at most for the chain head's lock), so time order and seq order can disagree
 # by that wait and by clock skew between servers, never by more than this. Time bounds
