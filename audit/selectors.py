@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,10 +28,11 @@ from audit.models import AuditEvent
 from console.permissions import agents_for_user
 
 PAGE_SIZE = 50
-# A text search reads events newest first until a page is full; rare words would read the
-# whole trail. One request searches this many events below its cursor, then offers to go
-# on (the page says how far it looked).
-SEARCH_WINDOW = 10_000
+# A text search has no index: it reads events newest first until a page is full, and a
+# rare word would read the whole trail. So one request reads stretches of this many events
+# for at most this long, then offers to go on (the page says how far back it looked).
+SEARCH_WINDOW = 2_000
+SEARCH_BUDGET = 0.012  # seconds
 # An event's time is read a moment before it takes its seq (in the same transaction,
 # waiting at most for the chain head's lock), so time order and seq order can disagree
 # by that wait and by clock skew between servers, never by more than this. Time bounds
@@ -204,37 +206,55 @@ class AuditPage:
 
 
 def audit_page(user: Any, cleaned: dict[str, Any], size: int = PAGE_SIZE) -> AuditPage:
-    """One page, newest first: WHERE seq < before ORDER BY seq DESC LIMIT size + 1."""
+    """One page, newest first: WHERE seq < before ORDER BY seq DESC LIMIT size + 1. A text
+    search reads stretches of SEARCH_WINDOW events, newest first, until the page is full
+    or SEARCH_BUDGET is spent; the page then says how far back it looked."""
     before = cleaned.get("before")
-    condition = filter_q(cleaned) & (Q(seq__lt=before) if before else Q())
-    floor = _search_floor(before) if cleaned.get("q") else None
-    if floor is not None:
-        condition &= Q(seq__gte=floor)
+    condition = filter_q(cleaned)
+    if not cleaned.get("q"):
+        events = _fetch(user, cleaned, condition & _below(before), size + 1)
+        return _page(events, size, before)
+    top = before or _head() + 1
+    deadline = time.monotonic() + SEARCH_BUDGET
+    events = []
+    while top > 1 and len(events) <= size:
+        floor = max(1, top - SEARCH_WINDOW)
+        window = condition & Q(seq__lt=top, seq__gte=floor)
+        events += _fetch(user, cleaned, window, size + 1 - len(events))
+        top = floor
+        if time.monotonic() > deadline:
+            break
+    if len(events) <= size and top > 1:
+        # Time ran out before the page filled: older events are still unsearched.
+        return AuditPage(rows=rows_for(events), older=top, newest=not before, searched_from=top)
+    return _page(events, size, before)
+
+
+def _below(before: int | None) -> Q:
+    return Q(seq__lt=before) if before else Q()
+
+
+def _head() -> int:
+    return AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
+
+
+def _page(events: list[AuditEvent], size: int, before: int | None) -> AuditPage:
+    shown = events[:size]
+    older = shown[-1].seq if len(events) > size else None
+    return AuditPage(rows=rows_for(shown), older=older, newest=not before)
+
+
+def _fetch(user: Any, cleaned: dict[str, Any], condition: Q, limit: int) -> list[AuditEvent]:
     scope = audit_scope(user)
     keyed = cleaned.get("agent") is not None or cleaned.get("run")
     branches = scope.branches()
     if scope.everything or keyed or len(branches) <= 1 or len(branches) > MAX_BRANCHES:
-        events = list(events_for_user(user).filter(condition)[: size + 1])
-    else:
-        # "team IN (a, b) ORDER BY seq DESC" reads every row of both teams to sort them;
-        # one scan of (team_id, -seq) per grant, merged, reads only a page of each.
-        pages = [
-            AuditEvent.objects.filter(condition & b).order_by("-seq")[: size + 1] for b in branches
-        ]
-        merged = heapq.merge(*pages, key=lambda e: -e.seq)
-        events = list(_unique(merged, size + 1))
-    shown = events[:size]
-    if len(events) > size:
-        return AuditPage(rows=rows_for(shown), older=shown[-1].seq, newest=not before)
-    if floor is not None and floor > 1:
-        # The window ran out before the page filled: older events are still unsearched.
-        return AuditPage(rows=rows_for(shown), older=floor, newest=not before, searched_from=floor)
-    return AuditPage(rows=rows_for(shown), older=None, newest=not before)
-
-
-def _search_floor(before: int | None) -> int:
-    top = before or (AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0)
-    return max(1, top - SEARCH_WINDOW)
+        return list(events_for_user(user).filter(condition)[:limit])
+    # "team IN (a, b) ORDER BY seq DESC" reads every row of both teams to sort them;
+    # one scan of (team_id, -seq) per grant, merged, reads only a page of each.
+    pages = [AuditEvent.objects.filter(condition & b).order_by("-seq")[:limit] for b in branches]
+    merged = heapq.merge(*pages, key=lambda e: -e.seq)
+    return list(_unique(merged, limit))
 
 
 def _unique(events: Iterable[AuditEvent], limit: int) -> Iterable[AuditEvent]:

@@ -478,6 +478,7 @@ def test_a_text_search_looks_a_window_at_a_time_and_offers_to_go_on(
     for _ in range(12):
         record(agents.claims, payload={"note": "hay"})
     monkeypatch.setattr(selectors, "SEARCH_WINDOW", 5)
+    monkeypatch.setattr(selectors, "SEARCH_BUDGET", 0.0)  # one stretch a request
     client = client_for(world.compliance)
     url, found, pages = "/audit/?q=needle", [], 0
     while url and pages < 10:
@@ -490,3 +491,17 @@ def test_a_text_search_looks_a_window_at_a_time_and_offers_to_go_on(
         url, pages = html.unescape(older.group(1)) if older else "", pages + 1
     assert found == [needle]
     assert pages >= 2  # it took more than one window to get there
+
+
+def test_a_text_search_reads_on_through_stretches_while_its_time_lasts(
+    world: Any, agents: Any, monkeypatch: Any
+) -> None:
+    from audit import selectors
+
+    needle = record(agents.claims, payload={"note": "needle"})
+    for _ in range(12):
+        record(agents.claims, payload={"note": "hay"})
+    monkeypatch.setattr(selectors, "SEARCH_WINDOW", 3)
+    page = client_for(world.compliance).get("/audit/", {"q": "needle"})
+    assert seqs(page) == [needle]
+    assert 'data-testid="searched-from"' not in page.content.decode()
