@@ -160,30 +160,35 @@ def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) 
 
 
 def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
-    """Cancel the given unfinished runs, their held actions and pending approvals."""
+    """Cancel the given unfinished runs, their held actions and pending approvals: one
+    statement each for all of them (an engage may stop many runs, and every statement it
+    makes holds the switch lock longer), then an audit event per run."""
     from approvals.services import approvals_cancel_for_runs
 
-    count = 0
-    for run in runs.select_related("agent__team").exclude(status__in=Run.FINAL):
-        moved = (
-            Run.objects.filter(pk=run.pk)
-            .exclude(status__in=Run.FINAL)
-            .update(
-                status=Run.Status.CANCELLED,
-                error=reason,
-                finished_at=timezone.now(),
-                lease_token=None,
-                lease_until=None,
-                wait_reason="",
-            )
-        )
-        if not moved:
-            continue
-        count += 1
-        Action.objects.filter(
-            run=run, status__in=[Action.Status.HELD, Action.Status.APPROVED, Action.Status.UNKNOWN]
-        ).update(status=Action.Status.CANCELLED, error=reason)
-        approvals_cancel_for_runs(run_ids=[run.pk], reason=reason, actor=actor)
+    # Locked first, so the set updated is exactly the set audited.
+    locked = list(
+        runs.exclude(status__in=Run.FINAL)
+        .select_for_update(of=("self",))
+        .select_related("agent")
+        .order_by("pk")
+    )
+    if not locked:
+        return 0
+    ids = [run.pk for run in locked]
+    Run.objects.filter(pk__in=ids).update(
+        status=Run.Status.CANCELLED,
+        error=reason,
+        finished_at=timezone.now(),
+        lease_token=None,
+        lease_until=None,
+        wait_reason="",
+    )
+    Action.objects.filter(
+        run_id__in=ids,
+        status__in=[Action.Status.HELD, Action.Status.APPROVED, Action.Status.UNKNOWN],
+    ).update(status=Action.Status.CANCELLED, error=reason)
+    approvals_cancel_for_runs(run_ids=ids, reason=reason, actor=actor)
+    for run in locked:
         audit_record(
             verb=verbs.RUN_CANCELLED,
             actor=actor,
@@ -193,7 +198,7 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
             run=run,
             payload={"reason": reason},
         )
-    return count
+    return len(locked)
 
 
 def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
