@@ -57,9 +57,7 @@ def _visible(user: Any) -> Q:
     scope = audit_scope(user)
     if scope.nothing:
         raise PermissionDenied
-    if scope.everything:
-        return Q()
-    return Q(team_id__in=scope.teams) | Q(agent_id__in=scope.agents)
+    return scope.condition()
 
 
 @require_GET
@@ -163,7 +161,7 @@ def verify(request: HttpRequest) -> HttpResponse:
 
     _allowed(request, "audit.sign_checkpoint", SIGNING_FORBIDDEN)
     transaction.on_commit(verify_task.delay)
-    messages.info(request, "Verification started; the badge shows its outcome when it ends.")
+    messages.info(request, "Verification queued; the badge shows its outcome once a worker has run it.")
     return redirect("audit")
 
 

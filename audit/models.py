@@ -14,9 +14,20 @@ def _body(key: str) -> Any:
     return KeyTextTransform(key, Cast("body", models.JSONField()))
 
 
-def _body_id(key: str) -> Any:
+def _text_from_body(key: str, max_length: int) -> models.GeneratedField:
+    return models.GeneratedField(
+        expression=_body(key),
+        output_field=models.CharField(max_length=max_length),
+        db_persist=True,
+    )
+
+
+def _id_from_body(key: str) -> models.GeneratedField:
     # SQLite's text of a JSON null is 'null', Postgres's is NULL: both become NULL.
-    return Cast(NullIf(_body(key), models.Value("null")), models.BigIntegerField())
+    expression = Cast(NullIf(_body(key), models.Value("null")), models.BigIntegerField())
+    return models.GeneratedField(
+        expression=expression, output_field=models.BigIntegerField(), db_persist=True
+    )
 
 
 class AuditEvent(models.Model):
@@ -39,44 +50,16 @@ class AuditEvent(models.Model):
     hash = models.CharField(max_length=64)
 
     # ISO 8601 UTC with microseconds and a Z, so text order is time order.
-    occurred_at = models.GeneratedField(
-        expression=_body("occurred_at"),
-        output_field=models.CharField(max_length=32),
-        db_persist=True,
-    )
-    actor_type = models.GeneratedField(
-        expression=_body("actor_type"), output_field=models.CharField(max_length=6), db_persist=True
-    )
-    actor_id = models.GeneratedField(
-        expression=_body_id("actor_id"), output_field=models.BigIntegerField(), db_persist=True
-    )
-    actor_label = models.GeneratedField(
-        expression=_body("actor_label"),
-        output_field=models.CharField(max_length=150),
-        db_persist=True,
-    )
-    verb = models.GeneratedField(
-        expression=_body("verb"), output_field=models.CharField(max_length=40), db_persist=True
-    )
-    subject_type = models.GeneratedField(
-        expression=_body("subject_type"),
-        output_field=models.CharField(max_length=40),
-        db_persist=True,
-    )
-    subject_id = models.GeneratedField(
-        expression=_body("subject_id"),
-        output_field=models.CharField(max_length=64),
-        db_persist=True,
-    )
-    agent_id = models.GeneratedField(
-        expression=_body_id("agent_id"), output_field=models.BigIntegerField(), db_persist=True
-    )
-    team_id = models.GeneratedField(
-        expression=_body_id("team_id"), output_field=models.BigIntegerField(), db_persist=True
-    )
-    run_id = models.GeneratedField(
-        expression=_body_id("run_id"), output_field=models.BigIntegerField(), db_persist=True
-    )
+    occurred_at = _text_from_body("occurred_at", 32)
+    actor_type = _text_from_body("actor_type", 6)
+    actor_id = _id_from_body("actor_id")
+    actor_label = _text_from_body("actor_label", 150)
+    verb = _text_from_body("verb", 40)
+    subject_type = _text_from_body("subject_type", 40)
+    subject_id = _text_from_body("subject_id", 64)
+    agent_id = _id_from_body("agent_id")
+    team_id = _id_from_body("team_id")
+    run_id = _id_from_body("run_id")
 
     class Meta:
         ordering = ["-seq"]

@@ -64,6 +64,12 @@ class Scope:
     def nothing(self) -> bool:
         return not (self.everything or self.teams or self.agents)
 
+    def condition(self) -> Q:
+        """What the person may see, as one condition (for someone who sees something)."""
+        if self.everything:
+            return Q()
+        return Q(team_id__in=self.teams) | Q(agent_id__in=self.agents)
+
     def branches(self) -> list[Q]:
         """One condition per grant; their union is what the person may see."""
         return [Q(team_id=t) for t in self.teams] + [Q(agent_id=a) for a in self.agents]
@@ -98,11 +104,9 @@ def can_browse(user: Any) -> bool:
 def events_for_user(user: Any) -> QuerySet[AuditEvent]:
     scope = audit_scope(user)
     events = AuditEvent.objects.order_by("-seq")
-    if scope.everything:
-        return events
     if scope.nothing:
         return events.none()
-    return events.filter(Q(team_id__in=scope.teams) | Q(agent_id__in=scope.agents))
+    return events.filter(scope.condition())
 
 
 def visible_agents(user: Any) -> QuerySet[Agent]:
