@@ -161,7 +161,9 @@ def verify(request: HttpRequest) -> HttpResponse:
 
     _allowed(request, "audit.sign_checkpoint", SIGNING_FORBIDDEN)
     transaction.on_commit(verify_task.delay)
-    messages.info(request, "Verification queued; the badge shows its outcome once a worker has run it.")
+    messages.info(
+        request, "Verification queued; the badge shows its outcome once a worker has run it."
+    )
     return redirect("audit")
 
 
