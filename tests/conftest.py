@@ -4,6 +4,7 @@ Chromium. If a service is missing the run stops with how to start it — never a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,6 +176,12 @@ class Worker:
                 break
             time.sleep(0.1)
         raise RuntimeError(f"the Celery worker did not start:\n{self.log.read_text()[-3000:]}")
+
+    def finished(self, task: str) -> int:
+        """How many `task` deliveries this worker has finished (succeeded or failed): the
+        observable event a negative check waits for instead of sleeping."""
+        text = self.log.read_text(errors="replace")
+        return len(re.findall(rf"Task {re.escape(task)}\[[^\]]+\] (?:succeeded|raised)", text))
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, no ack, no goodbye."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,8 @@ from approvals.services import approval_decide
 from audit.models import AuditEvent
 from tests.conftest import ALLOW_ALL_TESTS, wait_for
 from tests.support.agents import executions
+
+RUN_TASK = "agents.run_execute"
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -75,9 +76,11 @@ def test_the_same_run_delivered_several_times_has_no_duplicate_side_effect(
     for _ in range(3):
         run_execute.delay(run.pk)
     wait_for(lambda: finished(run), message="the run to finish")
+    # Every delivery so far (the first enqueue and the three copies) has ended…
+    wait_for(lambda: worker.finished(RUN_TASK) >= 4, message="the copies to be handled")
     for _ in range(2):
         run_execute.delay(run.pk)  # late duplicates of a finished run
-    time.sleep(1)
+    wait_for(lambda: worker.finished(RUN_TASK) >= 6, message="the late copies to be handled")
     assert run.status == Run.Status.SUCCEEDED
     assert executions("dup") == 5
     assert run.actions.count() == 5
@@ -88,7 +91,7 @@ def test_the_same_run_delivered_several_times_has_no_duplicate_side_effect(
 def test_no_action_is_admitted_after_a_halt_commits(
     make_agent: Any, start_worker: Any, world: Any
 ) -> None:
-    start_worker(BATON_RUN_LEASE_SECONDS="30")
+    busy = start_worker(BATON_RUN_LEASE_SECONDS="30")
     runs = []
     for i in range(4):
         agent = make_agent(f"busy-{i}", "tests.support.agents.slow_counter", ALLOW_ALL_TESTS)
@@ -101,7 +104,8 @@ def test_no_action_is_admitted_after_a_halt_commits(
         scope="team", team=world.claims, mode="halt", reason="runaway agents", user=world.supervisor
     )
     admitted = set(Action.objects.values_list("pk", flat=True))
-    time.sleep(1.5)
+    # Each run's task has seen the halt and ended: nothing can be admitted after this.
+    wait_for(lambda: busy.finished(RUN_TASK) >= len(runs), message="the runs' tasks to end")
 
     assert set(Action.objects.values_list("pk", flat=True)) == admitted, (
         "an action was admitted after the halt committed"
@@ -124,7 +128,7 @@ def test_pause_then_release_resumes_runs_where_they_stopped(
     )
     wait_for(lambda: status(run) == Run.Status.WAITING, message="the run to park")
     frozen = executions("pr")
-    time.sleep(0.5)
+    wait_for(lambda: worker.finished(RUN_TASK) >= 1, message="the paused run's task to end")
     assert executions("pr") == frozen < 40
     killswitch_release(switch=switch, user=world.supervisor, reason="all clear")
     wait_for(lambda: finished(run), message="the resumed run to finish")

@@ -327,8 +327,8 @@ def test_the_task_never_sends_unsigned_when_the_secret_is_empty(
     settings.BATON_WEBHOOK_SECRET = ""
     receiver = make_receiver(200)
     with caplog.at_level(logging.ERROR, logger="approvals.tasks"):
+        # The task has returned: had it sent anything, the receiver would hold it by now.
         assert deliver(receiver.url, BODY).get() is False
-    time.sleep(0.2)
     assert receiver.requests == []
     assert "BATON_WEBHOOK_SECRET" in caplog.text
 
@@ -659,5 +659,9 @@ def test_a_committed_request_reaches_the_receiver_signed_through_a_worker_after_
         assert received.headers["Content-Type"] == "application/json"
         assert signed_by_us(received), worker.log.read_text()[-3000:]
     assert second.at - first.at >= 4.5, "the retry waited for its 5 s countdown"
-    time.sleep(1)
+    # The delivery that got its 200 has ended; no retry can follow a finished delivery.
+    wait_for(
+        lambda: worker.finished("approvals.webhook_deliver") >= 1,
+        message="the delivery task to end",
+    )
     assert len(receiver.requests) == 2, "a delivered event is not sent again"
