@@ -4,6 +4,7 @@ from the documentation alone checks the chain and both export layouts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -273,3 +274,31 @@ def test_javascript_and_python_canonicalise_awkward_values_alike(tmp_path: Path)
         if canonical_json(value).decode() != js or offline.jcs(value) != js
     ]
     assert not disagree
+
+
+def test_an_export_of_format_1_still_verifies_in_both_verifiers(
+    trail: list[int], tmp_path: Path
+) -> None:
+    """A CSV export as written before format 2 (export format /1: no `format` column, only
+    format 1 events), sealed as it was then: auditors keep such files."""
+    from audit.chain import export_seal_message
+
+    old_events = Q(seq__in=[trail[0], trail[3]])
+    rows = export("csv", old_events).decode().split("\n")[:-2]  # no seal, no final \n
+    assert len(rows) > 10  # one row per event, the header, the export's and a checkpoint
+    rows = [row.rsplit(",", 1)[0] for row in rows]  # the format column is the last
+    rows = [row.replace("baton-audit-export/2", "baton-audit-export/1") for row in rows]
+    assert rows[0].endswith(",signature")
+    body = "\n".join(rows) + "\n"
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    private = signing_key()
+    assert private is not None
+    signature = private.sign(export_seal_message(digest)).hex()
+    seal = f"seal,,,{digest}" + "," * 14 + f"{key_id(private.public_key())},{signature}\n"
+    (tmp_path / "old.csv").write_text(body + seal)
+    report = offline.verify((tmp_path / "old.csv").read_bytes(), python_keys())
+    assert report.ok, report.problems
+    assert report.events == 2
+    done = node(str(tmp_path / "old.csv"), "--public-key", str(public_key_file(tmp_path)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 events shown" in done.stdout
