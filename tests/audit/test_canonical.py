@@ -303,3 +303,27 @@ def test_an_export_of_format_1_still_verifies_in_both_verifiers(
     done = node(str(tmp_path / "old.csv"), "--public-key", str(public_key_file(tmp_path)))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 events shown" in done.stdout
+
+
+def test_the_console_hands_out_the_javascript_verifier_and_the_format(
+    trail: list[int], world: Any, tmp_path: Path
+) -> None:
+    from django.test import Client
+
+    assert Client().get("/audit/verifier.js").status_code == 302  # to the login page
+    client = Client()
+    client.force_login(world.compliance)
+    doc = client.get("/audit/format.md")
+    assert doc.status_code == 200 and b"RFC 8785" in doc.content
+    (tmp_path / "verify.js").write_bytes(client.get("/audit/verifier.js").content)
+    (tmp_path / "key.pem").write_bytes(client.get("/audit/public-key.pem").content)
+    (tmp_path / "export.jsonl").write_bytes(export("jsonl"))
+    done = subprocess.run(
+        [NODE, "verify.js", "export.jsonl", "--public-key", "key.pem"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("OK:")
