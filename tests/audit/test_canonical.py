@@ -178,6 +178,21 @@ def test_what_the_canonical_form_cannot_hold_is_refused_and_nothing_is_written(
     assert (AuditEvent.objects.count(), ChainHead.objects.filter(pk=1).first()) == before
 
 
+def test_a_cycle_or_nesting_too_deep_to_walk_is_refused_the_same_way(world: Any) -> None:
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    before = AuditEvent.objects.count()
+    for payload in ({"deep": deep}, cycle):
+        with pytest.raises(CanonicalFormError, match="cannot hold this value"):
+            record(payload)
+    with pytest.raises(CanonicalFormError, match="too deep"):
+        canonical_json(deep)
+    assert AuditEvent.objects.count() == before
+
+
 def test_events_of_both_formats_verify_in_the_database(trail: list[int]) -> None:
     bodies = {seq: AuditEvent.objects.get(seq=seq).body for seq in trail}
     assert '"amount":1354.0' in bodies[trail[0]] and '"format"' not in bodies[trail[0]]
