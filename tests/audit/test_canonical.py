@@ -342,3 +342,28 @@ def test_the_console_hands_out_the_javascript_verifier_and_the_format(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("OK:")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_event_claiming_format_2_in_another_form_is_named(
+    trail: list[int], fmt: str, tmp_path: Path
+) -> None:
+    """Bytes that hash right but are not the RFC 8785 form they claim (a writer that got
+    the form wrong, as Python's json does for 1354.0) are caught by both verifiers."""
+    content = event_content(
+        verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id="x", payload={}
+    )
+    content["payload"] = {"amount": 1354.0}
+    body = canonical_content_v1(content).replace(b'"occurred_at"', b'"format":2,"occurred_at"')
+    with transaction.atomic():
+        head = ChainHead.objects.select_for_update().get(pk=1)
+        seq, digest = head.seq + 1, chain_hash(head.hash, head.seq + 1, body)
+        AuditEvent.objects.create(seq=seq, body=body.decode(), prev_hash=head.hash, hash=digest)
+        ChainHead.objects.filter(pk=1).update(seq=seq, hash=digest)
+    data = export(fmt)
+    (tmp_path / "export").write_bytes(data)
+    done = node(str(tmp_path / "export"), "--public-key", str(public_key_file(tmp_path)))
+    assert done.returncode == 1
+    assert f"#{seq} is not a canonical event" in done.stdout, done.stdout
+    report = offline.verify(data, python_keys())
+    assert not report.ok and any(f"#{seq} " in p for p in report.problems)
