@@ -67,6 +67,13 @@ def canonical_json(value: Any) -> bytes:
     when a double holds it exactly (so reading canonical bytes back and writing them again
     gives the same bytes) and refused otherwise."""
     try:
+        if _same_in_json(value):
+            # Python's C encoder writes these exactly as RFC 8785 does, six times faster
+            # than the package (the gateway writes two events a step); tests hold the two
+            # equal on random values.
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            if not _ASTRAL_OR_SURROGATE.search(text):
+                return text.encode("utf-8")
         return rfc8785.dumps(value)
     except rfc8785.IntegerDomainError:
         try:
@@ -77,6 +84,30 @@ def canonical_json(value: Any) -> bytes:
         raise CanonicalFormError(f"the audit trail cannot hold this value: {exc}") from exc
     except RecursionError as exc:
         raise CanonicalFormError("the audit trail cannot hold this value: too deep") from exc
+
+
+_SAFE_INT = 2**53 - 1
+# Keys sort alike by code point (json) and by UTF-16 code unit (RFC 8785) unless one holds
+# a character beyond U+FFFF; a lone surrogate is for the package to refuse.
+_ASTRAL_OR_SURROGATE = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")
+
+
+def _same_in_json(value: Any) -> bool:
+    """Whether Python's json writes this value's scalars as RFC 8785 does: strings, null,
+    booleans, integers a double holds, and floats that both write in plain decimals with
+    the same shortest digits (1e-4 <= |x| < 1e16) and that Python does not end in ".0"."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_SAFE_INT <= value <= _SAFE_INT
+    if kind is float:
+        return 1e-4 <= abs(value) < 1e16 and not value.is_integer()
+    if kind is dict:
+        return all(type(k) is str and _same_in_json(v) for k, v in value.items())
+    if kind is list:
+        return all(_same_in_json(v) for v in value)
+    return False
 
 
 def _exact_doubles(value: Any) -> Any:

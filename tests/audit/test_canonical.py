@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from django.db import transaction
 from django.db.models import Q
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.runtime import execute_run
 from agents.services import run_start
@@ -367,3 +370,24 @@ def test_an_event_claiming_format_2_in_another_form_is_named(
     assert f"#{seq} is not a canonical event" in done.stdout, done.stdout
     report = offline.verify(data, python_keys())
     assert not report.ok and any(f"#{seq} " in p for p in report.problems)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([1354.0, 1e-4, 9.999e-5, 1e16, 9999999999999998.0, 0.5, -0.0, 1e21])
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400)
+@given(value=json_values)
+def test_the_canonical_form_is_the_rfc_8785_package_s_on_any_value(value: Any) -> None:
+    """canonical_json writes with Python's C encoder where that gives the same bytes: it
+    must never differ from the package (nor from the offline verifier's own JCS)."""
+    assert canonical_json(value) == rfc8785.dumps(value)
+    assert canonical_json(value).decode() == offline.jcs(value)
