@@ -68,9 +68,9 @@ def canonical_json(value: Any) -> bytes:
     gives the same bytes) and refused otherwise."""
     try:
         if _same_in_json(value):
-            # Python's C encoder writes these exactly as RFC 8785 does, six times faster
-            # than the package (the gateway writes two events a step); tests hold the two
-            # equal on random values.
+            # Python's C encoder writes these exactly as RFC 8785 does, in about a quarter
+            # of the package's time (the gateway writes two events a step); a property
+            # test holds the two equal.
             text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
             if not _ASTRAL_OR_SURROGATE.search(text):
                 return text.encode("utf-8")
@@ -78,7 +78,7 @@ def canonical_json(value: Any) -> bytes:
     except rfc8785.IntegerDomainError:
         try:
             return rfc8785.dumps(_exact_doubles(value))
-        except rfc8785.CanonicalizationError as exc:
+        except (rfc8785.CanonicalizationError, RecursionError) as exc:
             raise CanonicalFormError(f"the audit trail cannot hold this value: {exc}") from exc
     except rfc8785.CanonicalizationError as exc:
         raise CanonicalFormError(f"the audit trail cannot hold this value: {exc}") from exc
@@ -114,7 +114,7 @@ def _exact_doubles(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
-        if abs(value) > 2**53 - 1:
+        if abs(value) > _SAFE_INT:
             try:
                 double = float(value)
             except OverflowError:
