@@ -13,7 +13,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 CHROMIUM          ?= /usr/bin/chromium
 
-.PHONY: run test lint typecheck install bench chromium clean
+.PHONY: run test lint typecheck install bench chromium nodejs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,12 +38,18 @@ chromium:
 	  echo "Installing Chromium from Debian for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The audit tests run the JavaScript verifier of exports (audit/verify.js) with Node.
+nodejs:
+	@command -v node >/dev/null || { \
+	  echo "Installing Node.js from Debian for the audit verifier's tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; }
+
 # The suite's and the benchmarks' services, with a throwaway key (plain HTTP on this machine).
 SERVICES = DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 	BATON_HTTPS=false SECRET_KEY=$$(head -c 32 /dev/urandom | base64)
 
-test: install lint chromium
+test: install lint chromium nodejs
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,tests.support.agents BATON_CHROMIUM=$(CHROMIUM) \
 	EMAIL_BACKEND=django.core.mail.backends.locmem.EmailBackend \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

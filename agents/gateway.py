@@ -37,14 +37,14 @@ from agents.models import Action, Run
 from agents.policy import Policy, Verdict, policy_for_version
 from agents.registry import Tool, ToolCall, UnknownTool, get_tool
 from audit import verbs
-from audit.chain import canonical_json
+from audit.chain import canonical_json_v1
 from audit.services import Actor, audit_append, audit_record
 
 S = Action.Status
 
 
 def args_hash(args: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(args)).hexdigest()
+    return hashlib.sha256(canonical_json_v1(args)).hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

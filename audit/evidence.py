@@ -35,6 +35,9 @@ BAD_FORMAT = "Export as jsonl or csv."
 EXPORT_FORBIDDEN = "Exporting audit evidence needs the export permission."
 SIGNING_FORBIDDEN = "Signing checkpoints and starting verification needs its own permission."
 VERIFIER = Path(__file__).with_name("offline.py")
+# The same check in JavaScript, and the format both were written from (for a third party's).
+VERIFIER_JS = Path(__file__).with_name("verify.js")
+FORMAT_DOC = Path(__file__).with_name("FORMAT.md")
 
 
 def integrity() -> dict[str, Any]:
@@ -140,6 +143,20 @@ def verifier(request: HttpRequest) -> HttpResponse:
     response = HttpResponse(VERIFIER.read_bytes(), content_type="text/x-python; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="baton_verify_export.py"'
     return response
+
+
+@require_GET
+@login_required
+def verifier_js(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse(VERIFIER_JS.read_bytes(), content_type="text/javascript; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="baton_verify_export.js"'
+    return response
+
+
+@require_GET
+@login_required
+def format_doc(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(FORMAT_DOC.read_bytes(), content_type="text/markdown; charset=utf-8")
 
 
 @require_POST

@@ -1,5 +1,6 @@
 """Evidence export: the events a filter selects, in JSON Lines or CSV, streamed, with what
-an auditor needs to check them with nothing but the public key (audit/offline.py).
+an auditor needs to check them with nothing but the public key (audit/offline.py,
+audit/verify.js). audit/FORMAT.md describes both layouts for a verifier's author.
 
 An export covers one stretch of the chain, from a signed checkpoint (or the genesis) to a
 later signed checkpoint. Inside it every event is either given in full (the filter
@@ -8,13 +9,16 @@ without showing it. The export ends with a seal: the SHA-256 of everything befor
 signed, so a changed byte anywhere is caught, not only in the events.
 
 JSON Lines, one object per line, in this order:
-    {"type":"export", "format":"baton-audit-export/1", "generated_at", "by", "filter",
+    {"type":"export", "format":"baton-audit-export/2", "generated_at", "by", "filter",
      "from_seq", "to_seq", "anchor":{"seq","hash"}}
     {"type":"checkpoint", "seq","hash","signed_at","key_id","signature"}   (0 or more)
-    {"type":"event", "seq","prev_hash","hash","event":{...canonical content...}}
+    {"type":"event", "seq","prev_hash","hash","event":<the canonical body, verbatim>}
     {"type":"link", "seq","digest"}
     {"type":"seal", "sha256","key_id","signature"}
-CSV: the same records, one per row, under the header CSV_COLUMNS.
+An event line ends with its stored body and "}": a verifier can hash those bytes as they
+are, whatever the event's format.
+CSV: the same records, one per row, under the header CSV_COLUMNS. Export format 2 added
+the last column, `format` (the event's canonical form; empty for format 1).
 """
 
 from __future__ import annotations
@@ -31,11 +35,18 @@ from typing import Any
 from django.db import connection
 from django.db.models import BooleanField, ExpressionWrapper, Q
 
-from audit.chain import CONTENT_FIELDS, GENESIS, canonical_json, export_seal_message
+from audit.chain import (
+    CONTENT_FIELDS,
+    FORMAT_FIELD,
+    GENESIS,
+    body_format,
+    canonical_json,
+    export_seal_message,
+)
 from audit.models import AuditEvent, ChainHead, Checkpoint
 from audit.signing import key_id, signing_key
 
-FORMAT = "baton-audit-export/1"
+FORMAT = "baton-audit-export/2"
 CHUNK_ROWS = 2000
 CSV_COLUMNS = (
     "record",
@@ -47,6 +58,7 @@ CSV_COLUMNS = (
     "signed_at",
     "key_id",
     "signature",
+    FORMAT_FIELD,  # since export format 2; empty for events of format 1
 )
 
 
@@ -228,7 +240,9 @@ def csv_chunks(
     batch: list[str] = []
     for seq, prev_hash, hash_, body, matched_row, *columns in _rows(plan, matched, columns=True):
         if matched_row:
-            batch.append(_csv_event(seq, prev_hash, hash_, columns, payload_text(body)))
+            batch.append(
+                _csv_event(seq, prev_hash, hash_, columns, payload_text(body), body_format(body))
+            )
         else:
             digest = hashlib.sha256(body.encode()).hexdigest()
             batch.append(f"link,{seq},,,{digest}{LINK_TAIL}")
@@ -253,7 +267,7 @@ def csv_chunks(
     yield buffer.getvalue().encode()
 
 
-LINK_TAIL = "," * 14 + "\n"
+LINK_TAIL = "," * 15 + "\n"
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]').search
 
 
@@ -264,7 +278,9 @@ def _field(text: str) -> str:
     return text
 
 
-def _csv_event(seq: int, prev_hash: str, hash_: str, columns: list[Any], payload: str) -> str:
+def _csv_event(
+    seq: int, prev_hash: str, hash_: str, columns: list[Any], payload: str, fmt: int
+) -> str:
     # Written by hand: csv.writer was half of an export's time. Which columns can hold
     # commas or quotes is known (labels and ids given by people; the payload always).
     when, actor_type, actor_id, label, verb, subject_type, subject_id, agent, team, run = columns
@@ -273,5 +289,5 @@ def _csv_event(seq: int, prev_hash: str, hash_: str, columns: list[Any], payload
         f"event,{seq},{prev_hash},{hash_},,{when},{actor_type},"
         f"{'' if actor_id is None else actor_id},{_field(label)},{_field(verb)},"
         f"{_field(subject_type)},{_field(subject_id)},{ids},"
-        f'"{payload.replace(chr(34), chr(34) * 2)}",,,\n'
+        f'"{payload.replace(chr(34), chr(34) * 2)}",,,,{fmt if fmt != 1 else ""}\n'
     )

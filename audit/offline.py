@@ -3,11 +3,15 @@
 
     python offline.py EXPORT(.jsonl|.csv) --public-key baton-audit-public-key.pem
 
-It restates the documented canonical form on purpose instead of importing Baton's, so a
-fault in the writer cannot hide itself in the verifier:
+It restates the documented canonical form (audit/FORMAT.md) on purpose instead of
+importing Baton's, so a fault in the writer cannot hide itself in the verifier:
 
-    canonical(event) = UTF-8 JSON of the event object, keys sorted at every level, no
-        whitespace, non-ASCII characters as themselves, no NaN or infinities.
+    canonical(event), by the event's "format" field:
+      2: RFC 8785, the JSON Canonicalization Scheme (numbers as JavaScript writes
+         doubles, keys sorted by UTF-16 code units, no whitespace);
+      1 (no "format" field; events written before format 2): UTF-8 JSON, keys sorted by
+         code point at every level, no whitespace, non-ASCII characters as themselves,
+         numbers as Python's json writes them, no NaN or infinities.
     digest = SHA-256 hex of canonical(event)
     hash   = SHA-256 hex of  prev_hash + "\\n" + seq + "\\n" + digest   (genesis: 64 zeros)
     checkpoint signature: Ed25519 over "baton-checkpoint/1\\n" + seq + "\\n" + hash + "\\n"
@@ -15,6 +19,7 @@ fault in the writer cannot hide itself in the verifier:
     seal signature: Ed25519 over "baton-export/1\\n" + SHA-256 hex of every byte of the
         export before the seal record + "\\n"
 
+Exports of format baton-audit-export/1 and /2 are read (/2 added the CSV column `format`).
 Exit status 0 when the export is intact and covered by a signed checkpoint, 1 otherwise,
 with the first bad sequence number (or line) named.
 """
@@ -25,6 +30,7 @@ import argparse
 import csv
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 ZERO = "0" * 64
+EXPORT_FORMATS = ("baton-audit-export/1", "baton-audit-export/2")
 EVENT_FIELDS = (
     "occurred_at",
     "actor_type",
@@ -79,9 +86,90 @@ def _sha(text: str | bytes) -> str:
 
 
 def canonical(event: dict[str, Any]) -> bytes:
-    return json.dumps(
-        event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    fmt = event.get("format")
+    if fmt is None:
+        return json.dumps(
+            event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
+    if fmt == 2 and type(fmt) is int:
+        return jcs(event).encode("utf-8")
+    raise ValueError(f"unknown event format {fmt!r}")
+
+
+# --- RFC 8785 ---------------------------------------------------------------------------
+
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
+_TO_ESCAPE = re.compile(r'["\\\x00-\x1f]')
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or f"\\u{ord(char):04x}"
+
+
+def _jcs_string(text: str) -> str:
+    if _SURROGATE.search(text):
+        raise ValueError("a string holds a lone surrogate")
+    return '"' + _TO_ESCAPE.sub(_escape, text) + '"'
+
+
+def _jcs_number(number: int | float) -> str:
+    """ECMAScript's Number::toString of the double (RFC 8785 section 3.2.2.3)."""
+    try:
+        value = float(number)
+    except OverflowError:
+        raise ValueError(f"{number} is beyond the range of a double") from None
+    if value != number or value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{number} is not a finite double")
+    if value == 0:
+        return "0"
+    if value < 0:
+        return "-" + _jcs_number(-value)
+    mantissa, _, exponent = repr(value).partition("e")  # repr: the shortest digits
+    whole, _, fraction = mantissa.partition(".")
+    digits, point = whole + fraction, len(whole) + int(exponent or 0)
+    while digits.startswith("0"):
+        digits, point = digits[1:], point - 1
+    digits = digits.rstrip("0")
+    k, n = len(digits), point
+    if k <= n <= 21:
+        return digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return "0." + "0" * -n + digits
+    e = n - 1
+    sign = "+" if e >= 0 else "-"
+    head = digits if k == 1 else digits[0] + "." + digits[1:]
+    return f"{head}e{sign}{abs(e)}"
+
+
+def jcs(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int | float):
+        return _jcs_number(value)
+    if isinstance(value, str):
+        return _jcs_string(value)
+    if isinstance(value, list):
+        return "[" + ",".join(jcs(item) for item in value) + "]"
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda key: key.encode("utf-16-be", "surrogatepass"))
+        return "{" + ",".join(_jcs_string(k) + ":" + jcs(value[k]) for k in keys) + "}"
+    raise ValueError(f"{type(value).__name__} is not JSON")
 
 
 def key_id_of(key: Ed25519PublicKey) -> str:
@@ -139,7 +227,7 @@ def _csv_record(row: dict[str, str]) -> dict[str, Any]:
             "signature": row["signature"],
         }
     if kind == "event":
-        event = {
+        event: dict[str, Any] = {
             "occurred_at": row["occurred_at"],
             "actor_type": row["actor_type"],
             "actor_id": _int(row["actor_id"]),
@@ -152,6 +240,8 @@ def _csv_record(row: dict[str, str]) -> dict[str, Any]:
             "run_id": _int(row["run_id"]),
             "payload": json.loads(row["payload"]),
         }
+        if row.get("format"):  # export format 2: the event's canonical form
+            event["format"] = int(row["format"])
         return {
             "type": "event",
             "seq": int(row["seq"]),
@@ -247,6 +337,9 @@ def _verify_chain(
     if header.get("type") != "export":
         report.bad("the export has no header")
         return
+    if header.get("format") not in EXPORT_FORMATS:
+        report.bad(f"unknown export format {header.get('format')!r}")
+        return
     anchor_seq, running = int(header["anchor"]["seq"]), header["anchor"]["hash"]
     report.from_seq, report.to_seq = anchor_seq + 1, int(header["to_seq"])
     signed: dict[int, str] = {}
@@ -280,7 +373,12 @@ def _verify_chain(
             if record["prev_hash"] != running:
                 report.bad(f"#{seq} does not link to the event before it")
                 return
-            running = _sha(f"{running}\n{seq}\n{_sha(canonical(record['event']))}")
+            try:
+                body = canonical(record["event"])
+            except ValueError as exc:
+                report.bad(f"#{seq} is not in a canonical form: {exc}")
+                return
+            running = _sha(f"{running}\n{seq}\n{_sha(body)}")
             if running != record["hash"]:
                 report.bad(f"#{seq} does not match its hash: its content was changed")
                 return

@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import verbs
-from audit.chain import GENESIS, canonical_content, chain_hash
+from audit.chain import GENESIS, CanonicalFormError, canonical_content, chain_hash
 from audit.models import AuditEvent, ChainHead
 from console.live import ring_on_commit
 
@@ -38,7 +38,10 @@ SYSTEM = Actor(AuditEvent.ActorType.SYSTEM, None, "baton")
 def _plain(payload: dict[str, Any]) -> dict[str, Any]:
     # The stored payload must hash the same when read back, so it is normalised through
     # JSON once here (Decimals and dates become strings, tuples lists).
-    return json.loads(json.dumps(payload, default=str))
+    try:
+        return json.loads(json.dumps(payload, default=str))
+    except (ValueError, RecursionError) as exc:  # a cycle, or nesting Python cannot walk
+        raise CanonicalFormError(f"the audit trail cannot hold this value: {exc}") from exc
 
 
 def event_content(

@@ -1,6 +1,8 @@
 """Audit trail benchmark (DESIGN sections 7 and 11): ten million events, loaded with COPY
-(bodies built as canonical JSON here, hashes chained here, a checkpoint signed every tenth
-of the trail with the real `checkpoint_sign`), then the three audit budgets:
+(bodies built here in the canonical form of format 1, which Python's C JSON encoder writes
+ten times faster than RFC 8785 and every verifier reads alike; hashes chained here, a
+checkpoint signed every tenth of the trail with the real `checkpoint_sign`), then the three
+audit budgets:
 
 - a filtered page (the real AuditFilter form and `audit_page`, a compliance officer), first
   page and page 10,000 (or the filter's last page): p95 <= 20 ms, deep <= 1.5x first;
@@ -488,7 +490,7 @@ def load(url: str, agents: list[AgentRef]) -> Loaded:
     import psycopg
     from django.db import close_old_connections
 
-    from audit.chain import canonical_content, canonical_json, chain_hash
+    from audit.chain import canonical_content_v1, canonical_json_v1, chain_hash
     from audit.signing import checkpoint_sign
 
     con = psycopg.connect(url, autocommit=True)
@@ -555,9 +557,10 @@ def load(url: str, agents: list[AgentRef]) -> Loaded:
                     )
                     raw = body.encode()
                     link = sha256(f"{prev}\n{seq}\n{sha256(raw).hexdigest()}".encode()).hexdigest()
-                    if seq % 9973 == 1:  # the hand-built bodies are the canonical form
-                        assert canonical_json(json.loads(body)) == raw, body
-                        assert chain_hash(prev, seq, canonical_content(json.loads(body))) == link
+                    if seq % 9973 == 1:  # the hand-built bodies are the canonical form (1)
+                        assert canonical_json_v1(json.loads(body)) == raw, body
+                        content = json.loads(body)
+                        assert chain_hash(prev, seq, canonical_content_v1(content)) == link
                     verbs[verb] += 1
                     if "\\" in body:  # COPY's text format escapes the backslash
                         body = body.replace("\\", "\\\\")

@@ -10,7 +10,8 @@ from django.db import migrations, models
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, NullIf
 
-from audit.chain import GENESIS, canonical_content, chain_hash
+# Format 1: the canonical form of the time; events written since are format 2 (audit.chain).
+from audit.chain import GENESIS, canonical_content_v1, chain_hash
 
 OLD_COLUMNS = (
     "occurred_at",
@@ -53,7 +54,7 @@ def rehash(apps, schema_editor):
     seq = 0
     for event in event_model.objects.order_by("seq").iterator(chunk_size=2000):
         seq = event.seq
-        body = canonical_content({name: getattr(event, name) for name in OLD_COLUMNS})
+        body = canonical_content_v1({name: getattr(event, name) for name in OLD_COLUMNS})
         event.body = body.decode("utf-8")
         event.prev_hash = prev
         event.hash = chain_hash(prev, seq, body)
