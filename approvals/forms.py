@@ -66,6 +66,6 @@ def _typed(raw: str, kind: Any) -> Any:
             return {"true": True, "false": False}.get(raw.lower(), raw)
         if kind in ("object", "array"):
             return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep to parse: the checks name it as text
         return raw
     return raw

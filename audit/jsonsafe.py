@@ -104,16 +104,23 @@ def _key(key: Any, where: str) -> str:
 # --- showing stored values -------------------------------------------------------------
 
 SHOW_DEPTH = 6
-SHOW_ITEMS = 50
+SHOW_ITEMS = 200
+SHOW_VALUES = 2_000
 SHOW_TEXT = 500
 MORE = "…"
 
 
-def shown(value: Any, depth: int = 0) -> Any:
+def shown(value: Any) -> Any:
     """What a page shows of a stored value: at most SHOW_DEPTH levels, SHOW_ITEMS items per
-    object or array and SHOW_TEXT characters per text, cuts marked with "…". The trail
-    may hold values written before the boundaries refused them; pages show those bounded
-    instead of failing on them (the stored bytes stay as they are, and verify)."""
+    object or array, SHOW_VALUES values in all and SHOW_TEXT characters per text, cuts
+    marked with "…". The trail may hold values written before the boundaries refused them;
+    pages show those bounded instead of failing on them (the stored bytes stay as they
+    are, and verify)."""
+    return _shown(value, 0, [SHOW_VALUES])
+
+
+def _shown(value: Any, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
     if isinstance(value, str):
         return value if len(value) <= SHOW_TEXT else value[:SHOW_TEXT] + MORE
     if isinstance(value, bool) or value is None or isinstance(value, float):
@@ -128,12 +135,16 @@ def shown(value: Any, depth: int = 0) -> Any:
         if depth >= SHOW_DEPTH:
             return MORE
         items = value.items() if isinstance(value, dict) else enumerate(value)
-        kept = [(k, shown(v, depth + 1)) for k, v in islice(items, SHOW_ITEMS)]
+        kept = []
+        for key, item in islice(items, SHOW_ITEMS):
+            if budget[0] <= 0:
+                break
+            kept.append((key, _shown(item, depth + 1, budget)))
         more = len(value) - len(kept)
         if isinstance(value, dict):
-            result = {shown(str(k)): v for k, v in kept}
+            result = {_shown(str(k), depth, budget): v for k, v in kept}
             if more:
                 result[MORE] = f"{more} more"
             return result
         return [v for _, v in kept] + ([f"{MORE} {more} more"] if more else [])
-    return shown(str(value), depth)
+    return _shown(str(value), depth, budget)

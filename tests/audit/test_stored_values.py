@@ -4,6 +4,7 @@ refused it, is shown bounded, never as a 500 that would last forever."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from django.test import Client
 from agents.models import Action, Run
 from agents.services import run_start
 from audit import verbs
-from audit.jsonsafe import SHOW_DEPTH, SHOW_TEXT
+from audit.jsonsafe import SHOW_DEPTH, SHOW_TEXT, shown
 from audit.models import AuditEvent
 from audit.services import Actor, audit_append, event_content
 from audit.views import BODY_CUT
@@ -127,3 +128,10 @@ def test_a_stored_text_too_long_to_show_is_cut_and_the_page_says_where_it_is_who
     page = client_for(world.compliance).get(f"/audit/events/{seq}/").content.decode()
     assert "x" * SHOW_TEXT + "…" in page
     assert BODY_CUT in page
+
+
+def test_what_a_page_shows_of_a_wide_and_deep_value_is_bounded_in_all() -> None:
+    row = list(range(200))
+    for _ in range(5):
+        row = [row] * 200  # 200**6 values, shared so the test itself stays small
+    assert len(json.dumps(shown(row))) < 100_000
