@@ -115,7 +115,7 @@ def _body(request: HttpRequest) -> dict[str, Any]:
         raise ApiError(413, Code.BODY_TOO_LARGE, BODY_TOO_LARGE)
     if not raw:
         return {}
-    if request.content_type != "application/json":
+    if (request.content_type or "").lower() != "application/json":
         raise ApiError(415, Code.UNSUPPORTED_MEDIA_TYPE, BAD_CONTENT_TYPE)
     try:
         body = json.loads(raw)

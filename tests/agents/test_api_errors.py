@@ -212,10 +212,13 @@ def test_an_empty_body_needs_no_content_type(key: str) -> None:
     assert call(key, "POST", RUNS, b"", content_type="").status_code == 201
 
 
-def test_a_content_type_with_a_charset_is_json(key: str) -> None:
-    response = call(
-        key, "POST", RUNS, '{"input": {}}', content_type="application/json; charset=utf-8"
-    )
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON"], ids=str
+)
+def test_a_json_content_type_is_taken_with_parameters_and_in_any_case(
+    key: str, content_type: str
+) -> None:
+    response = call(key, "POST", RUNS, '{"input": {}}', content_type=content_type)
     assert response.status_code == 201
 
 
