@@ -38,7 +38,7 @@ from agents.policy import Policy, Verdict, policy_for_version
 from agents.registry import Tool, ToolCall, UnknownTool, get_tool
 from audit import verbs
 from audit.chain import canonical_json
-from audit.jsonsafe import plain_json
+from audit.jsonsafe import plain_json, scrubbed
 from audit.services import Actor, audit_append, audit_record
 
 S = Action.Status
@@ -301,7 +301,7 @@ class Context:
         try:
             result = _jsonable(tool.fn(call))
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = scrubbed(f"{type(exc).__name__}: {exc}")
             self._finish(action, S.FAILED, verbs.ACTION_FAILED, error=error)
             raise ToolFailed(tool.name, error) from exc
         self._finish(action, S.SUCCEEDED, verbs.ACTION_SUCCEEDED, result=result)

@@ -55,6 +55,12 @@ def check_text(text: str, where: str, max_length: int | None = None) -> str:
     return text
 
 
+def scrubbed(text: str) -> str:
+    """Text an agent's own code produced (an exception's message), made storable rather
+    than refused: a NUL and lone surrogates are written as their escapes."""
+    return text.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode()
+
+
 def plain_json(value: Any, where: str = "value") -> Any:
     """`value` as plain JSON the trail can store (tuples become lists, other values text),
     or Unstorable naming the first problem, such as `input.items[3].price`."""

@@ -6,6 +6,7 @@ edits, kill-switch reasons, and the trail itself as the last line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Any
@@ -16,7 +17,7 @@ from django.test import Client
 
 from agents.errors import ActionError
 from agents.models import Action, Agent, KillSwitch, Run
-from agents.registry import program
+from agents.registry import ToolCall, program, tool
 from agents.remote import apikey_create
 from agents.runtime import execute_run
 from agents.services import (
@@ -256,3 +257,30 @@ def asks_for_nan(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
     except ActionError as refused:
         return {"refused": refused.reason}
     return {"refused": ""}
+
+
+@tool("test.fails_with_nul", schema={"type": "object"})
+def fails_with_nul(call: ToolCall) -> dict[str, Any]:
+    raise RuntimeError("upstream said \x00 and \ud800")
+
+
+@program
+def fails_twice_with_nul(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
+    with contextlib.suppress(ActionError):
+        ctx.tool("test.fails_with_nul")
+    raise ValueError("the program gives up \x00")
+
+
+def test_an_agents_own_error_text_is_stored_escaped_and_the_run_ends_failed(
+    make_agent: Any,
+) -> None:
+    agent = make_agent("nul-raiser", f"{__name__}.fails_twice_with_nul", ALLOW_ALL_TESTS)
+    run = run_start(agent=agent, input={})
+    execute_run(run.pk)
+    run.refresh_from_db()
+    action = Action.objects.get(run=run, seq=1)
+    assert action.status == Action.Status.FAILED
+    assert action.error == "RuntimeError: upstream said \\u0000 and \\ud800"
+    assert run.status == Run.Status.FAILED
+    assert run.error == "ValueError: the program gives up \\u0000"
+    assert AuditEvent.objects.filter(run_id=run.pk, verb=verbs.RUN_FAILED).exists()
