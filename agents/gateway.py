@@ -38,6 +38,7 @@ from agents.policy import Policy, Verdict, policy_for_version
 from agents.registry import Tool, ToolCall, UnknownTool, get_tool
 from audit import verbs
 from audit.chain import canonical_json_v1
+from audit.jsonsafe import plain_json, scrubbed
 from audit.services import Actor, audit_append, audit_record
 
 S = Action.Status
@@ -48,7 +49,8 @@ def args_hash(args: dict[str, Any]) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
+    # Plain JSON the trail can store, or Unstorable (a ValueError) saying what is wrong.
+    return plain_json(value)
 
 
 class Context:
@@ -173,9 +175,9 @@ class Context:
     def _new_tool_step(self, seq: int, name: str, args: dict[str, Any]) -> Any:
         try:
             requested = _jsonable(args)
-        except (TypeError, ValueError):
-            requested = {k: repr(v) for k, v in args.items()}
-            return self._refuse(seq, name, requested, S.INVALID, "arguments are not JSON")
+        except (TypeError, ValueError) as exc:
+            requested = {k: repr(v)[:200] for k, v in args.items()}
+            return self._refuse(seq, name, requested, S.INVALID, f"arguments are not JSON: {exc}")
         try:
             tool = get_tool(name)
         except UnknownTool as exc:
@@ -299,7 +301,7 @@ class Context:
         try:
             result = _jsonable(tool.fn(call))
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = scrubbed(f"{type(exc).__name__}: {exc}")
             self._finish(action, S.FAILED, verbs.ACTION_FAILED, error=error)
             raise ToolFailed(tool.name, error) from exc
         self._finish(action, S.SUCCEEDED, verbs.ACTION_SUCCEEDED, result=result)

@@ -33,7 +33,13 @@ from agents.gateway import Context, _jsonable
 from agents.killswitches import engaged_for
 from agents.models import Action, Agent, ApiKey, KillSwitch, Run
 from agents.registry import Tool
-from agents.services import AGENT_HALTED, NO_LIVE_VERSION, REASON_REQUIRED, ServiceError
+from agents.services import (
+    AGENT_HALTED,
+    NO_LIVE_VERSION,
+    REASON_REQUIRED,
+    ServiceError,
+    storable,
+)
 from audit import verbs
 from audit.services import Actor, audit_record
 
@@ -72,6 +78,7 @@ def apikey_create(
     """Returns the key and its plain text, which is shown once and never stored."""
     if agent.kind != Agent.Kind.REMOTE:
         raise ServiceError(NOT_REMOTE.format(agent=agent.name))
+    storable(name, "name")
     prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     with transaction.atomic():
         key = ApiKey.objects.create(
@@ -94,7 +101,7 @@ def apikey_create(
 
 
 def apikey_revoke(*, key: ApiKey, user: User | None, reason: str) -> None:
-    if not reason.strip():
+    if not storable(reason, "reason").strip():
         raise ServiceError(REASON_REQUIRED)
     with transaction.atomic():
         if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
@@ -175,6 +182,7 @@ def _context(run: Run) -> RemoteContext:
 
 
 def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
+    input = storable(input, "input")
     agent = key.agent
     with transaction.atomic():
         if agent.live_version_id is None:

@@ -21,6 +21,7 @@ from agents.killswitches import engaged_for
 from agents.models import Run
 from agents.registry import get_program
 from audit import verbs
+from audit.jsonsafe import scrubbed
 from audit.services import SYSTEM, Actor, audit_record
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
         raise
     except Exception as exc:
         log.exception("run %s failed", run_id)
-        _fail(run, token, f"{type(exc).__name__}: {exc}")
+        _fail(run, token, scrubbed(f"{type(exc).__name__}: {exc}"))
     else:
         try:
             result = _jsonable(output)

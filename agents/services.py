@@ -15,7 +15,7 @@ from agents.models import Action, Agent, AgentVersion, KillSwitch, Run, Team
 from agents.policy import PolicyError, parse_policy
 from agents.registry import UnknownProgram, get_program
 from agents.runtime import enqueue
-from audit import verbs
+from audit import jsonsafe, verbs
 from audit.services import SYSTEM, Actor, audit_record
 
 if TYPE_CHECKING:
@@ -26,12 +26,26 @@ class ServiceError(Exception):
     """A request the service refuses; the message is shown to the user as it is."""
 
 
+class Unstorable(ServiceError):
+    """Input the audit trail cannot store (audit.jsonsafe); nothing was changed."""
+
+
 AGENT_HALTED = "{agent} is halted: release the kill switch before starting runs"
 NO_LIVE_VERSION = "{agent} has no live version to run"
 SWITCH_ALREADY_ENGAGED = "a kill switch is already engaged on {target}"
 SWITCH_NOT_ENGAGED = "this kill switch was already released"
 REASON_REQUIRED = "a reason is required"
 RUN_ALREADY_FINISHED = "run {run} has already finished"
+
+
+def storable(value: Any, where: str) -> Any:
+    """`value` as plain JSON the audit trail can store (audit.jsonsafe), or a ServiceError
+    naming what is wrong: every service that takes outside input calls it before it
+    changes anything."""
+    try:
+        return jsonsafe.plain_json(value, where)
+    except jsonsafe.Unstorable as exc:
+        raise Unstorable(str(exc)) from None
 
 
 def _actor(user: User | None) -> Actor:
@@ -52,6 +66,7 @@ def agent_create(
     owner: User | None = None,
     user: User | None = None,
 ) -> Agent:
+    storable({"slug": slug, "name": name, "description": description}, "agent")
     with transaction.atomic():
         agent = Agent.objects.create(
             slug=slug, name=name, team=team, kind=kind, description=description, owner=owner
@@ -77,6 +92,8 @@ def version_create(
     user: User | None = None,
 ) -> AgentVersion:
     """A new draft version. Versions are never edited afterwards: a change is a new one."""
+    policy, config = storable(policy, "policy"), storable(config or {}, "config")
+    note = storable(note, "note")
     try:
         parse_policy(policy)
         if agent.kind == Agent.Kind.HOSTED:
@@ -134,6 +151,7 @@ def version_publish(*, version: AgentVersion, user: User | None = None, reason: 
 
 
 def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
+    input = storable(input, "input")
     with transaction.atomic():
         if agent.live_version_id is None:
             raise ServiceError(NO_LIVE_VERSION.format(agent=agent.name))
@@ -202,7 +220,7 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
 
 
 def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
-    if not reason.strip():
+    if not storable(reason, "reason").strip():
         raise ServiceError(REASON_REQUIRED)
     with transaction.atomic():
         lock_for_engage(f"agent:{run.agent_id}")
@@ -229,7 +247,7 @@ def killswitch_engage(
 ) -> KillSwitch:
     """Stop an agent, a team or everything. Once this commits no covered action is admitted:
     the gateway's admission takes the same lock (agents.killswitches)."""
-    if not reason.strip():
+    if not storable(reason, "reason").strip():
         raise ServiceError(REASON_REQUIRED)
     target = {
         "global": "global",
@@ -269,7 +287,7 @@ def killswitch_engage(
 def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) -> int:
     """Release a switch; runs a pause parked are queued again unless another switch still
     covers them. A halt's runs stay cancelled. Returns how many runs were re-queued."""
-    if not reason.strip():
+    if not storable(reason, "reason").strip():
         raise ServiceError(REASON_REQUIRED)
     with transaction.atomic():
         lock_for_engage(switch.target)

@@ -60,12 +60,15 @@ def _typed(raw: str, kind: Any) -> Any:
         if kind == "integer":
             return int(raw)
         if kind == "number":
-            number = float(raw.replace(",", ""))
-            return int(number) if number.is_integer() and "." not in raw else number
+            plain = raw.replace(",", "")
+            if plain.lstrip("+-").isdigit():
+                # Whole numbers stay exact: 9007199254740993 is not silently made ...992.
+                return int(plain)
+            return float(plain)
         if kind == "boolean":
             return {"true": True, "false": False}.get(raw.lower(), raw)
         if kind in ("object", "array"):
             return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep to parse: the checks name it as text
         return raw
     return raw

@@ -16,7 +16,7 @@ from agents.models import Action, Run
 from agents.policy import Rule, policy_for_version
 from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
-from agents.services import ServiceError
+from agents.services import ServiceError, storable
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
 from approvals.selectors import can_decide
@@ -125,6 +125,9 @@ def approval_decide(
         raise ServiceError(BAD_VERDICT)
     if verdict == ApprovalDecision.Verdict.REJECT and not comment:
         raise ServiceError(REJECT_NEEDS_REASON)
+    comment = storable(comment, "comment")
+    if edited_args is not None:
+        edited_args = storable(edited_args, "arguments")
     with transaction.atomic():
         try:
             request = (

@@ -36,6 +36,8 @@ from typing import Any
 
 import rfc8785
 
+from audit.jsonsafe import Unstorable
+
 GENESIS = "0" * 64
 FORMAT = 2
 FORMAT_FIELD = "format"
@@ -54,7 +56,7 @@ CONTENT_FIELDS = (
 )
 
 
-class CanonicalFormError(ValueError):
+class CanonicalFormError(Unstorable):
     """A value the canonical form cannot hold: NaN or an infinity, an integer no IEEE 754
     double holds exactly, a lone surrogate, a key that is not a string, or a type JSON
     does not have. Raised before anything is written."""

@@ -21,7 +21,7 @@ from django.http import Http404
 from guardian.shortcuts import get_objects_for_user
 
 from agents.models import Action, Agent, Run, Team
-from audit import verbs
+from audit import jsonsafe, verbs
 from audit.chain import format_time
 from audit.filters import DECISIONS
 from audit.models import AuditEvent
@@ -308,6 +308,7 @@ SUMMARY_SKIP = {"seq", "status"}
 
 def summarize(payload: dict[str, Any], width: int = 120) -> str:
     """A line saying what an event is about: its most telling payload fields first."""
+    payload = jsonsafe.shown(payload)  # bounded: the trail may hold values too big to summarise
     keys = [k for k in SUMMARY_KEYS if payload.get(k) not in (None, "", {})]
     keys += [k for k in payload if k not in SUMMARY_KEYS and k not in SUMMARY_SKIP]
     parts = [f"{k}: {_short(payload[k])}" for k in keys[:4]]

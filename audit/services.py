@@ -9,7 +9,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import verbs
-from audit.chain import GENESIS, CanonicalFormError, canonical_content, chain_hash
+from audit.chain import GENESIS, canonical_content, chain_hash
+from audit.jsonsafe import check_text, plain_json
 from audit.models import AuditEvent, ChainHead
 from console.live import ring_on_commit
 
@@ -36,12 +37,17 @@ SYSTEM = Actor(AuditEvent.ActorType.SYSTEM, None, "baton")
 
 
 def _plain(payload: dict[str, Any]) -> dict[str, Any]:
-    # The stored payload must hash the same when read back, so it is normalised through
-    # JSON once here (Decimals and dates become strings, tuples lists).
-    try:
-        return json.loads(json.dumps(payload, default=str))
-    except (ValueError, RecursionError) as exc:  # a cycle, or nesting Python cannot walk
-        raise CanonicalFormError(f"the audit trail cannot hold this value: {exc}") from exc
+    # The stored payload must hash the same when read back, so it is normalised to plain
+    # JSON once here (Decimals and dates become strings, tuples lists). Boundaries refuse
+    # what the trail cannot store before they change anything; this is the last check.
+    plain: dict[str, Any] = plain_json(payload, "payload")
+    return plain
+
+
+def _column(name: str, value: object) -> str:
+    """The text of a content field the pages read from a column of that length."""
+    column = getattr(AuditEvent._meta.get_field(name), "output_field", None)
+    return check_text(str(value), name, getattr(column, "max_length", None))
 
 
 def event_content(
@@ -63,10 +69,10 @@ def event_content(
         "occurred_at": occurred_at or timezone.now(),
         "actor_type": actor.type,
         "actor_id": actor.id,
-        "actor_label": actor.label,
+        "actor_label": _column("actor_label", actor.label),
         "verb": verb,
-        "subject_type": subject_type,
-        "subject_id": str(subject_id),
+        "subject_type": _column("subject_type", subject_type),
+        "subject_id": _column("subject_id", subject_id),
         "agent_id": agent_id,
         "team_id": team_id,
         "run_id": run_id,

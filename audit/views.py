@@ -17,6 +17,9 @@ from audit.evidence import integrity
 from audit.filters import AuditFilter
 
 NO_AUDIT_ACCESS = "You may not read the audit trail."
+# The page shows the start of a record this long or longer; the export carries it whole.
+BODY_SHOWN = 20_000
+BODY_CUT = "The record is longer than this page shows; an export of it carries every byte."
 
 
 @require_GET
@@ -57,6 +60,8 @@ def event(request: HtmxHttpRequest, seq: int) -> HttpResponse:
         "row": selectors.rows_for([found])[0],
         "e": found,
         "step": selectors.step_of(found),
+        "body_shown": BODY_SHOWN,
+        "body_cut": BODY_CUT,
     }
     return render(request, "audit/event.html", context)
 

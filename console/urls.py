@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from agents import api, switch_views
 from agents import views as agent_views
@@ -32,4 +32,5 @@ urlpatterns = [
         "api/v1/runs/<int:run_id>/steps/<int:seq>/result", api.step_result, name="api-step-result"
     ),
     path("api/v1/runs/<int:run_id>/finish", api.run_finish, name="api-run-finish"),
+    re_path(r"^api/(?P<rest>.*)$", api.not_found),  # the API answers JSON, even a 404
 ]
