@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.chain import GENESIS, checkpoint_message
@@ -79,19 +80,44 @@ def _rows() -> Iterator[tuple[int, str, str, str]]:
     )
 
 
+@contextmanager
+def _snapshot() -> Iterator[None]:
+    """One consistent view of the events, the checkpoints and the chain head. Read one by
+    one at READ COMMITTED, a writer committing in between made an intact trail look cut
+    ("the chain head says #N but the events end at #N-1")."""
+    if connection.in_atomic_block:
+        # Inside a caller's transaction (the test suite's), its view is the one there is.
+        yield
+        return
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # SQLite: a transaction reads one snapshot of the file from its first read.
+        yield
+
+
 def chain_verify(
     *,
     keys: dict[str, Ed25519PublicKey] | None = None,
     extra_checkpoints: Iterable[SignedHead] = (),
 ) -> Outcome:
     keys = trusted_keys() if keys is None else keys
+    # The file first: each of its checkpoints was committed before it was written there,
+    # so the snapshot taken next holds every event it covers.
+    outside = outside_checkpoints()
+    with _snapshot():
+        return _verify(keys, [*outside, *extra_checkpoints])
+
+
+def _verify(keys: dict[str, Ed25519PublicKey], more: list[SignedHead]) -> Outcome:
     outcome = Outcome()
     signed = [
         SignedHead(c.seq, c.hash, c.signed_at, c.key_id, c.signature)
         for c in Checkpoint.objects.order_by("seq")
     ]
     # The copies outside the database repeat those inside; each checkpoint counts once.
-    signed = list(dict.fromkeys([*signed, *outside_checkpoints(), *extra_checkpoints]))
+    signed = list(dict.fromkeys([*signed, *more]))
     expected: dict[int, str] = {}
     for checkpoint in signed:
         problem = _signature_ok(checkpoint, keys)
