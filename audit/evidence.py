@@ -24,10 +24,11 @@ from audit import verbs
 from audit.chain import format_time
 from audit.export import csv_chunks, export_plan, jsonl_chunks
 from audit.filters import AuditFilter
-from audit.models import Checkpoint, Verification
+from audit.models import Checkpoint
 from audit.selectors import audit_scope, filter_q
 from audit.services import Actor, audit_record
 from audit.signing import NO_SIGNING_KEY, checkpoint_sign, public_pem, signing_key
+from audit.verify import badge_state
 from console.permissions import signed_in
 
 FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
@@ -38,9 +39,13 @@ VERIFIER = Path(__file__).with_name("offline.py")
 
 
 def integrity() -> dict[str, Any]:
-    """What the integrity badge shows: the last verification and the last checkpoint."""
+    """What the integrity badge shows: the last proven verification (audit.verify decides
+    what may be shown) and the last checkpoint."""
+    shown = badge_state()
     return {
-        "verification": Verification.objects.order_by("-finished_at").first(),
+        "state": shown.state,
+        "verification": shown.verification,
+        "note": shown.note,
         "checkpoint": Checkpoint.objects.order_by("-seq", "-id").first(),
         "signing": signing_key() is not None,
     }
@@ -171,4 +176,4 @@ def verify(request: HttpRequest) -> HttpResponse:
 @login_required
 def badge(request: HttpRequest) -> HttpResponse:
     _visible(signed_in(request))
-    return render(request, "audit/badge.html", integrity())
+    return render(request, "audit/badge.html", {"integrity": integrity()})

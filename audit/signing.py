@@ -132,6 +132,30 @@ class SignedHead:
         }
 
 
+def verification_message(
+    *,
+    ok: bool,
+    up_to_seq: int,
+    up_to_hash: str,
+    first_bad_seq: int | None,
+    checkpoints: int,
+    finished_at: str,
+    message: str,
+) -> bytes:
+    """What a verification's signature covers: its whole outcome, the time it finished
+    (the badge's freshness) and the hash it verified up to."""
+    fields = [
+        "ok" if ok else "broken",
+        str(up_to_seq),
+        up_to_hash,
+        "" if first_bad_seq is None else str(first_bad_seq),
+        str(checkpoints),
+        finished_at,
+        hashlib.sha256(message.encode()).hexdigest(),
+    ]
+    return ("baton-verification/1\n" + "\n".join(fields) + "\n").encode()
+
+
 def checkpoint_sign(*, only_if_new: bool = False) -> Checkpoint | None:
     """Sign the current chain head and keep the checkpoint in the database and in the
     checkpoint file. Returns None when there is no key, or (only_if_new) when nothing was

@@ -12,22 +12,36 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.chain import GENESIS, checkpoint_message
+from audit.chain import GENESIS, checkpoint_message, format_time
 from audit.models import AuditEvent, ChainHead, Checkpoint, Verification
-from audit.signing import SignedHead, outside_checkpoints, trusted_keys
+from audit.signing import (
+    SignedHead,
+    SigningKeyError,
+    key_id,
+    outside_checkpoints,
+    signing_key,
+    trusted_keys,
+    verification_message,
+)
+
+VERIFICATION_UNPROVEN = "Unverified: the latest verification record is not signed by a trusted key."
+VERIFICATION_STALE = "Not verified recently: the last verification is older than {age}."
+VERIFICATION_MOVED = "Unverified: the chain no longer holds the head that was verified."
 
 
 @dataclass
 class Outcome:
     ok: bool = True
     up_to_seq: int = 0
+    up_to_hash: str = ""  # the hash of #up_to_seq, when the chain is intact
     first_bad_seq: int | None = None
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
@@ -162,23 +176,108 @@ def _verify(keys: dict[str, Ed25519PublicKey], more: list[SignedHead]) -> Outcom
                 min(head.seq, last) + 1,
                 f"the chain head says #{head.seq} but the events end at #{last}",
             )
+    if outcome.ok:
+        outcome.up_to_hash = prev
     return outcome
 
 
 def verification_record(outcome: Outcome, started_at: datetime) -> Verification:
-    """Keep the outcome for the integrity badge (not part of the trail itself)."""
-    return Verification.objects.create(
+    """Keep the outcome for the integrity badge (not part of the trail itself), signed with
+    the audit signing key when there is one: an unsigned row is never shown as an outcome."""
+    row = Verification(
         started_at=started_at,
         finished_at=timezone.now(),
         ok=outcome.ok,
         up_to_seq=outcome.up_to_seq,
+        up_to_hash=outcome.up_to_hash if outcome.ok else "",
         first_bad_seq=outcome.first_bad_seq,
         checkpoints=outcome.checkpoints,
         message=outcome.message,
     )
+    try:
+        private = signing_key()
+    except SigningKeyError:
+        private = None  # recorded unsigned; the badge shows it as unverified
+    if private is not None:
+        row.key_id = key_id(private.public_key())
+        row.signature = private.sign(_signed_text(row)).hex()
+    row.save()
+    return row
 
 
-def chain_verify_and_record() -> tuple[Outcome, Verification]:
+def _signed_text(row: Verification) -> bytes:
+    return verification_message(
+        ok=row.ok,
+        up_to_seq=row.up_to_seq,
+        up_to_hash=row.up_to_hash,
+        first_bad_seq=row.first_bad_seq,
+        checkpoints=row.checkpoints,
+        finished_at=format_time(row.finished_at),
+        message=row.message,
+    )
+
+
+def chain_verify_and_record(
+    *, keys: dict[str, Ed25519PublicKey] | None = None
+) -> tuple[Outcome, Verification]:
     started_at = timezone.now()
-    outcome = chain_verify()
+    outcome = chain_verify(keys=keys)
     return outcome, verification_record(outcome, started_at)
+
+
+def verification_proven(row: Verification, keys: dict[str, Ed25519PublicKey]) -> bool:
+    """Whether a trusted key signed exactly this outcome."""
+    key = keys.get(row.key_id)
+    if key is None or not row.signature:
+        return False
+    try:
+        key.verify(bytes.fromhex(row.signature), _signed_text(row))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verification_max_age() -> timedelta:
+    """How old a verification may be and still make the badge green: two scheduled runs."""
+    return timedelta(seconds=2 * settings.BATON_AUDIT_VERIFY_EVERY_SECONDS)
+
+
+@dataclass(frozen=True)
+class BadgeState:
+    """What the integrity badge may say. `verified` (green) only for a signed, fresh outcome
+    whose head is still in the chain; `broken` for a signed failure; anything else is
+    `stale`, `unproven` or `none` (never green)."""
+
+    state: str
+    verification: Verification | None = None
+    note: str = ""
+
+
+def badge_state() -> BadgeState:
+    row = Verification.objects.order_by("-finished_at", "-id").first()
+    if row is None:
+        return BadgeState("none")
+    try:
+        keys = trusted_keys()
+    except (SigningKeyError, OSError, ValueError):
+        keys = {}
+    if not verification_proven(row, keys):
+        return BadgeState("unproven", row, VERIFICATION_UNPROVEN)
+    if not row.ok:
+        return BadgeState("broken", row)
+    max_age = verification_max_age()
+    if timezone.now() - row.finished_at > max_age:
+        return BadgeState("stale", row, VERIFICATION_STALE.format(age=_duration(max_age)))
+    held = (
+        GENESIS
+        if row.up_to_seq == 0
+        else AuditEvent.objects.filter(seq=row.up_to_seq).values_list("hash", flat=True).first()
+    )
+    if held != row.up_to_hash:
+        return BadgeState("unproven", row, VERIFICATION_MOVED)
+    return BadgeState("verified", row)
+
+
+def _duration(span: timedelta) -> str:
+    minutes = int(span.total_seconds() // 60)
+    return f"{minutes} minutes" if minutes >= 2 else f"{int(span.total_seconds())} seconds"

@@ -9,12 +9,20 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connections, transaction
+from django.core.management import CommandError, call_command
+from django.db import DatabaseError, connection, connections, transaction
+from django.test import Client
 
 from audit import verbs
+from audit.models import Verification
 from audit.services import APPEND_SQL, SYSTEM, append_args, audit_record, event_content
 from audit.signing import checkpoint_sign
-from audit.verify import Outcome, chain_verify
+from audit.verify import (
+    VERIFICATION_MOVED,
+    VERIFICATION_UNPROVEN,
+    Outcome,
+    chain_verify,
+)
 from tests.conftest import db_url, wait_for
 
 
@@ -30,6 +38,20 @@ def record(n: int, *, what: str = "x") -> int:
                 payload={"what": what, "i": i},
             )
     return seq
+
+
+def as_superuser_without_triggers(sql: str, params: tuple[Any, ...] | list[Any] = ()) -> None:
+    """What an attacker holding the database superuser can do: switch triggers off."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute(sql, params)
+        cursor.execute("SET LOCAL session_replication_role = origin")
+
+
+def badge(user: Any) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.get("/audit/integrity").content.decode()
 
 
 def in_thread(target: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -122,3 +144,95 @@ def test_verification_while_writers_append_never_raises_a_false_alarm() -> None:
             thread.join()
     assert not errors
     assert [o.message for o in outcomes if not o.ok] == []
+
+
+# --- item 11: the badge cannot lie --------------------------------------------------------
+
+FORGE = (
+    "INSERT INTO audit_verification (started_at, finished_at, ok, up_to_seq, checkpoints, "
+    "message) VALUES (now(), now() + interval '1 minute', true, %s, 1, 'chain intact')"
+)
+
+
+@pytest.mark.django_db
+def test_a_verification_row_inserted_with_sql_never_turns_the_badge_green(world: Any) -> None:
+    head = record(4)
+    call_command("audit_checkpoint")
+    call_command("audit_verify")
+    assert f"Chain verified ✓ up to #{head}" in badge(world.compliance)
+    as_superuser_without_triggers(
+        "UPDATE audit_auditevent SET body = replace(body, 'run', 'nur') WHERE seq = %s",
+        [head - 1],
+    )
+    with pytest.raises(CommandError):
+        call_command("audit_verify")
+    assert f"Chain BROKEN at #{head - 1}" in badge(world.compliance)
+    # What anyone with the application's database role can do: insert a row.
+    with connection.cursor() as cursor:
+        cursor.execute(FORGE, [head])
+    page = badge(world.compliance)
+    assert "Chain verified" not in page
+    assert VERIFICATION_UNPROVEN in page
+
+
+@pytest.mark.django_db
+def test_a_copied_signature_proves_nothing_but_its_own_outcome(world: Any) -> None:
+    head = record(3)
+    call_command("audit_verify")
+    genuine = Verification.objects.get()
+    with connection.cursor() as cursor:
+        # The genuine signature over a later time and a longer chain.
+        cursor.execute(
+            "INSERT INTO audit_verification (started_at, finished_at, ok, up_to_seq, "
+            "up_to_hash, first_bad_seq, checkpoints, message, key_id, signature) "
+            "SELECT started_at, finished_at + interval '1 minute', ok, up_to_seq + 1, "
+            "up_to_hash, first_bad_seq, checkpoints, message, key_id, signature "
+            "FROM audit_verification WHERE id = %s",
+            [genuine.pk],
+        )
+    page = badge(world.compliance)
+    assert f"up to #{head + 1}" not in page and "Chain verified" not in page
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        Verification.objects.filter(pk=genuine.pk).update(ok=False)
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        Verification.objects.exclude(pk=genuine.pk).delete()
+
+
+@pytest.mark.django_db
+def test_a_verification_replayed_after_a_failure_leaves_the_badge_red(world: Any) -> None:
+    record(3)
+    call_command("audit_verify")
+    as_superuser_without_triggers("UPDATE audit_auditevent SET body = body || ' ' WHERE seq = 2")
+    with pytest.raises(CommandError):
+        call_command("audit_verify")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audit_verification (started_at, finished_at, ok, up_to_seq, up_to_hash, "
+            "first_bad_seq, checkpoints, message, key_id, signature) SELECT started_at, "
+            "finished_at, ok, up_to_seq, up_to_hash, first_bad_seq, checkpoints, message, "
+            "key_id, signature FROM audit_verification WHERE ok"
+        )
+    assert "Chain BROKEN at #2" in badge(world.compliance)
+
+
+@pytest.mark.django_db
+def test_an_old_verification_is_not_shown_as_verified(world: Any, settings: Any) -> None:
+    head = record(2)
+    call_command("audit_verify")
+    assert f"Chain verified ✓ up to #{head}" in badge(world.compliance)
+    settings.BATON_AUDIT_VERIFY_EVERY_SECONDS = 0  # every verification is now too old
+    page = badge(world.compliance)
+    assert "Chain verified" not in page
+    assert "Not verified recently" in page
+
+
+@pytest.mark.django_db
+def test_a_verified_head_rewritten_afterwards_is_not_shown_as_verified(world: Any) -> None:
+    head = record(3)
+    call_command("audit_verify")
+    as_superuser_without_triggers(
+        "UPDATE audit_auditevent SET hash = repeat('a', 64) WHERE seq = %s", [head]
+    )
+    page = badge(world.compliance)
+    assert "Chain verified" not in page
+    assert VERIFICATION_MOVED in page
