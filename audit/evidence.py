@@ -24,7 +24,6 @@ from audit import verbs
 from audit.chain import format_time
 from audit.export import csv_chunks, export_plan, jsonl_chunks
 from audit.filters import AuditFilter
-from audit.models import Checkpoint
 from audit.selectors import audit_scope, filter_q
 from audit.services import Actor, audit_record
 from audit.signing import NO_SIGNING_KEY, checkpoint_sign, public_pem, signing_key
@@ -46,7 +45,7 @@ def integrity() -> dict[str, Any]:
         "state": shown.state,
         "verification": shown.verification,
         "note": shown.note,
-        "checkpoint": Checkpoint.objects.order_by("-seq", "-id").first(),
+        "checkpoint": shown.checkpoint,
         "signing": signing_key() is not None,
     }
 

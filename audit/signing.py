@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit.chain import checkpoint_message, format_time
@@ -122,6 +124,16 @@ class SignedHead:
     key_id: str
     signature: str
 
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> SignedHead:
+        return cls(
+            checkpoint.seq,
+            checkpoint.hash,
+            checkpoint.signed_at,
+            checkpoint.key_id,
+            checkpoint.signature,
+        )
+
     def as_json(self) -> dict[str, object]:
         return {
             "seq": self.seq,
@@ -156,6 +168,34 @@ def verification_message(
     return ("baton-verification/1\n" + "\n".join(fields) + "\n").encode()
 
 
+def head_trusted(signed: SignedHead, keys: dict[str, Ed25519PublicKey]) -> str | None:
+    """None when a trusted key signed this head; otherwise why it is not to be trusted.
+    Anyone who can write the database or the checkpoint directory can plant a checkpoint:
+    only the signature makes it one."""
+    key = keys.get(signed.key_id)
+    if key is None:
+        return f"checkpoint #{signed.seq} is signed by an unknown key {signed.key_id}"
+    try:
+        key.verify(
+            bytes.fromhex(signed.signature),
+            checkpoint_message(signed.seq, signed.hash, signed.signed_at),
+        )
+    except (InvalidSignature, ValueError):
+        return f"checkpoint #{signed.seq} (signed {signed.signed_at}) has a bad signature"
+    return None
+
+
+def checkpoint_trusted(checkpoint: Checkpoint, keys: dict[str, Ed25519PublicKey]) -> bool:
+    return head_trusted(SignedHead.of(checkpoint), keys) is None
+
+
+def first_trusted_checkpoint(
+    checkpoints: QuerySet[Checkpoint], keys: dict[str, Ed25519PublicKey]
+) -> Checkpoint | None:
+    """The first checkpoint of this ordered queryset that a trusted key signed."""
+    return next((c for c in checkpoints.iterator() if checkpoint_trusted(c, keys)), None)
+
+
 def checkpoint_sign(*, only_if_new: bool = False) -> Checkpoint | None:
     """Sign the current chain head and keep the checkpoint in the database and in the
     checkpoint file. Returns None when there is no key, or (only_if_new) when nothing was
@@ -168,9 +208,13 @@ def checkpoint_sign(*, only_if_new: bool = False) -> Checkpoint | None:
         # Lock the head: no writer may move it between reading and signing.
         head = ChainHead.objects.select_for_update().filter(pk=1).first()
         seq, head_hash = (head.seq, head.hash) if head else (0, "0" * 64)
-        last = Checkpoint.objects.order_by("-seq").first()
-        if only_if_new and last is not None and last.seq == seq:
-            return None
+        if only_if_new:
+            # A planted row at the head must not stand in for the checkpoint it skips.
+            ours = {key_id(private.public_key()): private.public_key()}
+            newest = Checkpoint.objects.filter(seq__gte=seq).order_by("-seq", "-id")
+            last = first_trusted_checkpoint(newest, ours)
+            if last is not None and last.seq == seq:
+                return None
         signed_at = format_time(timezone.now())
         signature = private.sign(checkpoint_message(seq, head_hash, signed_at)).hex()
         checkpoint = Checkpoint.objects.create(
@@ -197,21 +241,50 @@ def _keep_outside(signed: SignedHead) -> None:
 
 
 def outside_checkpoints() -> list[SignedHead]:
-    """The checkpoints kept in the checkpoint file (empty if there is none yet)."""
+    """The well-formed checkpoints kept in the checkpoint file (empty if there is none)."""
+    return read_outside_checkpoints()[0]
+
+
+def read_outside_checkpoints() -> tuple[list[SignedHead], list[str]]:
+    """The checkpoints kept in the checkpoint file, and what is wrong with the file: a line
+    that is no checkpoint, or a file that cannot be read, is named, never a traceback."""
     path = Path(settings.BATON_AUDIT_CHECKPOINT_DIR) / CHECKPOINT_FILE
-    if not path.exists():
-        return []
-    found = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            found.append(
-                SignedHead(
-                    int(row["seq"]),
-                    row["hash"],
-                    row["signed_at"],
-                    row["key_id"],
-                    row["signature"],
-                )
-            )
-    return found
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], []
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"the checkpoint file {path} cannot be read: {exc}"]
+    found: list[SignedHead] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        head = _signed_head(line)
+        if head is None:
+            problems.append(f"line {number} of the checkpoint file {path} is not a checkpoint")
+        else:
+            found.append(head)
+    return found, problems
+
+
+def _signed_head(line: str) -> SignedHead | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    seq, head_hash, signed_at, signer, signature = (
+        row.get(name) for name in ("seq", "hash", "signed_at", "key_id", "signature")
+    )
+    if type(seq) is not int or seq < 0:  # not a bool, not a float
+        return None
+    if not (
+        isinstance(head_hash, str)
+        and isinstance(signed_at, str)
+        and isinstance(signer, str)
+        and isinstance(signature, str)
+    ):
+        return None
+    return SignedHead(seq, head_hash, signed_at, signer, signature)

@@ -9,6 +9,7 @@ number. Tamper-evident, not tamper-proof: it tells that and where history was ch
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,17 +21,21 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.chain import GENESIS, checkpoint_message, format_time
+from audit.chain import GENESIS, format_time
 from audit.models import AuditEvent, ChainHead, Checkpoint, Verification
 from audit.signing import (
     SignedHead,
     SigningKeyError,
+    first_trusted_checkpoint,
+    head_trusted,
     key_id,
-    outside_checkpoints,
+    read_outside_checkpoints,
     signing_key,
     trusted_keys,
     verification_message,
 )
+
+log = logging.getLogger(__name__)
 
 VERIFICATION_UNPROVEN = "Unverified: the latest verification record is not signed by a trusted key."
 VERIFICATION_STALE = "Not verified recently: the last verification is older than {age}."
@@ -59,20 +64,6 @@ class Outcome:
             return f"chain intact up to #{self.up_to_seq}; {self.checkpoints} checkpoints verified"
         where = f"first bad seq {self.first_bad_seq}: " if self.first_bad_seq else ""
         return where + "; ".join(self.problems[:5])
-
-
-def _signature_ok(signed: SignedHead, keys: dict[str, Ed25519PublicKey]) -> str | None:
-    key = keys.get(signed.key_id)
-    if key is None:
-        return f"checkpoint #{signed.seq} is signed by an unknown key {signed.key_id}"
-    try:
-        key.verify(
-            bytes.fromhex(signed.signature),
-            checkpoint_message(signed.seq, signed.hash, signed.signed_at),
-        )
-    except (InvalidSignature, ValueError):
-        return f"checkpoint #{signed.seq} (signed {signed.signed_at}) has a bad signature"
-    return None
 
 
 def _rows() -> Iterator[tuple[int, str, str, str]]:
@@ -116,25 +107,29 @@ def chain_verify(
     keys: dict[str, Ed25519PublicKey] | None = None,
     extra_checkpoints: Iterable[SignedHead] = (),
 ) -> Outcome:
-    keys = trusted_keys() if keys is None else keys
+    outcome = Outcome()
+    if keys is None:
+        try:
+            keys = trusted_keys()
+        except (SigningKeyError, OSError, ValueError) as exc:
+            outcome.fail(None, f"the trusted keys cannot be read: {exc}")
+            keys = {}
     # The file first: each of its checkpoints was committed before it was written there,
     # so the snapshot taken next holds every event it covers.
-    outside = outside_checkpoints()
+    outside, problems = read_outside_checkpoints()
+    for problem in problems:
+        outcome.fail(None, problem)
     with _snapshot():
-        return _verify(keys, [*outside, *extra_checkpoints])
+        return _verify(outcome, keys, [*outside, *extra_checkpoints])
 
 
-def _verify(keys: dict[str, Ed25519PublicKey], more: list[SignedHead]) -> Outcome:
-    outcome = Outcome()
-    signed = [
-        SignedHead(c.seq, c.hash, c.signed_at, c.key_id, c.signature)
-        for c in Checkpoint.objects.order_by("seq")
-    ]
+def _verify(outcome: Outcome, keys: dict[str, Ed25519PublicKey], more: list[SignedHead]) -> Outcome:
+    signed = [SignedHead.of(c) for c in Checkpoint.objects.order_by("seq")]
     # The copies outside the database repeat those inside; each checkpoint counts once.
     signed = list(dict.fromkeys([*signed, *more]))
     expected: dict[int, str] = {}
     for checkpoint in signed:
-        problem = _signature_ok(checkpoint, keys)
+        problem = head_trusted(checkpoint, keys)
         if problem:
             outcome.fail(checkpoint.seq or None, problem)
             continue
@@ -146,23 +141,25 @@ def _verify(keys: dict[str, Ed25519PublicKey], more: list[SignedHead]) -> Outcom
 
     sha256 = hashlib.sha256
     prev, want = GENESIS, 1
+    bad: tuple[int, str] | None = None
+    # The walk stops at its own first break, whatever else was found before it.
     for seq, prev_hash, stored, body in _rows():
         if seq != want:
-            outcome.fail(want, f"events #{want}..#{seq - 1} are missing")
+            bad = (want, f"events #{want}..#{seq - 1} are missing")
         elif prev_hash != prev:
-            outcome.fail(seq, f"#{seq} does not link to the event before it")
+            bad = (seq, f"#{seq} does not link to the event before it")
         else:
             content_digest = sha256(body.encode()).hexdigest()
             if sha256(f"{prev}\n{seq}\n{content_digest}".encode()).hexdigest() != stored:
-                outcome.fail(seq, f"#{seq} does not match its hash: its content was changed")
+                bad = (seq, f"#{seq} does not match its hash: its content was changed")
             elif seq in expected and expected[seq] != stored:
-                outcome.fail(seq, f"#{seq} differs from the checkpoint signed at #{seq}")
-        if not outcome.ok:
+                bad = (seq, f"#{seq} differs from the checkpoint signed at #{seq}")
+        if bad:
+            outcome.fail(*bad)
             break
         prev, want = stored, seq + 1
     last = want - 1
-    outcome.up_to_seq = last if outcome.ok else (outcome.first_bad_seq or 1) - 1
-    if outcome.ok:
+    if bad is None:
         beyond = [s for s in expected if s > last]
         if beyond:
             outcome.fail(
@@ -171,11 +168,15 @@ def _verify(keys: dict[str, Ed25519PublicKey], more: list[SignedHead]) -> Outcom
                 "events were removed from the end",
             )
         head = ChainHead.objects.filter(pk=1).first()
-        if outcome.ok and head is not None and (head.seq, head.hash) != (last, prev):
+        if head is None and last > 0:
+            # Every later append would fail: it restarts the head at #0, and #1 exists.
+            outcome.fail(last + 1, f"the chain head is missing; the events end at #{last}")
+        elif head is not None and (head.seq, head.hash) != (last, prev):
             outcome.fail(
                 min(head.seq, last) + 1,
                 f"the chain head says #{head.seq} but the events end at #{last}",
             )
+    outcome.up_to_seq = last if outcome.ok else min(last, (outcome.first_bad_seq or 1) - 1)
     if outcome.ok:
         outcome.up_to_hash = prev
     return outcome
@@ -221,7 +222,12 @@ def chain_verify_and_record(
     *, keys: dict[str, Ed25519PublicKey] | None = None
 ) -> tuple[Outcome, Verification]:
     started_at = timezone.now()
-    outcome = chain_verify(keys=keys)
+    try:
+        outcome = chain_verify(keys=keys)
+    except Exception as exc:  # noqa: BLE001 - whatever stops it, the outcome is recorded
+        log.exception("audit verification could not complete")
+        outcome = Outcome()
+        outcome.fail(None, f"verification could not complete: {type(exc).__name__}: {exc}")
     return outcome, verification_record(outcome, started_at)
 
 
@@ -251,16 +257,23 @@ class BadgeState:
     state: str
     verification: Verification | None = None
     note: str = ""
+    checkpoint: Checkpoint | None = None  # the newest one a trusted key signed
 
 
 def badge_state() -> BadgeState:
-    row = Verification.objects.order_by("-finished_at", "-id").first()
-    if row is None:
-        return BadgeState("none")
     try:
         keys = trusted_keys()
     except (SigningKeyError, OSError, ValueError):
         keys = {}
+    checkpoint = first_trusted_checkpoint(Checkpoint.objects.order_by("-seq", "-id"), keys)
+    shown = _verification_shown(keys)
+    return BadgeState(shown.state, shown.verification, shown.note, checkpoint)
+
+
+def _verification_shown(keys: dict[str, Ed25519PublicKey]) -> BadgeState:
+    row = Verification.objects.order_by("-finished_at", "-id").first()
+    if row is None:
+        return BadgeState("none")
     if not verification_proven(row, keys):
         return BadgeState("unproven", row, VERIFICATION_UNPROVEN)
     if not row.ok:

@@ -4,24 +4,30 @@ itself proven and fresh (issue 9, items 9, 11, 12 and 13)."""
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, connections, transaction
+from django.db.models import Q
 from django.test import Client
 
 from audit import verbs
-from audit.models import Verification
+from audit.export import export_plan
+from audit.models import AuditEvent, ChainHead, Checkpoint, Verification
 from audit.services import APPEND_SQL, SYSTEM, append_args, audit_record, event_content
-from audit.signing import checkpoint_sign
+from audit.signing import CHECKPOINT_FILE, checkpoint_sign
 from audit.verify import (
     VERIFICATION_MOVED,
     VERIFICATION_UNPROVEN,
     Outcome,
     chain_verify,
+    chain_verify_and_record,
 )
 from tests.conftest import db_url, wait_for
 
@@ -236,3 +242,141 @@ def test_a_verified_head_rewritten_afterwards_is_not_shown_as_verified(world: An
     page = badge(world.compliance)
     assert "Chain verified" not in page
     assert VERIFICATION_MOVED in page
+
+
+# --- item 13: verification never crashes, and trusts only signatures ---------------------
+
+
+def checkpoint_file(audit_keys: Path) -> Path:
+    return audit_keys / "checkpoints" / CHECKPOINT_FILE
+
+
+MALFORMED_LINES = [
+    "not json at all",
+    "[1, 2, 3]",
+    '{"seq": "eight", "hash": "h", "signed_at": "t", "key_id": "k", "signature": "s"}',
+    '{"seq": true, "hash": "h", "signed_at": "t", "key_id": "k", "signature": "s"}',
+    '{"seq": 3}',
+    '{"seq": 3, "hash": 7, "signed_at": "t", "key_id": "k", "signature": "s"}',
+    '{"seq": 1e400}',
+]
+
+
+@pytest.mark.parametrize("line", MALFORMED_LINES)
+@pytest.mark.django_db
+def test_a_malformed_line_in_the_checkpoint_file_is_a_named_failure(
+    line: str, audit_keys: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    record(4)
+    with django_capture_on_commit_callbacks(execute=True):
+        checkpoint_sign()
+    with checkpoint_file(audit_keys).open("a") as out:
+        out.write(line + "\n")
+    outcome, recorded = chain_verify_and_record()
+    assert not outcome.ok
+    assert "line 2 of the checkpoint file" in outcome.message
+    assert (recorded.ok, recorded.message) == (False, outcome.message)
+    with pytest.raises(CommandError, match="line 2 of the checkpoint file"):
+        call_command("audit_verify")
+
+
+@pytest.mark.django_db
+def test_a_malformed_checkpoint_file_does_not_hide_an_edited_event(audit_keys: Path) -> None:
+    record(5)
+    checkpoint_file(audit_keys).parent.mkdir(parents=True)
+    checkpoint_file(audit_keys).write_bytes(b"\xff\xfe not text\n")
+    as_superuser_without_triggers(
+        "UPDATE audit_auditevent SET body = replace(body, 'run', 'nur') WHERE seq = 3"
+    )
+    outcome = chain_verify()
+    assert (outcome.ok, outcome.first_bad_seq) == (False, 3)
+    assert "checkpoint file" in outcome.message and "#3 does not match" in outcome.message
+
+
+@pytest.mark.django_db
+def test_unreadable_trusted_keys_are_a_named_failure(settings: Any, tmp_path: Path) -> None:
+    record(2)
+    checkpoint_sign()
+    settings.BATON_AUDIT_TRUSTED_KEYS_FILE = str(tmp_path / "missing.pem")
+    outcome, recorded = chain_verify_and_record()
+    assert not outcome.ok and not recorded.ok
+    assert "the trusted keys cannot be read" in outcome.message
+
+
+@pytest.mark.django_db
+def test_a_deleted_chain_head_is_detected_and_the_application_cannot_delete_it() -> None:
+    record(3)
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        ChainHead.objects.all().delete()
+    assert chain_verify().ok
+    as_superuser_without_triggers("DELETE FROM audit_chainhead")
+    outcome = chain_verify()
+    assert (outcome.ok, outcome.first_bad_seq) == (False, 4)
+    assert "the chain head is missing" in outcome.message
+
+
+def plant(seq: int, head_hash: str, *, signer: Ed25519PrivateKey | None, key: str) -> None:
+    """What the application's database role can do: insert a checkpoint row."""
+    from audit.chain import checkpoint_message
+
+    signed_at = "2026-11-30T12:00:00.000000Z"
+    signature = (
+        signer.sign(checkpoint_message(seq, head_hash, signed_at)).hex() if signer else "ab" * 64
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            [seq, head_hash, signed_at, key, signature],
+        )
+
+
+@pytest.mark.django_db
+def test_a_planted_checkpoint_is_not_trusted_anywhere(
+    world: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from audit.tasks import checkpoint
+
+    head = record(3)
+    genuine = checkpoint_sign()
+    assert genuine is not None
+    more = record(2)
+    head_hash = AuditEvent.objects.get(seq=more).hash
+    # Under our key id with another key, and at the head, so it would stand in for one.
+    plant(more, head_hash, signer=Ed25519PrivateKey.generate(), key=genuine.key_id)
+    plant(more + 5, "e" * 64, signer=None, key="0123456789abcdef")
+    outcome = chain_verify()
+    assert not outcome.ok
+    assert "bad signature" in outcome.message and "unknown key" in outcome.message
+    page = badge(world.compliance)
+    assert f"last checkpoint #{head}" in page and f"last checkpoint #{more}" not in page
+    plan = export_plan(Q(), up_to=more)
+    assert [c.pk for c in plan.checkpoints] == [genuine.pk] and plan.to_seq == more
+    with django_capture_on_commit_callbacks(execute=True):
+        assert checkpoint() == more  # the scheduled checkpoint is not skipped
+    assert Checkpoint.objects.filter(seq=more, key_id=genuine.key_id).count() == 2
+
+
+@pytest.mark.django_db
+def test_a_checkpoint_planted_in_the_directory_is_not_trusted(audit_keys: Path) -> None:
+    from audit.chain import checkpoint_message
+
+    record(3)
+    genuine = checkpoint_sign()
+    assert genuine is not None
+    forger = Ed25519PrivateKey.generate()
+    # A head that claims a longer chain: trusted, it would say the tail was cut.
+    forged = {
+        "seq": 9,
+        "hash": "f" * 64,
+        "signed_at": genuine.signed_at,
+        "key_id": genuine.key_id,
+        "signature": forger.sign(checkpoint_message(9, "f" * 64, genuine.signed_at)).hex(),
+    }
+    checkpoint_file(audit_keys).parent.mkdir(parents=True, exist_ok=True)
+    with checkpoint_file(audit_keys).open("a") as out:
+        out.write(json.dumps(forged) + "\n")
+    outcome = chain_verify()
+    assert not outcome.ok
+    assert "checkpoint #9" in outcome.message and "bad signature" in outcome.message
+    assert "removed from the end" not in outcome.message
