@@ -9,16 +9,18 @@ number. Tamper-evident, not tamper-proof: it tells that and where history was ch
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from audit.chain import GENESIS, format_time
@@ -66,23 +68,72 @@ class Outcome:
         return where + "; ".join(self.problems[:5])
 
 
-def _rows() -> Iterator[tuple[int, str, str, str]]:
-    """(seq, prev_hash, hash, body) in seq order, streamed."""
+# Every column the pages, filters and exports read besides the body: each must say what
+# the canonical bytes say. They are generated from the body, but whoever can run DDL can
+# redefine one (ALTER TABLE), and then the pages would show what the chain does not prove.
+SHOWN_COLUMNS = tuple(
+    f.name for f in AuditEvent._meta.concrete_fields if isinstance(f, models.GeneratedField)
+)
+_NUMBERS = frozenset(
+    f.name
+    for f in AuditEvent._meta.concrete_fields
+    if isinstance(f, models.GeneratedField) and isinstance(f.output_field, models.IntegerField)
+)
+
+
+def _disagreeing_column_sql() -> str:
+    """SQL naming the first shown column that differs from its key in the body (NULL when
+    all agree). Its own reading of the body (json_to_record, every value as text), not the
+    columns' definitions, which are what it checks."""
+    record = ", ".join(f"{name} text" for name in SHOWN_COLUMNS)
+    cases = " ".join(
+        f"WHEN e.{name}{'::text' if name in _NUMBERS else ''} IS DISTINCT FROM r.{name} "
+        f"THEN '{name}'"
+        for name in SHOWN_COLUMNS
+    )
+    return f"CASE {cases} END FROM audit_auditevent e, json_to_record(e.body::json) AS r({record})"
+
+
+def _disagreeing_column(body: str, shown: tuple[Any, ...]) -> str | None:
+    """The same check in Python, for SQLite."""
+    try:
+        content = json.loads(body)
+    except ValueError:
+        return SHOWN_COLUMNS[0]
+    for name, value in zip(SHOWN_COLUMNS, shown, strict=True):
+        held = content.get(name) if isinstance(content, dict) else None
+        if _as_text(value) != _as_text(held):
+            return name
+    return None
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _rows() -> Iterator[tuple[int, str, str, str, str | None]]:
+    """(seq, prev_hash, hash, body, the first shown column that disagrees with the body or
+    None) in seq order, streamed."""
     if connection.vendor == "postgresql":
-        # psycopg's own COPY: streamed, never a result set held in memory.
+        # psycopg's own COPY: streamed, never a result set held in memory. The server
+        # reads the columns against the body while this process hashes.
         copy_sql = (
-            "COPY (SELECT seq, prev_hash, hash, body FROM audit_auditevent ORDER BY seq) "
-            "TO STDOUT (FORMAT BINARY)"
+            "COPY (SELECT e.seq, e.prev_hash, e.hash, e.body, "
+            f"{_disagreeing_column_sql()} ORDER BY e.seq) TO STDOUT (FORMAT BINARY)"
         )
         with connection.cursor() as cursor, cursor.cursor.copy(copy_sql) as copy:
-            copy.set_types(["int8", "text", "text", "text"])
+            copy.set_types(["int8", "text", "text", "text", "text"])
             yield from copy.rows()
         return
-    yield from (
+    rows = (
         AuditEvent.objects.order_by("seq")
-        .values_list("seq", "prev_hash", "hash", "body")
+        .values_list("seq", "prev_hash", "hash", "body", *SHOWN_COLUMNS)
         .iterator(chunk_size=5000)
     )
+    for seq, prev_hash, stored, body, *shown in rows:
+        yield seq, prev_hash, stored, body, _disagreeing_column(body, tuple(shown))
 
 
 @contextmanager
@@ -143,7 +194,7 @@ def _verify(outcome: Outcome, keys: dict[str, Ed25519PublicKey], more: list[Sign
     prev, want = GENESIS, 1
     bad: tuple[int, str] | None = None
     # The walk stops at its own first break, whatever else was found before it.
-    for seq, prev_hash, stored, body in _rows():
+    for seq, prev_hash, stored, body, disagreeing in _rows():
         if seq != want:
             bad = (want, f"events #{want}..#{seq - 1} are missing")
         elif prev_hash != prev:
@@ -154,6 +205,8 @@ def _verify(outcome: Outcome, keys: dict[str, Ed25519PublicKey], more: list[Sign
                 bad = (seq, f"#{seq} does not match its hash: its content was changed")
             elif seq in expected and expected[seq] != stored:
                 bad = (seq, f"#{seq} differs from the checkpoint signed at #{seq}")
+            elif disagreeing:
+                bad = (seq, f"#{seq} shows a {disagreeing} its canonical bytes do not hold")
         if bad:
             outcome.fail(*bad)
             break

@@ -380,3 +380,57 @@ def test_a_checkpoint_planted_in_the_directory_is_not_trusted(audit_keys: Path) 
     assert not outcome.ok
     assert "checkpoint #9" in outcome.message and "bad signature" in outcome.message
     assert "removed from the end" not in outcome.message
+
+
+# --- item 12: what is shown is what is proven ---------------------------------------------
+
+REDEFINED = {
+    # column: (its type, a definition that lies about #3)
+    "verb": ("varchar(40)", "'approval.approved'"),
+    "agent_id": ("bigint", "424242"),
+    "occurred_at": ("varchar(32)", "'2020-01-01T00:00:00.000000Z'"),
+    "actor_label": ("varchar(150)", "'someone else'"),
+}
+
+
+@pytest.mark.parametrize("column", sorted(REDEFINED))
+@pytest.mark.django_db
+def test_a_redefined_column_fails_verification_naming_the_seq_and_the_column(
+    column: str,
+) -> None:
+    record(5)
+    checkpoint_sign()
+    kind, lie = REDEFINED[column]
+    honest = f"(body::jsonb ->> '{column}')"
+    if kind == "bigint":
+        honest = f"(NULLIF(body::jsonb ->> '{column}', 'null'))::bigint"
+    with connection.cursor() as cursor:
+        # What an owner of the schema can do; no trigger fires, no hash changes.
+        cursor.execute(f"ALTER TABLE audit_auditevent DROP COLUMN {column}")
+        cursor.execute(
+            f"ALTER TABLE audit_auditevent ADD COLUMN {column} {kind} GENERATED ALWAYS AS "
+            f"(CASE WHEN seq = 3 THEN {lie} ELSE {honest} END) STORED"
+        )
+    shown = AuditEvent.objects.filter(seq=3).values_list(column, flat=True).get()
+    assert str(shown) != str(AuditEvent.objects.get(seq=3).content[column])  # the page lies
+    outcome = chain_verify()
+    assert (outcome.ok, outcome.first_bad_seq) == (False, 3)
+    assert f"#3 shows a {column} its canonical bytes do not hold" in outcome.message
+    with pytest.raises(CommandError, match=f"first bad seq 3: #3 shows a {column}"):
+        call_command("audit_verify")
+
+
+@pytest.mark.django_db
+def test_the_columns_of_real_events_agree_with_their_bytes(world: Any) -> None:
+    """Every kind of value the columns hold (null and set ids, labels with non-ASCII and
+    quotes) passes the check the other way round."""
+    with transaction.atomic():
+        audit_record(
+            verb=verbs.RUN_QUEUED,
+            actor=SYSTEM,
+            subject_type="run",
+            subject_id='7 "quoted" naïve ✓',
+            payload={"verb": "not the verb", "agent_id": 1, "nested": {"a": [1, None]}},
+        )
+    outcome = chain_verify()
+    assert outcome.ok, outcome.message
