@@ -107,6 +107,7 @@ def test_a_writer_committing_while_verification_reads_is_no_false_alarm() -> Non
         )
         writer.commit()
     thread.join(timeout=60)
+    assert "error" not in result, result.get("error")
     outcome: Outcome = result["value"]
     assert outcome.ok, outcome.message
     assert outcome.up_to_seq in (head, head + 1)
