@@ -26,7 +26,13 @@ from audit.export import csv_chunks, export_plan, jsonl_chunks
 from audit.filters import AuditFilter
 from audit.selectors import audit_scope, filter_q
 from audit.services import Actor, audit_record
-from audit.signing import NO_SIGNING_KEY, checkpoint_sign, public_pem, signing_key
+from audit.signing import (
+    NO_SIGNING_KEY,
+    SigningKeyError,
+    checkpoint_sign,
+    public_pem,
+    signing_key,
+)
 from audit.verify import badge_state
 from console.permissions import signed_in
 
@@ -41,12 +47,16 @@ def integrity() -> dict[str, Any]:
     """What the integrity badge shows: the last proven verification (audit.verify decides
     what may be shown) and the last checkpoint."""
     shown = badge_state()
+    try:
+        signing = signing_key() is not None
+    except SigningKeyError:
+        signing = False  # the badge says no key signs; verification names the error
     return {
         "state": shown.state,
         "verification": shown.verification,
         "note": shown.note,
         "checkpoint": shown.checkpoint,
-        "signing": signing_key() is not None,
+        "signing": signing,
     }
 
 

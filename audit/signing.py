@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.conf import settings
@@ -35,8 +35,9 @@ NO_SIGNING_KEY = (
 CHECKPOINT_FILE = "checkpoints.jsonl"
 
 
-class SigningKeyError(Exception):
-    pass
+class SigningKeyError(ValueError):
+    """A configured key that cannot be used; a ValueError, so every reader of keys that
+    reports a bad value reports this one too."""
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -109,7 +110,10 @@ def load_public_keys(pem_bundle: bytes) -> list[Ed25519PublicKey]:
     for chunk in pem_bundle.split(marker):
         if b"-----BEGIN PUBLIC KEY-----" not in chunk:
             continue
-        key = serialization.load_pem_public_key(chunk.strip() + b"\n" + marker + b"\n")
+        try:
+            key = serialization.load_pem_public_key(chunk.strip() + b"\n" + marker + b"\n")
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise SigningKeyError(f"a trusted key cannot be read: {exc}") from exc
         if not isinstance(key, Ed25519PublicKey):
             raise SigningKeyError("a trusted key is not an Ed25519 public key")
         keys.append(key)

@@ -21,7 +21,7 @@ from audit import verbs
 from audit.export import export_plan
 from audit.models import AuditEvent, ChainHead, Checkpoint, Verification
 from audit.services import APPEND_SQL, SYSTEM, append_args, audit_record, event_content
-from audit.signing import CHECKPOINT_FILE, checkpoint_sign
+from audit.signing import CHECKPOINT_FILE, checkpoint_sign, signing_key
 from audit.verify import (
     VERIFICATION_MOVED,
     VERIFICATION_UNPROVEN,
@@ -302,6 +302,43 @@ def test_unreadable_trusted_keys_are_a_named_failure(settings: Any, tmp_path: Pa
     outcome, recorded = chain_verify_and_record()
     assert not outcome.ok and not recorded.ok
     assert "the trusted keys cannot be read" in outcome.message
+
+
+@pytest.mark.django_db
+def test_keys_that_are_no_keys_are_named_failures_and_the_badge_still_renders(
+    world: Any, settings: Any, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    record(2)
+    checkpoint_sign()
+    other_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    (tmp_path / "ec.pem").write_bytes(other_pem)
+    with pytest.raises(CommandError, match="not an Ed25519 public key"):
+        call_command("audit_verify", public_key=tmp_path / "ec.pem")
+    (tmp_path / "garbage.pem").write_text(
+        "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n"
+    )
+    with pytest.raises(CommandError, match="cannot read the public key"):
+        call_command("audit_verify", public_key=tmp_path / "garbage.pem")
+    settings.BATON_AUDIT_TRUSTED_KEYS_FILE = str(tmp_path / "garbage.pem")
+    outcome, _ = chain_verify_and_record()
+    assert "the trusted keys cannot be read" in outcome.message
+    settings.BATON_AUDIT_TRUSTED_KEYS_FILE = ""
+    broken = tmp_path / "broken_signing_key.pem"
+    broken.write_text("not a key")
+    settings.BATON_AUDIT_SIGNING_KEY_FILE = str(broken)
+    signing_key.cache_clear()
+    outcome, recorded = chain_verify_and_record()
+    assert not outcome.ok and "does not hold a PEM private key" in outcome.message
+    assert recorded.signature == ""
+    page = badge(world.compliance)
+    assert "Chain verified" not in page and VERIFICATION_UNPROVEN in page
 
 
 @pytest.mark.django_db
