@@ -28,7 +28,7 @@ from audit.models import AuditEvent, ChainHead, Checkpoint, Verification
 from audit.signing import (
     SignedHead,
     SigningKeyError,
-    first_trusted_checkpoint,
+    checkpoint_trusted,
     head_trusted,
     key_id,
     read_outside_checkpoints,
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 VERIFICATION_UNPROVEN = "Unverified: the latest verification record is not signed by a trusted key."
 VERIFICATION_STALE = "Not verified recently: the last verification is older than {age}."
 VERIFICATION_MOVED = "Unverified: the chain no longer holds the head that was verified."
+BADGE_CHECKPOINTS = 50  # the newest checkpoints the badge looks through for a signed one
 
 
 @dataclass
@@ -318,7 +319,9 @@ def badge_state() -> BadgeState:
         keys = trusted_keys()
     except (SigningKeyError, OSError, ValueError):
         keys = {}
-    checkpoint = first_trusted_checkpoint(Checkpoint.objects.order_by("-seq", "-id"), keys)
+    # Bounded: the badge is polled, and anyone who can write the table can add rows.
+    newest = Checkpoint.objects.order_by("-seq", "-id")[:BADGE_CHECKPOINTS]
+    checkpoint = next((c for c in newest if checkpoint_trusted(c, keys)), None)
     shown = _verification_shown(keys)
     return BadgeState(shown.state, shown.verification, shown.note, checkpoint)
 
