@@ -143,8 +143,10 @@ def _snapshot() -> Iterator[None]:
     one at READ COMMITTED, a writer committing in between made an intact trail look cut
     ("the chain head says #N but the events end at #N-1")."""
     if connection.in_atomic_block:
-        # Inside a caller's transaction (the test suite's), its view is the one there is.
-        yield
+        # Inside a caller's transaction (the test suite's), its view is the one there is;
+        # a savepoint keeps that transaction usable if reading fails.
+        with transaction.atomic():
+            yield
         return
     with transaction.atomic():
         if connection.vendor == "postgresql":

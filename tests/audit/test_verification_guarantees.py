@@ -459,6 +459,18 @@ def test_a_redefined_column_fails_verification_naming_the_seq_and_the_column(
 
 
 @pytest.mark.django_db
+def test_a_dropped_column_is_a_recorded_failure_not_a_traceback() -> None:
+    record(3)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE audit_auditevent DROP COLUMN verb")
+    outcome, recorded = chain_verify_and_record()
+    assert not outcome.ok and not recorded.ok
+    assert "verification could not complete" in outcome.message and "verb" in outcome.message
+    with pytest.raises(CommandError, match="verification could not complete"):
+        call_command("audit_verify")
+
+
+@pytest.mark.django_db
 def test_the_columns_of_real_events_agree_with_their_bytes(world: Any) -> None:
     """Every kind of value the columns hold (null and set ids, labels with non-ASCII and
     quotes) passes the check the other way round."""
