@@ -20,7 +20,7 @@ from django.test import Client
 from audit import verbs
 from audit.export import export_plan
 from audit.models import AuditEvent, ChainHead, Checkpoint, Verification
-from audit.services import APPEND_SQL, SYSTEM, append_args, audit_record, event_content
+from audit.services import SYSTEM, audit_record
 from audit.signing import CHECKPOINT_FILE, checkpoint_sign, signing_key
 from audit.verify import (
     VERIFICATION_MOVED,
@@ -96,19 +96,35 @@ def test_a_writer_committing_while_verification_reads_is_no_false_alarm() -> Non
     commits. Read at READ COMMITTED, the head then says #N while the events end at #N-1."""
     head = record(5)
     checkpoint_sign()
-    content = event_content(verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9)
-    with psycopg.connect(db_url()) as writer, psycopg.connect(db_url(), autocommit=True) as probe:
-        writer.execute(APPEND_SQL, append_args(content))
-        writer.execute("LOCK TABLE audit_chainhead IN ACCESS EXCLUSIVE MODE")
-        thread, result = in_thread(chain_verify)
-        wait_for(
-            lambda: waiting_on_the_chain_head(probe),
-            message="the verification to wait on the chain head",
-        )
-        writer.commit()
-    thread.join(timeout=60)
-    assert "error" not in result, result.get("error")
-    outcome: Outcome = result["value"]
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> int:
+        with transaction.atomic():
+            seq = audit_record(
+                verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9
+            )
+            with connection.cursor() as cursor:
+                cursor.execute("LOCK TABLE audit_chainhead IN ACCESS EXCLUSIVE MODE")
+            holding.set()
+            release.wait(timeout=60)
+        return seq
+
+    writing, written = in_thread(writer)
+    try:
+        assert holding.wait(timeout=60), written.get("error")
+        verifying, verified = in_thread(chain_verify)
+        with psycopg.connect(db_url(), autocommit=True) as probe:
+            wait_for(
+                lambda: waiting_on_the_chain_head(probe),
+                message="the verification to wait on the chain head",
+            )
+    finally:
+        release.set()
+        writing.join(timeout=60)
+    verifying.join(timeout=60)
+    assert "error" not in verified, verified.get("error")
+    assert written.get("value") == head + 1
+    outcome: Outcome = verified["value"]
     assert outcome.ok, outcome.message
     assert outcome.up_to_seq in (head, head + 1)
 
