@@ -148,11 +148,19 @@ def _snapshot() -> Iterator[None]:
         with transaction.atomic():
             yield
         return
+    if connection.vendor == "sqlite":
+        # Django opens SQLite transactions IMMEDIATE, which takes the write lock; a deferred
+        # one reads one snapshot of the WAL from its first read and blocks no writer.
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN DEFERRED")
+            try:
+                yield
+            finally:
+                cursor.execute("ROLLBACK")  # it wrote nothing
+        return
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        # SQLite: a transaction reads one snapshot of the file from its first read.
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield
 
 
