@@ -138,7 +138,7 @@ def _rows() -> Iterator[tuple[int, str, str, str, str | None]]:
 
 
 @contextmanager
-def _snapshot() -> Iterator[None]:
+def verification_snapshot() -> Iterator[None]:
     """One consistent view of the events, the checkpoints and the chain head. Read one by
     one at READ COMMITTED, a writer committing in between made an intact trail look cut
     ("the chain head says #N but the events end at #N-1")."""
@@ -181,7 +181,7 @@ def chain_verify(
     outside, problems = read_outside_checkpoints()
     for problem in problems:
         outcome.fail(None, problem)
-    with _snapshot():
+    with verification_snapshot():
         return _verify(outcome, keys, [*outside, *extra_checkpoints])
 
 

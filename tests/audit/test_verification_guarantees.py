@@ -5,6 +5,8 @@ itself proven and fresh (issue 9, items 9, 11, 12 and 13)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from audit.verify import (
     chain_verify,
     chain_verify_and_record,
 )
-from tests.conftest import db_url, wait_for
+from tests.conftest import ROOT, child_env, db_url, wait_for
 
 
 def record(n: int, *, what: str = "x") -> int:
@@ -127,6 +129,72 @@ def test_a_writer_committing_while_verification_reads_is_no_false_alarm() -> Non
     outcome: Outcome = verified["value"]
     assert outcome.ok, outcome.message
     assert outcome.up_to_seq in (head, head + 1)
+
+
+SQLITE_SNAPSHOT = """
+import json, sqlite3, threading
+import django
+django.setup()
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connections, transaction
+from audit import verbs
+from audit.models import AuditEvent, ChainHead
+from audit.services import SYSTEM, audit_record
+from audit.verify import chain_verify, verification_snapshot
+
+def append():
+    with transaction.atomic():
+        return audit_record(verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=1)
+
+call_command("migrate", verbosity=0)
+for _ in range(3):
+    append()
+seen = {}
+with verification_snapshot():
+    seen["head_before"] = ChainHead.objects.get(pk=1).seq
+    # A writer that will not wait: may it take the write lock now?
+    probe = sqlite3.connect(settings.DATABASES["default"]["NAME"], timeout=0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        seen["writer_free"] = True
+    except sqlite3.OperationalError as exc:
+        seen["writer_free"] = str(exc)
+    probe.close()
+    if seen["writer_free"] is True:
+        writer = threading.Thread(target=lambda: (append(), connections.close_all()))
+        writer.start()
+        writer.join()
+    seen["head_inside"] = ChainHead.objects.get(pk=1).seq
+    seen["events_inside"] = AuditEvent.objects.count()
+seen["head_after"] = ChainHead.objects.get(pk=1).seq
+seen["verified"] = chain_verify().message
+print(json.dumps(seen))
+"""
+
+
+def test_verification_on_sqlite_reads_a_snapshot_without_stalling_writers(
+    tmp_path: Path,
+) -> None:
+    """The embedded console (SQLite): Django opens transactions IMMEDIATE, which would hold
+    the write lock for the whole verification."""
+    env = {k: v for k, v in child_env().items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(BATON_DATA_DIR=str(tmp_path), BATON_HTTPS="false", BATON_AGENT_MODULES="")
+    done = subprocess.run(
+        [sys.executable, "-c", SQLITE_SNAPSHOT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["writer_free"] is True
+    assert (seen["head_before"], seen["head_inside"], seen["events_inside"]) == (3, 3, 3)
+    assert seen["head_after"] == 4
+    assert seen["verified"].startswith("chain intact up to #4")
 
 
 @pytest.mark.django_db(transaction=True)
