@@ -24,10 +24,16 @@ from audit import verbs
 from audit.chain import format_time
 from audit.export import csv_chunks, export_plan, jsonl_chunks
 from audit.filters import AuditFilter
-from audit.models import Checkpoint, Verification
 from audit.selectors import audit_scope, filter_q
 from audit.services import Actor, audit_record
-from audit.signing import NO_SIGNING_KEY, checkpoint_sign, public_pem, signing_key
+from audit.signing import (
+    NO_SIGNING_KEY,
+    SigningKeyError,
+    checkpoint_sign,
+    public_pem,
+    signing_key,
+)
+from audit.verify import badge_state
 from console.permissions import signed_in
 
 FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
@@ -41,11 +47,19 @@ FORMAT_DOC = Path(__file__).with_name("FORMAT.md")
 
 
 def integrity() -> dict[str, Any]:
-    """What the integrity badge shows: the last verification and the last checkpoint."""
+    """What the integrity badge shows: the last proven verification (audit.verify decides
+    what may be shown) and the last checkpoint."""
+    shown = badge_state()
+    try:
+        signing = signing_key() is not None
+    except SigningKeyError:
+        signing = False  # the badge says no key signs; verification names the error
     return {
-        "verification": Verification.objects.order_by("-finished_at").first(),
-        "checkpoint": Checkpoint.objects.order_by("-seq", "-id").first(),
-        "signing": signing_key() is not None,
+        "state": shown.state,
+        "verification": shown.verification,
+        "note": shown.note,
+        "checkpoint": shown.checkpoint,
+        "signing": signing,
     }
 
 
@@ -188,4 +202,4 @@ def verify(request: HttpRequest) -> HttpResponse:
 @login_required
 def badge(request: HttpRequest) -> HttpResponse:
     _visible(signed_in(request))
-    return render(request, "audit/badge.html", integrity())
+    return render(request, "audit/badge.html", {"integrity": integrity()})

@@ -44,7 +44,13 @@ from audit.chain import (
     export_seal_message,
 )
 from audit.models import AuditEvent, ChainHead, Checkpoint
-from audit.signing import key_id, signing_key
+from audit.signing import (
+    checkpoint_trusted,
+    first_trusted_checkpoint,
+    key_id,
+    signing_key,
+    trusted_keys,
+)
 
 FORMAT = "baton-audit-export/2"
 CHUNK_ROWS = 2000
@@ -83,8 +89,12 @@ def export_plan(matched: Q, *, up_to: int | None = None) -> Plan:
     last = selected.order_by("-seq").values_list("seq", flat=True).first()
     if first is None or last is None:
         first = last = up_to
-    before = Checkpoint.objects.filter(seq__lt=first).order_by("-seq").first()
-    after = Checkpoint.objects.filter(seq__gte=last).order_by("seq").first()
+    # Only checkpoints a trusted key signed: anyone who can write the table can add rows.
+    keys = trusted_keys()
+    before = first_trusted_checkpoint(
+        Checkpoint.objects.filter(seq__lt=first).order_by("-seq"), keys
+    )
+    after = first_trusted_checkpoint(Checkpoint.objects.filter(seq__gte=last).order_by("seq"), keys)
     anchor_seq, anchor_hash = (before.seq, before.hash) if before else (0, GENESIS)
     to_seq = after.seq if after else up_to
     # One checkpoint per covered seq is enough; the newest of each.
@@ -92,7 +102,8 @@ def export_plan(matched: Q, *, up_to: int | None = None) -> Plan:
     for checkpoint in Checkpoint.objects.filter(seq__gte=anchor_seq, seq__lte=to_seq).order_by(
         "seq", "id"
     ):
-        covering[checkpoint.seq] = checkpoint
+        if checkpoint_trusted(checkpoint, keys):
+            covering[checkpoint.seq] = checkpoint
     if before is None:
         covering.pop(0, None)
     return Plan(anchor_seq, anchor_hash, to_seq, list(covering.values()))

@@ -128,15 +128,25 @@ class Checkpoint(models.Model):
 
 
 class Verification(models.Model):
-    """The outcome of one run of the chain verification, for the integrity badge."""
+    """The outcome of one run of the chain verification, for the integrity badge.
+
+    Anyone who can write the database can insert a row, so a row proves nothing by being
+    here: the outcome is signed with the audit signing key (audit.signing), and the badge
+    shows only a row whose signature verifies and which is fresh (audit.verify.badge_state).
+    Append-only in the database, like the trail (migration 0006)."""
 
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField()
     ok = models.BooleanField()
     up_to_seq = models.BigIntegerField()
+    # The hash of #up_to_seq when the chain was found intact, so "verified up to #N" is
+    # bound to the chain that was verified.
+    up_to_hash = models.CharField(max_length=64, blank=True, db_default="")
     first_bad_seq = models.BigIntegerField(null=True, blank=True)
     checkpoints = models.IntegerField(default=0)
     message = models.TextField(blank=True)
+    key_id = models.CharField(max_length=16, blank=True, db_default="")
+    signature = models.CharField(max_length=128, blank=True, db_default="")
 
     class Meta:
         ordering = ["-finished_at"]

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit.chain import checkpoint_message, format_time
@@ -33,8 +35,9 @@ NO_SIGNING_KEY = (
 CHECKPOINT_FILE = "checkpoints.jsonl"
 
 
-class SigningKeyError(Exception):
-    pass
+class SigningKeyError(ValueError):
+    """A configured key that cannot be used; a ValueError, so every reader of keys that
+    reports a bad value reports this one too."""
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -107,7 +110,10 @@ def load_public_keys(pem_bundle: bytes) -> list[Ed25519PublicKey]:
     for chunk in pem_bundle.split(marker):
         if b"-----BEGIN PUBLIC KEY-----" not in chunk:
             continue
-        key = serialization.load_pem_public_key(chunk.strip() + b"\n" + marker + b"\n")
+        try:
+            key = serialization.load_pem_public_key(chunk.strip() + b"\n" + marker + b"\n")
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise SigningKeyError(f"a trusted key cannot be read: {exc}") from exc
         if not isinstance(key, Ed25519PublicKey):
             raise SigningKeyError("a trusted key is not an Ed25519 public key")
         keys.append(key)
@@ -122,6 +128,16 @@ class SignedHead:
     key_id: str
     signature: str
 
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> SignedHead:
+        return cls(
+            checkpoint.seq,
+            checkpoint.hash,
+            checkpoint.signed_at,
+            checkpoint.key_id,
+            checkpoint.signature,
+        )
+
     def as_json(self) -> dict[str, object]:
         return {
             "seq": self.seq,
@@ -130,6 +146,58 @@ class SignedHead:
             "key_id": self.key_id,
             "signature": self.signature,
         }
+
+
+def verification_message(
+    *,
+    ok: bool,
+    up_to_seq: int,
+    up_to_hash: str,
+    first_bad_seq: int | None,
+    checkpoints: int,
+    finished_at: str,
+    message: str,
+) -> bytes:
+    """What a verification's signature covers: its whole outcome, the time it finished
+    (the badge's freshness) and the hash it verified up to."""
+    fields = [
+        "ok" if ok else "broken",
+        str(up_to_seq),
+        up_to_hash,
+        "" if first_bad_seq is None else str(first_bad_seq),
+        str(checkpoints),
+        finished_at,
+        hashlib.sha256(message.encode()).hexdigest(),
+    ]
+    return ("baton-verification/1\n" + "\n".join(fields) + "\n").encode()
+
+
+def head_trusted(signed: SignedHead, keys: dict[str, Ed25519PublicKey]) -> str | None:
+    """None when a trusted key signed this head; otherwise why it is not to be trusted.
+    Anyone who can write the database or the checkpoint directory can plant a checkpoint:
+    only the signature makes it one."""
+    key = keys.get(signed.key_id)
+    if key is None:
+        return f"checkpoint #{signed.seq} is signed by an unknown key {signed.key_id}"
+    try:
+        key.verify(
+            bytes.fromhex(signed.signature),
+            checkpoint_message(signed.seq, signed.hash, signed.signed_at),
+        )
+    except (InvalidSignature, ValueError):
+        return f"checkpoint #{signed.seq} (signed {signed.signed_at}) has a bad signature"
+    return None
+
+
+def checkpoint_trusted(checkpoint: Checkpoint, keys: dict[str, Ed25519PublicKey]) -> bool:
+    return head_trusted(SignedHead.of(checkpoint), keys) is None
+
+
+def first_trusted_checkpoint(
+    checkpoints: QuerySet[Checkpoint], keys: dict[str, Ed25519PublicKey]
+) -> Checkpoint | None:
+    """The first checkpoint of this ordered queryset that a trusted key signed."""
+    return next((c for c in checkpoints.iterator() if checkpoint_trusted(c, keys)), None)
 
 
 def checkpoint_sign(*, only_if_new: bool = False) -> Checkpoint | None:
@@ -144,9 +212,13 @@ def checkpoint_sign(*, only_if_new: bool = False) -> Checkpoint | None:
         # Lock the head: no writer may move it between reading and signing.
         head = ChainHead.objects.select_for_update().filter(pk=1).first()
         seq, head_hash = (head.seq, head.hash) if head else (0, "0" * 64)
-        last = Checkpoint.objects.order_by("-seq").first()
-        if only_if_new and last is not None and last.seq == seq:
-            return None
+        if only_if_new:
+            # A planted row at the head must not stand in for the checkpoint it skips.
+            ours = {key_id(private.public_key()): private.public_key()}
+            newest = Checkpoint.objects.filter(seq__gte=seq).order_by("-seq", "-id")
+            last = first_trusted_checkpoint(newest, ours)
+            if last is not None and last.seq == seq:
+                return None
         signed_at = format_time(timezone.now())
         signature = private.sign(checkpoint_message(seq, head_hash, signed_at)).hex()
         checkpoint = Checkpoint.objects.create(
@@ -173,21 +245,50 @@ def _keep_outside(signed: SignedHead) -> None:
 
 
 def outside_checkpoints() -> list[SignedHead]:
-    """The checkpoints kept in the checkpoint file (empty if there is none yet)."""
+    """The well-formed checkpoints kept in the checkpoint file (empty if there is none)."""
+    return read_outside_checkpoints()[0]
+
+
+def read_outside_checkpoints() -> tuple[list[SignedHead], list[str]]:
+    """The checkpoints kept in the checkpoint file, and what is wrong with the file: a line
+    that is no checkpoint, or a file that cannot be read, is named, never a traceback."""
     path = Path(settings.BATON_AUDIT_CHECKPOINT_DIR) / CHECKPOINT_FILE
-    if not path.exists():
-        return []
-    found = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            found.append(
-                SignedHead(
-                    int(row["seq"]),
-                    row["hash"],
-                    row["signed_at"],
-                    row["key_id"],
-                    row["signature"],
-                )
-            )
-    return found
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], []
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"the checkpoint file {path} cannot be read: {exc}"]
+    found: list[SignedHead] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        head = _signed_head(line)
+        if head is None:
+            problems.append(f"line {number} of the checkpoint file {path} is not a checkpoint")
+        else:
+            found.append(head)
+    return found, problems
+
+
+def _signed_head(line: str) -> SignedHead | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    seq, head_hash, signed_at, signer, signature = (
+        row.get(name) for name in ("seq", "hash", "signed_at", "key_id", "signature")
+    )
+    if type(seq) is not int or seq < 0:  # not a bool, not a float
+        return None
+    if not (
+        isinstance(head_hash, str)
+        and isinstance(signed_at, str)
+        and isinstance(signer, str)
+        and isinstance(signature, str)
+    ):
+        return None
+    return SignedHead(seq, head_hash, signed_at, signer, signature)

@@ -9,24 +9,47 @@ number. Tamper-evident, not tamper-proof: it tells that and where history was ch
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from django.db import connection
+from django.conf import settings
+from django.db import connection, models, transaction
 from django.utils import timezone
 
-from audit.chain import GENESIS, checkpoint_message
+from audit.chain import GENESIS, format_time
 from audit.models import AuditEvent, ChainHead, Checkpoint, Verification
-from audit.signing import SignedHead, outside_checkpoints, trusted_keys
+from audit.signing import (
+    SignedHead,
+    SigningKeyError,
+    checkpoint_trusted,
+    head_trusted,
+    key_id,
+    read_outside_checkpoints,
+    signing_key,
+    trusted_keys,
+    verification_message,
+)
+
+log = logging.getLogger(__name__)
+
+VERIFICATION_UNPROVEN = "Unverified: the latest verification record is not signed by a trusted key."
+VERIFICATION_STALE = "Not verified recently: the last verification is older than {age}."
+VERIFICATION_MOVED = "Unverified: the chain no longer holds the head that was verified."
+BADGE_CHECKPOINTS = 50  # the newest checkpoints the badge looks through for a signed one
 
 
 @dataclass
 class Outcome:
     ok: bool = True
     up_to_seq: int = 0
+    up_to_hash: str = ""  # the hash of #up_to_seq, when the chain is intact
     first_bad_seq: int | None = None
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
@@ -46,37 +69,99 @@ class Outcome:
         return where + "; ".join(self.problems[:5])
 
 
-def _signature_ok(signed: SignedHead, keys: dict[str, Ed25519PublicKey]) -> str | None:
-    key = keys.get(signed.key_id)
-    if key is None:
-        return f"checkpoint #{signed.seq} is signed by an unknown key {signed.key_id}"
+# Every column the pages, filters and exports read besides the body: each must say what
+# the canonical bytes say. They are generated from the body, but whoever can run DDL can
+# redefine one (ALTER TABLE), and then the pages would show what the chain does not prove.
+SHOWN_COLUMNS = tuple(
+    f.name for f in AuditEvent._meta.concrete_fields if isinstance(f, models.GeneratedField)
+)
+_NUMBERS = frozenset(
+    f.name
+    for f in AuditEvent._meta.concrete_fields
+    if isinstance(f, models.GeneratedField) and isinstance(f.output_field, models.IntegerField)
+)
+
+
+def _disagreeing_column_sql() -> str:
+    """SQL naming the first shown column that differs from its key in the body (NULL when
+    all agree). Its own reading of the body (json_to_record, every value as text), not the
+    columns' definitions, which are what it checks."""
+    record = ", ".join(f"{name} text" for name in SHOWN_COLUMNS)
+    cases = " ".join(
+        f"WHEN e.{name}{'::text' if name in _NUMBERS else ''} IS DISTINCT FROM r.{name} "
+        f"THEN '{name}'"
+        for name in SHOWN_COLUMNS
+    )
+    return f"CASE {cases} END FROM audit_auditevent e, json_to_record(e.body::json) AS r({record})"
+
+
+def _disagreeing_column(body: str, shown: tuple[Any, ...]) -> str | None:
+    """The same check in Python, for SQLite."""
     try:
-        key.verify(
-            bytes.fromhex(signed.signature),
-            checkpoint_message(signed.seq, signed.hash, signed.signed_at),
-        )
-    except (InvalidSignature, ValueError):
-        return f"checkpoint #{signed.seq} (signed {signed.signed_at}) has a bad signature"
+        content = json.loads(body)
+    except ValueError:
+        return SHOWN_COLUMNS[0]
+    for name, value in zip(SHOWN_COLUMNS, shown, strict=True):
+        held = content.get(name) if isinstance(content, dict) else None
+        if _as_text(value) != _as_text(held):
+            return name
     return None
 
 
-def _rows() -> Iterator[tuple[int, str, str, str]]:
-    """(seq, prev_hash, hash, body) in seq order, streamed."""
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _rows() -> Iterator[tuple[int, str, str, str, str | None]]:
+    """(seq, prev_hash, hash, body, the first shown column that disagrees with the body or
+    None) in seq order, streamed."""
     if connection.vendor == "postgresql":
-        # psycopg's own COPY: streamed, never a result set held in memory.
+        # psycopg's own COPY: streamed, never a result set held in memory. The server
+        # reads the columns against the body while this process hashes.
         copy_sql = (
-            "COPY (SELECT seq, prev_hash, hash, body FROM audit_auditevent ORDER BY seq) "
-            "TO STDOUT (FORMAT BINARY)"
+            "COPY (SELECT e.seq, e.prev_hash, e.hash, e.body, "
+            f"{_disagreeing_column_sql()} ORDER BY e.seq) TO STDOUT (FORMAT BINARY)"
         )
         with connection.cursor() as cursor, cursor.cursor.copy(copy_sql) as copy:
-            copy.set_types(["int8", "text", "text", "text"])
+            copy.set_types(["int8", "text", "text", "text", "text"])
             yield from copy.rows()
         return
-    yield from (
+    rows = (
         AuditEvent.objects.order_by("seq")
-        .values_list("seq", "prev_hash", "hash", "body")
+        .values_list("seq", "prev_hash", "hash", "body", *SHOWN_COLUMNS)
         .iterator(chunk_size=5000)
     )
+    for seq, prev_hash, stored, body, *shown in rows:
+        yield seq, prev_hash, stored, body, _disagreeing_column(body, tuple(shown))
+
+
+@contextmanager
+def verification_snapshot() -> Iterator[None]:
+    """One consistent view of the events, the checkpoints and the chain head. Read one by
+    one at READ COMMITTED, a writer committing in between made an intact trail look cut
+    ("the chain head says #N but the events end at #N-1")."""
+    if connection.in_atomic_block:
+        # Inside a caller's transaction (the test suite's), its view is the one there is;
+        # a savepoint keeps that transaction usable if reading fails.
+        with transaction.atomic():
+            yield
+        return
+    if connection.vendor == "sqlite":
+        # Django opens SQLite transactions IMMEDIATE, which takes the write lock; a deferred
+        # one reads one snapshot of the WAL from its first read and blocks no writer.
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN DEFERRED")
+            try:
+                yield
+            finally:
+                cursor.execute("ROLLBACK")  # it wrote nothing
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
 
 
 def chain_verify(
@@ -84,17 +169,29 @@ def chain_verify(
     keys: dict[str, Ed25519PublicKey] | None = None,
     extra_checkpoints: Iterable[SignedHead] = (),
 ) -> Outcome:
-    keys = trusted_keys() if keys is None else keys
     outcome = Outcome()
-    signed = [
-        SignedHead(c.seq, c.hash, c.signed_at, c.key_id, c.signature)
-        for c in Checkpoint.objects.order_by("seq")
-    ]
+    if keys is None:
+        try:
+            keys = trusted_keys()
+        except (SigningKeyError, OSError, ValueError) as exc:
+            outcome.fail(None, f"the trusted keys cannot be read: {exc}")
+            keys = {}
+    # The file first: each of its checkpoints was committed before it was written there,
+    # so the snapshot taken next holds every event it covers.
+    outside, problems = read_outside_checkpoints()
+    for problem in problems:
+        outcome.fail(None, problem)
+    with verification_snapshot():
+        return _verify(outcome, keys, [*outside, *extra_checkpoints])
+
+
+def _verify(outcome: Outcome, keys: dict[str, Ed25519PublicKey], more: list[SignedHead]) -> Outcome:
+    signed = [SignedHead.of(c) for c in Checkpoint.objects.order_by("seq")]
     # The copies outside the database repeat those inside; each checkpoint counts once.
-    signed = list(dict.fromkeys([*signed, *outside_checkpoints(), *extra_checkpoints]))
+    signed = list(dict.fromkeys([*signed, *more]))
     expected: dict[int, str] = {}
     for checkpoint in signed:
-        problem = _signature_ok(checkpoint, keys)
+        problem = head_trusted(checkpoint, keys)
         if problem:
             outcome.fail(checkpoint.seq or None, problem)
             continue
@@ -106,23 +203,27 @@ def chain_verify(
 
     sha256 = hashlib.sha256
     prev, want = GENESIS, 1
-    for seq, prev_hash, stored, body in _rows():
+    bad: tuple[int, str] | None = None
+    # The walk stops at its own first break, whatever else was found before it.
+    for seq, prev_hash, stored, body, disagreeing in _rows():
         if seq != want:
-            outcome.fail(want, f"events #{want}..#{seq - 1} are missing")
+            bad = (want, f"events #{want}..#{seq - 1} are missing")
         elif prev_hash != prev:
-            outcome.fail(seq, f"#{seq} does not link to the event before it")
+            bad = (seq, f"#{seq} does not link to the event before it")
         else:
             content_digest = sha256(body.encode()).hexdigest()
             if sha256(f"{prev}\n{seq}\n{content_digest}".encode()).hexdigest() != stored:
-                outcome.fail(seq, f"#{seq} does not match its hash: its content was changed")
+                bad = (seq, f"#{seq} does not match its hash: its content was changed")
             elif seq in expected and expected[seq] != stored:
-                outcome.fail(seq, f"#{seq} differs from the checkpoint signed at #{seq}")
-        if not outcome.ok:
+                bad = (seq, f"#{seq} differs from the checkpoint signed at #{seq}")
+            elif disagreeing:
+                bad = (seq, f"#{seq} shows a {disagreeing} its canonical bytes do not hold")
+        if bad:
+            outcome.fail(*bad)
             break
         prev, want = stored, seq + 1
     last = want - 1
-    outcome.up_to_seq = last if outcome.ok else (outcome.first_bad_seq or 1) - 1
-    if outcome.ok:
+    if bad is None:
         beyond = [s for s in expected if s > last]
         if beyond:
             outcome.fail(
@@ -131,28 +232,131 @@ def chain_verify(
                 "events were removed from the end",
             )
         head = ChainHead.objects.filter(pk=1).first()
-        if outcome.ok and head is not None and (head.seq, head.hash) != (last, prev):
+        if head is None and last > 0:
+            # Every later append would fail: it restarts the head at #0, and #1 exists.
+            outcome.fail(last + 1, f"the chain head is missing; the events end at #{last}")
+        elif head is not None and (head.seq, head.hash) != (last, prev):
             outcome.fail(
                 min(head.seq, last) + 1,
                 f"the chain head says #{head.seq} but the events end at #{last}",
             )
+    outcome.up_to_seq = last if outcome.ok else min(last, (outcome.first_bad_seq or 1) - 1)
+    if outcome.ok:
+        outcome.up_to_hash = prev
     return outcome
 
 
 def verification_record(outcome: Outcome, started_at: datetime) -> Verification:
-    """Keep the outcome for the integrity badge (not part of the trail itself)."""
-    return Verification.objects.create(
+    """Keep the outcome for the integrity badge (not part of the trail itself), signed with
+    the audit signing key when there is one: an unsigned row is never shown as an outcome."""
+    row = Verification(
         started_at=started_at,
         finished_at=timezone.now(),
         ok=outcome.ok,
         up_to_seq=outcome.up_to_seq,
+        up_to_hash=outcome.up_to_hash if outcome.ok else "",
         first_bad_seq=outcome.first_bad_seq,
         checkpoints=outcome.checkpoints,
         message=outcome.message,
     )
+    try:
+        private = signing_key()
+    except SigningKeyError:
+        private = None  # recorded unsigned; the badge shows it as unverified
+    if private is not None:
+        row.key_id = key_id(private.public_key())
+        row.signature = private.sign(_signed_text(row)).hex()
+    row.save()
+    return row
 
 
-def chain_verify_and_record() -> tuple[Outcome, Verification]:
+def _signed_text(row: Verification) -> bytes:
+    return verification_message(
+        ok=row.ok,
+        up_to_seq=row.up_to_seq,
+        up_to_hash=row.up_to_hash,
+        first_bad_seq=row.first_bad_seq,
+        checkpoints=row.checkpoints,
+        finished_at=format_time(row.finished_at),
+        message=row.message,
+    )
+
+
+def chain_verify_and_record(
+    *, keys: dict[str, Ed25519PublicKey] | None = None
+) -> tuple[Outcome, Verification]:
     started_at = timezone.now()
-    outcome = chain_verify()
+    try:
+        outcome = chain_verify(keys=keys)
+    except Exception as exc:  # noqa: BLE001 - whatever stops it, the outcome is recorded
+        log.exception("audit verification could not complete")
+        outcome = Outcome()
+        outcome.fail(None, f"verification could not complete: {type(exc).__name__}: {exc}")
     return outcome, verification_record(outcome, started_at)
+
+
+def verification_proven(row: Verification, keys: dict[str, Ed25519PublicKey]) -> bool:
+    """Whether a trusted key signed exactly this outcome."""
+    key = keys.get(row.key_id)
+    if key is None or not row.signature:
+        return False
+    try:
+        key.verify(bytes.fromhex(row.signature), _signed_text(row))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verification_max_age() -> timedelta:
+    """How old a verification may be and still make the badge green: two scheduled runs."""
+    return timedelta(seconds=2 * settings.BATON_AUDIT_VERIFY_EVERY_SECONDS)
+
+
+@dataclass(frozen=True)
+class BadgeState:
+    """What the integrity badge may say. `verified` (green) only for a signed, fresh outcome
+    whose head is still in the chain; `broken` for a signed failure; anything else is
+    `stale`, `unproven` or `none` (never green)."""
+
+    state: str
+    verification: Verification | None = None
+    note: str = ""
+    checkpoint: Checkpoint | None = None  # the newest one a trusted key signed
+
+
+def badge_state() -> BadgeState:
+    try:
+        keys = trusted_keys()
+    except (SigningKeyError, OSError, ValueError):
+        keys = {}
+    # Bounded: the badge is polled, and anyone who can write the table can add rows.
+    newest = Checkpoint.objects.order_by("-seq", "-id")[:BADGE_CHECKPOINTS]
+    checkpoint = next((c for c in newest if checkpoint_trusted(c, keys)), None)
+    shown = _verification_shown(keys)
+    return BadgeState(shown.state, shown.verification, shown.note, checkpoint)
+
+
+def _verification_shown(keys: dict[str, Ed25519PublicKey]) -> BadgeState:
+    row = Verification.objects.order_by("-finished_at", "-id").first()
+    if row is None:
+        return BadgeState("none")
+    if not verification_proven(row, keys):
+        return BadgeState("unproven", row, VERIFICATION_UNPROVEN)
+    if not row.ok:
+        return BadgeState("broken", row)
+    max_age = verification_max_age()
+    if timezone.now() - row.finished_at > max_age:
+        return BadgeState("stale", row, VERIFICATION_STALE.format(age=_duration(max_age)))
+    held = (
+        GENESIS
+        if row.up_to_seq == 0
+        else AuditEvent.objects.filter(seq=row.up_to_seq).values_list("hash", flat=True).first()
+    )
+    if held != row.up_to_hash:
+        return BadgeState("unproven", row, VERIFICATION_MOVED)
+    return BadgeState("verified", row)
+
+
+def _duration(span: timedelta) -> str:
+    minutes = int(span.total_seconds() // 60)
+    return f"{minutes} minutes" if minutes >= 2 else f"{int(span.total_seconds())} seconds"

@@ -313,6 +313,10 @@ def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> No
                     "UPDATE audit_auditevent SET body = body",
                     "DELETE FROM audit_auditevent",
                     "TRUNCATE audit_auditevent",
+                    "UPDATE audit_verification SET ok = true",
+                    "DELETE FROM audit_verification",
+                    "DELETE FROM audit_chainhead",
+                    "TRUNCATE audit_chainhead",
                     "SET session_replication_role = replica",
                     "ALTER TABLE audit_auditevent DISABLE TRIGGER USER",
                 ):

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.signing import key_id, load_public_keys
-from audit.verify import chain_verify, verification_record
+from audit.verify import chain_verify_and_record
 
 
 class Command(BaseCommand):
@@ -23,8 +23,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, public_key: Path | None, **options: Any) -> None:
-        from django.utils import timezone
-
         keys = None
         if public_key is not None:
             try:
@@ -33,9 +31,7 @@ class Command(BaseCommand):
                 raise CommandError(f"cannot read the public key {public_key}: {exc}") from exc
             if not keys:
                 raise CommandError(f"{public_key} holds no Ed25519 public key")
-        started_at = timezone.now()
-        outcome = chain_verify(keys=keys)
-        verification_record(outcome, started_at)
+        outcome, _ = chain_verify_and_record(keys=keys)
         if not outcome.ok:
             raise CommandError(f"audit chain BROKEN: {outcome.message}")
         self.stdout.write(f"audit chain OK: {outcome.message}")
