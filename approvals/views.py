@@ -76,8 +76,6 @@ def _render_request(
 @login_required
 def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     approval = selectors.request_for_user(request.user, request_id)
-    if not selectors.can_decide(request.user, approval):
-        raise PermissionDenied("You may not decide this agent's actions.")
     form = DecisionForm(request.POST)
     if not form.is_valid():
         return _render_request(request, approval, form=form, status=400)
