@@ -34,7 +34,14 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         risk=filters.get("risk", ""),
         sort=filters.get("sort") or "risk",
     )
-    context = {"form": form, "tab": tab, "requests": requests[:200]}
+    rows = list(requests[:200])
+    context = {
+        "form": form,
+        "tab": tab,
+        "requests": rows,
+        # The batch controls, only for someone who may decide one of the rows.
+        "decidable": any(getattr(r, "decidable", False) for r in rows),
+    }
     template = "approvals/queue.html#rows" if request.htmx else "approvals/queue.html"
     return render(request, template, context)
 
