@@ -28,6 +28,12 @@ from console.permissions import agents_for_user, user_can, users_who_can
 
 RISK_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
+ALREADY_DECIDED = "already decided: {status} by {who}"
+SELF_APPROVAL = "you launched this run, so someone else must decide it"
+AUTHOR_APPROVAL = "you authored the policy in force, so someone else must decide it"
+ALREADY_APPROVED_BY_YOU = "you already approved this request; it needs another approver"
+NOT_YOURS = "you may not decide this agent's actions"
+
 
 def decidable_by(user: Any) -> Q:
     """Who may decide a request: the one rule (DESIGN section 9), as a condition on
@@ -61,6 +67,22 @@ def may_decide(user: Any, request: ApprovalRequest) -> bool:
     """The rule above for one request, read from the database as it stands (inside the
     caller's transaction, so an edit being decided is judged by its new rule)."""
     return ApprovalRequest.objects.filter(decidable_by(user), pk=request.pk).exists()
+
+
+def refusal(user: Any, request: ApprovalRequest) -> str:
+    """Why the rule says no, in words, for a person it says no to: it names the rule's
+    first unmet condition, it does not decide anything itself."""
+    if request.status != ApprovalRequest.Status.PENDING:
+        last = request.decisions.select_related("user").last()
+        who = last.user.get_username() if last else "the system"
+        return ALREADY_DECIDED.format(status=request.status, who=who)
+    if user.pk == request.launched_by_id:
+        return SELF_APPROVAL
+    if user.pk == request.policy_author_id:
+        return AUTHOR_APPROVAL
+    if request.decisions.filter(user=user.pk, args_hash=request.args_hash).exists():
+        return ALREADY_APPROVED_BY_YOU
+    return NOT_YOURS
 
 
 def _group_names(user: Any) -> list[str]:
@@ -159,6 +181,7 @@ class RequestContext:
     time_left: timedelta | None
     can_decide: bool
     decided_by_you: bool
+    why_not: str
 
 
 def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
@@ -180,6 +203,7 @@ def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
     )
     time_left = request.due_at - timezone.now() if request.due_at else None
     yours = any(d.user_id == user.pk and d.args_hash == request.args_hash for d in decisions)
+    decidable = may_decide(user, request)
     return RequestContext(
         request=request,
         steps=steps,
@@ -188,6 +212,7 @@ def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
         approvals_given=given,
         still_needed=max(request.required_approvals - given, 0),
         time_left=time_left,
-        can_decide=may_decide(user, request),
+        can_decide=decidable,
         decided_by_you=yours,
+        why_not="" if decidable else refusal(user, request),
     )

@@ -17,20 +17,22 @@ from agents.policy import Rule, policy_for_version
 from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
 from agents.services import ServiceError
+from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
-from approvals.selectors import may_decide
+from approvals.selectors import NOT_YOURS, may_decide, refusal
 from audit import verbs
 from audit.services import SYSTEM, Actor, audit_record
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
-ALREADY_DECIDED = "already decided: {status} by {who}"
+# The decide rule's own messages (approvals.selectors), named here for the callers.
+ALREADY_DECIDED = selectors.ALREADY_DECIDED
+SELF_APPROVAL = selectors.SELF_APPROVAL
+AUTHOR_APPROVAL = selectors.AUTHOR_APPROVAL
+ALREADY_APPROVED_BY_YOU = selectors.ALREADY_APPROVED_BY_YOU
 STALE_DECISION = "the action changed since you opened it; reload and decide again"
-SELF_APPROVAL = "you launched this run, so someone else must decide it"
-AUTHOR_APPROVAL = "you authored the policy in force, so someone else must decide it"
-ALREADY_APPROVED_BY_YOU = "you already approved this request; it needs another approver"
 REJECT_NEEDS_REASON = "a rejection needs a reason: it is sent back to the agent"
 EDIT_INVALID = "the edited arguments break the tool's schema: {errors}"
 EDIT_DENIED = "the policy would deny the edited arguments: {reason}"
@@ -39,7 +41,6 @@ EDIT_SHADOWED = (
     "real, so they cannot be approved; approve the arguments as they were, or reject"
 )
 EDIT_NOT_YOURS = "the edited arguments fall under {rule}, which you may not approve"
-NOT_YOURS = "you may not decide this agent's actions"
 BAD_VERDICT = "a decision is approve or reject"
 
 
@@ -220,18 +221,13 @@ def approval_decide(
 
 
 def _refusal(user: User, request: ApprovalRequest) -> Exception:
-    """Why `may_decide` said no, in words: the rule is decided there, this only names it."""
+    """Why `may_decide` said no, as the exception the callers expect."""
+    why = refusal(user, request)
     if request.status != ApprovalRequest.Status.PENDING:
-        last = request.decisions.select_related("user").last()
-        who = last.user.get_username() if last else "the system"
-        return AlreadyDecided(ALREADY_DECIDED.format(status=request.status, who=who))
-    if user.pk == request.launched_by_id:
-        return ServiceError(SELF_APPROVAL)
-    if user.pk == request.policy_author_id:
-        return ServiceError(AUTHOR_APPROVAL)
-    if request.decisions.filter(user=user, args_hash=request.args_hash).exists():
-        return ServiceError(ALREADY_APPROVED_BY_YOU)
-    return PermissionDenied(NOT_YOURS)
+        return AlreadyDecided(why)
+    if why == NOT_YOURS:
+        return PermissionDenied(why)
+    return ServiceError(why)
 
 
 def _check_edit(request: ApprovalRequest, edited: Any) -> dict[str, Any]:

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils.html import escape
 
 from approvals.models import ApprovalDecision, ApprovalRequest
+from approvals.selectors import NOT_YOURS, SELF_APPROVAL
 from audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -77,7 +79,8 @@ def test_compliance_reads_the_queue_but_may_not_decide(held: Any, world: Any) ->
     client = client_for(world.compliance)
     assert f"request-{request.pk}" in client.get("/approvals/").content.decode()
     page = client.get(f"/approvals/{request.pk}/").content.decode()
-    assert "You can see this request but not decide it." in page and 'id="approve"' not in page
+    assert escape(f"You can see this request but not decide it: {NOT_YOURS}.") in page
+    assert 'id="approve"' not in page
     before = AuditEvent.objects.count()
     assert post_decision(client, request).status_code == 403
     nothing_changed(request, before)
@@ -233,3 +236,46 @@ def test_the_badge_counts_what_the_person_may_decide(held: Any, world: Any) -> N
     held(claim="y")
     assert ">2<" in client_for(world.supervisor).get("/approvals/badge").content.decode()
     assert "badge" not in client_for(world.compliance).get("/approvals/badge").content.decode()
+
+
+DECIDE_CONTROLS = (
+    'name="selected"',
+    "Approve selected",
+    "Reject selected",
+    'class="small">Approve',
+)
+
+
+def test_compliance_and_agent_admins_are_offered_no_decide_controls(held: Any, world: Any) -> None:
+    request = held()
+    for person in (world.compliance, world.admin):
+        client = client_for(person)
+        queue = client.get("/approvals/").content.decode()
+        assert f'id="request-{request.pk}"' in queue, person.username
+        for control in (*DECIDE_CONTROLS, f"/approvals/{request.pk}/decide"):
+            assert control not in queue, (person.username, control)
+        page = client.get(f"/approvals/{request.pk}/").content.decode()
+        assert f"/approvals/{request.pk}/decide" not in page, person.username
+        before = AuditEvent.objects.count()
+        assert post_decision(client, request).status_code in (400, 403), "the server refuses"
+        nothing_changed(request, before)
+
+
+def test_the_launcher_is_offered_no_form_the_server_would_refuse(held: Any, world: Any) -> None:
+    request = held(user=world.supervisor)
+    client = client_for(world.supervisor)
+    queue = client.get("/approvals/").content.decode()
+    assert f'id="request-{request.pk}"' in queue
+    for control in (*DECIDE_CONTROLS, f"/approvals/{request.pk}/decide"):
+        assert control not in queue, control
+    page = client.get(f"/approvals/{request.pk}/").content.decode()
+    assert f"/approvals/{request.pk}/decide" not in page
+    assert escape(f"You can see this request but not decide it: {SELF_APPROVAL}.") in page
+    before = AuditEvent.objects.count()
+    refused = post_decision(client, request)
+    assert refused.status_code == 400 and SELF_APPROVAL in refused.content.decode()
+    nothing_changed(request, before)
+    assert any(
+        c in client_for(world.second_supervisor).get("/approvals/").content.decode()
+        for c in DECIDE_CONTROLS
+    )
