@@ -99,6 +99,21 @@ def approvals_for_user(user: Any) -> QuerySet[ApprovalRequest]:
     )
 
 
+def agent_known(user: Any, slug: str) -> bool:
+    """Whether the queue may be filtered by this agent: one the person sees."""
+    return (
+        agents_for_user(user).filter(slug=slug).exists()
+        or approvals_for_user(user).filter(agent__slug=slug).exists()
+    )
+
+
+def team_known(user: Any, slug: str) -> bool:
+    return (
+        agents_for_user(user).filter(team__slug=slug).exists()
+        or approvals_for_user(user).filter(agent__team__slug=slug).exists()
+    )
+
+
 def decidable_count(user: Any) -> int:
     """Pending requests the person may decide: the navigation badge."""
     return ApprovalRequest.objects.filter(decidable_by(user)).count()

@@ -5,6 +5,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -18,12 +19,15 @@ from approvals.models import ApprovalRequest
 from approvals.services import STALE_DECISION, AlreadyDecided, approval_decide
 from console.permissions import signed_in
 
+QUEUE_PAGE_SIZE = 50
+
 
 @require_GET
 @login_required
 def queue(request: HtmxHttpRequest) -> HttpResponse:
-    form = QueueFilter(request.GET)
-    filters: dict[str, Any] = form.cleaned_data if form.is_valid() else {}
+    form = QueueFilter(request.GET, user=request.user)
+    valid = form.is_valid()
+    filters: dict[str, Any] = form.cleaned_data if valid else {}
     tab = filters.get("tab") or "pending"
     requests = selectors.queue(
         request.user,
@@ -34,16 +38,28 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         risk=filters.get("risk", ""),
         sort=filters.get("sort") or "risk",
     )
-    rows = list(requests[:200])
+    # A filter that names nothing the person sees shows its message, not everything.
+    page = Paginator(requests if valid else requests.none(), QUEUE_PAGE_SIZE).get_page(
+        filters.get("page")
+    )
+    rows = list(page.object_list)
     context = {
         "form": form,
         "tab": tab,
         "requests": rows,
+        "page": page,
+        "query": _query_without_page(request),
         # The batch controls, only for someone who may decide one of the rows.
         "decidable": any(getattr(r, "decidable", False) for r in rows),
     }
     template = "approvals/queue.html#rows" if request.htmx else "approvals/queue.html"
     return render(request, template, context)
+
+
+def _query_without_page(request: HtmxHttpRequest) -> str:
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
 
 
 @require_GET

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -279,3 +280,77 @@ def test_the_launcher_is_offered_no_form_the_server_would_refuse(held: Any, worl
         c in client_for(world.second_supervisor).get("/approvals/").content.decode()
         for c in DECIDE_CONTROLS
     )
+
+
+def page_rows(html: str) -> list[int]:
+    return [int(pk) for pk in re.findall(r'<tr id="request-(\d+)"', html)]
+
+
+def next_href(html: str) -> str | None:
+    found = re.search(r'<a href="([^"]+)" rel="next">', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+def test_the_queue_paginates_with_real_links_that_keep_the_filters(
+    held: Any, world: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr("approvals.views.QUEUE_PAGE_SIZE", 2)
+    made = {held(claim=f"p{i}").pk for i in range(5)}
+    client = client_for(world.supervisor)
+    seen: list[int] = []
+    url: str | None = "/approvals/?agent=payer&sort=due"
+    pages = 0
+    while url is not None:
+        html = client.get(url if url.startswith("/") else f"/approvals/{url}").content.decode()
+        rows = page_rows(html)
+        assert 1 <= len(rows) <= 2
+        seen += rows
+        pages += 1
+        url = next_href(html)
+        assert url is None or ("agent=payer" in url and "sort=due" in url)
+    assert pages == 3 and len(seen) == 5 and set(seen) == made
+    assert seen == sorted(seen), "least time left first, across pages"
+    refresh = client.get("/approvals/?page=2", headers={"HX-Request": "true"}).content.decode()
+    assert len(page_rows(refresh)) == 2 and "page 2 of 3" in refresh
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("agent=nobody", "agent: No agent named nobody that you can see."),
+        ("team=support", "team: No team named support that you can see."),
+        ("team=nowhere", "team: No team named nowhere that you can see."),
+        ("page=0", "page: A page is a positive whole number, like 2."),
+    ],
+)
+def test_a_filter_naming_nothing_the_person_sees_says_so(
+    held: Any, world: Any, query: str, message: str
+) -> None:
+    held()
+    client = client_for(world.supervisor)
+    for headers in ({}, {"HX-Request": "true"}):
+        html = client.get(f"/approvals/?{query}", headers=headers).content.decode()
+        assert escape(message) in html
+        assert page_rows(html) == [], "a wrong filter shows nothing rather than everything"
+
+
+def test_an_agents_runs_paginate_by_keyset_with_real_links(
+    world: Any, make_agent: Any, monkeypatch: Any
+) -> None:
+    from agents.services import run_start
+    from tests.conftest import ALLOW_ALL_TESTS
+
+    monkeypatch.setattr("agents.selectors.RUNS_PAGE_SIZE", 2)
+    agent = make_agent("pager", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    made = [run_start(agent=agent, input={"label": f"r{i}"}).pk for i in range(5)]
+    client = client_for(world.supervisor)
+    seen: list[int] = []
+    url: str | None = "/agents/pager/"
+    while url is not None:
+        html = client.get(url if url.startswith("/") else f"/agents/pager/{url}").content.decode()
+        seen += [int(pk) for pk in re.findall(r'<a href="/runs/(\d+)/">', html)]
+        url = next_href(html)
+    assert seen == sorted(made, reverse=True)
+    broken = client.get("/agents/pager/?before=abc")
+    assert broken.status_code == 400
+    assert escape("This page link is broken") in broken.content.decode()
