@@ -253,3 +253,20 @@ def test_a_remote_agents_held_step_takes_the_same_path(remote_api: Any, world: A
     decide(request, world.second_supervisor)
     answer = remote_api.get(f"/runs/{run_id}/steps/1")
     assert (answer["decision"], answer["args"]) == ("allow", pay(50000, "R-1"))
+
+
+def test_the_deciders_of_the_new_rule_are_told_and_the_editor_is_not(
+    hold: Any, world: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.core import mail
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    for person in (world.supervisor, world.second_supervisor):
+        person.email = f"{person.username}@baton.example"
+        person.save(update_fields=["email"])
+    request = hold(5000)
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        decide(request, world.supervisor, edited_args=pay(50000))
+    assert [m.to for m in mail.outbox] == [["sol@baton.example"]]
+    assert "Approvals needed: 2" in mail.outbox[0].body and '"amount": 50000' in mail.outbox[0].body
