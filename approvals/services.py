@@ -160,8 +160,11 @@ def approval_decide(
             if args != request.args:
                 allowed = _rebind(request, args)
                 if not may_decide(user, request):
-                    # Rolled back with the transaction: the request is as it was.
-                    raise ServiceError(EDIT_NOT_YOURS.format(rule=_rule_name(request)))
+                    # Raised inside the transaction: the request is as it was.
+                    why = refusal(user, request)
+                    if why == NOT_YOURS:
+                        why = EDIT_NOT_YOURS.format(rule=_rule_name(request))
+                    raise ServiceError(why)
         ApprovalDecision.objects.create(
             request=request,
             user=user,

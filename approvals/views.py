@@ -99,6 +99,10 @@ def _render_request(
 @login_required
 def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     approval = selectors.request_for_user(request.user, request_id)
+    if not selectors.may_decide(request.user, approval):
+        why = selectors.refusal(request.user, approval)
+        if why == selectors.NOT_YOURS:
+            raise PermissionDenied(why)  # others get the service's own answer and status
     form = DecisionForm(request.POST)
     if not form.is_valid():
         return _render_request(request, approval, form=form, status=400)
