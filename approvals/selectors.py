@@ -10,15 +10,18 @@ from django.contrib.auth import get_user_model
 from django.db.models import (
     BooleanField,
     Case,
+    Count,
     Exists,
     ExpressionWrapper,
     IntegerField,
     OuterRef,
     Q,
     QuerySet,
+    Subquery,
     Value,
     When,
 )
+from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
@@ -161,8 +164,21 @@ def queue(
             "-decided_at", "-pk"
         )
     else:
+        # Only approvals of the current arguments count (an edit voids the others).
+        given = (
+            ApprovalDecision.objects.filter(
+                request=OuterRef("pk"),
+                verdict=ApprovalDecision.Verdict.APPROVE,
+                args_hash=OuterRef("args_hash"),
+            )
+            .order_by()
+            .values("request")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
         requests = requests.filter(status=ApprovalRequest.Status.PENDING).annotate(
-            decidable=ExpressionWrapper(decidable_by(user), output_field=BooleanField())
+            decidable=ExpressionWrapper(decidable_by(user), output_field=BooleanField()),
+            approvals_given=Coalesce(Subquery(given), 0),
         )
         if sort == "due":
             requests = requests.order_by("due_at", "pk")

@@ -359,3 +359,46 @@ def test_an_agents_runs_paginate_by_keyset_with_real_links(
     broken = client.get("/agents/pager/?before=abc")
     assert broken.status_code == 400
     assert escape("This page link is broken") in broken.content.decode()
+
+
+def test_the_queue_counts_only_approvals_of_the_current_arguments(held: Any, world: Any) -> None:
+    from approvals.services import approval_decide
+
+    request = held(amount=20000)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+    )
+    row = re.compile(rf'id="request-{request.pk}".*?<td>(\d) / (\d)</td>', re.S)
+    page = client_for(world.compliance).get("/approvals/").content.decode()
+    assert row.search(page).groups() == ("1", "2")  # type: ignore[union-attr]
+    approval_decide(
+        request_id=request.pk,
+        user=world.second_supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+        edited_args={"claim_id": "c1", "amount": 30000},
+    )
+    page = client_for(world.compliance).get("/approvals/").content.decode()
+    assert row.search(page).groups() == ("1", "2"), "sam approved 20,000, not 30,000"  # type: ignore[union-attr]
+
+
+def test_the_queue_costs_the_same_queries_for_two_rows_or_six(held: Any, world: Any) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(world.supervisor)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get("/approvals/").status_code == 200
+        return len(captured)
+
+    held(claim="a"), held(claim="b")
+    queries()  # warms the process-wide caches (content types, permissions)
+    two = queries()
+    for claim in "cdef":
+        held(claim=claim)
+    assert queries() == two
