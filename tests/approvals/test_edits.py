@@ -140,6 +140,10 @@ def test_an_edit_into_an_allow_rule_needs_only_this_approval(hold: Any, world: A
     assert decide(request, world.supervisor, edited_args=pay(80)).status == "approved"
     execute_run(request.run_id)
     assert paid() == [80] and executions("pay:c1") == 1
+    action = Action.objects.get(pk=request.action_id)
+    assert (action.rule_index, action.rule["effect"]) == (4, "allow")
+    allowed = AuditEvent.objects.get(run_id=request.run_id, verb="action.allowed")
+    assert allowed.payload["rule"]["effect"] == "allow", "the trail names the rule it ran under"
 
 
 def test_an_edit_into_another_approver_group_needs_a_member_of_it(
