@@ -35,6 +35,7 @@ _RULE_KEYS = {
     "timeout",
     "on_timeout",
     "escalate_to",
+    "approvers",
     "reason",
 }
 _LIMIT_KEYS = {"tool", "limit", "per"}
@@ -64,6 +65,8 @@ class Rule:
     on_timeout: str
     reason: str
     escalate_to: tuple[str, ...] = ()
+    # The approver group: when set, only the agent's supervisors in this group decide.
+    approvers: str = ""
 
     def matches(self, tool: str, args: dict[str, Any]) -> bool:
         if not fnmatch.fnmatchcase(tool, self.tool):
@@ -80,6 +83,8 @@ class Rule:
             )
             if self.escalate_to:
                 out["escalate_to"] = list(self.escalate_to)
+            if self.approvers:
+                out["approvers"] = self.approvers
         if self.reason:
             out["reason"] = self.reason
         return out
@@ -158,6 +163,9 @@ def _parse_rule(index: int, raw: object) -> Rule:
         raise PolicyError(f"{where}: 'escalate_to' names approver groups")
     if on_timeout == "escalate" and not escalate_to:
         raise PolicyError(f"{where}: 'on_timeout': 'escalate' needs 'escalate_to' groups")
+    approvers = raw.get("approvers", "")
+    if not isinstance(approvers, str) or len(approvers) > 150:
+        raise PolicyError(f"{where}: 'approvers' names one approver group")
     return Rule(
         index,
         tool.strip(),
@@ -168,6 +176,7 @@ def _parse_rule(index: int, raw: object) -> Rule:
         on_timeout,
         reason,
         tuple(g.strip() for g in escalate_to),
+        approvers.strip(),
     )
 
 

@@ -120,13 +120,24 @@ def overview(user: Any) -> dict[str, Any]:
     }
 
 
-def agent_detail(agent: Agent) -> dict[str, Any]:
+RUNS_PAGE_SIZE = 50
+
+
+def agent_detail(agent: Agent, *, before: int | None = None) -> dict[str, Any]:
+    """The agent, its versions, and one page of its runs, newest first: a keyset page of
+    the runs older than `before` (a run id), so any page costs the same."""
     switches = engaged_switches()
     agent.state = agent_state(agent, switches)
+    runs = agent.runs.select_related("version").order_by("-pk")
+    if before is not None:
+        runs = runs.filter(pk__lt=before)
+    page = list(runs[: RUNS_PAGE_SIZE + 1])
     return {
         "agent": agent,
         "versions": agent.versions.select_related("author").order_by("-number"),
-        "runs": agent.runs.select_related("version").order_by("-created_at")[:50],
+        "runs": page[:RUNS_PAGE_SIZE],
+        "older": page[RUNS_PAGE_SIZE - 1].pk if len(page) > RUNS_PAGE_SIZE else None,
+        "paged": before is not None,
     }
 
 

@@ -10,6 +10,8 @@ from agents import selectors
 from console.frames import recent_events as visible_events_page
 from console.permissions import agent_for_user
 
+BAD_RUNS_PAGE = "This page link is broken: start again from the newest runs."
+
 
 class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
@@ -37,7 +39,13 @@ def workers(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 def agent_detail(request: HttpRequest, slug: str) -> HttpResponse:
     agent = agent_for_user(request.user, slug)
-    return render(request, "agents/agent.html", selectors.agent_detail(agent))
+    before = request.GET.get("before", "")
+    if before and not (before.isascii() and before.isdigit() and len(before) <= 18):
+        context = selectors.agent_detail(agent)
+        context["error"] = BAD_RUNS_PAGE
+        return render(request, "agents/agent.html", context, status=400)
+    context = selectors.agent_detail(agent, before=int(before) if before else None)
+    return render(request, "agents/agent.html", context)
 
 
 @require_GET

@@ -5,10 +5,15 @@ from typing import Any
 
 from django import forms
 
+from approvals import selectors
 from approvals.models import ApprovalDecision
 from approvals.selectors import RISK_ORDER
 
 REASON_REQUIRED = "Write the reason: it goes back to the agent."
+# Worded as the audit page's filters (audit.filters) word them.
+NO_SUCH_AGENT = "No agent named {slug} that you can see."
+NO_SUCH_TEAM = "No team named {slug} that you can see."
+BAD_PAGE = "A page is a positive whole number, like 2."
 
 
 class QueueFilter(forms.Form):
@@ -20,6 +25,32 @@ class QueueFilter(forms.Form):
     tool = forms.RegexField(regex=r"^[\w.*-]{1,100}$", required=False)
     risk = forms.ChoiceField(choices=[("", "any")] + [(r, r) for r in RISK_ORDER], required=False)
     sort = forms.ChoiceField(choices=[("risk", "risk"), ("due", "time left")], required=False)
+    page = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=10**6,
+        error_messages={
+            "invalid": BAD_PAGE,
+            "min_value": BAD_PAGE,
+            "max_value": BAD_PAGE,
+        },
+    )
+
+    def __init__(self, data: Any = None, *, user: Any) -> None:
+        super().__init__(data)
+        self.user = user
+
+    def clean_agent(self) -> str:
+        slug: str = self.cleaned_data["agent"]
+        if slug and not selectors.agent_known(self.user, slug):
+            raise forms.ValidationError(NO_SUCH_AGENT.format(slug=slug))
+        return slug
+
+    def clean_team(self) -> str:
+        slug: str = self.cleaned_data["team"]
+        if slug and not selectors.team_known(self.user, slug):
+            raise forms.ValidationError(NO_SUCH_TEAM.format(slug=slug))
+        return slug
 
 
 class DecisionForm(forms.Form):

@@ -40,6 +40,9 @@ class ApprovalRequest(models.Model):
     # The approver group the request has escalated to (from the rule's escalate_to); its
     # members may see and decide it besides the agent's supervisors.
     escalated_to = models.CharField(max_length=150, blank=True)
+    # The rule's approver group (its `approvers`): when set, only the agent's supervisors
+    # who belong to it decide (approvals.selectors.decidable_by).
+    approver_group = models.CharField(max_length=150, blank=True)
     # Who may not approve: the person who launched the run, and the author of the policy
     # version in force. Copied here so the database itself can refuse such a decision.
     launched_by = models.ForeignKey(
@@ -87,7 +90,11 @@ class ApprovalDecision(models.Model):
     class Meta:
         ordering = ["created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["request", "user"], name="one_decision_per_person"),
+            # A person decides an action once; after an edit, the edited action is a new
+            # one (another hash), which they may decide again.
+            models.UniqueConstraint(
+                fields=["request", "user", "args_hash"], name="one_decision_per_person"
+            ),
             # Four-eyes in the database: nobody decides their own run or their own policy.
             models.CheckConstraint(
                 condition=(

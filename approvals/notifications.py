@@ -22,15 +22,13 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
-from django.db.models import Q, QuerySet
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from approvals.models import ApprovalRequest
-from console.permissions import users_who_can
+from approvals.selectors import deciders
 
 logger = logging.getLogger(__name__)
 
@@ -161,19 +159,10 @@ def _enqueue_webhooks(event: str, request: ApprovalRequest) -> None:
 # --- e-mail -----------------------------------------------------------------------------
 
 
-def recipients(request: ApprovalRequest) -> QuerySet[Any]:
-    """The people to tell: active supervisors of the agent and, once escalated, the group
-    it escalated to — those with an e-mail address, minus the two people four-eyes forbids
-    from deciding this request."""
-    people = users_who_can("supervise", request.agent)
-    if request.escalated_to:
-        group = get_user_model().objects.filter(groups__name=request.escalated_to, is_active=True)
-        people = get_user_model().objects.filter(
-            Q(pk__in=people.values("pk")) | Q(pk__in=group.values("pk"))
-        )
-    people = people.exclude(email="")
-    forbidden = [pk for pk in (request.launched_by_id, request.policy_author_id) if pk]
-    return people.exclude(pk__in=forbidden) if forbidden else people
+def recipients(request: ApprovalRequest) -> list[Any]:
+    """The people to tell: those who may decide the request (approvals.selectors.deciders,
+    the one rule), with an e-mail address."""
+    return [person for person in deciders(request) if person.email]
 
 
 def _one_line(text: str) -> str:
@@ -225,7 +214,7 @@ def _body(event: str, request: ApprovalRequest) -> str:
 
 
 def _send_mail(event: str, request: ApprovalRequest) -> None:
-    addresses = list(recipients(request).values_list("email", flat=True))
+    addresses = [person.email for person in recipients(request)]
     if not addresses:
         return
     subject, body = _subject(event, request), _body(event, request)

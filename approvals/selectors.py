@@ -6,27 +6,86 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.contrib.auth import get_user_model
+from django.db.models import (
+    BooleanField,
+    Case,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
 from agents.models import Action
 from approvals.models import ApprovalDecision, ApprovalRequest
-from console.permissions import agents_for_user, user_can
+from console.permissions import agents_for_user, user_can, users_who_can
 
 RISK_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
+ALREADY_DECIDED = "already decided: {status} by {who}"
+SELF_APPROVAL = "you launched this run, so someone else must decide it"
+AUTHOR_APPROVAL = "you authored the policy in force, so someone else must decide it"
+ALREADY_APPROVED_BY_YOU = "you already approved this request; it needs another approver"
+NOT_YOURS = "you may not decide this agent's actions"
 
-def can_decide(user: Any, request: ApprovalRequest) -> bool:
-    """Supervisors of the agent (grant on it or its team), and, once the request has
-    escalated, the members of the approver group it escalated to."""
-    if user_can(user, "supervise", request.agent):
-        return True
-    return (
-        bool(request.escalated_to)
-        and user.is_active
-        and user.groups.filter(name=request.escalated_to).exists()
+
+def decidable_by(user: Any) -> Q:
+    """Who may decide a request: the one rule (DESIGN section 9), as a condition on
+    requests. The queue's decide controls, the badge, the decide check in the service and
+    the notification recipients all ask it, through the functions below.
+
+    A person may decide a request that is pending, whose run they did not launch, whose
+    policy they did not author and whose current arguments they have not decided yet, if
+    they supervise its agent (a grant on the agent or its team) and belong to the rule's
+    approver group when it names one, or if it has escalated to a group they belong to."""
+    if not user.is_authenticated or not user.is_active:
+        return Q(pk__in=[])
+    groups = _group_names(user)
+    supervises = Q(agent__in=agents_for_user(user, "supervise").values("pk")) & (
+        Q(approver_group="") | Q(approver_group__in=groups)
     )
+    escalated = Q(escalated_to__in=groups) if groups else Q(pk__in=[])
+    decided = ApprovalDecision.objects.filter(
+        request=OuterRef("pk"), user=user.pk, args_hash=OuterRef("args_hash")
+    )
+    return (
+        Q(status=ApprovalRequest.Status.PENDING)
+        & (supervises | escalated)
+        & ~Q(launched_by=user.pk)
+        & ~Q(policy_author=user.pk)
+        & ~Q(Exists(decided))
+    )
+
+
+def may_decide(user: Any, request: ApprovalRequest) -> bool:
+    """The rule above for one request, read from the database as it stands (inside the
+    caller's transaction, so an edit being decided is judged by its new rule)."""
+    return ApprovalRequest.objects.filter(decidable_by(user), pk=request.pk).exists()
+
+
+def refusal(user: Any, request: ApprovalRequest) -> str:
+    """Why the rule says no, in words, for a person it says no to: it names the rule's
+    first unmet condition, it does not decide anything itself."""
+    if request.status != ApprovalRequest.Status.PENDING:
+        last = request.decisions.select_related("user").last()
+        who = last.user.get_username() if last else "the system"
+        return ALREADY_DECIDED.format(status=request.status, who=who)
+    if user.pk == request.launched_by_id:
+        return SELF_APPROVAL
+    if user.pk == request.policy_author_id:
+        return AUTHOR_APPROVAL
+    if request.decisions.filter(user=user.pk, args_hash=request.args_hash).exists():
+        return ALREADY_APPROVED_BY_YOU
+    return NOT_YOURS
 
 
 def _group_names(user: Any) -> list[str]:
@@ -43,15 +102,36 @@ def approvals_for_user(user: Any) -> QuerySet[ApprovalRequest]:
     )
 
 
+def agent_known(user: Any, slug: str) -> bool:
+    """Whether the queue may be filtered by this agent: one the person sees."""
+    return (
+        agents_for_user(user).filter(slug=slug).exists()
+        or approvals_for_user(user).filter(agent__slug=slug).exists()
+    )
+
+
+def team_known(user: Any, slug: str) -> bool:
+    return (
+        agents_for_user(user).filter(team__slug=slug).exists()
+        or approvals_for_user(user).filter(agent__team__slug=slug).exists()
+    )
+
+
 def decidable_count(user: Any) -> int:
     """Pending requests the person may decide: the navigation badge."""
-    if not user.is_authenticated:
-        return 0
-    mine = Q(agent__in=agents_for_user(user, "supervise").values("pk"))
-    groups = _group_names(user)
+    return ApprovalRequest.objects.filter(decidable_by(user)).count()
+
+
+def deciders(request: ApprovalRequest) -> list[Any]:
+    """The people who may decide the request, by the same rule: everyone who could (the
+    agent's supervisors, the rule's and the escalation's groups), kept if it says so."""
+    user_model = get_user_model()
+    candidates = Q(pk__in=users_who_can("supervise", request.agent).values("pk"))
+    groups = [g for g in (request.escalated_to, request.approver_group) if g]
     if groups:
-        mine |= Q(escalated_to__in=groups)
-    return ApprovalRequest.objects.filter(mine, status=ApprovalRequest.Status.PENDING).count()
+        candidates |= Q(groups__name__in=groups)
+    people = user_model.objects.filter(candidates, is_active=True).distinct().order_by("pk")
+    return [person for person in people if may_decide(person, request)]
 
 
 def request_for_user(user: Any, request_id: int) -> ApprovalRequest:
@@ -84,7 +164,22 @@ def queue(
             "-decided_at", "-pk"
         )
     else:
-        requests = requests.filter(status=ApprovalRequest.Status.PENDING)
+        # Only approvals of the current arguments count (an edit voids the others).
+        given = (
+            ApprovalDecision.objects.filter(
+                request=OuterRef("pk"),
+                verdict=ApprovalDecision.Verdict.APPROVE,
+                args_hash=OuterRef("args_hash"),
+            )
+            .order_by()
+            .values("request")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        requests = requests.filter(status=ApprovalRequest.Status.PENDING).annotate(
+            decidable=ExpressionWrapper(decidable_by(user), output_field=BooleanField()),
+            approvals_given=Coalesce(Subquery(given), 0),
+        )
         if sort == "due":
             requests = requests.order_by("due_at", "pk")
         else:
@@ -117,6 +212,7 @@ class RequestContext:
     time_left: timedelta | None
     can_decide: bool
     decided_by_you: bool
+    why_not: str
 
 
 def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
@@ -137,8 +233,8 @@ def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
         if d.verdict == ApprovalDecision.Verdict.APPROVE and d.args_hash == request.args_hash
     )
     time_left = request.due_at - timezone.now() if request.due_at else None
-    pending = request.status == ApprovalRequest.Status.PENDING
-    yours = any(d.user_id == user.pk for d in decisions)
+    yours = any(d.user_id == user.pk and d.args_hash == request.args_hash for d in decisions)
+    decidable = may_decide(user, request)
     return RequestContext(
         request=request,
         steps=steps,
@@ -147,6 +243,7 @@ def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
         approvals_given=given,
         still_needed=max(request.required_approvals - given, 0),
         time_left=time_left,
-        can_decide=pending and not yours and can_decide(user, request),
+        can_decide=decidable,
         decided_by_you=yours,
+        why_not="" if decidable else refusal(user, request),
     )

@@ -17,24 +17,30 @@ from agents.policy import Rule, policy_for_version
 from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
 from agents.services import ServiceError, storable
+from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
-from approvals.selectors import can_decide
+from approvals.selectors import NOT_YOURS, may_decide, refusal
 from audit import verbs
 from audit.services import SYSTEM, Actor, audit_record
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
-ALREADY_DECIDED = "already decided: {status} by {who}"
+# The decide rule's own messages (approvals.selectors), named here for the callers.
+ALREADY_DECIDED = selectors.ALREADY_DECIDED
+SELF_APPROVAL = selectors.SELF_APPROVAL
+AUTHOR_APPROVAL = selectors.AUTHOR_APPROVAL
+ALREADY_APPROVED_BY_YOU = selectors.ALREADY_APPROVED_BY_YOU
 STALE_DECISION = "the action changed since you opened it; reload and decide again"
-SELF_APPROVAL = "you launched this run, so someone else must decide it"
-AUTHOR_APPROVAL = "you authored the policy in force, so someone else must decide it"
-ALREADY_APPROVED_BY_YOU = "you already approved this request; it needs another approver"
 REJECT_NEEDS_REASON = "a rejection needs a reason: it is sent back to the agent"
 EDIT_INVALID = "the edited arguments break the tool's schema: {errors}"
 EDIT_DENIED = "the policy would deny the edited arguments: {reason}"
-NOT_YOURS = "you may not decide this agent's actions"
+EDIT_SHADOWED = (
+    "the policy only shadows the edited arguments ({reason}): they would never run for "
+    "real, so they cannot be approved; approve the arguments as they were, or reject"
+)
+EDIT_NOT_YOURS = "the edited arguments fall under {rule}, which you may not approve"
 BAD_VERDICT = "a decision is approve or reject"
 
 
@@ -58,6 +64,7 @@ def approval_request_open(*, action: Action, tool: Tool, rule: Rule | None) -> A
         rule_index=rule.index if rule else None,
         rule=rule.describe() if rule else None,
         required_approvals=rule.approvals if rule else 1,
+        approver_group=rule.approvers if rule else "",
         on_timeout=rule.on_timeout if rule else "reject",
         due_at=timezone.now() + timedelta(seconds=timeout),
         launched_by_id=run.launched_by_id,
@@ -88,9 +95,11 @@ def _release(
     """Settle the held action and hand its run back to a worker."""
     now = timezone.now()
     ApprovalRequest.objects.filter(pk=request.pk).update(status=status, decided_at=now)
+    # The rule the action is decided under: after an edit, the one its new arguments match.
+    rule = {"rule_index": request.rule_index, "rule": request.rule} if request.rule else {}
     Action.objects.filter(
         pk=request.action_id, status__in=[Action.Status.HELD, Action.Status.UNKNOWN]
-    ).update(status=action_status, args=args, args_hash=args_hash(args), error=error)
+    ).update(status=action_status, args=args, args_hash=args_hash(args), error=error, **rule)
     if Run.objects.filter(
         pk=request.run_id, status=Run.Status.WAITING, wait_reason=Run.WaitReason.APPROVAL
     ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=now):
@@ -120,6 +129,14 @@ def approval_decide(
     comment: str = "",
     edited_args: dict[str, Any] | None = None,
 ) -> ApprovalRequest:
+    """One decision on a request. Every decision takes this path: the request page, the
+    queue's batch, and the held steps of hosted and remote agents alike.
+
+    An edit is decided under the rule its edited arguments match (DESIGN section 5): the
+    run's policy is asked again, in full. `deny` and `shadow` are refused (a shadow rule
+    would never run the edited action for real, which is not what approving means);
+    `allow` makes this approval enough; another `approve` rule rebinds the request to its
+    approvals, approver group and timeout, and the editor must be one of its deciders."""
     comment = comment.strip()
     if verdict not in ApprovalDecision.Verdict.values:
         raise ServiceError(BAD_VERDICT)
@@ -137,23 +154,22 @@ def approval_decide(
             )
         except ApprovalRequest.DoesNotExist:
             raise ApprovalRequest.DoesNotExist(f"no approval request {request_id}") from None
-        if not can_decide(user, request):
-            raise PermissionDenied(NOT_YOURS)
-        if request.status != ApprovalRequest.Status.PENDING:
-            last = request.decisions.select_related("user").last()
-            who = last.user.get_username() if last else "the system"
-            raise AlreadyDecided(ALREADY_DECIDED.format(status=request.status, who=who))
+        if not may_decide(user, request):
+            raise _refusal(user, request)
         if seen_args_hash != request.args_hash:
             raise ServiceError(STALE_DECISION)
-        if user.pk == request.launched_by_id:
-            raise ServiceError(SELF_APPROVAL)
-        if user.pk == request.policy_author_id:
-            raise ServiceError(AUTHOR_APPROVAL)
-        if request.decisions.filter(user=user).exists():
-            raise ServiceError(ALREADY_APPROVED_BY_YOU)
-        args = request.args
+        before = args = request.args
+        allowed = False
         if edited_args is not None and verdict == ApprovalDecision.Verdict.APPROVE:
             args = _check_edit(request, edited_args)
+            if args != request.args:
+                allowed = _rebind(request, args)
+                if not may_decide(user, request):
+                    # Raised inside the transaction: the request is as it was.
+                    why = refusal(user, request)
+                    if why == NOT_YOURS:
+                        why = EDIT_NOT_YOURS.format(rule=_rule_name(request))
+                    raise ServiceError(why)
         ApprovalDecision.objects.create(
             request=request,
             user=user,
@@ -164,12 +180,7 @@ def approval_decide(
             launched_by_id=request.launched_by_id,
             policy_author_id=request.policy_author_id,
         )
-        if args != request.args:
-            # An edit is what later approvers see and bind to; approvals of the old
-            # arguments no longer count towards the quorum.
-            ApprovalRequest.objects.filter(pk=request.pk).update(
-                args=args, args_hash=args_hash(args)
-            )
+        # Only approvals of the arguments the action will run with count.
         approvals = request.decisions.filter(
             verdict=ApprovalDecision.Verdict.APPROVE, args_hash=args_hash(args)
         ).count()
@@ -181,6 +192,8 @@ def approval_decide(
             "approvals": approvals,
             "required": request.required_approvals,
         }
+        if args != before:
+            payload["rule"] = request.rule
         release: dict[str, Any] | None = None
         if verdict == ApprovalDecision.Verdict.REJECT:
             verb = verbs.APPROVAL_REJECTED
@@ -190,7 +203,7 @@ def approval_decide(
                 "args": request.args,
                 "error": f"rejected by {user.get_username()}: {comment}",
             }
-        elif approvals >= request.required_approvals:
+        elif allowed or approvals >= request.required_approvals:
             verb = verbs.APPROVAL_APPROVED
             release = {
                 "status": ApprovalRequest.Status.APPROVED,
@@ -215,6 +228,16 @@ def approval_decide(
     return request
 
 
+def _refusal(user: User, request: ApprovalRequest) -> Exception:
+    """Why `may_decide` said no, as the exception the callers expect."""
+    why = refusal(user, request)
+    if request.status != ApprovalRequest.Status.PENDING:
+        return AlreadyDecided(why)
+    if why == NOT_YOURS:
+        return PermissionDenied(why)
+    return ServiceError(why)
+
+
 def _check_edit(request: ApprovalRequest, edited: Any) -> dict[str, Any]:
     if not isinstance(edited, dict):
         raise ServiceError(EDIT_INVALID.format(errors="arguments: must be an object"))
@@ -222,12 +245,47 @@ def _check_edit(request: ApprovalRequest, edited: Any) -> dict[str, Any]:
     errors = get_tool(request.tool).argument_errors(edited)
     if errors:
         raise ServiceError(EDIT_INVALID.format(errors="; ".join(errors)))
+    return edited
+
+
+def _rebind(request: ApprovalRequest, args: dict[str, Any]) -> bool:
+    """Bind the request to the edited arguments and to the rule they match, asking the
+    run's policy exactly as the gateway does. True when that rule allows the action
+    outright; raises when it denies or only shadows it."""
     version = request.version
     policy = policy_for_version(version.pk, json.dumps(version.policy, sort_keys=True))
-    verdict = policy.decide(request.tool, edited)
+    verdict = policy.decide(request.tool, args)
     if verdict.effect == "deny":
         raise ServiceError(EDIT_DENIED.format(reason=verdict.reason))
-    return edited
+    if verdict.effect == "shadow":
+        raise ServiceError(EDIT_SHADOWED.format(reason=verdict.reason))
+    rule = verdict.rule
+    assert rule is not None  # only the default deny has no rule
+    changes: dict[str, Any] = {"args": args, "args_hash": args_hash(args)}
+    if rule.index != request.rule_index:
+        changes.update(rule_index=rule.index, rule=rule.describe())
+        if verdict.effect == "approve":
+            # A new rule, a new request: its approvals, its group, its own time to decide.
+            changes.update(
+                required_approvals=rule.approvals,
+                approver_group=rule.approvers,
+                on_timeout=rule.on_timeout,
+                due_at=timezone.now() + timedelta(seconds=rule.timeout_seconds),
+                escalation_level=0,
+                escalated_to="",
+            )
+            # Its deciders may be other people: they are told as for a new request.
+            notify_on_commit(event="approval.requested", request_id=request.pk)
+    ApprovalRequest.objects.filter(pk=request.pk).update(**changes)
+    for field, value in changes.items():
+        setattr(request, field, value)
+    return verdict.effect == "allow"
+
+
+def _rule_name(request: ApprovalRequest) -> str:
+    rule = request.rule or {}
+    group = f", decided by {request.approver_group}" if request.approver_group else ""
+    return f"rule {int(rule.get('index', 0)) + 1} ({rule.get('tool', request.tool)}{group})"
 
 
 def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) -> None:

@@ -5,6 +5,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -18,12 +19,15 @@ from approvals.models import ApprovalRequest
 from approvals.services import STALE_DECISION, AlreadyDecided, approval_decide
 from console.permissions import signed_in
 
+QUEUE_PAGE_SIZE = 50
+
 
 @require_GET
 @login_required
 def queue(request: HtmxHttpRequest) -> HttpResponse:
-    form = QueueFilter(request.GET)
-    filters: dict[str, Any] = form.cleaned_data if form.is_valid() else {}
+    form = QueueFilter(request.GET, user=request.user)
+    valid = form.is_valid()
+    filters: dict[str, Any] = form.cleaned_data if valid else {}
     tab = filters.get("tab") or "pending"
     requests = selectors.queue(
         request.user,
@@ -34,9 +38,28 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         risk=filters.get("risk", ""),
         sort=filters.get("sort") or "risk",
     )
-    context = {"form": form, "tab": tab, "requests": requests[:200]}
+    # A filter that names nothing the person sees shows its message, not everything.
+    page = Paginator(requests if valid else requests.none(), QUEUE_PAGE_SIZE).get_page(
+        filters.get("page")
+    )
+    rows = list(page.object_list)
+    context = {
+        "form": form,
+        "tab": tab,
+        "requests": rows,
+        "page": page,
+        "query": _query_without_page(request),
+        # The batch controls, only for someone who may decide one of the rows.
+        "decidable": any(getattr(r, "decidable", False) for r in rows),
+    }
     template = "approvals/queue.html#rows" if request.htmx else "approvals/queue.html"
     return render(request, template, context)
+
+
+def _query_without_page(request: HtmxHttpRequest) -> str:
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
 
 
 @require_GET
@@ -76,8 +99,10 @@ def _render_request(
 @login_required
 def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     approval = selectors.request_for_user(request.user, request_id)
-    if not selectors.can_decide(request.user, approval):
-        raise PermissionDenied("You may not decide this agent's actions.")
+    if not selectors.may_decide(request.user, approval):
+        why = selectors.refusal(request.user, approval)
+        if why == selectors.NOT_YOURS:
+            raise PermissionDenied(why)  # others get the service's own answer and status
     form = DecisionForm(request.POST)
     if not form.is_valid():
         return _render_request(request, approval, form=form, status=400)

@@ -21,7 +21,7 @@
       case "j": move(1); break;
       case "k": move(-1); break;
       case "a":
-        if (row) { document.getElementById(row.dataset.approve).requestSubmit(); }
+        if (row) { const f = row.dataset.approve && document.getElementById(row.dataset.approve); if (f) f.requestSubmit(); }
         else { const b = document.getElementById("approve"); if (b) b.click(); }
         break;
       case "r":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils.html import escape
 
 from approvals.models import ApprovalDecision, ApprovalRequest
+from approvals.selectors import AUTHOR_APPROVAL, NOT_YOURS, SELF_APPROVAL
 from audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -77,7 +80,8 @@ def test_compliance_reads_the_queue_but_may_not_decide(held: Any, world: Any) ->
     client = client_for(world.compliance)
     assert f"request-{request.pk}" in client.get("/approvals/").content.decode()
     page = client.get(f"/approvals/{request.pk}/").content.decode()
-    assert "You can see this request but not decide it." in page and 'id="approve"' not in page
+    assert escape(f"You can see this request but not decide it: {NOT_YOURS}.") in page
+    assert 'id="approve"' not in page
     before = AuditEvent.objects.count()
     assert post_decision(client, request).status_code == 403
     nothing_changed(request, before)
@@ -233,3 +237,168 @@ def test_the_badge_counts_what_the_person_may_decide(held: Any, world: Any) -> N
     held(claim="y")
     assert ">2<" in client_for(world.supervisor).get("/approvals/badge").content.decode()
     assert "badge" not in client_for(world.compliance).get("/approvals/badge").content.decode()
+
+
+DECIDE_CONTROLS = (
+    'name="selected"',
+    "Approve selected",
+    "Reject selected",
+    'class="small">Approve',
+)
+
+
+def test_compliance_and_agent_admins_are_offered_no_decide_controls(held: Any, world: Any) -> None:
+    request = held()
+    # Compliance may not decide at all; the admin authored the policy in force.
+    for person, refused in ((world.compliance, 403), (world.admin, 400)):
+        client = client_for(person)
+        queue = client.get("/approvals/").content.decode()
+        assert f'id="request-{request.pk}"' in queue, person.username
+        for control in (*DECIDE_CONTROLS, f"/approvals/{request.pk}/decide"):
+            assert control not in queue, (person.username, control)
+        page = client.get(f"/approvals/{request.pk}/").content.decode()
+        assert f"/approvals/{request.pk}/decide" not in page, person.username
+        before = AuditEvent.objects.count()
+        response = post_decision(client, request)
+        assert response.status_code == refused, "the server refuses"
+        if refused == 400:
+            assert AUTHOR_APPROVAL in response.content.decode()
+        assert client.post(f"/approvals/{request.pk}/decide", {}).status_code == refused
+        nothing_changed(request, before)
+
+
+def test_the_launcher_is_offered_no_form_the_server_would_refuse(held: Any, world: Any) -> None:
+    request = held(user=world.supervisor)
+    client = client_for(world.supervisor)
+    queue = client.get("/approvals/").content.decode()
+    assert f'id="request-{request.pk}"' in queue
+    for control in (*DECIDE_CONTROLS, f"/approvals/{request.pk}/decide"):
+        assert control not in queue, control
+    page = client.get(f"/approvals/{request.pk}/").content.decode()
+    assert f"/approvals/{request.pk}/decide" not in page
+    assert escape(f"You can see this request but not decide it: {SELF_APPROVAL}.") in page
+    before = AuditEvent.objects.count()
+    refused = post_decision(client, request)
+    assert refused.status_code == 400 and SELF_APPROVAL in refused.content.decode()
+    nothing_changed(request, before)
+    assert any(
+        c in client_for(world.second_supervisor).get("/approvals/").content.decode()
+        for c in DECIDE_CONTROLS
+    )
+
+
+def page_rows(html: str) -> list[int]:
+    return [int(pk) for pk in re.findall(r'<tr id="request-(\d+)"', html)]
+
+
+def next_href(html: str) -> str | None:
+    found = re.search(r'<a href="([^"]+)" rel="next">', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+def test_the_queue_paginates_with_real_links_that_keep_the_filters(
+    held: Any, world: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr("approvals.views.QUEUE_PAGE_SIZE", 2)
+    made = {held(claim=f"p{i}").pk for i in range(5)}
+    client = client_for(world.supervisor)
+    seen: list[int] = []
+    url: str | None = "/approvals/?agent=payer&sort=due"
+    pages = 0
+    while url is not None:
+        html = client.get(url if url.startswith("/") else f"/approvals/{url}").content.decode()
+        rows = page_rows(html)
+        assert 1 <= len(rows) <= 2
+        seen += rows
+        pages += 1
+        url = next_href(html)
+        assert url is None or ("agent=payer" in url and "sort=due" in url)
+    assert pages == 3 and len(seen) == 5 and set(seen) == made
+    assert seen == sorted(seen), "least time left first, across pages"
+    refresh = client.get("/approvals/?page=2", headers={"HX-Request": "true"}).content.decode()
+    assert len(page_rows(refresh)) == 2 and "page 2 of 3" in refresh
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("agent=nobody", "agent: No agent named nobody that you can see."),
+        ("team=support", "team: No team named support that you can see."),
+        ("team=nowhere", "team: No team named nowhere that you can see."),
+        ("page=0", "page: A page is a positive whole number, like 2."),
+    ],
+)
+def test_a_filter_naming_nothing_the_person_sees_says_so(
+    held: Any, world: Any, query: str, message: str
+) -> None:
+    held()
+    client = client_for(world.supervisor)
+    for headers in ({}, {"HX-Request": "true"}):
+        html = client.get(f"/approvals/?{query}", headers=headers).content.decode()
+        assert escape(message) in html
+        assert page_rows(html) == [], "a wrong filter shows nothing rather than everything"
+
+
+def test_an_agents_runs_paginate_by_keyset_with_real_links(
+    world: Any, make_agent: Any, monkeypatch: Any
+) -> None:
+    from agents.services import run_start
+    from tests.conftest import ALLOW_ALL_TESTS
+
+    monkeypatch.setattr("agents.selectors.RUNS_PAGE_SIZE", 2)
+    agent = make_agent("pager", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    made = [run_start(agent=agent, input={"label": f"r{i}"}).pk for i in range(5)]
+    client = client_for(world.supervisor)
+    seen: list[int] = []
+    url: str | None = "/agents/pager/"
+    while url is not None:
+        html = client.get(url if url.startswith("/") else f"/agents/pager/{url}").content.decode()
+        seen += [int(pk) for pk in re.findall(r'<a href="/runs/(\d+)/">', html)]
+        url = next_href(html)
+    assert seen == sorted(made, reverse=True)
+    broken = client.get("/agents/pager/?before=abc")
+    assert broken.status_code == 400
+    assert escape("This page link is broken") in broken.content.decode()
+
+
+def test_the_queue_counts_only_approvals_of_the_current_arguments(held: Any, world: Any) -> None:
+    from approvals.services import approval_decide
+
+    request = held(amount=20000)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+    )
+    row = re.compile(rf'id="request-{request.pk}".*?<td>(\d) / (\d)</td>', re.S)
+    page = client_for(world.compliance).get("/approvals/").content.decode()
+    assert row.search(page).groups() == ("1", "2")  # type: ignore[union-attr]
+    approval_decide(
+        request_id=request.pk,
+        user=world.second_supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+        edited_args={"claim_id": "c1", "amount": 30000},
+    )
+    page = client_for(world.compliance).get("/approvals/").content.decode()
+    assert row.search(page).groups() == ("1", "2"), "sam approved 20,000, not 30,000"  # type: ignore[union-attr]
+
+
+def test_the_queue_costs_the_same_queries_for_two_rows_or_six(held: Any, world: Any) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(world.supervisor)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get("/approvals/").status_code == 200
+        return len(captured)
+
+    held(claim="a"), held(claim="b")
+    queries()  # warms the process-wide caches (content types, permissions)
+    two = queries()
+    for claim in "cdef":
+        held(claim=claim)
+    assert queries() == two

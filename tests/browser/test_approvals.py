@@ -111,3 +111,53 @@ def test_the_queue_works_from_the_keyboard(
     expect(page.get_by_text("approve recorded")).to_be_visible()
     wait_for(lambda: finished(run), message="the run to finish")
     assert Payment.objects.get(claim_id="CLM-300").amount == 2500
+
+
+def test_the_queue_refresh_keeps_ticked_boxes_and_the_typed_reason(
+    page: Any, console_server: Any, make_agent: Any, world: Any
+) -> None:
+    from urllib.parse import urlparse
+
+    from agents.runtime import execute_run
+    from tests.approvals.conftest import PAY_POLICY
+
+    agent = make_agent("payer", "tests.support.agents.payout_with_fallback", PAY_POLICY)
+
+    def hold(claim: str) -> ApprovalRequest:
+        run = run_start(agent=agent, input={"claim_id": claim, "amount": 500})
+        execute_run(run.pk)
+        return ApprovalRequest.objects.get(run=run)
+
+    ticked, untouched = hold("R-1"), hold("R-2")
+    log_in(page, console_server, "sam")
+    page.goto(f"{console_server.url}/approvals/")
+    box = page.get_by_label(f"select request {ticked.pk}")
+    box.check()
+    reason = page.locator("#batch-reason")
+    reason.click()
+    page.keyboard.type("duplicate of claim R-7")
+    arrived = hold("R-3")  # something for the refresh to bring
+
+    def refresh(response: Any) -> bool:
+        return (
+            urlparse(response.url).path == "/approvals/"
+            and response.request.headers.get("hx-request") == "true"
+        )
+
+    with page.expect_response(refresh, timeout=30_000):
+        pass  # the queue's own 10 s refresh
+    expect(page.locator(f"#request-{arrived.pk}")).to_be_visible()  # the rows were swapped
+    expect(box).to_be_checked()
+    expect(page.get_by_label(f"select request {untouched.pk}")).not_to_be_checked()
+    expect(reason).to_have_value("duplicate of claim R-7")
+    expect(reason).to_be_focused()
+
+    page.get_by_role("button", name="Reject selected").click()
+    expect(page.get_by_text("1 request(s): reject recorded.")).to_be_visible()
+    statuses = dict(
+        ApprovalRequest.objects.filter(pk__in=[ticked.pk, untouched.pk, arrived.pk]).values_list(
+            "pk", "status"
+        )
+    )
+    assert statuses == {ticked.pk: "rejected", untouched.pk: "pending", arrived.pk: "pending"}
+    assert ticked.decisions.get().comment == "duplicate of claim R-7"
