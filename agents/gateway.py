@@ -254,6 +254,8 @@ class Context:
 
         with transaction.atomic():
             self._admit()
+            # The run is parked first: its row comes before the chain head (store.LOCK_ORDER).
+            self._park()
             action = self._create(
                 seq,
                 Action.Kind.TOOL,
@@ -266,13 +268,14 @@ class Context:
             )
             self._audit(verbs.ACTION_HELD, action, args=args, rule=action.rule)
             approval_request_open(action=action, tool=tool, rule=verdict.rule)
-            self._park_for_approval()
+            self._audit_waiting()
 
     def _hold_unknown(self, existing: Action) -> None:
         from approvals.services import approval_request_open
 
         with transaction.atomic():
             self._admit()
+            self._park()  # the run's row before the action's (store.LOCK_ORDER)
             moved = Action.objects.filter(
                 pk=existing.pk, status=S.STARTED, attempts=existing.attempts
             ).update(status=S.UNKNOWN, reason="the worker stopped mid-step; outcome unknown")
@@ -281,7 +284,7 @@ class Context:
             existing.status = S.UNKNOWN
             self._audit(verbs.ACTION_UNKNOWN, existing, args=existing.args)
             approval_request_open(action=existing, tool=get_tool(existing.name), rule=None)
-            self._park_for_approval()
+            self._audit_waiting()
 
     # --- execution --------------------------------------------------------------------
 
@@ -389,6 +392,11 @@ class Context:
             self._renew_at = time.monotonic() + self._lease / 2
 
     def _park_for_approval(self) -> None:
+        self._park()
+        self._audit_waiting()
+
+    def _park(self) -> None:
+        """The run waits for people: its lease is given up (inside the step's transaction)."""
         parked = Run.objects.filter(pk=self.run.pk, lease_token=self._token).update(
             status=Run.Status.WAITING,
             wait_reason=Run.WaitReason.APPROVAL,
@@ -398,6 +406,8 @@ class Context:
         if parked != 1:
             raise LeaseLost()
         self.run.status = Run.Status.WAITING
+
+    def _audit_waiting(self) -> None:
         audit_record(
             verb=verbs.RUN_WAITING,
             actor=self._actor,

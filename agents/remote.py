@@ -161,9 +161,12 @@ class RemoteContext(Context):
     ) -> Any:
         raise Admitted(self._start(seq, tool, args, requested, verdict, existing))
 
-    def _park_for_approval(self) -> None:
+    def _park(self) -> None:
         # A remote run stays `running` while a step waits: the agent is alive and polling.
         Run.objects.filter(pk=self.run.pk).update(wait_reason=Run.WaitReason.APPROVAL)
+
+    def _audit_waiting(self) -> None:
+        pass  # the run did not change state
 
     def _maybe_renew(self) -> None:
         pass  # a remote run holds no worker lease

@@ -85,7 +85,9 @@ def version_create(
         raise ServiceError(str(exc)) from exc
     with transaction.atomic():
         last = (
-            AgentVersion.objects.select_for_update()
+            # FOR NO KEY UPDATE: numbers are taken one at a time, and a run inserted
+            # meanwhile may still check its foreign key to a version (store.LOCK_ORDER).
+            AgentVersion.objects.select_for_update(no_key=True)
             .filter(agent=agent)
             .order_by("-number")
             .values_list("number", flat=True)
@@ -114,7 +116,7 @@ def version_create(
 def version_publish(*, version: AgentVersion, user: User | None = None, reason: str = "") -> None:
     """Make the version live for new runs (rollout through shadow and canary comes later)."""
     with transaction.atomic():
-        agent = Agent.objects.select_for_update().get(pk=version.agent_id)
+        agent = Agent.objects.select_for_update(no_key=True).get(pk=version.agent_id)
         AgentVersion.objects.filter(agent=agent, stage=AgentVersion.Stage.LIVE).exclude(
             pk=version.pk
         ).update(stage=AgentVersion.Stage.RETIRED)
@@ -168,7 +170,7 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
     # Locked first, so the set updated is exactly the set audited.
     locked = list(
         runs.exclude(status__in=Run.FINAL)
-        .select_for_update(of=("self",))
+        .select_for_update(of=("self",), no_key=True)
         .select_related("agent")
         .order_by("pk")
     )
@@ -279,10 +281,13 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
         if not released:
             raise ServiceError(SWITCH_NOT_ENGAGED)
         requeued = 0
-        parked = (
+        # Every parked run is locked before the first audit event takes the chain head.
+        parked = list(
             _scope_runs(switch)
             .filter(status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED)
+            .select_for_update(of=("self",), no_key=True)
             .select_related("agent__team")
+            .order_by("pk")
         )
         for run in parked:
             if engaged_for(run.agent):
