@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from agents import ratelimit, store
 from agents.errors import (
+    TRANSIENT_FAULTS,
     ActionRejected,
     ArgumentsInvalid,
     Delayed,
@@ -301,6 +302,10 @@ class Context:
         call = ToolCall(args, action.idempotency_key, self.run.pk, self.agent.slug)
         try:
             result = _jsonable(tool.fn(call))
+        except TRANSIENT_FAULTS:
+            # Not the tool's answer but the infrastructure's: the step stays `started` and
+            # the run's retry follows the tool's idempotency, as after a worker's death.
+            raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             self._finish(action, S.FAILED, verbs.ACTION_FAILED, error=error)

@@ -170,7 +170,8 @@ if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
+            # The shared cache (rate limits) may live on a Redis of its own.
+            "LOCATION": env_str("BATON_CACHE_URL", REDIS_URL),
             "KEY_PREFIX": env_str("BATON_CACHE_PREFIX", "baton"),
         }
     }
