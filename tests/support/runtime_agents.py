@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from agents.errors import ActionRejected
-from agents.registry import program
+from agents.llm import register_model
+from agents.registry import ToolCall, program, tool
+from tests.support.agents import COUNT_SCHEMA
 
 
 @program
@@ -23,3 +25,53 @@ def decided(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
         outcome = "rejected"
     ctx.tool("test.count", label=f"{label}:after")
     return {"outcome": outcome}
+
+
+def _redis() -> Any:
+    from tests.support.agents import r
+
+    return r()
+
+
+def _wait_at_gate(gate: str) -> None:
+    """Say the gate is reached, then wait until the test opens it: a step as long as the
+    test wants, ended by an observable event rather than a sleep."""
+    _redis().rpush(f"test:reached:{gate}", 1)
+    _redis().blpop([f"test:open:{gate}"], timeout=120)
+
+
+@tool("test.slow_once", schema=COUNT_SCHEMA, idempotent=False)
+def slow_once(call: ToolCall) -> dict[str, Any]:
+    """A non-idempotent step that lasts until the test opens its gate."""
+    total = _redis().incr(f"test:exec:{call.args['label']}")
+    _wait_at_gate(f"tool:{call.args['label']}")
+    return {"label": call.args["label"], "executions": total}
+
+
+class GatedModel:
+    """A model call that lasts until the test opens its gate; counts how often it is billed."""
+
+    name = "gated"
+
+    def complete(self, *, prompt: str, purpose: str, config: dict[str, Any]) -> dict[str, Any]:
+        billed = _redis().incr(f"test:exec:model:{purpose}")
+        _wait_at_gate(f"model:{purpose}")
+        return {
+            "output": {"answer": f"considered {purpose}", "billed": billed},
+            "tokens_in": 10,
+            "tokens_out": 5,
+            "cost_eur": 0.01,
+            "rationale": "waited for the test",
+        }
+
+
+register_model(GatedModel())
+
+
+@program
+def slow_steps(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
+    """A model call and a tool call, each as long as the test keeps its gate shut."""
+    label = input["label"]
+    answer = ctx.model(f"think about {label}", purpose=label)
+    done = ctx.tool("test.slow_once", label=label)
+    return {"answer": answer, "executions": done["executions"]}
