@@ -524,16 +524,19 @@ class Context:
             self._check_same(existing, Action.Kind.VALUE, name, {})
             return existing.result
         value = make()
-        self._create(
-            self._seq,
-            Action.Kind.VALUE,
-            name,
-            {},
-            {},
-            status=S.SUCCEEDED,
-            result=value,
-            finished_at=timezone.now(),
-        )
+        with transaction.atomic():
+            self._admit()  # a value is a step: switches and the lease hold for it too
+            action = self._create(
+                self._seq,
+                Action.Kind.VALUE,
+                name,
+                {},
+                {},
+                status=S.SUCCEEDED,
+                result=value,
+                finished_at=timezone.now(),
+            )
+            self._audit(verbs.VALUE_RECORDED, action, value=value)
         return value
 
     def _payload(self, seq: int, name: str, status: str, **details: Any) -> dict[str, Any]:

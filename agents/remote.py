@@ -33,7 +33,13 @@ from agents.gateway import Context, _jsonable
 from agents.killswitches import engaged_for
 from agents.models import Action, Agent, ApiKey, KillSwitch, Run
 from agents.registry import Tool
-from agents.services import AGENT_HALTED, NO_LIVE_VERSION, REASON_REQUIRED, ServiceError
+from agents.services import (
+    AGENT_HALTED,
+    NO_LIVE_VERSION,
+    REASON_REQUIRED,
+    ServiceError,
+    run_input_check,
+)
 from audit import verbs
 from audit.services import Actor, audit_record
 
@@ -178,6 +184,7 @@ def _context(run: Run) -> RemoteContext:
 
 
 def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
+    run_input_check(input)
     agent = key.agent
     with transaction.atomic():
         if agent.live_version_id is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ SWITCH_ALREADY_ENGAGED = "a kill switch is already engaged on {target}"
 SWITCH_NOT_ENGAGED = "this kill switch was already released"
 REASON_REQUIRED = "a reason is required"
 RUN_ALREADY_FINISHED = "run {run} has already finished"
+RUN_INPUT_TOO_LARGE = "a run's input is at most {limit} bytes of JSON; this one is {size}"
+RUN_INPUT_NOT_JSON = "a run's input must be JSON"
 
 
 def _actor(user: User | None) -> Actor:
@@ -135,7 +138,20 @@ def version_publish(*, version: AgentVersion, user: User | None = None, reason: 
         )
 
 
+def run_input_check(input: Any) -> None:
+    """A run's input is stored in its row and its audit event, and replayed on every
+    resume: bounded by BATON_RUN_INPUT_MAX_BYTES of JSON (UTF-8)."""
+    try:
+        size = len(json.dumps(input, ensure_ascii=False).encode())
+    except (TypeError, ValueError):
+        raise ServiceError(RUN_INPUT_NOT_JSON) from None
+    limit = settings.BATON_RUN_INPUT_MAX_BYTES
+    if size > limit:
+        raise ServiceError(RUN_INPUT_TOO_LARGE.format(limit=limit, size=size))
+
+
 def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
+    run_input_check(input)
     with transaction.atomic():
         if agent.live_version_id is None:
             raise ServiceError(NO_LIVE_VERSION.format(agent=agent.name))

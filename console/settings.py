@@ -215,6 +215,8 @@ BATON_AGENT_MODULES = env_list("BATON_AGENT_MODULES", ["agents.demo"])
 BATON_RUN_LEASE_SECONDS = env_float("BATON_RUN_LEASE_SECONDS", 60.0)
 # How long a queued run may sit unclaimed before the sweep enqueues it again.
 BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 30.0)
+# A run's input, as JSON (UTF-8): kept in the run, its audit event and every replay.
+BATON_RUN_INPUT_MAX_BYTES = env_int("BATON_RUN_INPUT_MAX_BYTES", 65536)
 BATON_SWEEP_EVERY_SECONDS = env_float("BATON_SWEEP_EVERY_SECONDS", 5.0)
 # How often each worker process says it is alive; three missed beats and it is shown gone.
 BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0)

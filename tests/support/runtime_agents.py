@@ -75,3 +75,32 @@ def slow_steps(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
     answer = ctx.model(f"think about {label}", purpose=label)
     done = ctx.tool("test.slow_once", label=label)
     return {"answer": answer, "executions": done["executions"]}
+
+
+@tool("test.pause_me", schema=COUNT_SCHEMA, idempotent=True)
+def pause_me(call: ToolCall) -> dict[str, Any]:
+    """Engages a pause on the calling agent, as a supervisor would between two steps."""
+    from agents.models import Agent
+    from agents.services import killswitch_engage
+
+    total = _redis().incr(f"test:exec:{call.args['label']}")
+    agent = Agent.objects.get(slug=call.agent_slug)
+    killswitch_engage(scope="agent", agent=agent, mode="pause", reason="look first", user=None)
+    return {"executions": total}
+
+
+@program
+def clock(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
+    """A step, then the clock and a random number: values are steps too."""
+    ctx.tool(input.get("first", "test.count"), label=input["label"])
+    return {"now": ctx.now().isoformat(), "random": ctx.random()}
+
+
+class RefusingMailBackend:
+    """An e-mail backend whose relay refuses everything, with an error no one expected."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def send_messages(self, messages: Any) -> int:
+        raise RuntimeError("the mail relay refused")
