@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from agents.delivery import runs_with_messages
+from agents.errors import TRANSIENT_FAULTS
 from agents.killswitches import engaged_for, lock_for_engage
 from agents.models import Action, Agent, AgentVersion, KillSwitch, Run, Team
 from agents.policy import PolicyError, parse_policy
@@ -21,6 +24,8 @@ from audit.services import SYSTEM, Actor, audit_record
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -362,7 +367,16 @@ def runs_sweep() -> int:
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale))
         .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
     )
-    for run_id in forgotten.values_list("pk", flat=True)[:500]:
+    candidates = list(forgotten.values_list("pk", flat=True)[:500])
+    try:
+        # Only runs whose message is gone; a run still waiting in a backlog keeps its turn.
+        in_broker = runs_with_messages(candidates) or set()
+    except TRANSIENT_FAULTS:
+        log.warning("sweep: the broker cannot be read; re-enqueuing no waiting run this time")
+        return count
+    for run_id in candidates:
+        if run_id in in_broker:
+            continue
         with transaction.atomic():
             if (
                 Run.objects.filter(pk=run_id, status=Run.Status.QUEUED)

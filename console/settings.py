@@ -186,7 +186,8 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # --- Celery: the reliability settings of DESIGN section 4 -------------------------------
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+# The broker may live on a Redis of its own (BATON_BROKER_URL).
+CELERY_BROKER_URL = env_str("BATON_BROKER_URL", REDIS_URL) or "memory://"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -196,6 +197,13 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A broker restart must not end a worker: reconnect for as long as it takes (the default
+# gives up after 100 tries), and on Redis use kombu's transport made safe to outlive its
+# connection (console/broker.py: kombu raised 'NoneType' object has no attribute
+# 'hostname' restoring unacked messages and the worker died).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+if CELERY_BROKER_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "console.broker:Transport"
 # Time limits stay below the broker's visibility timeout, so a message is never handed to
 # a second worker while the first is still legitimately working on it.
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("BATON_TASK_SOFT_TIME_LIMIT", 240)
