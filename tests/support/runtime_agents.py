@@ -104,3 +104,22 @@ class RefusingMailBackend:
 
     def send_messages(self, messages: Any) -> int:
         raise RuntimeError("the mail relay refused")
+
+
+@program
+def load_payout(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
+    """The load test's agent: a step, a payout (held for people above a limit), a step,
+    with a pause between them so that kills and restarts land mid-run."""
+    import time
+
+    claim = input["claim_id"]
+    ctx.tool("test.count", label=f"{claim}:before")
+    time.sleep(input.get("pause", 0))
+    try:
+        ctx.tool("test.pay", claim_id=claim, amount=input["amount"])
+        outcome = "paid"
+    except ActionRejected:
+        outcome = "rejected"
+    time.sleep(input.get("pause", 0))
+    ctx.tool("test.count", label=f"{claim}:after")
+    return {"outcome": outcome}
