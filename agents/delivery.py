@@ -50,7 +50,8 @@ def runs_with_messages(run_ids: Iterable[int]) -> set[int] | None:
     queue = app.conf.task_default_queue
     options = app.conf.broker_transport_options or {}
     with app.connection_for_read() as connection:
-        client = connection.default_channel.client
+        # The Redis channel's own client (kombu's StdChannel type does not declare it).
+        client = connection.default_channel.client  # type: ignore[attr-defined]
         waiting = client.lrange(queue, 0, -1)
         delivered = client.hvals(options.get("unacked_key", "unacked"))
     present = {_run_id(raw) for raw in [*waiting, *delivered]}

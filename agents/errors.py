@@ -72,7 +72,7 @@ class Divergence(GatewayStop):
 # Faults of the infrastructure, not of the agent: a deadlock or serialization failure, a
 # dropped or refused database connection, an unreachable Redis or broker. They pass; the
 # run is retried with back-off (the journal makes that safe) and never fails for them.
-TRANSIENT_FAULTS: tuple[type[BaseException], ...] = (
+TRANSIENT_FAULTS: tuple[type[Exception], ...] = (
     db.OperationalError,
     db.InterfaceError,
     redis.exceptions.ConnectionError,

@@ -34,14 +34,16 @@ class QoS(kombu_redis.QoS):
         return transport is None or getattr(transport, "client", None) is None
 
     def _forget(self, why: str) -> None:
-        if self._delivered:
-            log.warning(
-                "broker: %d unacknowledged message(s) not restored (%s); the visibility "
-                "timeout and the run sweep hand them on",
-                len(self._delivered),
-                why,
-            )
-        self._delivered.clear()
+        delivered = self._delivered
+        if not delivered:
+            return
+        log.warning(
+            "broker: %d unacknowledged message(s) not restored (%s); the visibility "
+            "timeout and the run sweep hand them on",
+            len(delivered),
+            why,
+        )
+        delivered.clear()
 
     def restore_unacked(self, client: Any = None) -> Any:
         if client is None and self._orphaned():
