@@ -7,6 +7,10 @@ gateway owns (suspend, delay, stop) derives from BaseException, so a program's
 
 from __future__ import annotations
 
+import kombu.exceptions
+import redis.exceptions
+from django import db
+
 
 class ActionError(Exception):
     """A step did not run or did not succeed; the agent may handle it."""
@@ -63,3 +67,20 @@ class LeaseLost(GatewayStop):
 
 class Divergence(GatewayStop):
     """The program asked for something other than its journal holds: not deterministic."""
+
+
+# Faults of the infrastructure, not of the agent: a deadlock or serialization failure, a
+# dropped or refused database connection, an unreachable Redis or broker. They pass; the
+# run is retried with back-off (the journal makes that safe) and never fails for them.
+TRANSIENT_FAULTS: tuple[type[Exception], ...] = (
+    db.OperationalError,
+    db.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+
+
+def transient_backoff(attempt: int) -> float:
+    """Seconds before attempt `attempt + 1` after a transient fault: 0.5, 1, 2 … 30."""
+    return float(min(0.5 * 2 ** max(attempt - 1, 0), 30.0))

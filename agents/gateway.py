@@ -11,18 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from agents import ratelimit, store
 from agents.errors import (
+    TRANSIENT_FAULTS,
     ActionRejected,
     ArgumentsInvalid,
     Delayed,
@@ -51,6 +55,40 @@ def args_hash(args: dict[str, Any]) -> str:
 def _jsonable(value: Any) -> Any:
     # Plain JSON the trail can store, or Unstorable (a ValueError) saying what is wrong.
     return plain_json(value)
+
+
+class LeaseHeartbeat(threading.Thread):
+    """Keeps a run's lease: every third of the lease, compare-and-set on the lease token,
+    on a database connection of its own. Stops when told, when the lease is lost, or at
+    the task's hard time limit."""
+
+    def __init__(self, run_id: int, token: uuid.UUID, lease: float) -> None:
+        super().__init__(name=f"lease-run-{run_id}", daemon=True)
+        self.run_id, self.token, self.lease = run_id, token, lease
+        self.until = time.monotonic() + float(settings.CELERY_TASK_TIME_LIMIT or 3600)
+        self.halt = threading.Event()
+        self.renewals = 0
+
+    def run(self) -> None:
+        try:
+            while not self.halt.wait(self.lease / 3) and time.monotonic() < self.until:
+                until = timezone.now() + timedelta(seconds=self.lease)
+                try:
+                    kept = Run.objects.filter(pk=self.run_id, lease_token=self.token).update(
+                        lease_until=until
+                    )
+                except TRANSIENT_FAULTS:
+                    connection.close()  # try again on a fresh connection next beat
+                    continue
+                if not kept:
+                    return  # another worker owns the run; the step's outcome is fenced
+                self.renewals += 1
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join()
 
 
 class Context:
@@ -92,8 +130,11 @@ class Context:
             self._check_same(existing, Action.Kind.MODEL, existing.name, request)
             return existing.result
         client = get_model(self.config.get("model", "scripted"))
+        with transaction.atomic():
+            self._admit()  # a stopped run, or one another worker owns, calls no model
         started = timezone.now()
-        reply = client.complete(prompt=prompt, purpose=purpose, config=self.config)
+        with self._lease_held():
+            reply = client.complete(prompt=prompt, purpose=purpose, config=self.config)
         meta = {k: reply.get(k) for k in ("tokens_in", "tokens_out", "cost_eur")}
         meta["rationale"] = reply.get("rationale", "")
         with transaction.atomic():
@@ -256,6 +297,8 @@ class Context:
 
         with transaction.atomic():
             self._admit()
+            # The run is parked first: its row comes before the chain head (store.LOCK_ORDER).
+            self._park()
             action = self._create(
                 seq,
                 Action.Kind.TOOL,
@@ -268,13 +311,14 @@ class Context:
             )
             self._audit(verbs.ACTION_HELD, action, args=args, rule=action.rule)
             approval_request_open(action=action, tool=tool, rule=verdict.rule)
-            self._park_for_approval()
+            self._audit_waiting()
 
     def _hold_unknown(self, existing: Action) -> None:
         from approvals.services import approval_request_open
 
         with transaction.atomic():
             self._admit()
+            self._park()  # the run's row before the action's (store.LOCK_ORDER)
             moved = Action.objects.filter(
                 pk=existing.pk, status=S.STARTED, attempts=existing.attempts
             ).update(status=S.UNKNOWN, reason="the worker stopped mid-step; outcome unknown")
@@ -283,7 +327,7 @@ class Context:
             existing.status = S.UNKNOWN
             self._audit(verbs.ACTION_UNKNOWN, existing, args=existing.args)
             approval_request_open(action=existing, tool=get_tool(existing.name), rule=None)
-            self._park_for_approval()
+            self._audit_waiting()
 
     # --- execution --------------------------------------------------------------------
 
@@ -299,7 +343,12 @@ class Context:
         action = self._start(seq, tool, args, requested, verdict, existing)
         call = ToolCall(args, action.idempotency_key, self.run.pk, self.agent.slug)
         try:
-            result = _jsonable(tool.fn(call))
+            with self._lease_held():
+                result = _jsonable(tool.fn(call))
+        except TRANSIENT_FAULTS:
+            # Not the tool's answer but the infrastructure's: the step stays `started` and
+            # the run's retry follows the tool's idempotency, as after a worker's death.
+            raise
         except Exception as exc:
             error = scrubbed(f"{type(exc).__name__}: {exc}")
             self._finish(action, S.FAILED, verbs.ACTION_FAILED, error=error)
@@ -390,7 +439,26 @@ class Context:
                 raise LeaseLost()
             self._renew_at = time.monotonic() + self._lease / 2
 
+    @contextmanager
+    def _lease_held(self) -> Iterator[None]:
+        """Renew the run's lease while a step (a tool or a model call) runs, so no step
+        outlives it: a second worker never takes over a run whose worker is alive and busy.
+        Renewal stops at the task's hard time limit: past it the step is hung (Celery kills
+        it in a prefork worker), the lease runs out and the sweep hands the run on."""
+        heartbeat = LeaseHeartbeat(self.run.pk, self._token, self._lease)
+        heartbeat.start()
+        try:
+            yield
+        finally:
+            heartbeat.stop()
+        self._renew_at = time.monotonic() + self._lease / 2
+
     def _park_for_approval(self) -> None:
+        self._park()
+        self._audit_waiting()
+
+    def _park(self) -> None:
+        """The run waits for people: its lease is given up (inside the step's transaction)."""
         parked = Run.objects.filter(pk=self.run.pk, lease_token=self._token).update(
             status=Run.Status.WAITING,
             wait_reason=Run.WaitReason.APPROVAL,
@@ -400,6 +468,8 @@ class Context:
         if parked != 1:
             raise LeaseLost()
         self.run.status = Run.Status.WAITING
+
+    def _audit_waiting(self) -> None:
         audit_record(
             verb=verbs.RUN_WAITING,
             actor=self._actor,
@@ -456,16 +526,19 @@ class Context:
             self._check_same(existing, Action.Kind.VALUE, name, {})
             return existing.result
         value = make()
-        self._create(
-            self._seq,
-            Action.Kind.VALUE,
-            name,
-            {},
-            {},
-            status=S.SUCCEEDED,
-            result=value,
-            finished_at=timezone.now(),
-        )
+        with transaction.atomic():
+            self._admit()  # a value is a step: switches and the lease hold for it too
+            action = self._create(
+                self._seq,
+                Action.Kind.VALUE,
+                name,
+                {},
+                {},
+                status=S.SUCCEEDED,
+                result=value,
+                finished_at=timezone.now(),
+            )
+            self._audit(verbs.VALUE_RECORDED, action, value=value)
         return value
 
     def _payload(self, seq: int, name: str, status: str, **details: Any) -> dict[str, Any]:

@@ -5,7 +5,9 @@ admission can miss it (DESIGN section 6). On Postgres the admission takes shared
 locks on the global, team and agent targets (in baton_admit, agents/migrations/0002) and
 an engage takes the exclusive one on its target; both are transaction-scoped and live
 only in memory. SQLite takes its single write lock at BEGIN (IMMEDIATE transactions),
-which serialises the same way.
+which serialises the same way. These advisory locks come first in every transaction that
+takes them (agents.store.LOCK_ORDER): before any run, action or request row, and long
+before the audit chain head.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from agents.services import (
     NO_LIVE_VERSION,
     REASON_REQUIRED,
     ServiceError,
+    run_input_check,
     storable,
 )
 from audit import verbs
@@ -168,9 +169,12 @@ class RemoteContext(Context):
     ) -> Any:
         raise Admitted(self._start(seq, tool, args, requested, verdict, existing))
 
-    def _park_for_approval(self) -> None:
+    def _park(self) -> None:
         # A remote run stays `running` while a step waits: the agent is alive and polling.
         Run.objects.filter(pk=self.run.pk).update(wait_reason=Run.WaitReason.APPROVAL)
+
+    def _audit_waiting(self) -> None:
+        pass  # the run did not change state
 
     def _maybe_renew(self) -> None:
         pass  # a remote run holds no worker lease
@@ -183,6 +187,7 @@ def _context(run: Run) -> RemoteContext:
 
 def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
     input = storable(input, "input")
+    run_input_check(input)
     agent = key.agent
     with transaction.atomic():
         if agent.live_version_id is None:

@@ -10,12 +10,21 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from agents.errors import Delayed, Divergence, GatewayStop, LeaseLost, Stopped, Suspended
+from agents.errors import (
+    TRANSIENT_FAULTS,
+    Delayed,
+    Divergence,
+    GatewayStop,
+    LeaseLost,
+    Stopped,
+    Suspended,
+    transient_backoff,
+)
 from agents.gateway import Context, _jsonable
 from agents.killswitches import engaged_for
 from agents.models import Run
@@ -94,11 +103,44 @@ def _settle(run: Run, token: uuid.UUID, verb: str, payload: dict[str, Any], **fi
 
 
 def execute_run(run_id: int, *, worker: str = "") -> None:
-    """Execute (or resume) a run. Safe to call any number of times for the same run."""
+    """Execute (or resume) a run. Safe to call any number of times for the same run.
+
+    A transient fault (agents.errors.TRANSIENT_FAULTS) never fails the run: it is queued
+    again with back-off, audited as delayed; where even that cannot be written, the fault
+    is raised for the task to retry, and the run's lease runs out for the sweep."""
     token = uuid.uuid4()
     run = _claim(run_id, token, worker)
     if run is None:
         return  # finished, waiting, owned by a live worker, or not due yet
+    try:
+        _drive(run, token)
+    except TRANSIENT_FAULTS as fault:
+        log.warning("run %s: transient fault, retrying: %r", run_id, fault)
+        _retry_later(run, token, fault)
+
+
+def _retry_later(run: Run, token: uuid.UUID, fault: BaseException) -> None:
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()  # a dropped connection is opened anew
+    countdown = transient_backoff(run.attempts)
+    reason = f"transient fault: {type(fault).__name__}: {str(fault).strip()[:200]}"
+    try:
+        _settle(
+            run,
+            token,
+            verbs.RUN_DELAYED,
+            {"reason": reason, "countdown": countdown},
+            status=Run.Status.QUEUED,
+            wait_reason="",
+            wake_at=timezone.now() + timedelta(seconds=countdown),
+            enqueued_at=timezone.now(),
+        )
+    except TRANSIENT_FAULTS:
+        raise fault from None
+
+
+def _drive(run: Run, token: uuid.UUID) -> None:
+    run_id = run.pk
     try:
         for switch in engaged_for(run.agent):
             raise Stopped(switch.mode, f"{switch.mode} by kill switch on {switch.target}")
@@ -145,6 +187,8 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
     except Divergence as d:
         _fail(run, token, str(d))
     except GatewayStop:
+        raise
+    except TRANSIENT_FAULTS:
         raise
     except Exception as exc:
         log.exception("run %s failed", run_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +12,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from agents.delivery import runs_with_messages
+from agents.errors import TRANSIENT_FAULTS
 from agents.killswitches import engaged_for, lock_for_engage
 from agents.models import Action, Agent, AgentVersion, KillSwitch, Run, Team
 from agents.policy import PolicyError, parse_policy
@@ -20,6 +24,8 @@ from audit.services import SYSTEM, Actor, audit_record
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -36,6 +42,8 @@ SWITCH_ALREADY_ENGAGED = "a kill switch is already engaged on {target}"
 SWITCH_NOT_ENGAGED = "this kill switch was already released"
 REASON_REQUIRED = "a reason is required"
 RUN_ALREADY_FINISHED = "run {run} has already finished"
+RUN_INPUT_TOO_LARGE = "a run's input is at most {limit} bytes of JSON; this one is {size}"
+RUN_INPUT_NOT_JSON = "a run's input must be JSON"
 
 
 def storable(value: Any, where: str) -> Any:
@@ -102,7 +110,9 @@ def version_create(
         raise ServiceError(str(exc)) from exc
     with transaction.atomic():
         last = (
-            AgentVersion.objects.select_for_update()
+            # FOR NO KEY UPDATE: numbers are taken one at a time, and a run inserted
+            # meanwhile may still check its foreign key to a version (store.LOCK_ORDER).
+            AgentVersion.objects.select_for_update(no_key=True)
             .filter(agent=agent)
             .order_by("-number")
             .values_list("number", flat=True)
@@ -131,7 +141,7 @@ def version_create(
 def version_publish(*, version: AgentVersion, user: User | None = None, reason: str = "") -> None:
     """Make the version live for new runs (rollout through shadow and canary comes later)."""
     with transaction.atomic():
-        agent = Agent.objects.select_for_update().get(pk=version.agent_id)
+        agent = Agent.objects.select_for_update(no_key=True).get(pk=version.agent_id)
         AgentVersion.objects.filter(agent=agent, stage=AgentVersion.Stage.LIVE).exclude(
             pk=version.pk
         ).update(stage=AgentVersion.Stage.RETIRED)
@@ -150,8 +160,21 @@ def version_publish(*, version: AgentVersion, user: User | None = None, reason: 
         )
 
 
+def run_input_check(input: Any) -> None:
+    """A run's input is stored in its row and its audit event, and replayed on every
+    resume: bounded by BATON_RUN_INPUT_MAX_BYTES of JSON (UTF-8)."""
+    try:
+        size = len(json.dumps(input, ensure_ascii=False).encode())
+    except (TypeError, ValueError):
+        raise ServiceError(RUN_INPUT_NOT_JSON) from None
+    limit = settings.BATON_RUN_INPUT_MAX_BYTES
+    if size > limit:
+        raise ServiceError(RUN_INPUT_TOO_LARGE.format(limit=limit, size=size))
+
+
 def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
     input = storable(input, "input")
+    run_input_check(input)
     with transaction.atomic():
         if agent.live_version_id is None:
             raise ServiceError(NO_LIVE_VERSION.format(agent=agent.name))
@@ -186,7 +209,7 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
     # Locked first, so the set updated is exactly the set audited.
     locked = list(
         runs.exclude(status__in=Run.FINAL)
-        .select_for_update(of=("self",))
+        .select_for_update(of=("self",), no_key=True)
         .select_related("agent")
         .order_by("pk")
     )
@@ -297,10 +320,13 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
         if not released:
             raise ServiceError(SWITCH_NOT_ENGAGED)
         requeued = 0
-        parked = (
+        # Every parked run is locked before the first audit event takes the chain head.
+        parked = list(
             _scope_runs(switch)
             .filter(status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED)
+            .select_for_update(of=("self",), no_key=True)
             .select_related("agent__team")
+            .order_by("pk")
         )
         for run in parked:
             if engaged_for(run.agent):
@@ -359,7 +385,16 @@ def runs_sweep() -> int:
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale))
         .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
     )
-    for run_id in forgotten.values_list("pk", flat=True)[:500]:
+    candidates = list(forgotten.values_list("pk", flat=True)[:500])
+    try:
+        # Only runs whose message is gone; a run still waiting in a backlog keeps its turn.
+        in_broker = runs_with_messages(candidates) or set()
+    except TRANSIENT_FAULTS:
+        log.warning("sweep: the broker cannot be read; re-enqueuing no waiting run this time")
+        return count
+    for run_id in candidates:
+        if run_id in in_broker:
+            continue
         with transaction.atomic():
             if (
                 Run.objects.filter(pk=run_id, status=Run.Status.QUEUED)

@@ -6,6 +6,17 @@ databases the same steps run through the ORM in one transaction. Both keep one c
   switch covers the agent — serialised with killswitch_engage;
 - start: admit, write the journal row as `started`, append `action.allowed`, commit;
 - finish: record the outcome only if the step is still this attempt's, with its event.
+
+Lock order (DESIGN section 10, invariant 8). Every transaction that changes runs,
+actions, approval requests and the trail takes its locks in LOCK_ORDER, and only the rows
+it must: row locks are `FOR NO KEY UPDATE` of the row itself
+(`select_for_update(of=("self",), no_key=True)`) or the implicit lock of an UPDATE, never
+`FOR UPDATE`. Postgres checks foreign keys at commit (Django makes them DEFERRABLE
+INITIALLY DEFERRED) with `FOR KEY SHARE` on the referenced row, which is after the chain
+head was taken; `FOR UPDATE` on an agent, run or version would block that check while its
+holder waits for the chain head: a deadlock. `FOR NO KEY UPDATE` does not block it.
+The chain head is last because `audit_append` holds it until commit: every row a
+transaction will touch is locked (or updated) before its first audit event.
 """
 
 from __future__ import annotations
@@ -23,6 +34,15 @@ from agents.models import Action, Agent, Run
 from audit import verbs
 from audit.services import Actor, append_args, audit_append, event_content
 from console.live import ring_on_commit
+
+LOCK_ORDER = (
+    "kill-switch advisory locks: global, team, agent (baton_admit shared, engage exclusive)",
+    "agent and version rows (FOR NO KEY UPDATE, only to publish or number a version)",
+    "run rows, ascending id",
+    "action rows",
+    "approval request rows",
+    "the audit chain head: last, taken by the first audit event, held until commit",
+)
 
 
 def _postgres() -> bool:

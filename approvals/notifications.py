@@ -18,7 +18,6 @@ import json
 import logging
 import smtplib
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -45,9 +44,15 @@ def notify_on_commit(*, event: str, request_id: int) -> None:
     if event not in EVENTS:
         # A typo here would silently tell nobody; fail inside the caller's transaction.
         raise ValueError(f"unknown approval event {event!r}; expected one of {EVENTS}")
+
     # robust: a failing notification is logged and never turns a committed decision into
-    # an error for the person (or worker) who made it.
-    transaction.on_commit(partial(_notify, event, request_id), robust=True)
+    # an error for the person (or worker) who made it. A plain function, not a partial:
+    # Django logs a robust hook's failure by its __qualname__, which a partial lacks, and
+    # the logging itself would raise and skip the hooks after it (Django ticket #36487).
+    def notify() -> None:
+        _notify(event, request_id)
+
+    transaction.on_commit(notify, robust=True)
 
 
 def _notify(event: str, request_id: int) -> None:

@@ -120,6 +120,22 @@ def _release(
         ).update(wait_reason="")
 
 
+def _lock_request(request_id: int) -> ApprovalRequest:
+    """Lock what settling a request changes, in agents.store.LOCK_ORDER: its run, its
+    action, then the request; each row alone and FOR NO KEY UPDATE, so a run or step that
+    holds the chain head can still check its foreign keys. The audit events come after."""
+    ids = ApprovalRequest.objects.filter(pk=request_id).values_list("run_id", "action_id").first()
+    if ids is None:
+        raise ApprovalRequest.DoesNotExist(f"no approval request {request_id}")
+    list(Run.objects.select_for_update(no_key=True).filter(pk=ids[0]).values_list("pk"))
+    list(Action.objects.select_for_update(no_key=True).filter(pk=ids[1]).values_list("pk"))
+    return (
+        ApprovalRequest.objects.select_for_update(of=("self",), no_key=True)
+        .select_related("agent__team", "run", "version")
+        .get(pk=request_id)
+    )
+
+
 def approval_decide(
     *,
     request_id: int,
@@ -146,14 +162,7 @@ def approval_decide(
     if edited_args is not None:
         edited_args = storable(edited_args, "arguments")
     with transaction.atomic():
-        try:
-            request = (
-                ApprovalRequest.objects.select_for_update()
-                .select_related("agent__team", "run", "version")
-                .get(pk=request_id)
-            )
-        except ApprovalRequest.DoesNotExist:
-            raise ApprovalRequest.DoesNotExist(f"no approval request {request_id}") from None
+        request = _lock_request(request_id)
         if not may_decide(user, request):
             raise _refusal(user, request)
         if seen_args_hash != request.args_hash:
@@ -289,9 +298,11 @@ def _rule_name(request: ApprovalRequest) -> str:
 
 
 def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) -> None:
-    for request in ApprovalRequest.objects.filter(
+    # The caller holds the runs; every request is locked before the first audit event.
+    pending = ApprovalRequest.objects.filter(
         run_id__in=run_ids, status=ApprovalRequest.Status.PENDING
-    ).select_related("agent", "run"):
+    ).select_for_update(of=("self",), no_key=True)
+    for request in list(pending.select_related("agent", "run").order_by("pk")):
         ApprovalRequest.objects.filter(pk=request.pk).update(
             status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
         )
@@ -315,11 +326,7 @@ def approvals_expire() -> int:
     )
     for request_id in due.values_list("pk", flat=True)[:500]:
         with transaction.atomic():
-            request = (
-                ApprovalRequest.objects.select_for_update()
-                .select_related("agent", "run")
-                .get(pk=request_id)
-            )
+            request = _lock_request(request_id)
             if request.status != ApprovalRequest.Status.PENDING:
                 continue
             groups = (request.rule or {}).get("escalate_to", [])

@@ -22,6 +22,7 @@ ACTION_HELD = "action.held"
 ACTION_RETRIED = "action.retried"
 ACTION_UNKNOWN = "action.unknown"
 MODEL_CALLED = "model.called"
+VALUE_RECORDED = "value.recorded"
 
 APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_APPROVED = "approval.approved"

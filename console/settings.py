@@ -170,7 +170,8 @@ if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
+            # The shared cache (rate limits) may live on a Redis of its own.
+            "LOCATION": env_str("BATON_CACHE_URL", REDIS_URL),
             "KEY_PREFIX": env_str("BATON_CACHE_PREFIX", "baton"),
         }
     }
@@ -185,7 +186,8 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # --- Celery: the reliability settings of DESIGN section 4 -------------------------------
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+# The broker may live on a Redis of its own (BATON_BROKER_URL).
+CELERY_BROKER_URL = env_str("BATON_BROKER_URL", REDIS_URL) or "memory://"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -195,6 +197,13 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A broker restart must not end a worker: reconnect for as long as it takes (the default
+# gives up after 100 tries), and on Redis use kombu's transport made safe to outlive its
+# connection (console/broker.py: kombu raised 'NoneType' object has no attribute
+# 'hostname' restoring unacked messages and the worker died).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+if CELERY_BROKER_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "console.broker:Transport"
 # Time limits stay below the broker's visibility timeout, so a message is never handed to
 # a second worker while the first is still legitimately working on it.
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("BATON_TASK_SOFT_TIME_LIMIT", 240)
@@ -214,6 +223,8 @@ BATON_AGENT_MODULES = env_list("BATON_AGENT_MODULES", ["agents.demo"])
 BATON_RUN_LEASE_SECONDS = env_float("BATON_RUN_LEASE_SECONDS", 60.0)
 # How long a queued run may sit unclaimed before the sweep enqueues it again.
 BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 30.0)
+# A run's input, as JSON (UTF-8): kept in the run, its audit event and every replay.
+BATON_RUN_INPUT_MAX_BYTES = env_int("BATON_RUN_INPUT_MAX_BYTES", 65536)
 BATON_SWEEP_EVERY_SECONDS = env_float("BATON_SWEEP_EVERY_SECONDS", 5.0)
 # How often each worker process says it is alive; three missed beats and it is shown gone.
 BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0)

@@ -163,3 +163,6 @@ def rogue(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001  (the test reads what the agent saw)
             outcomes[name] = f"{type(exc).__name__}: {exc}"
     return outcomes
+
+
+from tests.support import runtime_agents  # noqa: E402, F401  (registers the runtime tests' programs)
