@@ -14,11 +14,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import redis
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis must not judge this machine's speed: no per-example deadline, no health check
+# that fails a test because generating its inputs was slow on a loaded CI machine.
+hypothesis.settings.register_profile(
+    "baton",
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.load_profile("baton")
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
 
