@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -157,9 +158,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def _recheck(self) -> int | None:
         """Reload the person and their permissions from the database: the close code if
         this socket must end, None if it goes on as it is."""
-        # get_user reads the session and the user row again (a fresh object: no cached
-        # permissions); a deactivated person or an ended session comes back anonymous.
-        user = await get_user(self.scope)
+        # The session is read again (the one in the scope is what was loaded at connect),
+        # and so is the user row (a fresh object: no cached permissions); an ended session
+        # or a deactivated person comes back anonymous.
+        session = self.scope.get("session")
+        if session is None or session.session_key is None:
+            return CLOSE_UNAUTHENTICATED
+        fresh = import_module(settings.SESSION_ENGINE).SessionStore(session.session_key)
+        user = await get_user({**self.scope, "session": fresh})
         if not (user.is_authenticated and user.is_active and user.pk == self.user.pk):
             return CLOSE_UNAUTHENTICATED
         visible = await _db_parallel(frames.visible_scope)(user)

@@ -13,7 +13,9 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from agents.services import killswitch_engage, run_start
+from console import roles
 from console.asgi import application
+from console.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
 from tests.conftest import ALLOW_ALL_TESTS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -52,14 +54,90 @@ def seq_of(frame: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-async def test_a_socket_from_a_foreign_origin_is_refused(world: Any) -> None:
-    assert await connect(world.supervisor, (b"origin", b"https://evil.example")) is None
+async def opened(user: Any | None, origin: tuple[bytes, bytes] = ORIGIN) -> tuple[bool, Any]:
+    headers = [origin, (b"host", b"127.0.0.1")]
+    if user is not None:
+        headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+    socket = WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    connected, code = await socket.connect()
+    if connected:
+        await socket.disconnect()
+    return connected, code
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        b"https://evil.example",
+        b"http://evil.example",
+        b"https://127.0.0.1",  # another scheme
+        b"http://127.0.0.1:8443",  # another port
+        b"http://localhost",  # an allowed host, but not the one the page came from
+        b"null",
+    ],
+)
+async def test_a_socket_from_another_origin_is_refused_despite_a_valid_session(
+    world: Any, origin: bytes
+) -> None:
+    assert await opened(world.supervisor, (b"origin", origin)) == (False, CLOSE_FORBIDDEN)
+    assert await opened(world.supervisor) == (True, None)
 
 
 async def test_an_anonymous_socket_is_refused(world: Any) -> None:
-    socket = WebsocketCommunicator(application, "/ws/live/", headers=[ORIGIN])
-    connected, code = await socket.connect()
-    assert not connected
+    assert await opened(None) == (False, CLOSE_UNAUTHENTICATED)
+
+
+# --- the periodic re-check reloads the person ------------------------------------------
+
+
+@pytest.fixture
+def brisk(settings: Any) -> None:
+    settings.BATON_LIVE_RECHECK_SECONDS = 0.1
+
+
+async def closed_with(socket: Any) -> Any:
+    """The close the socket ends with, skipping any frames before it."""
+    while True:
+        message = await socket.receive_output(timeout=10)
+        if message["type"] == "websocket.close":
+            return message["code"]
+
+
+async def test_removing_the_compliance_role_stops_the_stream(world: Any, brisk: None) -> None:
+    from django.contrib.auth.models import Group
+
+    socket = await connect(world.compliance)
+    await socket.receive_from()
+    compliance = await sync_to_async(Group.objects.get)(name=roles.COMPLIANCE)
+    await sync_to_async(world.compliance.groups.remove)(compliance)
+    assert await closed_with(socket) == CLOSE_FORBIDDEN
+
+
+async def test_revoking_a_grant_stops_the_stream(world: Any, brisk: None) -> None:
+    socket = await connect(world.supervisor)
+    await socket.receive_from()
+    await sync_to_async(roles.role_revoke)(
+        user=world.supervisor, role=roles.SUPERVISOR, target=world.claims
+    )
+    assert await closed_with(socket) == CLOSE_FORBIDDEN
+
+
+async def test_deactivating_a_person_closes_their_socket(world: Any, brisk: None) -> None:
+    socket = await connect(world.supervisor)
+    await socket.receive_from()
+    await sync_to_async(type(world.supervisor).objects.filter(pk=world.supervisor.pk).update)(
+        is_active=False
+    )
+    assert await closed_with(socket) == CLOSE_UNAUTHENTICATED
+
+
+async def test_an_ended_session_closes_the_socket(world: Any, brisk: None) -> None:
+    from django.contrib.sessions.models import Session
+
+    socket = await connect(world.supervisor)
+    await socket.receive_from()
+    await sync_to_async(Session.objects.all().delete)()  # expired and cleared, or revoked
+    assert await closed_with(socket) == CLOSE_UNAUTHENTICATED
 
 
 async def test_a_person_receives_only_the_events_of_agents_they_may_see(
