@@ -3,6 +3,8 @@ Redis channel layer, against Postgres."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from typing import Any
 
@@ -216,3 +218,52 @@ async def test_the_catch_up_endpoint_sends_what_was_missed_and_checks_its_input(
     await sync_to_async(outsider.force_login)(world.outsider)
     body = (await sync_to_async(outsider.get)("/live/events?after=0")).content.decode()
     assert f"run #{run.pk}" not in body
+
+
+# --- a browser that goes away ----------------------------------------------------------
+
+
+def recheck_tasks() -> list[asyncio.Task[Any]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__name__", "") == "_recheck_forever" and not t.done()
+    ]
+
+
+async def test_a_browser_gone_mid_send_leaves_no_recheck_task_and_no_error(
+    world: Any, make_agent: Any, brisk: None, caplog: Any
+) -> None:
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    claims = await sync_to_async(make_agent)(
+        "claims-bot", "tests.support.agents.counter", ALLOW_ALL_TESTS
+    )
+    gone = asyncio.Event()
+
+    async def server(scope: Any, receive: Any, send: Any) -> Any:
+        # As uvicorn does: once the browser has gone, a send raises ClientDisconnected
+        # (the disconnect message may still be on its way to the consumer).
+        async def send_to_browser(message: Any) -> None:
+            if gone.is_set():
+                raise ClientDisconnected
+            await send(message)
+
+        return await application(scope, receive, send_to_browser)
+
+    headers = [ORIGIN, (b"host", b"127.0.0.1")]
+    headers.append((b"cookie", await sync_to_async(session_cookie)(world.supervisor)))
+    socket = WebsocketCommunicator(server, "/ws/live/", headers=headers)
+    assert (await socket.connect())[0]
+    await socket.receive_from()
+    assert len(recheck_tasks()) == 1
+    gone.set()
+    await sync_to_async(run_start)(agent=claims, input={"label": "a"})  # a frame to send
+
+    async def ended() -> None:
+        while recheck_tasks():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(ended(), timeout=10)
+    assert not [r for r in caplog.records if "re-check failed" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
