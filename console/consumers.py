@@ -91,9 +91,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
         for group in joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
-    async def send(
+    async def send(  # type: ignore[override]  # the websocket form of AsyncConsumer.send
         self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
-    ) -> None:  # type: ignore[override]  # noqa: E501
+    ) -> None:
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except OSError:
