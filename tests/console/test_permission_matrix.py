@@ -113,8 +113,20 @@ class Hidden:
             "step": 1,
         }
 
-    def leaks(self, text: str) -> list[str]:
-        return [m for m in self.markers if m in text]
+    def filters(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent.slug,
+            "team": self.team.slug,
+            "run": self.run.pk,
+            "after": 0,
+            "q": "Xylomarker",
+        }
+
+    def leaks(self, text: str, typed: dict[str, Any] | None = None) -> list[str]:
+        """The markers in the text, but for what the person typed in the request (a page
+        may say back the filter it was given)."""
+        echoed = {str(v) for v in (typed or {}).values()}
+        return [m for m in self.markers if m in text and m not in echoed]
 
     def unchanged(self) -> None:
         self.request.refresh_from_db()
@@ -182,9 +194,15 @@ def sweep(cast: Cast, hidden: Hidden, role: str) -> list[str]:
             problems.append(f"{role} catch-up shows {hidden.leaks(text)}")
     for name, template in url_patterns():
         url = concrete(template, hidden.args())
-        for method in ("get", "post"):
-            response = getattr(client, method)(url, POST_DATA if method == "post" else None)
-            where = f"{role} {method.upper()} {url} ({name}) -> {response.status_code}"
+        for method, data, extra in (
+            ("get", None, {}),
+            # The same through htmx (pages answer with a partial) and with every filter
+            # aimed at the hidden team.
+            ("get", hidden.filters(), {"HTTP_HX_REQUEST": "true"}),
+            ("post", POST_DATA, {}),
+        ):
+            response = getattr(client, method)(url, data, **extra)
+            where = f"{role} {method.upper()} {url} {data or ''} ({name}) -> {response.status_code}"
             text = body(response)
             if response.status_code >= 500:
                 problems.append(where)
@@ -198,8 +216,9 @@ def sweep(cast: Cast, hidden: Hidden, role: str) -> list[str]:
             )
             if role != "compliance" and named and answered:
                 problems.append(f"{where} (answered for a hidden id)")
-            if role != "compliance" and response.status_code == 200 and hidden.leaks(text):
-                problems.append(f"{where} shows {hidden.leaks(text)}")
+            leaked = hidden.leaks(text, data)
+            if role != "compliance" and response.status_code == 200 and leaked:
+                problems.append(f"{where} shows {leaked}")
     return problems
 
 
