@@ -50,29 +50,70 @@ DECISION_STATUS = {
 
 
 # --- who sees what --------------------------------------------------------------------
+# The one rule for who sees which event (DESIGN sections 8, 9). The audit pages, the live
+# stream (which groups a socket joins and which events it is sent), the catch-up endpoint
+# and the export all read through Scope.condition(); the kill-switch banners follow the
+# same rule through Scope.sees_switch().
+
+# Events about nothing narrower than everything that every signed-in person is shown: the
+# global kill switch (its banner is on every page).
+EVERYONE_SEES = Q(agent_id__isnull=True, team_id__isnull=True, subject_type="killswitch")
+_NOTHING = Q(seq__in=[])
 
 
 @dataclass(frozen=True)
 class Scope:
-    """The events a person may read: everything, or those of some teams and agents."""
+    """The events a person may see: everything (compliance), or the global switches, every
+    event of the teams they hold a grant on and of the agents they hold one on, and the
+    events about a whole team (agent_id empty: its switch, its grants) of the teams whose
+    agents they see."""
 
     everything: bool = False
     teams: tuple[int, ...] = ()
     agents: tuple[int, ...] = ()
+    team_level: tuple[int, ...] = ()  # teams seen through one of their agents only
+    signed_in: bool = False
 
     @property
     def nothing(self) -> bool:
-        return not (self.everything or self.teams or self.agents)
+        return not (self.everything or self.signed_in)
+
+    def sees_team(self, team_id: int) -> bool:
+        return self.everything or team_id in self.teams or team_id in self.team_level
+
+    def sees_agent(self, agent_id: int, team_id: int) -> bool:
+        return self.everything or agent_id in self.agents or team_id in self.teams
+
+    def sees_switch(self, agent_id: int | None, team_id: int | None) -> bool:
+        """Whether the person is shown a kill switch of this scope (banner and events)."""
+        if agent_id is not None:
+            return self.sees_agent(agent_id, team_id or 0)
+        if team_id is not None:
+            return self.sees_team(team_id)
+        return not self.nothing
 
     def condition(self) -> Q:
-        """What the person may see, as one condition (for someone who sees something)."""
+        """What the person may see, as one condition on AuditEvent."""
         if self.everything:
             return Q()
-        return Q(team_id__in=self.teams) | Q(agent_id__in=self.agents)
+        branches = self.branches()
+        if not branches:
+            return _NOTHING
+        condition = branches[0]
+        for branch in branches[1:]:
+            condition |= branch
+        return condition
 
     def branches(self) -> list[Q]:
         """One condition per grant; their union is what the person may see."""
-        return [Q(team_id=t) for t in self.teams] + [Q(agent_id=a) for a in self.agents]
+        if self.everything or self.nothing:
+            return []
+        return (
+            [Q(team_id=t) for t in self.teams]
+            + [Q(agent_id=a) for a in self.agents]
+            + [Q(team_id=t, agent_id__isnull=True) for t in self.team_level]
+            + [EVERYONE_SEES]
+        )
 
 
 def audit_scope(user: Any) -> Scope:
@@ -83,21 +124,27 @@ def audit_scope(user: Any) -> Scope:
     if memo is not None:
         return memo
     if user.is_superuser or user.has_perm("audit.view_auditevent"):
-        scope = Scope(everything=True)
+        scope = Scope(everything=True, signed_in=True)
     else:
-        teams = get_objects_for_user(
+        granted = get_objects_for_user(
             user, "agents.view_team", Team, accept_global_perms=False, with_superuser=False
         ).values_list("pk", flat=True)
-        team_ids = tuple(sorted(teams))
+        team_ids = tuple(sorted(granted))
         # Agents seen through a team grant are covered by it (their events carry the team).
-        agents = agents_for_user(user).exclude(team_id__in=team_ids).values_list("pk", flat=True)
-        scope = Scope(teams=team_ids, agents=tuple(sorted(agents)))
+        seen = agents_for_user(user).exclude(team_id__in=team_ids).values_list("pk", "team_id")
+        scope = Scope(
+            teams=team_ids,
+            agents=tuple(sorted(a for a, _ in seen)),
+            team_level=tuple(sorted({t for _, t in seen})),
+            signed_in=True,
+        )
     user.__dict__["_baton_audit_scope"] = scope
     return scope
 
 
 def can_browse(user: Any) -> bool:
-    """Whether the person may see any of the audit trail (the navigation link, and 403)."""
+    """Whether the person may open the audit trail (the navigation link, and 403): anyone
+    signed in, who reads there exactly what the rule above lets them see."""
     return not audit_scope(user).nothing
 
 
@@ -121,7 +168,7 @@ def visible_teams(user: Any) -> QuerySet[Team]:
     scope = audit_scope(user)
     if scope.everything:
         return Team.objects.all()
-    return Team.objects.filter(Q(pk__in=scope.teams) | Q(agents__in=scope.agents)).distinct()
+    return Team.objects.filter(pk__in=scope.teams + scope.team_level)
 
 
 # --- filters --------------------------------------------------------------------------

@@ -1,21 +1,29 @@
 """The live socket: one per open console page (DESIGN section 8).
 
-It joins the groups of the agents and teams its person may see, and on every doorbell
-sends, in order, every audit event it may see after the last one it sent — read from
-Postgres, rendered from the pages' partials. It re-checks the session and the grants
-periodically and closes when the person logs out or is deactivated.
+It joins the groups of what its person may see (the audit trail's one rule,
+audit.selectors.Scope), and on every doorbell sends, in order, every audit event it may
+see after the last one it sent — read from Postgres, rendered from the pages' partials.
+Every few seconds it reloads the person and their permissions from the database: it
+closes when the session ends or the person is deactivated (4401), and when what they may
+see has changed (4403; the page reloads and opens a socket under the new rule).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from importlib import import_module
 from typing import Any
+from urllib.parse import urlsplit
 
 from channels.auth import get_user
 from channels.db import database_sync_to_async as _db
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http.request import validate_host
 
+from audit.selectors import Scope
 from console import frames, live
 
 log = logging.getLogger(__name__)
@@ -27,12 +35,24 @@ def _db_parallel(func: Any) -> Any:
     return _db(func, thread_sensitive=False)
 
 
-RECHECK_SECONDS = 20.0
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403  # a foreign Origin, or the person's permissions changed
+# The re-check tasks of the sockets open in this process (each removes itself when it
+# ends), so a socket whose browser went away is seen to leave nothing behind.
+RECHECKS: set[asyncio.Task[None]] = set()
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
     groups_joined: list[str]
+    recheck: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # However the socket ends — a close, a disconnect, a send to a browser that has
+        # gone — its re-check task and its groups go with it.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._leave()
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -45,22 +65,47 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.groups_joined = []
         self.flushing = asyncio.Lock()
         self.pending = False
-        await self._join()
-        await self.channel_layer.group_add(live.user_group(user.pk), self.channel_name)
+        self.visible: Scope = await _db_parallel(frames.visible_scope)(user)
+        await self._join(frames.groups_for(self.visible) + [live.user_group(user.pk)])
         await self.accept()
         self.after = await _db_parallel(frames.latest_seq)()
         # The first frame says where this socket starts; the page fetches what came
         # between its own render and this point over HTTP.
         await self.send(text_data=frames.hello_frame(self.after))
         self.recheck = asyncio.create_task(self._recheck_forever())
+        RECHECKS.add(self.recheck)
+        self.recheck.add_done_callback(_forget)
+        log.info("live socket opened (%d open in this process)", len(RECHECKS))
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "recheck"):
-            self.recheck.cancel()
-        for group in getattr(self, "groups_joined", []):
+        await self._leave()
+
+    async def _leave(self) -> None:
+        task, self.recheck = self.recheck, None
+        if task is not None:
+            if task is not asyncio.current_task():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            log.info("live socket closed (%d open in this process)", len(RECHECKS - {task}))
+        joined, self.groups_joined = getattr(self, "groups_joined", []), []
+        for group in joined:
             await self.channel_layer.group_discard(group, self.channel_name)
-        if hasattr(self, "user"):
-            await self.channel_layer.group_discard(live.user_group(self.user.pk), self.channel_name)
+
+    async def send(  # type: ignore[override]  # the websocket form of AsyncConsumer.send
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except OSError:
+            # The browser has gone (uvicorn's ClientDisconnected is an OSError): the end
+            # of this socket, not an error.
+            raise StopConsumer from None
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        try:
+            await super().close(code=code, reason=reason)
+        except OSError:
+            raise StopConsumer from None
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         pass  # the socket only speaks; actions go through HTTP with CSRF
@@ -71,17 +116,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def live_logout(self, message: dict[str, Any]) -> None:
         await self.close(code=CLOSE_UNAUTHENTICATED)
 
-    async def _join(self) -> None:
-        self.scope_ids = await _db_parallel(frames.visible_scope)(self.user)
-        agent_ids, team_ids = self.scope_ids
-        wanted = (
-            [live.agent_group(a) for a in agent_ids]
-            + [live.team_group(t) for t in team_ids]
-            + [live.EVERYONE]
-        )
-        for group in set(self.groups_joined) - set(wanted):
-            await self.channel_layer.group_discard(group, self.channel_name)
-        for group in set(wanted) - set(self.groups_joined):
+    async def _join(self, wanted: list[str]) -> None:
+        for group in wanted:
             await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined = wanted
 
@@ -101,22 +137,93 @@ class LiveConsumer(AsyncWebsocketConsumer):
                     break
 
     def _render(self) -> tuple[str, int, bool]:
-        events = frames.visible_events(self.user, self.after, scope=self.scope_ids)
+        events = frames.visible_events(self.user, self.after, scope=self.visible)
         html, last = frames.render_frames(self.user, events, self.after, self.csrf)
         return html, last, len(events) == frames.BATCH
 
     async def _recheck_forever(self) -> None:
         while True:
-            await asyncio.sleep(RECHECK_SECONDS)
+            await asyncio.sleep(settings.BATON_LIVE_RECHECK_SECONDS)
             try:
-                if not await self._still_allowed():
-                    await self.close(code=CLOSE_UNAUTHENTICATED)
+                code = await self._recheck()
+                if code is not None:
+                    await self.close(code=code)
                     return
-                await self._join()
                 await self._flush()  # also the safety net for a lost doorbell
+            except (StopConsumer, asyncio.CancelledError):
+                return  # the browser has gone, or the socket is closing: nothing to check
             except Exception:  # a failed check must not kill the socket silently
                 log.exception("live socket re-check failed")
 
-    async def _still_allowed(self) -> bool:
-        user = await get_user(self.scope)
-        return bool(user.is_authenticated and user.is_active and user.pk == self.user.pk)
+    async def _recheck(self) -> int | None:
+        """Reload the person and their permissions from the database: the close code if
+        this socket must end, None if it goes on as it is."""
+        # The session is read again (the one in the scope is what was loaded at connect),
+        # and so is the user row (a fresh object: no cached permissions); an ended session
+        # or a deactivated person comes back anonymous.
+        session = self.scope.get("session")
+        if session is None or session.session_key is None:
+            return CLOSE_UNAUTHENTICATED
+        fresh = import_module(settings.SESSION_ENGINE).SessionStore(session.session_key)
+        user = await get_user({**self.scope, "session": fresh})
+        if not (user.is_authenticated and user.is_active and user.pk == self.user.pk):
+            return CLOSE_UNAUTHENTICATED
+        visible = await _db_parallel(frames.visible_scope)(user)
+        if visible != self.visible:
+            return CLOSE_FORBIDDEN
+        self.user = user
+        return None
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    RECHECKS.discard(task)
+
+
+# --- Origin -----------------------------------------------------------------------------
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    try:
+        port = parts.port or default
+    except ValueError:
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool:
+    """A socket may be opened only by a page of this console: its Origin has the scheme,
+    host and port the request came to (or is one of CSRF_TRUSTED_ORIGINS), and that host
+    is one of ALLOWED_HOSTS."""
+    headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope["headers"]}
+    origin, host = headers.get("origin", ""), headers.get("host", "")
+    if not origin or not host:
+        return False
+    secure = scope.get("scheme") in ("wss", "https")
+    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy and headers.get("x-forwarded-proto", "").lower() == proxy[1]:
+        secure = True
+    own = _origin(f"{'https' if secure else 'http'}://{host}")
+    given = _origin(origin)
+    trusted = {_origin(o) for o in settings.CSRF_TRUSTED_ORIGINS}
+    if given != own and given not in trusted:
+        return False
+    return validate_host(given[1], settings.ALLOWED_HOSTS)
+
+
+class SameOriginValidator:
+    """ASGI middleware in front of the socket: a foreign Origin is refused with 4403
+    before anything else is done (the session is not even read)."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        if scope["type"] == "websocket" and not origin_allowed(scope):
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
+            return None
+        return await self.application(scope, receive, send)

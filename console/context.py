@@ -7,15 +7,24 @@ from django.http import HttpRequest
 
 
 def switch_banners(user: Any) -> list[Any]:
-    """Engaged kill switches, each marked with whether this person may release it."""
+    """The engaged kill switches this person may see (the rule for who sees which event:
+    the global switch to everyone, a team or agent switch, with its reason and who engaged
+    it, only to those who see that team or agent), each marked with whether they may
+    release it."""
     from agents.models import KillSwitch
+    from audit.selectors import audit_scope
     from console.permissions import team_can, user_can
 
-    switches = list(
-        KillSwitch.objects.filter(released_at__isnull=True).select_related(
+    scope = audit_scope(user)
+    switches = [
+        switch
+        for switch in KillSwitch.objects.filter(released_at__isnull=True).select_related(
             "agent__team", "team", "engaged_by"
         )
-    )
+        if scope.sees_switch(
+            switch.agent_id, switch.agent.team_id if switch.agent else switch.team_id
+        )
+    ]
     for switch in switches:
         if switch.agent is not None:
             switch.can_release = user_can(user, "supervise", switch.agent)
@@ -27,7 +36,7 @@ def switch_banners(user: Any) -> list[Any]:
 
 
 def console(request: HttpRequest) -> dict[str, Any]:
-    """What every page shows: engaged kill switches, to everyone who is logged in, and
+    """What every page shows: the engaged kill switches the person may see, and
     the sequence number the page was rendered at (where its live stream starts)."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:

@@ -7,39 +7,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Q
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 
 from agents import selectors as agent_selectors
 from approvals.selectors import decidable_count
 from audit.models import AuditEvent
+from audit.selectors import Scope, audit_scope, events_for_user
+from console import live
 from console.context import switch_banners
-from console.permissions import agents_for_user
 
 BATCH = 200
 
 
-def visible_scope(user: Any) -> tuple[set[int], set[int]]:
-    agents = agents_for_user(user).values_list("pk", "team_id")
-    return {a for a, _ in agents}, {t for _, t in agents}
-
-
-def _visible(agent_ids: set[int], team_ids: set[int]) -> Q:
-    return (
-        Q(agent_id__in=agent_ids)
-        | Q(agent_id__isnull=True, team_id__in=team_ids)
-        # Events about no agent or team that everyone is shown: the global switch.
-        | Q(agent_id__isnull=True, team_id__isnull=True, subject_type="killswitch")
-    )
+def visible_scope(user: Any) -> Scope:
+    """What the person may see: the audit trail's one rule (audit.selectors.Scope)."""
+    return audit_scope(user)
 
 
 def visible_events(
-    user: Any, after: int, upto: int | None = None, scope: tuple[set[int], set[int]] | None = None
+    user: Any, after: int, upto: int | None = None, scope: Scope | None = None
 ) -> list[AuditEvent]:
-    events = AuditEvent.objects.filter(seq__gt=after).filter(
-        _visible(*(scope or visible_scope(user)))
-    )
+    """The next events after `after` the person may see, oldest first, at most BATCH."""
+    scope = scope or visible_scope(user)
+    if scope.nothing:
+        return []
+    events = AuditEvent.objects.filter(scope.condition(), seq__gt=after)
     if upto is not None:
         events = events.filter(seq__lte=upto)
     return list(events.order_by("seq")[:BATCH])
@@ -47,7 +40,22 @@ def visible_events(
 
 def recent_events(user: Any, count: int = 30) -> list[AuditEvent]:
     """The newest events the person may see, newest first (the page's starting stream)."""
-    return list(AuditEvent.objects.filter(_visible(*visible_scope(user))).order_by("-seq")[:count])
+    return list(events_for_user(user)[:count])
+
+
+def groups_for(scope: Scope) -> list[str]:
+    """The channel-layer groups a socket joins: every group a doorbell for an event it may
+    see rings (console.live.event_groups), and no other."""
+    if scope.nothing:
+        return []
+    if scope.everything:
+        return [live.EVERYTHING]
+    return (
+        [live.EVERYONE]
+        + [live.team_group(t) for t in scope.teams]
+        + [live.agent_group(a) for a in scope.agents]
+        + [live.team_level_group(t) for t in scope.team_level]
+    )
 
 
 def latest_seq() -> int:

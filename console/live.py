@@ -20,7 +20,8 @@ from django.db import transaction
 
 log = logging.getLogger(__name__)
 
-EVERYONE = "live.all"
+EVERYONE = "live.all"  # events every signed-in person sees: the global switch
+EVERYTHING = "live.everything"  # every event: for those who see the whole trail
 _web_loop: asyncio.AbstractEventLoop | None = None
 _own_loop: asyncio.AbstractEventLoop | None = None
 _lock = threading.Lock()
@@ -32,6 +33,12 @@ def agent_group(agent_id: int) -> str:
 
 def team_group(team_id: int) -> str:
     return f"live.team.{team_id}"
+
+
+def team_level_group(team_id: int) -> str:
+    """Events about a team as a whole (no agent): for those who see the team only
+    through one of its agents."""
+    return f"live.team-level.{team_id}"
 
 
 def user_group(user_id: int) -> str:
@@ -56,12 +63,20 @@ def _loop() -> asyncio.AbstractEventLoop | None:
         return _own_loop
 
 
-def _groups(agent_id: int | None, team_id: int | None) -> list[str]:
+def event_groups(agent_id: int | None, team_id: int | None) -> list[str]:
+    """Every group that may see an event of this agent and team: a socket joins the groups
+    of what its person may see (console.frames.groups_for), and reads the events themselves
+    from Postgres under the same rule, so a doorbell rung too widely shows nothing."""
+    groups = [EVERYTHING]
     if agent_id is not None:
-        return [agent_group(agent_id)]
+        groups.append(agent_group(agent_id))
     if team_id is not None:
-        return [team_group(team_id)]
-    return [EVERYONE]
+        groups.append(team_group(team_id))
+        if agent_id is None:
+            groups.append(team_level_group(team_id))
+    if agent_id is None and team_id is None:
+        groups.append(EVERYONE)
+    return groups
 
 
 def _send(groups: list[str], message: dict[str, Any]) -> None:
@@ -80,7 +95,7 @@ def _report(future: Any) -> None:
 
 def ring_on_commit(*, agent_id: int | None, team_id: int | None) -> None:
     """After the current transaction commits, tell the sockets that may see it."""
-    groups = _groups(agent_id, team_id)
+    groups = event_groups(agent_id, team_id)
     transaction.on_commit(lambda: _send(groups, {"type": "live.doorbell"}), robust=True)
 
 

@@ -226,6 +226,9 @@ BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 30.0)
 # A run's input, as JSON (UTF-8): kept in the run, its audit event and every replay.
 BATON_RUN_INPUT_MAX_BYTES = env_int("BATON_RUN_INPUT_MAX_BYTES", 65536)
 BATON_SWEEP_EVERY_SECONDS = env_float("BATON_SWEEP_EVERY_SECONDS", 5.0)
+# How often a live socket reloads its person and their permissions: a removed role, a
+# deactivated person or an ended session stops their frames within this time.
+BATON_LIVE_RECHECK_SECONDS = env_float("BATON_LIVE_RECHECK_SECONDS", 20.0)
 # How often each worker process says it is alive; three missed beats and it is shown gone.
 BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0)
 BATON_DEMO_WORKLOAD = env_bool("BATON_DEMO_WORKLOAD", False)

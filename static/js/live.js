@@ -51,5 +51,12 @@
     if (stream) stream.dataset.filter = event.target.value;
   });
 
+  document.addEventListener("htmx:wsClose", function (event) {
+    // 4403: what this person may see has changed since the page was rendered. Render it
+    // again under the new rule (4401, signed out, is left closed: the next click logs in).
+    const close = event.detail && event.detail.event;
+    if (close && close.code === 4403) window.location.reload();
+  });
+
   window.batonLive = { last: function () { return last; } };
 })();

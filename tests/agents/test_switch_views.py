@@ -31,14 +31,20 @@ def engage(client: Client, **data: str) -> Any:
     )
 
 
-def test_a_supervisor_pauses_an_agent_and_everyone_sees_the_banner(agent: Any, world: Any) -> None:
+def test_a_supervisor_pauses_an_agent_and_those_who_see_it_get_the_banner(
+    agent: Any, world: Any
+) -> None:
     page = engage(client_for(world.supervisor), scope="agent", agent="claims-bot")
     assert "Kill switch engaged: pause." in page.content.decode()
     switch = KillSwitch.objects.get()
     assert (switch.target, switch.engaged_by) == (f"agent:{agent.pk}", world.supervisor)
-    for person in (world.compliance, world.support_supervisor):
+    for person in (world.compliance, world.admin):
         body = client_for(person).get("/approvals/").content.decode()
         assert "Paused:" in body and "agent Claims Bot" in body and "checking" in body
+    # Another team's supervisor is not told of it, its reason or who engaged it.
+    body = client_for(world.support_supervisor).get("/approvals/").content.decode()
+    assert "Claims Bot" not in body and "checking" not in body
+    assert 'data-testid="switch-banner"' not in body
     assert "Release" not in client_for(world.compliance).get("/").content.decode()
     overview = client_for(world.supervisor).get("/").content.decode()
     assert 'data-testid="agent-state">paused' in overview

@@ -119,23 +119,42 @@ def test_a_supervisor_reads_only_their_teams_events(world: Any, agents: Any) -> 
         assert shown and shown == [e.seq for e in everything() if e.team_id == team.pk]
 
 
-def test_a_grant_on_one_agent_shows_that_agents_events_only(
+def test_a_grant_on_one_agent_shows_that_agent_and_its_team_as_a_whole_only(
     world: Any, agents: Any, make_agent: Any
 ) -> None:
     other = make_agent("claims-other", "tests.support.agents.counter", ALLOW_ALL_TESTS)
     record(other, verbs.ACTION_DENIED)
     roles.role_grant(user=world.outsider, role=roles.SUPERVISOR, target=agents.claims)
     shown = seqs(client_for(world.outsider).get("/audit/"))
-    assert shown == [e.seq for e in everything() if e.agent_id == agents.claims.pk]
+    # Its own events, and those about its team as a whole (grants, the team's switch):
+    # never another agent's of the same team.
+    assert shown == [
+        e.seq
+        for e in everything()
+        if e.agent_id == agents.claims.pk or (e.agent_id is None and e.team_id == world.claims.pk)
+    ]
+    assert not {e.seq for e in everything() if e.agent_id == other.pk} & set(shown)
 
 
-def test_the_outsider_is_refused_and_sees_no_link(world: Any, agents: Any) -> None:
+def test_the_outsider_reads_only_the_global_switches(world: Any, agents: Any) -> None:
+    from agents.services import killswitch_engage
+
+    switch = killswitch_engage(scope="global", mode="pause", reason="drill", user=world.supervisor)
+    killswitch_engage(
+        scope="team", mode="pause", reason="t", team=world.support, user=world.support_supervisor
+    )
     client = client_for(world.outsider)
-    assert client.get("/audit/").status_code == 403
+    # Every signed-in person is shown the global switch (its banner is on every page), so
+    # the trail shows them its events, and nothing else.
+    shown = seqs(client.get("/audit/"))
+    assert shown == [
+        e.seq
+        for e in everything()
+        if e.subject_type == "killswitch" and e.subject_id == str(switch.pk)
+    ]
+    assert shown
     assert client.get(f"/audit/events/{everything()[0].seq}/").status_code == 404
     assert client.get("/audit/runs/7/").status_code == 404
-    assert 'href="/audit/"' not in client.get("/").content.decode()
-    assert 'href="/audit/"' in client_for(world.supervisor).get("/").content.decode()
 
 
 def test_signed_out_people_are_sent_to_log_in(world: Any) -> None:

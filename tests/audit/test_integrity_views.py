@@ -87,7 +87,9 @@ def test_supervisors_and_outsiders_may_not_sign_or_start_verification(world: Any
         client = client_for(person)
         assert client.post("/audit/checkpoint").status_code == 403
         assert client.post("/audit/verify").status_code == 403
-    assert client_for(world.outsider).get("/audit/integrity").status_code == 403
+    # Everyone signed in reads the trail (an outsider: the global switches) and its badge.
+    assert client_for(world.outsider).get("/audit/integrity").status_code == 200
+    assert Client().get("/audit/integrity").status_code == 302
     assert not Checkpoint.objects.exists() and not Verification.objects.exists()
     assert client_for(world.compliance).get("/audit/checkpoint").status_code == 405
 

@@ -104,3 +104,32 @@ def test_after_the_socket_is_cut_and_restored_the_stream_has_no_hole(
     assert shown
     ids = page.eval_on_selector_all("#event-stream > li", "items => items.map(i => i.id)")
     assert len(ids) == len(set(ids)), "no event is shown twice"
+
+
+def test_a_removed_role_reloads_the_page_under_the_new_rule(
+    browser: Any, make_agent: Any, world: Any, task_queue: str, tmp_path: Any
+) -> None:
+    from django.contrib.auth.models import Group
+
+    from console import roles
+    from tests.conftest import Server
+
+    make_agent("helpdesk", "tests.support.agents.counter", HOLD_PAYOUTS, team=world.support)
+    server = Server(task_queue, tmp_path)
+    server.env["BATON_LIVE_RECHECK_SECONDS"] = "0.2"
+    server.start()
+    context = browser.new_context()
+    try:
+        cora = context.new_page()
+        log_in(cora, server, "cora")
+        live(cora)
+        expect(cora.locator("#agent-helpdesk")).to_be_attached()
+        cora.evaluate("window.beforeTheChange = true")
+        world.compliance.groups.remove(Group.objects.get(name=roles.COMPLIANCE))
+        # The socket closes with 4403 and the page is rendered again: without the role,
+        # no agent of any team.
+        cora.wait_for_function("() => window.beforeTheChange === undefined", timeout=10000)
+        expect(cora.locator("#agent-helpdesk")).to_have_count(0)
+    finally:
+        context.close()
+        server.stop()

@@ -1,0 +1,250 @@
+"""The permission matrix: every URL pattern of the console (read from the URLconf, so a new
+URL is covered the day it is added) × every kind of person × ids of a team none of them
+works in. No request answers 500, no 200 carries that team's data, nothing of it is
+changed, and the live socket, the catch-up endpoint and the export keep it to themselves
+(DESIGN section 10, invariant 6)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from asgiref.sync import sync_to_async
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from agents.demo.seed import CLAIMS_POLICY
+from agents.models import Agent, KillSwitch
+from agents.runtime import execute_run
+from agents.services import killswitch_engage, run_start, team_create
+from approvals.models import ApprovalRequest
+from audit.models import AuditEvent
+from console import roles
+from tests.console.visibility import Cast, export, live_seqs, open_socket
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+ANONYMOUS = "anonymous"
+# Whose every view of the hidden team is refused: all but compliance, who reads everything.
+OUTSIDERS = [r for r in Cast.ROLES if r != "compliance"] + [ANONYMOUS]
+SIGNED_OUT = {ANONYMOUS, "deactivated"}
+# What a POST carries: aimed at the hidden team wherever a form names a target.
+POST_DATA = {
+    "verdict": "approve",
+    "reason": "matrix",
+    "comment": "matrix",
+    "mode": "halt",
+    "scope": "team",
+    "team": "hidden-team-x9",
+    "agent": "hidden-bot-x9",
+    "format": "jsonl",
+}
+# Sessions end here, so these come last for each person.
+LAST = {"logout"}
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _close_thread_connections() -> Any:
+    yield
+    from django.db import connections
+
+    await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+
+class Hidden:
+    """A team none of the matrix's people works in, with an agent, a run held for
+    approval, an engaged switch and their events, every one carrying unique markers."""
+
+    def __init__(self, world: Any, make_agent: Any) -> None:
+        team = team_create(slug="hidden-team-x9", name="Hidden Team Xylo9")
+        self.team = team
+        self.agent = make_agent(
+            "hidden-bot-x9", "agents.demo.programs.claim_payout", CLAIMS_POLICY, team=team
+        )
+        lead = type(world.outsider).objects.create_user("hidden-lead-x9")
+        roles.role_grant(user=lead, role=roles.SUPERVISOR, target=team)
+        self.run = run_start(
+            agent=self.agent,
+            input={
+                "claim_id": "CLM-HIDDEN-X9",
+                "policyholder": "Quentin Xylomarker",
+                "description": "hidden-description-x9",
+                "amount": 4321.87,
+            },
+        )
+        execute_run(self.run.pk)
+        self.request = ApprovalRequest.objects.get(run=self.run)
+        self.switch = killswitch_engage(
+            scope="agent",
+            mode="pause",
+            reason="hidden-reason-x9",
+            agent=self.agent,
+            user=lead,
+        )
+        self.event = AuditEvent.objects.filter(agent_id=self.agent.pk).order_by("seq").first()
+        self.markers = [
+            "hidden-team-x9",
+            "Hidden Team Xylo9",
+            "hidden-bot-x9",
+            "Hidden Bot X9",
+            "hidden-lead-x9",
+            "CLM-HIDDEN-X9",
+            "Quentin Xylomarker",
+            "hidden-description-x9",
+            "hidden-reason-x9",
+            "4321.87",
+            "4,321.87",
+            f"/runs/{self.run.pk}/",
+            f"run #{self.run.pk}",
+            f"/approvals/{self.request.pk}/",
+            f"/switches/{self.switch.pk}/",
+        ]
+
+    def args(self) -> dict[str, Any]:
+        assert self.event is not None
+        return {
+            "slug": self.agent.slug,
+            "run_id": self.run.pk,
+            "request_id": self.request.pk,
+            "switch_id": self.switch.pk,
+            "seq": self.event.seq,
+            "step": 1,
+        }
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent.slug,
+            "team": self.team.slug,
+            "run": self.run.pk,
+            "after": 0,
+            "q": "Xylomarker",
+        }
+
+    def leaks(self, text: str, typed: dict[str, Any] | None = None) -> list[str]:
+        """The markers in the text, but for what the person typed in the request (a page
+        may say back the filter it was given)."""
+        echoed = {str(v) for v in (typed or {}).values()}
+        return [m for m in self.markers if m in text and m not in echoed]
+
+    def unchanged(self) -> None:
+        self.request.refresh_from_db()
+        assert self.request.status == "pending"
+        self.switch.refresh_from_db()
+        assert self.switch.released_at is None
+        assert KillSwitch.objects.filter(team=self.team).count() == 0
+        assert KillSwitch.objects.filter(agent=self.agent).count() == 1
+        assert Agent.objects.get(pk=self.agent.pk).state == self.agent.state
+
+
+def url_patterns() -> list[tuple[str, str]]:
+    """(name, path template) of every URL pattern, walking includes."""
+    found: list[tuple[str, str]] = []
+
+    def walk(patterns: list[Any], prefix: str) -> None:
+        for p in patterns:
+            if isinstance(p, URLResolver):
+                walk(p.url_patterns, prefix + str(p.pattern))
+            elif isinstance(p, URLPattern):
+                found.append((p.name or str(p.pattern), prefix + str(p.pattern)))
+
+    walk(get_resolver().url_patterns, "")
+    return sorted(found, key=lambda item: item[0] in LAST)
+
+
+PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
+
+
+def concrete(template: str, args: dict[str, Any]) -> str:
+    def fill(m: re.Match[str]) -> str:
+        assert m[1] in args, f"the matrix has no id for <{m[1]}> in {template}: add one"
+        return str(args[m[1]])
+
+    return "/" + PARAM.sub(fill, template)
+
+
+def body(response: Any) -> str:
+    if getattr(response, "streaming", False):
+        return b"".join(response.streaming_content).decode(errors="replace")
+    return response.content.decode(errors="replace")
+
+
+def refused_signed_out(url: str, response: Any) -> bool:
+    if url.startswith(("/login/", "/logout/", "/api/")):
+        return True  # the way in, the way out, and the API (keys, not sessions)
+    if response.status_code == 302:
+        return bool(response["Location"].startswith("/login/"))
+    return response.status_code in (403, 405)
+
+
+def sweep(cast: Cast, hidden: Hidden, role: str) -> list[str]:
+    """Every URL with GET and POST as this person; the problems found."""
+    client = Client() if role == ANONYMOUS else cast.clients[role]
+    problems: list[str] = []
+    if role == "compliance":
+        # The control: the markers are found where they are meant to be seen.
+        assert hidden.leaks(body(client.get(f"/runs/{hidden.run.pk}/")))
+        assert hidden.leaks(body(export(client)))
+        assert hidden.leaks(body(client.get("/live/events?after=0")))
+    if role != "compliance" and role not in SIGNED_OUT:
+        # The catch-up endpoint from the start of the trail.
+        text = body(client.get("/live/events?after=0"))
+        if hidden.leaks(text):
+            problems.append(f"{role} catch-up shows {hidden.leaks(text)}")
+    for name, template in url_patterns():
+        url = concrete(template, hidden.args())
+        for method, data, extra in (
+            ("get", None, {}),
+            # The same through htmx (pages answer with a partial) and with every filter
+            # aimed at the hidden team.
+            ("get", hidden.filters(), {"HTTP_HX_REQUEST": "true"}),
+            ("post", POST_DATA, {}),
+        ):
+            response = getattr(client, method)(url, data, **extra)
+            where = f"{role} {method.upper()} {url} {data or ''} ({name}) -> {response.status_code}"
+            text = body(response)
+            if response.status_code >= 500:
+                problems.append(where)
+            if role in SIGNED_OUT and not refused_signed_out(url, response):
+                problems.append(where + " (not sent to log in)")
+            # Whatever names the hidden team's things is refused (404: it does not exist
+            # for them; 403; 405), never shown or acted on.
+            named = PARAM.search(template) is not None
+            answered = response.status_code == 200 or (
+                response.status_code == 302 and role not in SIGNED_OUT
+            )
+            if role != "compliance" and named and answered:
+                problems.append(f"{where} (answered for a hidden id)")
+            leaked = hidden.leaks(text, data)
+            if role != "compliance" and response.status_code == 200 and leaked:
+                problems.append(f"{where} shows {leaked}")
+    return problems
+
+
+async def test_no_person_reaches_a_team_they_do_not_work_in(world: Any, make_agent: Any) -> None:
+    cast = await sync_to_async(Cast)(world, make_agent)
+    sockets = {}
+    for role in Cast.ROLES:
+        socket, connected, _ = await open_socket(cast.clients[role])
+        if connected:
+            await socket.receive_from(timeout=10)
+            sockets[role] = socket
+    hidden = await sync_to_async(Hidden)(world, make_agent)
+
+    def global_switch() -> int:
+        killswitch_engage(scope="global", mode="pause", reason="matrix-done", user=None)
+        return AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
+
+    end = await sync_to_async(global_switch)()
+    problems: list[str] = []
+    for role, socket in sockets.items():
+        _, frames = await live_seqs(socket, end)
+        if role != "compliance" and hidden.leaks(frames):
+            problems.append(f"{role} live socket shows {hidden.leaks(frames)}")
+        await socket.disconnect()
+    assert "deactivated" not in sockets
+    for role in OUTSIDERS + ["compliance"]:
+        problems += await sync_to_async(sweep)(cast, hidden, role)
+    await sync_to_async(hidden.unchanged)()
+    assert not problems, "\n".join(problems)
