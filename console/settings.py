@@ -278,3 +278,25 @@ BATON_AUDIT_TRUSTED_KEYS_FILE = env_str("BATON_AUDIT_TRUSTED_KEYS_FILE")
 BATON_AUDIT_CHECKPOINT_DIR = env_str("BATON_AUDIT_CHECKPOINT_DIR", str(DATA_DIR / "checkpoints"))
 BATON_AUDIT_CHECKPOINT_EVERY_SECONDS = env_float("BATON_AUDIT_CHECKPOINT_EVERY_SECONDS", 300.0)
 BATON_AUDIT_VERIFY_EVERY_SECONDS = env_float("BATON_AUDIT_VERIFY_EVERY_SECONDS", 900.0)
+
+# --- Timers (Celery beat) -------------------------------------------------------------
+# Every periodic task, for every layout: `make run`'s beat thread, `celery beat` and
+# `celery worker -B` all read this one schedule. It is built here, with the settings, so no
+# start-up order can leave a timer out (it once held only the demo workload under make run).
+BATON_APPROVAL_EXPIRY_EVERY_SECONDS = env_float("BATON_APPROVAL_EXPIRY_EVERY_SECONDS", 5.0)
+BATON_DEMO_WORKLOAD_TIMER = {"task": "agents.demo_workload", "schedule": BATON_DEMO_EVERY_SECONDS}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "sweep runs": {"task": "agents.sweep", "schedule": BATON_SWEEP_EVERY_SECONDS},
+    "expire approvals": {
+        "task": "approvals.expire",
+        "schedule": BATON_APPROVAL_EXPIRY_EVERY_SECONDS,
+    },
+    "sign audit checkpoint": {
+        "task": "audit.checkpoint",
+        "schedule": BATON_AUDIT_CHECKPOINT_EVERY_SECONDS,
+    },
+    "verify audit chain": {"task": "audit.verify", "schedule": BATON_AUDIT_VERIFY_EVERY_SECONDS},
+}
+# The demo workload only where the demo agents are loaded (`make run` adds it itself).
+if BATON_DEMO_WORKLOAD and "agents.demo" in BATON_AGENT_MODULES:
+    CELERY_BEAT_SCHEDULE["demo workload"] = BATON_DEMO_WORKLOAD_TIMER

@@ -34,12 +34,12 @@ class Command(BaseCommand):
         self, *args: Any, host: str, port: int, concurrency: int, no_demo: bool, **options: Any
     ) -> None:
         call_command("migrate", interactive=False, verbosity=0)
-        credentials = [] if no_demo else demo_seed()
-        if not no_demo:
-            celery_app.conf.beat_schedule["demo workload"] = {
-                "task": "agents.demo_workload",
-                "schedule": settings.BATON_DEMO_EVERY_SECONDS,
-            }
+        # The demo needs its agents' code loaded (BATON_AGENT_MODULES); every other timer
+        # is in the schedule already (settings.CELERY_BEAT_SCHEDULE).
+        demo = not no_demo and "agents.demo" in settings.BATON_AGENT_MODULES
+        credentials = demo_seed() if demo else []
+        if demo:
+            celery_app.conf.beat_schedule["demo workload"] = settings.BATON_DEMO_WORKLOAD_TIMER
         self._banner(host, port, credentials)
 
         server = uvicorn.Server(
