@@ -10,6 +10,7 @@ Two shapes, one code path:
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "guardian",
+    "axes",
     "channels",
     "console",
     "agents",
@@ -77,6 +79,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so it can turn the response of any page that checked a password into the
+    # lock-out page (console.security).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -137,6 +142,8 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out person before their password is even checked.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -253,6 +260,28 @@ if HTTPS:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
+
+# Sign-in throttling (django-axes, console/security.py): after BATON_LOGIN_FAILURE_LIMIT
+# failed password checks for one username — at the login page or re-confirming a password
+# for the global kill switch — that account is locked for BATON_LOGIN_COOLOFF_MINUTES, even
+# with the right password. Locked by username, not by address: guesses spread over many
+# addresses still count. Attempts during the lock do not extend it (an attacker cannot keep
+# a person out for ever); a successful login clears the count. Lift a lock early with
+# `manage.py axes_reset_username USERNAME`.
+AXES_FAILURE_LIMIT = env_int("BATON_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("BATON_LOGIN_COOLOFF_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "console.security.lockout_response"
+# The address recorded with a lock-out: the peer's, unless a proxy in front says otherwise.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+SILENCED_SYSTEM_CHECKS = [
+    # axes.W006 asks to lock by address as well. Behind a proxy or an office's NAT one
+    # address is everyone, so five wrong guesses would lock every person out; the lock is
+    # per username, which rotating addresses, agents or cookies does not get around.
+    "axes.W006",
+]
 
 LOGGING = {
     "version": 1,
