@@ -235,7 +235,7 @@ BATON_DEMO_EVERY_SECONDS = env_float("BATON_DEMO_EVERY_SECONDS", 4.0)
 # and every webhook, signed with HMAC-SHA256 (approvals/notifications.py).
 EMAIL_BACKEND = env_str(
     "EMAIL_BACKEND",
-    "django.core.mail.backends.console.EmailBackend"
+    "console.mail.OneLineEmailBackend"  # who and what, in one log line each
     if EMBEDDED
     else "django.core.mail.backends.smtp.EmailBackend",
 )

@@ -15,10 +15,17 @@ import uvicorn
 from celery.beat import EmbeddedService
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import OperationalError
 
 from agents.demo.seed import demo_seed
 from console.celery import app as celery_app
+
+NO_DATABASE = (
+    "The database {name} does not exist and could not be created ({why}); "
+    "create it with `createdb {name}` and run again."
+)
 
 
 class Command(BaseCommand):
@@ -33,6 +40,7 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, host: str, port: int, concurrency: int, no_demo: bool, **options: Any
     ) -> None:
+        self._database_ensure()
         call_command("migrate", interactive=False, verbosity=0)
         # The demo needs its agents' code loaded (BATON_AGENT_MODULES); every other timer
         # is in the schedule already (settings.CELERY_BEAT_SCHEDULE).
@@ -63,6 +71,26 @@ class Command(BaseCommand):
             queues=[settings.CELERY_TASK_DEFAULT_QUEUE],
         )
         worker.start()  # blocks until Ctrl-C; the web thread ends with the process
+
+    def _database_ensure(self) -> None:
+        """A Postgres DATABASE_URL naming a database that does not exist yet: create it
+        (a newcomer's first `make run`), or say in one line how to."""
+        connection = connections[DEFAULT_DB_ALIAS]
+        if connection.vendor != "postgresql":
+            return  # SQLite creates its file on first use
+        try:
+            connection.ensure_connection()
+            return
+        except OperationalError as exc:
+            if "does not exist" not in str(exc):
+                raise
+        name = connection.settings_dict["NAME"]
+        try:
+            with connection._nodb_cursor() as cursor:
+                cursor.execute(f"CREATE DATABASE {connection.ops.quote_name(name)}")
+        except Exception as exc:  # noqa: BLE001  (any refusal ends in the one line below)
+            raise CommandError(NO_DATABASE.format(name=name, why=str(exc).strip())) from exc
+        self.stdout.write(f"Created the database {name}.")
 
     def _banner(self, host: str, port: int, credentials: list[tuple[str, str, str]]) -> None:
         mode = "embedded (SQLite, in-process worker)" if settings.EMBEDDED else "Postgres + Redis"
