@@ -309,7 +309,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # django-axes says INFO for every start and every failed login; its warnings
+        # (a failure, a lock-out) are the lines worth reading.
+        "axes": {"level": "WARNING"},
+    },
 }
 
 # --- Audit trail (DESIGN section 7) -----------------------------------------------------

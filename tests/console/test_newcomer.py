@@ -46,12 +46,14 @@ def _admin_connection() -> psycopg.Connection[Any]:
     )
 
 
-def test_make_run_creates_a_database_that_does_not_exist(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", ["false", "true"])
+def test_make_run_creates_a_database_that_does_not_exist(tmp_path: Path, pool: str) -> None:
     db = settings.DATABASES["default"]
     name = f"baton_newcomer_{uuid.uuid4().hex[:8]}"
     url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{name}"
     env = child_env(
         DATABASE_URL=url,
+        BATON_DB_POOL=pool,
         BATON_DATA_DIR=str(tmp_path),
         BATON_TASK_QUEUE=f"baton-newcomer-{uuid.uuid4().hex[:8]}",
         PYTHONUNBUFFERED="1",
@@ -82,6 +84,24 @@ def test_make_run_creates_a_database_that_does_not_exist(tmp_path: Path) -> None
             proc.kill()
         with _admin_connection() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_make_run_says_in_one_line_when_it_cannot_create_the_database(tmp_path: Path) -> None:
+    db = settings.DATABASES["default"]
+    url = f"postgres://no_such_role@{db['HOST']}:{db['PORT'] or 5432}/baton_nowhere"
+    done = subprocess.run(
+        [sys.executable, "manage.py", "up", "--no-demo", "--port", str(free_port())],
+        cwd=ROOT,
+        env=child_env(DATABASE_URL=url, BATON_DATA_DIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("CommandError: Could not find or create the database baton_nowhere")
+    assert "createdb baton_nowhere" in line
 
 
 @pytest.mark.django_db

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import warnings
 from typing import Any
 
 import uvicorn
@@ -17,15 +18,19 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.utils import OperationalError
+from django.db.utils import DatabaseError
 
 from agents.demo.seed import demo_seed
 from console.celery import app as celery_app
 
 NO_DATABASE = (
-    "The database {name} does not exist and could not be created ({why}); "
+    "Could not find or create the database {name} ({why}); "
     "create it with `createdb {name}` and run again."
 )
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 class Command(BaseCommand):
@@ -78,18 +83,21 @@ class Command(BaseCommand):
         connection = connections[DEFAULT_DB_ALIAS]
         if connection.vendor != "postgresql":
             return  # SQLite creates its file on first use
-        try:
-            connection.ensure_connection()
-            return
-        except OperationalError as exc:
-            if "does not exist" not in str(exc):
-                raise
         name = connection.settings_dict["NAME"]
         try:
-            with connection._nodb_cursor() as cursor:
+            # Through the server's maintenance database: a pool (BATON_DB_POOL) would only
+            # time out on a database that is not there. Django warns when it falls back
+            # from that database; the error below already says what is wrong.
+            with (
+                warnings.catch_warnings(action="ignore", category=RuntimeWarning),
+                connection._nodb_cursor() as cursor,
+            ):
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+                if cursor.fetchone():
+                    return
                 cursor.execute(f"CREATE DATABASE {connection.ops.quote_name(name)}")
-        except Exception as exc:  # noqa: BLE001  (any refusal ends in the one line below)
-            raise CommandError(NO_DATABASE.format(name=name, why=str(exc).strip())) from exc
+        except DatabaseError as exc:
+            raise CommandError(NO_DATABASE.format(name=name, why=_one_line(exc))) from exc
         self.stdout.write(f"Created the database {name}.")
 
     def _banner(self, host: str, port: int, credentials: list[tuple[str, str, str]]) -> None:
