@@ -17,6 +17,7 @@ from agents.forms import PASSWORD_REQUIRED, PASSWORD_WRONG, EngageForm, ReleaseF
 from agents.models import KillSwitch
 from agents.services import ServiceError, killswitch_engage, killswitch_release
 from console.permissions import agent_for_user, signed_in, team_for_user
+from console.security import is_locked_out, locked_out_message, password_confirm
 
 GLOBAL_NOT_ALLOWED = "You may not stop or restart everything."
 
@@ -45,8 +46,10 @@ def _check_global(request: HttpRequest, password: str) -> str | None:
         raise PermissionDenied(GLOBAL_NOT_ALLOWED)
     if not password:
         return PASSWORD_REQUIRED
-    if not request.user.check_password(password):
-        return PASSWORD_WRONG
+    if not password_confirm(request, password):
+        # Counted like a failed login (django-axes); once locked, the middleware answers
+        # with the lock-out page instead of this message.
+        return locked_out_message() if is_locked_out(request) else PASSWORD_WRONG
     return None
 
 

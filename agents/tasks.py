@@ -28,9 +28,8 @@ def run_execute(self: Task, run_id: int) -> None:
 @shared_task(name="agents.sweep")
 def sweep() -> int:
     from agents.services import runs_sweep
-    from approvals.services import approvals_expire
 
-    return runs_sweep() + approvals_expire()
+    return runs_sweep()
 
 
 @shared_task(name="agents.demo_workload")

@@ -1,4 +1,5 @@
-"""Delivering approval events to webhooks, with retries (see approvals.notifications)."""
+"""Approval timers and deliveries: expiring requests nobody decided in time, and delivering
+approval events to webhooks with retries (see approvals.notifications)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,10 @@ def webhook_deliver(self: Task[Any, Any], url: str, body: str) -> bool:
         countdown,
     )
     raise self.retry(countdown=countdown)
+
+
+@shared_task(name="approvals.expire")
+def expire() -> int:
+    from approvals.services import approvals_expire
+
+    return approvals_expire()

@@ -77,19 +77,21 @@ def _visible(user: Any) -> Q:
     return scope.condition()
 
 
-@require_GET
+# A POST with its CSRF token: taking an export writes to the trail, so another site must
+# not be able to make a signed-in person's browser take one.
+@require_POST
 @login_required
 def export(request: HttpRequest) -> HttpResponseBase:
     user = _allowed(request, "audit.export_auditevent", EXPORT_FORBIDDEN)
     visible = _visible(user)
-    fmt = request.GET.get("format", "jsonl")
-    form = AuditFilter(request.GET, user=user)
+    fmt = request.POST.get("format", "jsonl")
+    form = AuditFilter(request.POST, user=user)
     if fmt not in FORMATS or not form.is_valid():
         problems = [BAD_FORMAT] if fmt not in FORMATS else []
         problems += [str(e) for errors in form.errors.values() for e in errors]
         return HttpResponse("\n".join(problems) + "\n", status=400, content_type="text/plain")
     cleaned = {k: v for k, v in form.cleaned_data.items() if k != "before"}
-    filters = {k: v for k, v in request.GET.items() if k in form.fields and k != "before" and v}
+    filters = {k: v for k, v in request.POST.items() if k in form.fields and k != "before" and v}
     with transaction.atomic():
         # The export is evidence of its own: who took what, recorded before it is taken.
         seq = audit_record(

@@ -44,4 +44,6 @@ APIKEY_REVOKED = "apikey.revoked"
 
 AUDIT_EXPORTED = "audit.exported"
 
+LOGIN_LOCKED_OUT = "login.locked_out"
+
 ALL = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str))

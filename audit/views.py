@@ -49,7 +49,12 @@ def _links(params: QueryDict, page: selectors.AuditPage | None) -> dict[str, Any
     older = filters.copy()
     if page is not None and page.older is not None:
         older["before"] = str(page.older)
-    return {"filter_query": filters.urlencode(), "older_query": older.urlencode()}
+    return {
+        "filter_query": filters.urlencode(),
+        "older_query": older.urlencode(),
+        # The export form posts the same filters (hidden fields).
+        "export_filters": [(k, v) for k, values in filters.lists() for v in values],
+    }
 
 
 @require_GET

@@ -11,6 +11,12 @@ class ConsoleConfig(AppConfig):
 
         user_logged_out.connect(_close_sockets, dispatch_uid="baton-live-logout")
 
+        from axes.signals import user_locked_out
+
+        from console.security import on_locked_out
+
+        user_locked_out.connect(on_locked_out, dispatch_uid="baton-audit-lockout")
+
 
 def _close_sockets(sender: object, request: object, user: object, **_: object) -> None:
     # A logged-out person's open pages stop receiving at once, not at the next re-check.

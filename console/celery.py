@@ -10,6 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 app = Celery("baton")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The timers are in settings.CELERY_BEAT_SCHEDULE: one schedule for every layout.
 
 
 @worker_ready.connect
@@ -24,28 +25,3 @@ def _heartbeat_stop(sender: object, **kwargs: object) -> None:
     from agents import heartbeat
 
     heartbeat.stop(sender, **kwargs)
-
-
-@app.on_after_finalize.connect
-def _schedule(sender: Celery, **_: object) -> None:
-    from django.conf import settings
-
-    sender.add_periodic_task(
-        settings.BATON_SWEEP_EVERY_SECONDS, sender.signature("agents.sweep"), name="sweep runs"
-    )
-    sender.add_periodic_task(
-        settings.BATON_AUDIT_CHECKPOINT_EVERY_SECONDS,
-        sender.signature("audit.checkpoint"),
-        name="sign audit checkpoint",
-    )
-    sender.add_periodic_task(
-        settings.BATON_AUDIT_VERIFY_EVERY_SECONDS,
-        sender.signature("audit.verify"),
-        name="verify audit chain",
-    )
-    if settings.BATON_DEMO_WORKLOAD:
-        sender.add_periodic_task(
-            settings.BATON_DEMO_EVERY_SECONDS,
-            sender.signature("agents.demo_workload"),
-            name="demo workload",
-        )

@@ -10,10 +10,12 @@ Two shapes, one code path:
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from console.env import env_bool, env_float, env_int, env_list, env_str
@@ -60,6 +62,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "guardian",
+    "axes",
+    "csp",
     "channels",
     "console",
     "agents",
@@ -69,6 +73,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -77,6 +82,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so it can turn the response of any page that checked a password into the
+    # lock-out page (console.security).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -137,6 +145,8 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out person before their password is even checked.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -239,7 +249,7 @@ BATON_DEMO_EVERY_SECONDS = env_float("BATON_DEMO_EVERY_SECONDS", 4.0)
 # and every webhook, signed with HMAC-SHA256 (approvals/notifications.py).
 EMAIL_BACKEND = env_str(
     "EMAIL_BACKEND",
-    "django.core.mail.backends.console.EmailBackend"
+    "console.mail.OneLineEmailBackend"  # who and what, in one log line each
     if EMBEDDED
     else "django.core.mail.backends.smtp.EmailBackend",
 )
@@ -259,6 +269,23 @@ CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the cookie-backed meta
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Content-Security-Policy (django-csp 4): scripts, styles and connections from this origin
+# only. No inline script or style anywhere (the pages have none; htmx is told not to add
+# its indicator <style> and not to evaluate code), so an injected one never runs.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF],
+        "font-src": [SELF],
+        "connect-src": [SELF],  # fetches and the live WebSocket (same origin)
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 if HTTPS:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -268,13 +295,40 @@ if HTTPS:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
 
+# Sign-in throttling (django-axes, console/security.py): after BATON_LOGIN_FAILURE_LIMIT
+# failed password checks for one username — at the login page or re-confirming a password
+# for the global kill switch — that account is locked for BATON_LOGIN_COOLOFF_MINUTES, even
+# with the right password. Locked by username, not by address: guesses spread over many
+# addresses still count. Attempts during the lock do not extend it (an attacker cannot keep
+# a person out for ever); a successful login clears the count. Lift a lock early with
+# `manage.py axes_reset_username USERNAME`.
+AXES_FAILURE_LIMIT = env_int("BATON_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("BATON_LOGIN_COOLOFF_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "console.security.lockout_response"
+# The address recorded with a lock-out: the peer's, unless a proxy in front says otherwise.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+SILENCED_SYSTEM_CHECKS = [
+    # axes.W006 asks to lock by address as well. Behind a proxy or an office's NAT one
+    # address is everyone, so five wrong guesses would lock every person out; the lock is
+    # per username, which rotating addresses, agents or cookies does not get around.
+    "axes.W006",
+]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # django-axes says INFO for every start and every failed login; its warnings
+        # (a failure, a lock-out) are the lines worth reading.
+        "axes": {"level": "WARNING"},
+    },
 }
 
 # --- Audit trail (DESIGN section 7) -----------------------------------------------------
@@ -292,3 +346,25 @@ BATON_AUDIT_TRUSTED_KEYS_FILE = env_str("BATON_AUDIT_TRUSTED_KEYS_FILE")
 BATON_AUDIT_CHECKPOINT_DIR = env_str("BATON_AUDIT_CHECKPOINT_DIR", str(DATA_DIR / "checkpoints"))
 BATON_AUDIT_CHECKPOINT_EVERY_SECONDS = env_float("BATON_AUDIT_CHECKPOINT_EVERY_SECONDS", 300.0)
 BATON_AUDIT_VERIFY_EVERY_SECONDS = env_float("BATON_AUDIT_VERIFY_EVERY_SECONDS", 900.0)
+
+# --- Timers (Celery beat) -------------------------------------------------------------
+# Every periodic task, for every layout: `make run`'s beat thread, `celery beat` and
+# `celery worker -B` all read this one schedule. It is built here, with the settings, so no
+# start-up order can leave a timer out (it once held only the demo workload under make run).
+BATON_APPROVAL_EXPIRY_EVERY_SECONDS = env_float("BATON_APPROVAL_EXPIRY_EVERY_SECONDS", 5.0)
+BATON_DEMO_WORKLOAD_TIMER = {"task": "agents.demo_workload", "schedule": BATON_DEMO_EVERY_SECONDS}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "sweep runs": {"task": "agents.sweep", "schedule": BATON_SWEEP_EVERY_SECONDS},
+    "expire approvals": {
+        "task": "approvals.expire",
+        "schedule": BATON_APPROVAL_EXPIRY_EVERY_SECONDS,
+    },
+    "sign audit checkpoint": {
+        "task": "audit.checkpoint",
+        "schedule": BATON_AUDIT_CHECKPOINT_EVERY_SECONDS,
+    },
+    "verify audit chain": {"task": "audit.verify", "schedule": BATON_AUDIT_VERIFY_EVERY_SECONDS},
+}
+# The demo workload only where the demo agents are loaded (`make run` adds it itself).
+if BATON_DEMO_WORKLOAD and "agents.demo" in BATON_AGENT_MODULES:
+    CELERY_BEAT_SCHEDULE["demo workload"] = BATON_DEMO_WORKLOAD_TIMER

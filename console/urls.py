@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic.base import RedirectView
 
 from agents import api, switch_views
 from agents import views as agent_views
@@ -21,6 +23,8 @@ urlpatterns = [
     path("switches/engage", switch_views.engage, name="switch-engage"),
     path("switches/<int:switch_id>/release", switch_views.release, name="switch-release"),
     path("live/events", console_views.live_events, name="live-events"),
+    # Browsers ask for /favicon.ico on their own; answer instead of logging a 404 each time.
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("audit/", include("audit.urls")),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from django.contrib.auth.models import Group, Permission
@@ -38,8 +39,13 @@ def keys() -> dict[str, Any]:
     return {key_id(private.public_key()): private.public_key()}
 
 
+def export(client: Client, query: str = "") -> Any:
+    """POST the export form with the filters of `query` ("?format=csv&agent=…")."""
+    return client.post("/audit/export", dict(parse_qsl(query.removeprefix("?"))))
+
+
 def download(client: Client, query: str = "") -> bytes:
-    response = client.get("/audit/export" + query)
+    response = export(client, query)
     assert response.status_code == 200, response.content
     return b"".join(response.streaming_content)
 
@@ -157,13 +163,55 @@ def test_an_export_checked_with_another_key_fails(trail: Any, world: Any) -> Non
 
 
 def test_export_is_a_permission_of_its_own(trail: Any, world: Any) -> None:
-    assert client_for(world.supervisor).get("/audit/export").status_code == 403
-    assert client_for(world.outsider).get("/audit/export").status_code == 403
+    assert export(client_for(world.supervisor)).status_code == 403
+    assert export(client_for(world.outsider)).status_code == 403
     group = Group.objects.get(name="Compliance")
     group.permissions.remove(Permission.objects.get(codename="export_auditevent"))
     assert client_for(world.compliance).get("/audit/").status_code == 200
-    assert client_for(world.compliance).get("/audit/export").status_code == 403
+    assert export(client_for(world.compliance)).status_code == 403
     assert not AuditEvent.objects.filter(verb=verbs.AUDIT_EXPORTED).exists()
+
+
+def test_an_export_is_a_post_with_a_csrf_token(trail: Any, world: Any) -> None:
+    # A GET (a link or an <img> on another site) takes no export and writes nothing.
+    assert client_for(world.compliance).get("/audit/export?format=jsonl").status_code == 405
+    # A form posted from another site carries no CSRF token: refused, nothing written.
+    cross_site = Client(enforce_csrf_checks=True)
+    cross_site.force_login(world.compliance)
+    assert cross_site.post("/audit/export", {"format": "jsonl"}).status_code == 403
+    assert not AuditEvent.objects.filter(verb=verbs.AUDIT_EXPORTED).exists()
+
+    # The page's own form carries the token and the page's filters.
+    page = cross_site.get("/audit/?agent=counter").content.decode()
+    assert 'method="post" action="/audit/export"' in page
+    assert '<input type="hidden" name="agent" value="counter">' in page
+    token = cross_site.cookies["csrftoken"].value
+    response = cross_site.post(
+        "/audit/export", {"format": "jsonl", "agent": "counter", "csrfmiddlewaretoken": token}
+    )
+    assert response.status_code == 200
+    b"".join(response.streaming_content)
+    exported = AuditEvent.objects.get(verb=verbs.AUDIT_EXPORTED)
+    assert exported.payload == {"filter": {"agent": "counter"}, "format": "jsonl"}
+
+
+def test_an_agent_admin_reads_the_trail_of_their_team_and_does_not_export(
+    trail: Any, world: Any
+) -> None:
+    client = client_for(world.admin)  # agent admin granted the claims team
+    page = client.get("/audit/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "counter" in html and "helper" not in html  # their team's agent, not support's
+    assert 'data-testid="export"' not in html
+    assert export(client, "?format=jsonl").status_code == 403
+    assert export(client, "?format=csv&agent=counter").status_code == 403
+    assert not AuditEvent.objects.filter(verb=verbs.AUDIT_EXPORTED).exists()
+    assert (
+        not Group.objects.get(name="Agent admin")
+        .permissions.filter(codename="export_auditevent")
+        .exists()
+    )
 
 
 def test_a_supervisor_allowed_to_export_gets_only_their_teams_events(
@@ -185,7 +233,7 @@ def test_a_bad_export_request_says_why_and_records_nothing(
     trail: Any, world: Any, query: str
 ) -> None:
     before = AuditEvent.objects.count()
-    response = client_for(world.compliance).get("/audit/export" + query)
+    response = export(client_for(world.compliance), query)
     assert response.status_code == 400
     assert response.content.strip()
     assert AuditEvent.objects.count() == before

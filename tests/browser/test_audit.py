@@ -82,7 +82,7 @@ def test_a_compliance_officer_traces_and_exports_an_agents_rejected_payouts(
     page.go_back()
 
     with page.expect_download() as download:
-        page.get_by_test_id("export").get_by_role("link", name="JSON Lines").click()
+        page.get_by_test_id("export").get_by_role("button", name="JSON Lines").click()
     export = tmp_path / "export.jsonl"
     download.value.save_as(export)
     (tmp_path / "key.pem").write_bytes(

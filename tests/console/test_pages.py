@@ -49,6 +49,7 @@ def test_htmx_requests_get_only_the_partial(world: Any, make_agent: Any) -> None
 
 def test_the_demo_seed_creates_people_agents_and_printable_passwords(db: Any) -> None:
     from django.contrib.auth import authenticate
+    from django.test import RequestFactory
 
     from agents.demo.seed import demo_seed
     from agents.models import Agent
@@ -56,7 +57,8 @@ def test_the_demo_seed_creates_people_agents_and_printable_passwords(db: Any) ->
     credentials = demo_seed()
     assert {role for _, _, role in credentials} == {"Supervisor", "Compliance", "Agent admin"}
     username, password, _ = credentials[0]
-    assert authenticate(username=username, password=password) is not None
+    login = RequestFactory().post("/login/")
+    assert authenticate(login, username=username, password=password) is not None
     assert Agent.objects.count() == 3
     again = demo_seed()  # a second start keeps the world and renews the passwords
     assert Agent.objects.count() == 3 and again[0][1] != password

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import socket
 import threading
+import warnings
 from typing import Any
 
 import uvicorn
 from celery.beat import EmbeddedService
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import DatabaseError
 
 from agents.demo.seed import demo_seed
 from console.celery import app as celery_app
+
+NO_DATABASE = (
+    "Could not find or create the database {name} ({why}); "
+    "create it with `createdb {name}` and run again."
+)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 class Command(BaseCommand):
@@ -33,13 +45,14 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, host: str, port: int, concurrency: int, no_demo: bool, **options: Any
     ) -> None:
+        self._database_ensure()
         call_command("migrate", interactive=False, verbosity=0)
-        credentials = [] if no_demo else demo_seed()
-        if not no_demo:
-            celery_app.conf.beat_schedule["demo workload"] = {
-                "task": "agents.demo_workload",
-                "schedule": settings.BATON_DEMO_EVERY_SECONDS,
-            }
+        # The demo needs its agents' code loaded (BATON_AGENT_MODULES); every other timer
+        # is in the schedule already (settings.CELERY_BEAT_SCHEDULE).
+        demo = not no_demo and "agents.demo" in settings.BATON_AGENT_MODULES
+        credentials = demo_seed() if demo else []
+        if demo:
+            celery_app.conf.beat_schedule["demo workload"] = settings.BATON_DEMO_WORKLOAD_TIMER
         self._banner(host, port, credentials)
 
         server = uvicorn.Server(
@@ -63,6 +76,29 @@ class Command(BaseCommand):
             queues=[settings.CELERY_TASK_DEFAULT_QUEUE],
         )
         worker.start()  # blocks until Ctrl-C; the web thread ends with the process
+
+    def _database_ensure(self) -> None:
+        """A Postgres DATABASE_URL naming a database that does not exist yet: create it
+        (a newcomer's first `make run`), or say in one line how to."""
+        connection = connections[DEFAULT_DB_ALIAS]
+        if connection.vendor != "postgresql":
+            return  # SQLite creates its file on first use
+        name = connection.settings_dict["NAME"]
+        try:
+            # Through the server's maintenance database: a pool (BATON_DB_POOL) would only
+            # time out on a database that is not there. Django warns when it falls back
+            # from that database; the error below already says what is wrong.
+            with (
+                warnings.catch_warnings(action="ignore", category=RuntimeWarning),
+                connection._nodb_cursor() as cursor,
+            ):
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+                if cursor.fetchone():
+                    return
+                cursor.execute(f"CREATE DATABASE {connection.ops.quote_name(name)}")
+        except DatabaseError as exc:
+            raise CommandError(NO_DATABASE.format(name=name, why=_one_line(exc))) from exc
+        self.stdout.write(f"Created the database {name}.")
 
     def _banner(self, host: str, port: int, credentials: list[tuple[str, str, str]]) -> None:
         mode = "embedded (SQLite, in-process worker)" if settings.EMBEDDED else "Postgres + Redis"
