@@ -44,11 +44,15 @@ def deadlocks() -> int:
         return int(cursor.fetchone()[0])
 
 
-def other_sessions() -> int:
+def other_sessions(since: Any) -> int:
+    """Sessions of this database begun since `since` (the worker's, the threads'), other
+    than this one: sessions an earlier test left open are not this test's to wait for."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_start >= %s",
+            [since],
         )
         return int(cursor.fetchone()[0])
 
@@ -88,6 +92,9 @@ def test_decisions_expiries_starts_and_holds_at_once_never_deadlock(
 ) -> None:
     patient = make_agent("patient", "tests.support.runtime_agents.decided", decided_policy(3600))
     hasty = make_agent("hasty", "tests.support.runtime_agents.decided", decided_policy(1))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        began = cursor.fetchone()[0]
     before = deadlocks()
     worker = start_worker()
     crew = Crew()
@@ -152,5 +159,5 @@ def test_decisions_expiries_starts_and_holds_at_once_never_deadlock(
     }, "no run failed"
     # A session's statistics reach pg_stat_database when it ends: wait until every other
     # session of this database (the worker's, the threads') has ended.
-    wait_for(lambda: other_sessions() == 0, timeout=30, message="the other sessions to end")
+    wait_for(lambda: other_sessions(began) == 0, timeout=30, message="the other sessions to end")
     assert deadlocks() - before == 0, "Postgres broke a deadlock between these transactions"

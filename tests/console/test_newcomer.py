@@ -24,8 +24,8 @@ from agents.services import run_start
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from audit import verbs
+from audit.evidence import EXPORT_FORBIDDEN
 from audit.models import AuditEvent
-from audit.views import NO_AUDIT_ACCESS
 from console import roles
 from tests.conftest import ROOT, child_env, free_port, wait_for
 
@@ -116,10 +116,10 @@ def test_error_pages_use_the_console_layout(world: Any) -> None:
 
     outsider = Client()
     outsider.force_login(world.outsider)
-    refused = outsider.get("/audit/")
+    refused = outsider.post("/audit/export", {"format": "jsonl"})
     assert refused.status_code == 403
     assert 'class="topbar"' in refused.content.decode()
-    assert NO_AUDIT_ACCESS in refused.content.decode()
+    assert EXPORT_FORBIDDEN in refused.content.decode()
 
     broken = server_error(RequestFactory().get("/"))
     assert broken.status_code == 500

@@ -111,6 +111,7 @@ class Hidden:
             "switch_id": self.switch.pk,
             "seq": self.event.seq,
             "step": 1,
+            "rest": f"v1/runs/{self.run.pk}/nothing-here",
         }
 
     def filters(self) -> dict[str, Any]:
@@ -157,6 +158,9 @@ PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
 def concrete(template: str, args: dict[str, Any]) -> str:
+    # A regular-expression pattern (the API's JSON catch-all) names its groups as (?P<x>…).
+    template = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<\1>", template).lstrip("^").rstrip("$")
+
     def fill(m: re.Match[str]) -> str:
         assert m[1] in args, f"the matrix has no id for <{m[1]}> in {template}: add one"
         return str(args[m[1]])
@@ -171,8 +175,10 @@ def body(response: Any) -> str:
 
 
 def refused_signed_out(url: str, response: Any) -> bool:
-    if url.startswith(("/login/", "/logout/", "/api/")):
-        return True  # the way in, the way out, and the API (keys, not sessions)
+    if url.startswith(("/login/", "/logout/", "/api/", "/favicon.ico")):
+        # The way in, the way out, the API (keys, not sessions), and the icon (public,
+        # as every static file is).
+        return True
     if response.status_code == 302:
         return bool(response["Location"].startswith("/login/"))
     return response.status_code in (403, 405)
