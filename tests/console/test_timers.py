@@ -138,6 +138,62 @@ def test_the_embedded_console_runs_every_timer(tmp_path: Path) -> None:
             proc.kill()
 
 
+def test_the_embedded_console_checks_its_trail_as_soon_as_it_is_up(tmp_path: Path) -> None:
+    """With the default timers (a checkpoint every 5 minutes, a verification every 15), a
+    newcomer's console signs and verifies its trail at start, not an interval later."""
+    env = {
+        k: v
+        for k, v in child_env().items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "BATON_TASK_QUEUE", *SHORT_TIMERS)
+    }
+    env.update(
+        BATON_DATA_DIR=str(tmp_path),
+        BATON_HTTPS="false",
+        SECRET_KEY="",
+        BATON_AGENT_MODULES="agents.demo",
+        PYTHONUNBUFFERED="1",
+    )
+    db = tmp_path / "baton.sqlite3"
+
+    def one(sql: str) -> Any:
+        if not db.exists():
+            return None
+        with sqlite3.connect(db) as con:
+            try:
+                row = con.execute(sql).fetchone()
+            except sqlite3.OperationalError:  # not migrated yet
+                return None
+        return row[0] if row else None
+
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "up", "--port", str(free_port())],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "Baton is up" in log.read_text(), timeout=60, message="the banner")
+        wait_for(
+            lambda: one("SELECT count(*) FROM audit_checkpoint"),
+            timeout=60,
+            message=f"the first checkpoint\n{log.read_text()[-3000:]}",
+        )
+        wait_for(
+            lambda: one("SELECT count(*) FROM audit_verification WHERE ok"),
+            timeout=60,
+            message=f"the first verification\n{log.read_text()[-3000:]}",
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 TAKE_IT = {
     "rules": [{"tool": "test.pay", "effect": "approve"}, {"tool": "test.*", "effect": "allow"}]
 }

@@ -33,6 +33,10 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
+# Timers whose first round runs as soon as the console is up, not an interval later.
+FIRST_AT_START = ("audit.checkpoint", "audit.verify")
+
+
 class Command(BaseCommand):
     help = "Run the whole Baton console (web, worker, timers) in one process, with demo agents."
 
@@ -68,6 +72,10 @@ class Command(BaseCommand):
         # Beat as a thread of this process: with the in-memory broker a separate beat
         # process could not reach this worker.
         EmbeddedService(celery_app, thread=True).start()  # type: ignore[union-attr]
+        # Beat fires each timer only when its interval has passed; a newcomer should not
+        # wait a quarter of an hour for the trail's first checkpoint and verification.
+        for task in FIRST_AT_START:
+            celery_app.send_task(task)
         worker = celery_app.Worker(
             pool="threads",
             concurrency=concurrency,
