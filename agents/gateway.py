@@ -107,6 +107,7 @@ class Context:
         self._lease = settings.BATON_RUN_LEASE_SECONDS
         self._renew_at = time.monotonic() + self._lease / 2
         self._actor = Actor.agent(self.agent)
+        self._heartbeat: LeaseHeartbeat | None = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -444,14 +445,22 @@ class Context:
         """Renew the run's lease while a step (a tool or a model call) runs, so no step
         outlives it: a second worker never takes over a run whose worker is alive and busy.
         Renewal stops at the task's hard time limit: past it the step is hung (Celery kills
-        it in a prefork worker), the lease runs out and the sweep hands the run on."""
-        heartbeat = LeaseHeartbeat(self.run.pk, self._token, self._lease)
-        heartbeat.start()
-        try:
-            yield
-        finally:
-            heartbeat.stop()
+        it in a prefork worker), the lease runs out and the sweep hands the run on.
+
+        One heartbeat thread serves the whole execution, started at its first step and
+        stopped by `close()`: a thread started and joined around every step cost more
+        than the rest of a governed step (bench/gateway.py)."""
+        if self._heartbeat is None:
+            self._heartbeat = LeaseHeartbeat(self.run.pk, self._token, self._lease)
+            self._heartbeat.start()
+        yield
         self._renew_at = time.monotonic() + self._lease / 2
+
+    def close(self) -> None:
+        """The execution is over (finished, parked or failed): stop renewing its lease."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
 
     def _park_for_approval(self) -> None:
         self._park()

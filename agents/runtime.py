@@ -146,7 +146,11 @@ def _drive(run: Run, token: uuid.UUID) -> None:
             raise Stopped(switch.mode, f"{switch.mode} by kill switch on {switch.target}")
         program = get_program(run.version.program)
         journal = {a.seq: a for a in run.actions.all()}
-        output = program(Context(run, token, journal), run.input)
+        ctx = Context(run, token, journal)
+        try:
+            output = program(ctx, run.input)
+        finally:
+            ctx.close()
     except Suspended:
         return
     except LeaseLost:

@@ -99,7 +99,8 @@ def _same_in_json(value: Any) -> bool:
     booleans, integers a double holds, and floats that both write in plain decimals with
     the same shortest digits (1e-4 <= |x| < 1e16) and that Python does not end in ".0"."""
     kind = type(value)
-    if kind is str or kind is bool or value is None:
+    # Text choices (AuditEvent.ActorType…) are str subclasses: both writers write their text.
+    if isinstance(value, str) or kind is bool or value is None:
         return True
     if kind is int:
         return -_SAFE_INT <= value <= _SAFE_INT
