@@ -61,11 +61,13 @@ print("prepared", mail.pk, held.pk)
 """
 
 
-def test_the_embedded_console_runs_every_timer(tmp_path: Path) -> None:
+def embedded_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of `make run`: no Postgres, no Redis, the demo's modules, a data
+    directory of the test's own."""
     env = {
         k: v
         for k, v in child_env().items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "BATON_TASK_QUEUE")
+        if k not in ("DATABASE_URL", "REDIS_URL", "BATON_TASK_QUEUE", *SHORT_TIMERS)
     }
     env.update(
         BATON_DATA_DIR=str(tmp_path),
@@ -73,8 +75,38 @@ def test_the_embedded_console_runs_every_timer(tmp_path: Path) -> None:
         SECRET_KEY="",
         BATON_AGENT_MODULES="agents.demo",
         PYTHONUNBUFFERED="1",
-        **SHORT_TIMERS,
+        **extra,
     )
+    return env
+
+
+def start_up(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "up", *args, "--port", str(free_port())],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "Baton is up" in log.read_text(), timeout=60, message="the banner")
+    except AssertionError:
+        stop(proc)
+        raise
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_the_embedded_console_runs_every_timer(tmp_path: Path) -> None:
+    env = embedded_env(tmp_path, **SHORT_TIMERS)
     prepared = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", PREPARE],
         cwd=ROOT,
@@ -97,16 +129,8 @@ def test_the_embedded_console_runs_every_timer(tmp_path: Path) -> None:
     assert one("SELECT count(*) FROM audit_verification") == 0
 
     log = tmp_path / "up.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--no-demo", "--port", str(free_port())],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_up(env, log, "--no-demo")
     try:
-        wait_for(lambda: "Baton is up" in log.read_text(), timeout=60, message="the banner")
         wait_for(
             lambda: one("SELECT count(*) FROM audit_checkpoint"),
             timeout=60,
@@ -131,28 +155,13 @@ def test_the_embedded_console_runs_every_timer(tmp_path: Path) -> None:
             message=f"the overdue request to expire\n{log.read_text()[-3000:]}",
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def test_the_embedded_console_checks_its_trail_as_soon_as_it_is_up(tmp_path: Path) -> None:
     """With the default timers (a checkpoint every 5 minutes, a verification every 15), a
     newcomer's console signs and verifies its trail at start, not an interval later."""
-    env = {
-        k: v
-        for k, v in child_env().items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "BATON_TASK_QUEUE", *SHORT_TIMERS)
-    }
-    env.update(
-        BATON_DATA_DIR=str(tmp_path),
-        BATON_HTTPS="false",
-        SECRET_KEY="",
-        BATON_AGENT_MODULES="agents.demo",
-        PYTHONUNBUFFERED="1",
-    )
+    env = embedded_env(tmp_path)
     db = tmp_path / "baton.sqlite3"
 
     def one(sql: str) -> Any:
@@ -166,16 +175,8 @@ def test_the_embedded_console_checks_its_trail_as_soon_as_it_is_up(tmp_path: Pat
         return row[0] if row else None
 
     log = tmp_path / "up.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--port", str(free_port())],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_up(env, log)
     try:
-        wait_for(lambda: "Baton is up" in log.read_text(), timeout=60, message="the banner")
         wait_for(
             lambda: one("SELECT count(*) FROM audit_checkpoint"),
             timeout=60,
@@ -187,11 +188,7 @@ def test_the_embedded_console_checks_its_trail_as_soon_as_it_is_up(tmp_path: Pat
             message=f"the first verification\n{log.read_text()[-3000:]}",
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 TAKE_IT = {
