@@ -153,20 +153,22 @@ def public_key(request: HttpRequest) -> HttpResponse:
     return response
 
 
+def _attachment(path: Path, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(path.read_bytes(), content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
 @require_GET
 @login_required
 def verifier(request: HttpRequest) -> HttpResponse:
-    response = HttpResponse(VERIFIER.read_bytes(), content_type="text/x-python; charset=utf-8")
-    response["Content-Disposition"] = 'attachment; filename="baton_verify_export.py"'
-    return response
+    return _attachment(VERIFIER, "text/x-python; charset=utf-8", "baton_verify_export.py")
 
 
 @require_GET
 @login_required
 def verifier_js(request: HttpRequest) -> HttpResponse:
-    response = HttpResponse(VERIFIER_JS.read_bytes(), content_type="text/javascript; charset=utf-8")
-    response["Content-Disposition"] = 'attachment; filename="baton_verify_export.js"'
-    return response
+    return _attachment(VERIFIER_JS, "text/javascript; charset=utf-8", "baton_verify_export.js")
 
 
 @require_GET
