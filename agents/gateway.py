@@ -43,7 +43,7 @@ from agents.registry import Tool, ToolCall, UnknownTool, get_tool
 from audit import verbs
 from audit.chain import canonical_json_v1
 from audit.jsonsafe import plain_json, scrubbed
-from audit.services import Actor, audit_append, audit_record
+from audit.services import Actor, audit_append, audit_run
 
 S = Action.Status
 
@@ -479,12 +479,9 @@ class Context:
         self.run.status = Run.Status.WAITING
 
     def _audit_waiting(self) -> None:
-        audit_record(
-            verb=verbs.RUN_WAITING,
+        audit_run(
+            verbs.RUN_WAITING,
             actor=self._actor,
-            subject_type="run",
-            subject_id=self.run.pk,
-            agent=self.agent,
             run=self.run,
             payload={"why": "an action waits for approval"},
         )

@@ -42,7 +42,7 @@ from agents.services import (
     storable,
 )
 from audit import verbs
-from audit.services import Actor, audit_record
+from audit.services import Actor, audit_record, audit_run
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -205,12 +205,9 @@ def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
             # The run's own token: every step's admission checks it, as for hosted runs.
             lease_token=uuid.uuid4(),
         )
-        audit_record(
-            verb=verbs.RUN_STARTED,
+        audit_run(
+            verbs.RUN_STARTED,
             actor=Actor.agent(agent),
-            subject_type="run",
-            subject_id=run.pk,
-            agent=agent,
             run=run,
             payload={"input": input, "via": "api", "key": key.prefix},
         )
@@ -375,12 +372,9 @@ def remote_run_finish(*, run: Run, output: Any = None, error: str = "") -> Run:
         )
         if not moved:
             raise Conflict(RUN_NOT_RUNNING.format(run=run.pk, status=_status(run)))
-        audit_record(
-            verb=verbs.RUN_FAILED if error else verbs.RUN_SUCCEEDED,
+        audit_run(
+            verbs.RUN_FAILED if error else verbs.RUN_SUCCEEDED,
             actor=Actor.agent(run.agent),
-            subject_type="run",
-            subject_id=run.pk,
-            agent=run.agent,
             run=run,
             payload={"error": error, "via": "api"}
             if error

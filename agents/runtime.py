@@ -31,7 +31,7 @@ from agents.models import Run
 from agents.registry import get_program
 from audit import verbs
 from audit.jsonsafe import scrubbed
-from audit.services import SYSTEM, Actor, audit_record
+from audit.services import SYSTEM, Actor, audit_run
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,9 @@ def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
         if not claimed:
             return None
         run = Run.objects.select_related("agent__team", "version").get(pk=run_id)
-        audit_record(
-            verb=verbs.RUN_STARTED,
+        audit_run(
+            verbs.RUN_STARTED,
             actor=SYSTEM,
-            subject_type="run",
-            subject_id=run.pk,
-            agent=run.agent,
             run=run,
             payload={"attempt": run.attempts},
         )
@@ -89,12 +86,9 @@ def _settle(run: Run, token: uuid.UUID, verb: str, payload: dict[str, Any], **fi
             lease_token=None, lease_until=None, **fields
         )
         if moved:
-            audit_record(
-                verb=verb,
+            audit_run(
+                verb,
                 actor=Actor.agent(run.agent),
-                subject_type="run",
-                subject_id=run.pk,
-                agent=run.agent,
                 run=run,
                 payload=payload,
             )

@@ -20,7 +20,7 @@ from agents.policy import PolicyError, parse_policy
 from agents.registry import UnknownProgram, get_program
 from agents.runtime import enqueue
 from audit import jsonsafe, verbs
-from audit.services import SYSTEM, Actor, audit_record
+from audit.services import SYSTEM, Actor, audit_record, audit_run
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -187,12 +187,9 @@ def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) 
             launched_by=user,
             enqueued_at=timezone.now(),
         )
-        audit_record(
-            verb=verbs.RUN_QUEUED,
+        audit_run(
+            verbs.RUN_QUEUED,
             actor=_actor(user),
-            subject_type="run",
-            subject_id=run.pk,
-            agent=agent,
             run=run,
             payload={"input": input, "version": agent.live_version_id},
         )
@@ -230,12 +227,9 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
     ).update(status=Action.Status.CANCELLED, error=reason)
     approvals_cancel_for_runs(run_ids=ids, reason=reason, actor=actor)
     for run in locked:
-        audit_record(
-            verb=verbs.RUN_CANCELLED,
+        audit_run(
+            verbs.RUN_CANCELLED,
             actor=actor,
-            subject_type="run",
-            subject_id=run.pk,
-            agent=run.agent,
             run=run,
             payload={"reason": reason},
         )
@@ -334,12 +328,9 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
             if Run.objects.filter(
                 pk=run.pk, status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED
             ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=timezone.now()):
-                audit_record(
-                    verb=verbs.RUN_QUEUED,
+                audit_run(
+                    verbs.RUN_QUEUED,
                     actor=_actor(user),
-                    subject_type="run",
-                    subject_id=run.pk,
-                    agent=run.agent,
                     run=run,
                     payload={"why": "the pause was released"},
                 )
@@ -369,12 +360,9 @@ def runs_sweep() -> int:
             if Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, lease_until__lt=now).update(
                 status=Run.Status.QUEUED, lease_token=None, lease_until=None, enqueued_at=now
             ):
-                audit_record(
-                    verb=verbs.RUN_REQUEUED,
+                audit_run(
+                    verbs.RUN_REQUEUED,
                     actor=SYSTEM,
-                    subject_type="run",
-                    subject_id=run.pk,
-                    agent=run.agent,
                     run=run,
                     payload={"why": "lease expired: its worker stopped"},
                 )

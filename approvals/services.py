@@ -22,7 +22,7 @@ from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
 from approvals.selectors import NOT_YOURS, may_decide, refusal
 from audit import verbs
-from audit.services import SYSTEM, Actor, audit_record
+from audit.services import SYSTEM, Actor, audit_record, audit_run
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -103,12 +103,9 @@ def _release(
     if Run.objects.filter(
         pk=request.run_id, status=Run.Status.WAITING, wait_reason=Run.WaitReason.APPROVAL
     ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=now):
-        audit_record(
-            verb=verbs.RUN_QUEUED,
+        audit_run(
+            verbs.RUN_QUEUED,
             actor=SYSTEM,
-            subject_type="run",
-            subject_id=request.run_id,
-            agent=request.agent,
             run=request.run,
             payload={"why": f"approval {request.pk} {status}"},
         )

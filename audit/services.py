@@ -149,3 +149,17 @@ def audit_record(
             payload=payload,
         )
     )
+
+
+def audit_run(verb: str, *, actor: Actor, run: Any, payload: dict[str, Any] | None = None) -> int:
+    """Record a change of a run (queued, started, waiting, finished, …): the run is the
+    subject and its agent's team sees it."""
+    return audit_record(
+        verb=verb,
+        actor=actor,
+        subject_type="run",
+        subject_id=run.pk,
+        agent=run.agent,
+        run=run,
+        payload=payload,
+    )
