@@ -25,6 +25,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents import ratelimit, store
+from agents.approval_port import approvals
 from agents.errors import (
     TRANSIENT_FAULTS,
     ActionRejected,
@@ -294,8 +295,6 @@ class Context:
         return action.result
 
     def _hold(self, seq: int, tool: Tool, args: dict[str, Any], verdict: Verdict) -> None:
-        from approvals.services import approval_request_open
-
         with transaction.atomic():
             self._admit()
             # The run is parked first: its row comes before the chain head (store.LOCK_ORDER).
@@ -311,12 +310,10 @@ class Context:
                 verdict=verdict,
             )
             self._audit(verbs.ACTION_HELD, action, args=args, rule=action.rule)
-            approval_request_open(action=action, tool=tool, rule=verdict.rule)
+            approvals().open(action=action, tool=tool, rule=verdict.rule)
             self._audit_waiting()
 
     def _hold_unknown(self, existing: Action) -> None:
-        from approvals.services import approval_request_open
-
         with transaction.atomic():
             self._admit()
             self._park()  # the run's row before the action's (store.LOCK_ORDER)
@@ -327,7 +324,7 @@ class Context:
                 raise LeaseLost()
             existing.status = S.UNKNOWN
             self._audit(verbs.ACTION_UNKNOWN, existing, args=existing.args)
-            approval_request_open(action=existing, tool=get_tool(existing.name), rule=None)
+            approvals().open(action=existing, tool=get_tool(existing.name), rule=None)
             self._audit_waiting()
 
     # --- execution --------------------------------------------------------------------

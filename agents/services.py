@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from agents.approval_port import approvals
 from agents.delivery import runs_with_messages
 from agents.errors import TRANSIENT_FAULTS
 from agents.killswitches import engaged_for, lock_for_engage
@@ -201,7 +202,6 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
     """Cancel the given unfinished runs, their held actions and pending approvals: one
     statement each for all of them (an engage may stop many runs, and every statement it
     makes holds the switch lock longer), then an audit event per run."""
-    from approvals.services import approvals_cancel_for_runs
 
     # Locked first, so the set updated is exactly the set audited.
     locked = list(
@@ -225,7 +225,7 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
         run_id__in=ids,
         status__in=[Action.Status.HELD, Action.Status.APPROVED, Action.Status.UNKNOWN],
     ).update(status=Action.Status.CANCELLED, error=reason)
-    approvals_cancel_for_runs(run_ids=ids, reason=reason, actor=actor)
+    approvals().cancel_for_runs(run_ids=ids, reason=reason, actor=actor)
     for run in locked:
         audit_run(
             verbs.RUN_CANCELLED,

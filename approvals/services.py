@@ -367,3 +367,13 @@ def _escalate(request: ApprovalRequest, group: str) -> None:
         payload={"to": group, "level": request.escalation_level + 1, "due_at": due_at},
     )
     notify_on_commit(event="approval.escalated", request_id=request.pk)
+
+
+class Port:
+    """The approvals app as the gateway sees it (agents.approval_port)."""
+
+    def open(self, *, action: Action, tool: Tool, rule: Rule | None) -> ApprovalRequest:
+        return approval_request_open(action=action, tool=tool, rule=rule)
+
+    def cancel_for_runs(self, *, run_ids: list[int], reason: str, actor: Actor) -> None:
+        approvals_cancel_for_runs(run_ids=run_ids, reason=reason, actor=actor)
