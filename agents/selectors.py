@@ -11,7 +11,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from agents.models import Action, Agent, KillSwitch, Run
-from console.permissions import agents_for_user, team_can, user_can
+from agents.permissions import agents_for_user, team_can, user_can
 
 
 def runs_for_user(user: Any) -> QuerySet[Run]:

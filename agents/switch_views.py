@@ -15,9 +15,10 @@ from django.views.decorators.http import require_POST
 
 from agents.forms import PASSWORD_REQUIRED, PASSWORD_WRONG, EngageForm, ReleaseForm
 from agents.models import KillSwitch
+from agents.permissions import agent_for_user, team_for_user
 from agents.services import ServiceError, killswitch_engage, killswitch_release
-from console.permissions import agent_for_user, signed_in, team_for_user
-from console.security import is_locked_out, locked_out_message, password_confirm
+from console.http import signed_in
+from console.signin import is_locked_out, locked_out_message, password_confirm
 
 GLOBAL_NOT_ALLOWED = "You may not stop or restart everything."
 

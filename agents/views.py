@@ -4,28 +4,12 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
-from django_htmx.middleware import HtmxDetails
 
 from agents import selectors
-from console.frames import recent_events as visible_events_page
-from console.permissions import agent_for_user
+from agents.permissions import agent_for_user
+from console.http import HtmxHttpRequest
 
 BAD_RUNS_PAGE = "This page link is broken: start again from the newest runs."
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-@require_GET
-@login_required
-def overview(request: HtmxHttpRequest) -> HttpResponse:
-    context = selectors.overview(request.user)
-    context["recent_events"] = visible_events_page(request.user)
-    template = "agents/overview.html"
-    if request.htmx:
-        template += "#live"
-    return render(request, template, context)
 
 
 @require_GET

@@ -26,8 +26,8 @@ from django.http import Http404
 from django.utils import timezone
 
 from agents.models import Action
+from agents.permissions import agents_for_user, user_can, users_who_can
 from approvals.models import ApprovalDecision, ApprovalRequest
-from console.permissions import agents_for_user, user_can, users_who_can
 
 RISK_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 

@@ -12,12 +12,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from agents.registry import get_tool
 from agents.services import ServiceError
-from agents.views import HtmxHttpRequest
 from approvals import selectors
 from approvals.forms import DecisionForm, QueueFilter, edited_arguments
 from approvals.models import ApprovalRequest
 from approvals.services import STALE_DECISION, AlreadyDecided, approval_decide
-from console.permissions import signed_in
+from console.http import HtmxHttpRequest, signed_in
 
 QUEUE_PAGE_SIZE = 50
 

@@ -34,7 +34,7 @@ from audit.signing import (
     signing_key,
 )
 from audit.verify import badge_state
-from console.permissions import signed_in
+from console.http import signed_in
 
 FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 BAD_FORMAT = "Export as jsonl or csv."

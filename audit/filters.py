@@ -10,6 +10,7 @@ from django import forms
 
 from agents.models import Agent, Team
 from audit import verbs
+from audit.selectors import DECISIONS, visible_agents, visible_teams
 
 BAD_TIME = "Write a time as YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)."
 UNTIL_BEFORE_SINCE = "The end of the range (until) is before its start (since)."
@@ -21,17 +22,6 @@ UNKNOWN_VERB = "No such verb: pick one from the list."
 UNKNOWN_DECISION = "No such decision: pick one from the list."
 SEARCH_TOO_LONG = "Search for at most 200 characters."
 
-# What a person means by a decision, as the verb that records it.
-DECISIONS = {
-    "allowed": verbs.ACTION_ALLOWED,
-    "denied": verbs.ACTION_DENIED,
-    "shadowed": verbs.ACTION_SHADOWED,
-    "held": verbs.ACTION_HELD,
-    "approved": verbs.APPROVAL_APPROVED,
-    "rejected": verbs.APPROVAL_REJECTED,
-    "expired": verbs.APPROVAL_EXPIRED,
-    "failed": verbs.ACTION_FAILED,
-}
 # (format, how long one value of it spans): "until 2026-11-22" means through that day.
 TIME_FORMATS = (
     ("%Y-%m-%dT%H:%M:%S", timedelta(seconds=1)),
@@ -113,8 +103,6 @@ class AuditFilter(forms.Form):
         self.user = user
 
     def clean_agent(self) -> Agent | None:
-        from audit.selectors import visible_agents
-
         slug = self.cleaned_data["agent"]
         if not slug:
             return None
@@ -124,8 +112,6 @@ class AuditFilter(forms.Form):
         return agent
 
     def clean_team(self) -> Team | None:
-        from audit.selectors import visible_teams
-
         slug = self.cleaned_data["team"]
         if not slug:
             return None

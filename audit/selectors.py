@@ -21,11 +21,10 @@ from django.http import Http404
 from guardian.shortcuts import get_objects_for_user
 
 from agents.models import Action, Agent, Run, Team
+from agents.permissions import agents_for_user
 from audit import jsonsafe, verbs
 from audit.chain import format_time
-from audit.filters import DECISIONS
 from audit.models import AuditEvent
-from console.permissions import agents_for_user
 
 PAGE_SIZE = 50
 # A text search has no index: it reads events newest first until a page is full, and a
@@ -41,6 +40,17 @@ CLOCK_SLACK = timedelta(minutes=15)
 # Up to this many grants, a supervisor's page is one index scan per grant, merged.
 MAX_BRANCHES = 8
 RUN_INPUT_VERBS = (verbs.RUN_QUEUED, verbs.RUN_STARTED)
+# What a person means by a decision (the filter form's choices), as the verb that records it.
+DECISIONS = {
+    "allowed": verbs.ACTION_ALLOWED,
+    "denied": verbs.ACTION_DENIED,
+    "shadowed": verbs.ACTION_SHADOWED,
+    "held": verbs.ACTION_HELD,
+    "approved": verbs.APPROVAL_APPROVED,
+    "rejected": verbs.APPROVAL_REJECTED,
+    "expired": verbs.APPROVAL_EXPIRED,
+    "failed": verbs.ACTION_FAILED,
+}
 DECISION_STATUS = {
     verbs.APPROVAL_APPROVED: "approved",
     verbs.APPROVAL_REJECTED: "rejected",
@@ -265,7 +275,7 @@ def audit_page(user: Any, cleaned: dict[str, Any], size: int = PAGE_SIZE) -> Aud
     if not cleaned.get("q"):
         events = _fetch(user, cleaned, condition & _below(before), size + 1)
         return _page(events, size, before)
-    top = before or _head() + 1
+    top = before or latest_seq() + 1
     deadline = time.monotonic() + SEARCH_BUDGET
     events = []
     while top > 1 and len(events) <= size:
@@ -285,7 +295,8 @@ def _below(before: int | None) -> Q:
     return Q(seq__lt=before) if before else Q()
 
 
-def _head() -> int:
+def latest_seq() -> int:
+    """The newest event's sequence number (0 on an empty trail)."""
     return AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
 
 

@@ -11,10 +11,10 @@ from django.http import HttpResponse, QueryDict
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from agents.views import HtmxHttpRequest
 from audit import selectors
 from audit.evidence import integrity
 from audit.filters import AuditFilter
+from console.http import HtmxHttpRequest
 
 NO_AUDIT_ACCESS = "You may not read the audit trail."
 # The page shows the start of a record this long or longer; the export carries it whole.

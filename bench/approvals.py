@@ -65,6 +65,7 @@ def main() -> None:
     import redis
     from django.contrib.auth import get_user_model
 
+    from agents import roles
     from agents.models import Run
     from agents.services import (
         agent_create,
@@ -74,7 +75,6 @@ def main() -> None:
         version_publish,
     )
     from approvals.models import ApprovalRequest
-    from console import roles
 
     client = redis.Redis.from_url(redis_url)
     client.delete("bench:started", "bench:floor", "bench:floor:seen")

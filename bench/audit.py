@@ -865,7 +865,7 @@ def people_and_agents() -> tuple[Any, list[AgentRef]]:
     from django.contrib.auth.models import Group
 
     from agents.models import Agent, Team
-    from console.roles import COMPLIANCE, roles_ensure
+    from agents.roles import COMPLIANCE, roles_ensure
 
     roles_ensure()
     user, _ = get_user_model().objects.get_or_create(username="bench-compliance")

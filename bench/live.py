@@ -111,8 +111,8 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
+    from agents import roles
     from agents.services import agent_create, team_create
-    from console import roles
 
     roles.roles_ensure()
     team = team_create(slug="bench", name="Bench")

@@ -23,7 +23,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http.request import validate_host
 
-from audit.selectors import Scope
+from audit.selectors import Scope, latest_seq
 from console import frames, live
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.visible: Scope = await _db_parallel(frames.visible_scope)(user)
         await self._join(frames.groups_for(self.visible) + [live.user_group(user.pk)])
         await self.accept()
-        self.after = await _db_parallel(frames.latest_seq)()
+        self.after = await _db_parallel(latest_seq)()
         # The first frame says where this socket starts; the page fetches what came
         # between its own render and this point over HTTP.
         await self.send(text_data=frames.hello_frame(self.after))

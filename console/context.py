@@ -5,16 +5,16 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 
+from agents.models import KillSwitch
+from agents.permissions import team_can, user_can
+from audit.selectors import audit_scope, latest_seq
+
 
 def switch_banners(user: Any) -> list[Any]:
     """The engaged kill switches this person may see (the rule for who sees which event:
     the global switch to everyone, a team or agent switch, with its reason and who engaged
     it, only to those who see that team or agent), each marked with whether they may
     release it."""
-    from agents.models import KillSwitch
-    from audit.selectors import audit_scope
-    from console.permissions import team_can, user_can
-
     scope = audit_scope(user)
     switches = [
         switch
@@ -41,8 +41,6 @@ def console(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"baton_embedded": settings.EMBEDDED, "engaged_switches": []}
-    from console.frames import latest_seq
-
     return {
         "baton_embedded": settings.EMBEDDED,
         "engaged_switches": switch_banners(user),

@@ -58,10 +58,6 @@ def groups_for(scope: Scope) -> list[str]:
     )
 
 
-def latest_seq() -> int:
-    return AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
-
-
 def _stub_request(user: Any, csrf_cookie: str) -> HttpRequest:
     # Fragments hold forms: render them with the person and the CSRF secret of their socket.
     request = HttpRequest()

@@ -10,35 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from audit import verbs
 from audit.services import SYSTEM, audit_record
-
-LOCKED_OUT = (
-    "Too many failed password attempts: signing in and confirming your password are "
-    "locked for this account for {minutes} minutes. Try again later, or ask an "
-    "administrator to lift the lock."
-)
-
-
-def locked_out_message() -> str:
-    minutes = max(1, round(settings.AXES_COOLOFF_TIME.total_seconds() / 60))
-    return LOCKED_OUT.format(minutes=minutes)
-
-
-def password_confirm(request: HttpRequest, password: str) -> bool:
-    """Whether `password` is the signed-in person's own, counted by django-axes like a
-    login: a locked-out person is refused even with the right password."""
-    user = authenticate(request, username=request.user.get_username(), password=password)
-    return user is not None and user.pk == request.user.pk
-
-
-def is_locked_out(request: HttpRequest) -> bool:
-    return bool(getattr(request, "axes_locked_out", False))
+from console.signin import locked_out_message
 
 
 def lockout_response(request: HttpRequest, *_: Any) -> HttpResponse:

@@ -11,7 +11,7 @@ from approvals import views as approval_views
 from console import views as console_views
 
 urlpatterns = [
-    path("", agent_views.overview, name="overview"),
+    path("", console_views.overview, name="overview"),
     path("agents/<slug:slug>/", agent_views.agent_detail, name="agent"),
     path("workers/", agent_views.workers, name="workers"),
     path("runs/<int:run_id>/", agent_views.run_detail, name="run"),

@@ -2,11 +2,27 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from agents import selectors as agent_selectors
 from console import frames
+from console.http import HtmxHttpRequest
 
 BAD_RANGE = "after and upto are event sequence numbers, after < upto"
+
+
+@require_GET
+@login_required
+def overview(request: HtmxHttpRequest) -> HttpResponse:
+    """The first page: the agents' cards, the approvals badge and the live audit stream
+    (a console page, as it reads every app below it)."""
+    context = agent_selectors.overview(request.user)
+    context["recent_events"] = frames.recent_events(request.user)
+    template = "agents/overview.html"
+    if request.htmx:
+        template += "#live"
+    return render(request, template, context)
 
 
 @require_GET

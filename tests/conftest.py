@@ -257,8 +257,8 @@ def world(db: Any) -> Any:
     """Two teams, named people with roles and grants, and no agents yet."""
     from django.contrib.auth import get_user_model
 
+    from agents import roles
     from agents.services import team_create
-    from console import roles
 
     roles.roles_ensure()
     user_model = get_user_model()

@@ -10,9 +10,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db.models import Count, Q
 
+from agents import roles
 from agents.models import Agent, Run, Team
 from agents.services import ServiceError, agent_create, run_start, version_create, version_publish
-from console import roles
 
 CLAIMS_POLICY = {
     "rules": [

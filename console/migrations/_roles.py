@@ -13,6 +13,6 @@ def create_roles(apps: Any) -> None:
         app_config.models_module = True
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = None
-    from console.roles import roles_ensure
+    from agents.roles import roles_ensure
 
     roles_ensure(apps)

@@ -5,10 +5,10 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 
+from agents import roles
 from agents.runtime import execute_run
 from agents.services import run_start
 from approvals.models import ApprovalRequest
-from console import roles
 
 PAY_POLICY = {
     "rules": [

@@ -14,11 +14,11 @@ from django.db import transaction
 from django.http import Http404
 from django.test import Client
 
+from agents import roles
 from agents.services import ServiceError
 from approvals.models import ApprovalRequest
 from approvals.notifications import recipients
 from approvals.services import approval_decide
-from console import roles
 
 pytestmark = pytest.mark.django_db
 

@@ -13,6 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from agents import roles
 from agents.models import Action, Payment, Run
 from agents.runtime import execute_run
 from agents.services import ServiceError, run_start
@@ -27,7 +28,6 @@ from approvals.services import (
     approvals_expire,
 )
 from audit.models import AuditEvent
-from console import roles
 
 pytestmark = pytest.mark.django_db
 

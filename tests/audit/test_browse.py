@@ -13,6 +13,7 @@ from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
+from agents import roles
 from agents.demo.seed import CLAIMS_POLICY
 from agents.runtime import execute_run
 from agents.services import run_start
@@ -33,7 +34,6 @@ from audit.filters import (
 from audit.models import AuditEvent
 from audit.selectors import PAGE_SIZE
 from audit.services import SYSTEM, Actor, audit_append, event_content
-from console import roles
 from tests.conftest import ALLOW_ALL_TESTS
 
 pytestmark = pytest.mark.django_db

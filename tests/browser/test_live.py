@@ -111,7 +111,7 @@ def test_a_removed_role_reloads_the_page_under_the_new_rule(
 ) -> None:
     from django.contrib.auth.models import Group
 
-    from console import roles
+    from agents import roles
     from tests.conftest import Server
 
     make_agent("helpdesk", "tests.support.agents.counter", HOLD_PAYOUTS, team=world.support)

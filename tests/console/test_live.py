@@ -14,8 +14,8 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from agents import roles
 from agents.services import killswitch_engage, run_start
-from console import roles
 from console.asgi import application
 from console.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
 from tests.conftest import ALLOW_ALL_TESTS

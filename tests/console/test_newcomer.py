@@ -19,6 +19,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client, RequestFactory
 from django.views.defaults import server_error
 
+from agents import roles
 from agents.runtime import execute_run
 from agents.services import run_start
 from approvals.models import ApprovalRequest
@@ -26,7 +27,6 @@ from approvals.services import approval_decide
 from audit import verbs
 from audit.evidence import EXPORT_FORBIDDEN
 from audit.models import AuditEvent
-from console import roles
 from tests.conftest import ROOT, child_env, free_port, wait_for
 
 HOLD_PAYOUTS = {

@@ -15,13 +15,13 @@ from asgiref.sync import sync_to_async
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from agents import roles
 from agents.demo.seed import CLAIMS_POLICY
 from agents.models import Agent, KillSwitch
 from agents.runtime import execute_run
 from agents.services import killswitch_engage, run_start, team_create
 from approvals.models import ApprovalRequest
 from audit.models import AuditEvent
-from console import roles
 from tests.console.visibility import Cast, export, live_seqs, open_socket
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

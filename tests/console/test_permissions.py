@@ -10,8 +10,8 @@ from django.http import Http404
 from django.test import Client
 
 from agents.models import Run
+from agents.permissions import agent_for_user, agents_for_user, user_can
 from agents.services import run_start
-from console.permissions import agent_for_user, agents_for_user, user_can
 from tests.conftest import ALLOW_ALL_TESTS
 
 pytestmark = pytest.mark.django_db
@@ -50,7 +50,7 @@ def test_a_person_without_grants_sees_nothing(world: Any, agents: Any) -> None:
 
 
 def test_a_grant_on_one_agent_covers_that_agent_only(world: Any, agents: Any) -> None:
-    from console import roles
+    from agents import roles
 
     _, support = agents
     roles.role_grant(user=world.outsider, role=roles.SUPERVISOR, target=support)
@@ -109,7 +109,7 @@ def test_logout_needs_a_csrf_token(world: Any) -> None:
 
 
 def test_who_can_supervise_an_agent(world: Any, agents: Any) -> None:
-    from console.permissions import users_who_can
+    from agents.permissions import users_who_can
 
     claims, support = agents
     assert set(users_who_can("supervise", claims).values_list("username", flat=True)) == {

@@ -19,7 +19,7 @@ from django.test import Client
 from agents.models import KillSwitch
 from audit import verbs
 from audit.models import AuditEvent
-from console.security import locked_out_message
+from console.signin import locked_out_message
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db

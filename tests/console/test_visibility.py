@@ -11,11 +11,11 @@ import pytest_asyncio
 from asgiref.sync import sync_to_async
 from django.db import transaction
 
+from agents import roles
 from agents.services import killswitch_engage, run_start
 from audit import verbs
 from audit.models import AuditEvent
 from audit.services import SYSTEM, audit_record
-from console import roles
 from console.consumers import CLOSE_UNAUTHENTICATED
 from tests.console.visibility import Cast, live_seqs, open_socket, surfaces
 

@@ -15,7 +15,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from console import roles
+from agents import roles
 from console.asgi import application
 from tests.conftest import ALLOW_ALL_TESTS
 

@@ -3,7 +3,7 @@ give a person a role (and, with --create, create the person first).
 
 How the first people get their roles in production (there is no screen for it yet):
 Compliance is model-wide; a Supervisor or an Agent admin is granted one team or agent.
-The grant is audited like every other (console.roles.role_grant)."""
+The grant is audited like every other (agents.roles.role_grant)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from agents import roles
 from agents.models import Agent, Team
-from console import roles
 
 NEEDS_TARGET = "A {role} is granted a team or an agent: add --team SLUG or --agent SLUG."
 

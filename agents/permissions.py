@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest
+from django.http import Http404
 from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
 
@@ -26,12 +25,6 @@ if TYPE_CHECKING:
 
 CAPABILITIES = ("view", "supervise", "administer")
 NOT_ALLOWED = "You may not {capability} this agent."
-
-
-def signed_in(request: HttpRequest) -> User:
-    """The person behind a request that login_required has let through."""
-    assert isinstance(request.user, User)
-    return request.user
 
 
 def user_can(user: Any, capability: str, agent: Agent) -> bool:
