@@ -20,6 +20,7 @@ import smtplib
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 EVENTS = ("approval.requested", "approval.escalated", "approval.expired")
 SIGNATURE_HEADER = "X-Baton-Signature"
 EVENT_HEADER = "X-Baton-Event"
+# Sent by name: approvals.tasks delivers it and imports this module, not the other way.
+WEBHOOK_TASK = "approvals.webhook_deliver"
 UNSIGNED_REFUSED = (
     "BATON_WEBHOOK_URLS is set but BATON_WEBHOOK_SECRET is empty: "
     "%s for approval %s not sent to %d webhook(s); webhooks are never sent unsigned"
@@ -150,12 +153,10 @@ def _enqueue_webhooks(event: str, request: ApprovalRequest) -> None:
     if not getattr(settings, "BATON_WEBHOOK_SECRET", ""):
         logger.error(UNSIGNED_REFUSED, event, request.pk, len(urls))
         return
-    from approvals.tasks import webhook_deliver  # tasks imports this module
-
     body = webhook_body(event=event, request=request)
     for url in urls:
         try:
-            webhook_deliver.delay(url, body)
+            current_app.signature(WEBHOOK_TASK, args=(url, body)).delay()
         except BrokerError:
             # The broker being down must not stop the other URLs or the e-mail.
             logger.exception("could not enqueue %s for approval %s to %s", event, request.pk, url)

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task, shared_task
 from django.conf import settings
 
-from approvals.notifications import EVENT_HEADER, SIGNATURE_HEADER, sign
+from approvals.notifications import EVENT_HEADER, SIGNATURE_HEADER, WEBHOOK_TASK, sign
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int | None, str
         return None, f"{type(exc).__name__}: {exc}"
 
 
-@shared_task(bind=True, name="approvals.webhook_deliver", acks_late=True, max_retries=MAX_RETRIES)
+@shared_task(bind=True, name=WEBHOOK_TASK, acks_late=True, max_retries=MAX_RETRIES)
 def webhook_deliver(self: Task[Any, Any], url: str, body: str) -> bool:
     """POST one signed event to one URL. True once delivered; False when given up."""
     if not url.lower().startswith(("http://", "https://")):
