@@ -18,9 +18,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from celery import current_app
+
 log = logging.getLogger(__name__)
 
-TASK = "agents.run_execute"
+TASK = "agents.run_execute"  # the name runs are sent and found under (agents.tasks)
 
 
 def _run_id(raw: Any) -> int | None:
@@ -42,8 +44,7 @@ def _run_id(raw: Any) -> int | None:
 def runs_with_messages(run_ids: Iterable[int]) -> set[int] | None:
     """The runs among `run_ids` whose message is in the broker; None where the broker
     cannot say (then the caller treats every message as gone)."""
-    from console.celery import app
-
+    app = current_app
     wanted = set(run_ids)
     if not wanted or not str(app.conf.broker_url).startswith("redis://"):
         return None

@@ -9,12 +9,14 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from agents.delivery import TASK as RUN_EXECUTE
 from agents.errors import (
     TRANSIENT_FAULTS,
     Delayed,
@@ -38,14 +40,15 @@ log = logging.getLogger(__name__)
 
 def enqueue(run_id: int, *, countdown: float | None = None) -> None:
     """Hand the run to a worker once the current transaction commits. Losing this message
-    loses nothing: the sweep finds queued runs nobody picked up."""
-    from agents.tasks import run_execute
+    loses nothing: the sweep finds queued runs nobody picked up. Sent by name: the task
+    (agents.tasks) imports the runtime, not the other way."""
+    task = current_app.signature(RUN_EXECUTE, args=(run_id,))
 
     def send() -> None:
         if countdown:
-            run_execute.apply_async((run_id,), countdown=countdown)
+            task.apply_async(countdown=countdown)
         else:
-            run_execute.apply_async((run_id,))
+            task.apply_async()
 
     transaction.on_commit(send, robust=True)
 

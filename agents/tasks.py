@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
+from agents.delivery import TASK as RUN_EXECUTE
+
 
 @shared_task(
-    name="agents.run_execute",
+    name=RUN_EXECUTE,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -30,10 +32,3 @@ def sweep() -> int:
     from agents.services import runs_sweep
 
     return runs_sweep()
-
-
-@shared_task(name="agents.demo_workload")
-def demo_workload() -> int:
-    from agents.demo.seed import demo_workload_tick
-
-    return demo_workload_tick()
