@@ -32,6 +32,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	BATON_HTTPS=false $(BIN)/mypy .
+	$(BIN)/lint-imports
 
 chromium:
 	@test -x $(CHROMIUM) || { \
