@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -98,6 +99,17 @@ class AgentVersion(models.Model):
         return f"{self.agent.slug} v{self.number}"
 
 
+class RunQuerySet(models.QuerySet["Run"]):
+    def due(self, now: datetime) -> RunQuerySet:
+        """Runs no delay holds back any more: their wake time (a rate limit's, a transient
+        fault's backoff) has passed, or they have none."""
+        return self.filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
+
+    def unsent_since(self, moment: datetime) -> RunQuerySet:
+        """Runs not handed to the broker since `moment` (or never)."""
+        return self.filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=moment))
+
+
 class Run(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -143,6 +155,8 @@ class Run(models.Model):
     # The Celery worker that claimed the run last (for the workers page).
     worker = models.CharField(max_length=200, blank=True)
 
+    objects = RunQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
         indexes = [
@@ -178,6 +192,11 @@ class Action(models.Model):
         REJECTED = "rejected"
         UNKNOWN = "unknown", "outcome unknown"
         CANCELLED = "cancelled"
+
+    # Steps still open: a tool call started, or one waiting on a decision (held, or its
+    # outcome unknown after a crash) or on being executed once approved.
+    AWAITING = (Status.HELD, Status.APPROVED, Status.UNKNOWN)
+    OPEN_STATUSES = (Status.STARTED, *AWAITING)
 
     # Outcomes a replay returns or raises without asking the gateway again.
     FINAL = (
@@ -237,11 +256,20 @@ class Action(models.Model):
         return None
 
 
+class SwitchScope(models.TextChoices):
+    GLOBAL = "global", "everything"
+    TEAM = "team"
+    AGENT = "agent"
+
+
 class KillSwitch(models.Model):
-    class Scope(models.TextChoices):
-        GLOBAL = "global", "everything"
-        TEAM = "team"
-        AGENT = "agent"
+    Scope = SwitchScope
+
+    # The one table of kill-switch scopes and their advisory locks, in the order admission
+    # takes them: a lock key is the scope's class in the high bits and the team or agent
+    # id in the low 40. agents.killswitches builds targets, keys and the SQL of
+    # baton_admit from it (tests/agents/test_store_contract.py holds the live SQL equal).
+    LOCK_CLASS: ClassVar[dict[str, int]] = {Scope.GLOBAL: 7701, Scope.TEAM: 7702, Scope.AGENT: 7703}
 
     class Mode(models.TextChoices):
         PAUSE = "pause"
@@ -279,9 +307,9 @@ class KillSwitch(models.Model):
             ),
             models.CheckConstraint(
                 condition=(
-                    Q(scope="global", team__isnull=True, agent__isnull=True)
-                    | Q(scope="team", team__isnull=False, agent__isnull=True)
-                    | Q(scope="agent", team__isnull=True, agent__isnull=False)
+                    Q(scope=SwitchScope.GLOBAL, team__isnull=True, agent__isnull=True)
+                    | Q(scope=SwitchScope.TEAM, team__isnull=False, agent__isnull=True)
+                    | Q(scope=SwitchScope.AGENT, team__isnull=True, agent__isnull=False)
                 ),
                 name="switch_scope_matches_target",
             ),

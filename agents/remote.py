@@ -235,7 +235,7 @@ def describe(action: Action) -> dict[str, Any]:
             "args": action.args,
             "idempotency_key": action.idempotency_key,
         }
-    if action.status in (S.HELD, S.UNKNOWN, S.APPROVED):
+    if action.status in Action.AWAITING:
         return {**base, "decision": "pending"}
     if action.status == S.SHADOWED:
         return {**base, "decision": "shadow", "result": action.result}
@@ -356,7 +356,7 @@ def _status_of(action: Action) -> str:
 
 
 def remote_run_finish(*, run: Run, output: Any = None, error: str = "") -> Run:
-    open_step = run.actions.filter(status__in=[S.STARTED, S.HELD, S.APPROVED, S.UNKNOWN]).first()
+    open_step = run.actions.filter(status__in=Action.OPEN_STATUSES).first()
     if open_step is not None:
         raise Conflict(STEPS_STILL_OPEN.format(seq=open_step.seq, status=open_step.status))
     status = Run.Status.FAILED if error else Run.Status.SUCCEEDED

@@ -59,7 +59,7 @@ def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
         claimed = (
             Run.objects.filter(pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING])
             .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-            .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
+            .due(now)
             .update(
                 status=Run.Status.RUNNING,
                 wait_reason="",

@@ -10,6 +10,7 @@ from django.db.models.functions import TruncMinute
 from django.http import Http404
 from django.utils import timezone
 
+from agents.killswitches import targets_for
 from agents.models import Action, Agent, KillSwitch, Run
 from agents.permissions import agents_for_user, team_can, user_can
 
@@ -37,11 +38,8 @@ def engaged_switches() -> list[KillSwitch]:
 
 def agent_state(agent: Agent, switches: list[KillSwitch]) -> str:
     """active, paused or halted: the strongest switch covering the agent."""
-    covering = [
-        s.mode
-        for s in switches
-        if s.target in ("global", f"team:{agent.team_id}", f"agent:{agent.pk}")
-    ]
+    targets = targets_for(agent)
+    covering = [s.mode for s in switches if s.target in targets]
     if KillSwitch.Mode.HALT in covering:
         return "halted"
     return "paused" if covering else "active"

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from agents.approval_port import approvals
 from agents.delivery import runs_with_messages
 from agents.errors import TRANSIENT_FAULTS
 from agents.killswitches import engaged_for, lock_for_engage
+from agents.killswitches import target as switch_target
 from agents.models import Action, Agent, AgentVersion, KillSwitch, Run, Team
 from agents.policy import PolicyError, parse_policy
 from agents.registry import UnknownProgram, get_program
@@ -223,7 +223,7 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
     )
     Action.objects.filter(
         run_id__in=ids,
-        status__in=[Action.Status.HELD, Action.Status.APPROVED, Action.Status.UNKNOWN],
+        status__in=Action.AWAITING,
     ).update(status=Action.Status.CANCELLED, error=reason)
     approvals().cancel_for_runs(run_ids=ids, reason=reason, actor=actor)
     for run in locked:
@@ -240,7 +240,7 @@ def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
     if not storable(reason, "reason").strip():
         raise ServiceError(REASON_REQUIRED)
     with transaction.atomic():
-        lock_for_engage(f"agent:{run.agent_id}")
+        lock_for_engage(switch_target(KillSwitch.Scope.AGENT, run.agent_id))
         if not _cancel_runs(Run.objects.filter(pk=run.pk), reason=reason, actor=_actor(user)):
             raise ServiceError(RUN_ALREADY_FINISHED.format(run=run.pk))
 
@@ -266,11 +266,8 @@ def killswitch_engage(
     the gateway's admission takes the same lock (agents.killswitches)."""
     if not storable(reason, "reason").strip():
         raise ServiceError(REASON_REQUIRED)
-    target = {
-        "global": "global",
-        "team": f"team:{team.pk if team else ''}",
-        "agent": f"agent:{agent.pk if agent else ''}",
-    }[scope]
+    owner = team if scope == KillSwitch.Scope.TEAM else agent
+    target = switch_target(scope, owner.pk if owner else None)
     with transaction.atomic():
         lock_for_engage(target)
         if KillSwitch.objects.filter(target=target, released_at__isnull=True).exists():
@@ -368,11 +365,7 @@ def runs_sweep() -> int:
                 )
                 enqueue(run.pk)
                 count += 1
-    forgotten = (
-        Run.objects.filter(status=Run.Status.QUEUED)
-        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale))
-        .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
-    )
+    forgotten = Run.objects.filter(status=Run.Status.QUEUED).unsent_since(stale).due(now)
     candidates = list(forgotten.values_list("pk", flat=True)[:500])
     try:
         # Only runs whose message is gone; a run still waiting in a backlog keeps its turn.
@@ -386,7 +379,7 @@ def runs_sweep() -> int:
         with transaction.atomic():
             if (
                 Run.objects.filter(pk=run_id, status=Run.Status.QUEUED)
-                .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale))
+                .unsent_since(stale)
                 .update(enqueued_at=now)
             ):
                 enqueue(run_id)
