@@ -1,6 +1,6 @@
 """The gateway's durable writes: admitting a step, starting it, finishing it.
 
-On Postgres each is one round trip (the functions in agents/migrations/0002); on other
+On Postgres each is one round trip (the functions in agents/migrations/0007); on other
 databases the same steps run through the ORM in one transaction. Both keep one contract:
 - admit: refuse if the run was cancelled, its lease belongs to another worker, or a kill
   switch covers the agent — serialised with killswitch_engage;
@@ -32,7 +32,8 @@ from agents.errors import LeaseLost, Stopped
 from agents.killswitches import engaged_for
 from agents.models import Action, Agent, Run
 from audit import verbs
-from audit.services import Actor, append_args, audit_append, event_content
+from audit.chain import canonical_content
+from audit.services import Actor, audit_append, event_content
 from console.live import ring_on_commit
 
 LOCK_ORDER = (
@@ -71,12 +72,18 @@ def _admit_code(run_id: int, token: uuid.UUID, agent: Agent) -> str:
     return "ok"
 
 
+_ADMIT = (
+    "SELECT baton_admit(p_run => %(run)s, p_token => %(token)s, p_team => %(team)s, "
+    "p_agent => %(agent)s)"
+)
+
+
 def admit(run_id: int, token: uuid.UUID, agent: Agent) -> None:
     """Inside the step's transaction: raise Stopped or LeaseLost unless the step may go."""
     if _postgres():
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT baton_admit(%s, %s, %s, %s)", [run_id, token, agent.team_id, agent.pk]
+                _ADMIT, {"run": run_id, "token": token, "team": agent.team_id, "agent": agent.pk}
             )
             code = cursor.fetchone()[0]
     else:
@@ -100,10 +107,12 @@ def action_event(
     )
 
 
-_START = (
-    "SELECT * FROM baton_step_start(%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, "
-    "%s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
-)
+_START = """SELECT * FROM baton_step_start(
+    p_run => %(run)s, p_token => %(token)s, p_team => %(team)s, p_agent => %(agent)s,
+    p_seq => %(seq)s, p_name => %(name)s, p_requested => %(requested)s::jsonb,
+    p_args => %(args)s::jsonb, p_args_hash => %(args_hash)s, p_rule_index => %(rule_index)s,
+    p_rule => %(rule)s::jsonb, p_reason => %(reason)s, p_key => %(idempotency_key)s,
+    p_now => %(started_at)s, p_canonical => %(canonical)s)"""
 
 
 def start_step(
@@ -123,10 +132,11 @@ def start_step(
     actor: Actor,
     payload: dict[str, Any],
 ) -> Action:
-    """Admit a new allowed step and journal it as `started`, committed before the tool runs."""
-    content = action_event(verbs.ACTION_ALLOWED, actor, run, agent, seq, payload)
-    now = content["occurred_at"]
-    fields = dict(
+    """Admit a new allowed step and journal it as `started`, committed before the tool
+    runs: admit, record the journal row, audit `action.allowed`, ring the live doorbell.
+    On Postgres the first three are one round trip (baton_step_start)."""
+    event = action_event(verbs.ACTION_ALLOWED, actor, run, agent, seq, payload)
+    action = Action(
         run=run,
         seq=seq,
         kind=Action.Kind.TOOL,
@@ -141,46 +151,55 @@ def start_step(
         reason=reason,
         idempotency_key=key,
         attempts=1,
-        started_at=now,
+        started_at=event["occurred_at"],
     )
     if _postgres():
-        audit = append_args(content)
-        params = [
-            run.pk,
-            token,
-            agent.team_id,
-            agent.pk,
-            seq,
-            name,
-            json.dumps(requested),
-            json.dumps(args),
-            args_hash,
-            rule_index,
-            json.dumps(rule) if rule else None,
-            reason,
-            key,
-            now,
-            audit[0],
-            *audit[2:8],
-            audit[11],
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(_START, params)
-            code, action_id = cursor.fetchone()
-        _refusal(code)
-        ring_on_commit(agent_id=agent.pk, team_id=agent.team_id)
-        return Action(pk=action_id, created_at=now, **fields)
-    with transaction.atomic():
-        admit(run.pk, token, agent)
-        action = Action.objects.create(**fields)
-        audit_append(content)
+        _admit_record_audit(action, token, agent, event)
+        _ring(agent)
+    else:
+        with transaction.atomic():
+            admit(run.pk, token, agent)
+            action.save(force_insert=True)
+            audit_append(event)  # rings the doorbell on commit
     return action
 
 
-_FINISH = (
-    "SELECT baton_step_finish(%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-    "%s, %s, %s, %s::jsonb)"
-)
+def _admit_record_audit(
+    action: Action, token: uuid.UUID, agent: Agent, event: dict[str, Any]
+) -> None:
+    """Postgres: admit the step, write its journal row and its audit event in one call."""
+    params: dict[str, Any] = {
+        "run": action.run_id,
+        "token": token,
+        "team": agent.team_id,
+        "agent": agent.pk,
+        "seq": action.seq,
+        "name": action.name,
+        "requested": json.dumps(action.requested_args),
+        "args": json.dumps(action.args),
+        "args_hash": action.args_hash,
+        "rule_index": action.rule_index,
+        "rule": json.dumps(action.rule) if action.rule else None,
+        "reason": action.reason,
+        "idempotency_key": action.idempotency_key,
+        "started_at": action.started_at,
+        "canonical": canonical_content(event),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_START, params)
+        code, action.pk = cursor.fetchone()
+    _refusal(code)
+    action.created_at = event["occurred_at"]
+
+
+def _ring(agent: Agent) -> None:
+    ring_on_commit(agent_id=agent.pk, team_id=agent.team_id)
+
+
+_FINISH = """SELECT baton_step_finish(
+    p_action => %(action)s, p_attempts => %(attempts)s, p_status => %(status)s,
+    p_result => %(result)s::jsonb, p_error => %(error)s, p_now => %(finished_at)s,
+    p_canonical => %(canonical)s)"""
 
 
 def finish_step(
@@ -200,22 +219,20 @@ def finish_step(
     content = action_event(verb, actor, run, agent, action.seq, payload)
     now = content["occurred_at"]
     if _postgres():
-        audit = append_args(content)
-        params = [
-            action.pk,
-            action.attempts,
-            status,
-            None if result is None else json.dumps(result),
-            error,
-            now,
-            audit[0],
-            *audit[2:],
-        ]
+        params = {
+            "action": action.pk,
+            "attempts": action.attempts,
+            "status": status,
+            "result": None if result is None else json.dumps(result),
+            "error": error,
+            "finished_at": now,
+            "canonical": canonical_content(content),
+        }
         with connection.cursor() as cursor:
             cursor.execute(_FINISH, params)
             moved = cursor.fetchone()[0]
         if moved:
-            ring_on_commit(agent_id=agent.pk, team_id=agent.team_id)
+            _ring(agent)
     else:
         with transaction.atomic():
             moved = Action.objects.filter(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -80,25 +79,9 @@ def event_content(
     }
 
 
-def append_args(content: dict[str, Any]) -> list[Any]:
-    """The arguments of baton_audit_append for this content, in order."""
-    return [
-        canonical_content(content),
-        content["occurred_at"],
-        content["actor_type"],
-        content["actor_id"],
-        content["actor_label"],
-        content["verb"],
-        content["subject_type"],
-        content["subject_id"],
-        content["agent_id"],
-        content["team_id"],
-        content["run_id"],
-        json.dumps(content["payload"]),
-    ]
-
-
-APPEND_SQL = "SELECT * FROM baton_audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+# One round trip on Postgres (audit migration 0008): the function stores the canonical
+# bytes and hashes them as audit.chain does, under the same lock on the chain head.
+APPEND_SQL = "SELECT * FROM baton_audit_append(p_canonical => %(canonical)s)"
 
 
 def audit_append(content: dict[str, Any]) -> int:
@@ -109,7 +92,7 @@ def audit_append(content: dict[str, Any]) -> int:
     ring_on_commit(agent_id=content["agent_id"], team_id=content["team_id"])
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(APPEND_SQL, append_args(content))
+            cursor.execute(APPEND_SQL, {"canonical": canonical_content(content)})
             return int(cursor.fetchone()[1])
     head = ChainHead.objects.select_for_update().filter(pk=1).first()
     if head is None:

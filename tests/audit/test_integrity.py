@@ -300,14 +300,14 @@ def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> No
         try:
             app = psycopg.connect(db_url().replace("postgres@", f"{role}:pw@", 1), autocommit=True)
             with app:
-                from audit.services import APPEND_SQL, append_args, event_content
+                from audit.chain import canonical_content
+                from audit.services import APPEND_SQL, event_content
 
                 content = event_content(
                     verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9
                 )
-                args = append_args(content)
                 with app.transaction():
-                    app.execute(APPEND_SQL, args)
+                    app.execute(APPEND_SQL, {"canonical": canonical_content(content)})
                 assert app.execute("SELECT count(*) FROM audit_auditevent").fetchone()[0] == 2
                 for attempt in (
                     "UPDATE audit_auditevent SET body = body",
