@@ -173,7 +173,7 @@ def canonical_content(content: dict[str, Any]) -> bytes:
 
 
 def canonical_content_v1(content: dict[str, Any]) -> bytes:
-    """The canonical bytes an event had in format 1 (migration 0004 and the tests)."""
+    """The canonical bytes an event had in format 1 (the tests; migration 0004 froze a copy)."""
     return canonical_json_v1(_fields(content))
 
 

@@ -6,12 +6,33 @@ here, before the trail becomes append-only (0005)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from datetime import UTC, datetime
+
 from django.db import migrations, models
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, NullIf
 
-# Format 1: the canonical form of the time; events written since are format 2 (audit.chain).
-from audit.chain import GENESIS, canonical_content_v1, chain_hash
+# Frozen here as audit.chain wrote them when this migration was made (a migration must not
+# change with the code): format 1, the canonical form of the time (events written since
+# are format 2), and the chain's link over the content's digest.
+GENESIS = "0" * 64
+
+
+def canonical_content_v1(content):
+    body = dict(content)
+    if isinstance(body["occurred_at"], datetime):
+        body["occurred_at"] = body["occurred_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def chain_hash(prev_hash, seq, canonical):
+    digest = hashlib.sha256(canonical).hexdigest()
+    return hashlib.sha256(f"{prev_hash}\n{seq}\n{digest}".encode()).hexdigest()
+
 
 OLD_COLUMNS = (
     "occurred_at",
