@@ -159,6 +159,9 @@ def start_step(
     else:
         with transaction.atomic():
             admit(run.pk, token, agent)
+            # Journaled already (another attempt took this step): as baton_step_start.
+            if Action.objects.filter(run_id=run.pk, seq=seq).exists():
+                raise LeaseLost()
             action.save(force_insert=True)
             audit_append(event)  # rings the doorbell on commit
     return action

@@ -33,9 +33,17 @@ START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) 
 START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
 
 
+# Set by tests/agents/test_store_contract.py for the child run of its module against the
+# embedded default's SQLite; every other run of the suite is on Postgres.
+ON_SQLITE = os.environ.get("BATON_TEST_CONTRACT_ON") == "sqlite"
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     problems = []
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    if ON_SQLITE:
+        if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+            problems.append("The contract's SQLite run needs the embedded default's SQLite.")
+    elif settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         problems.append("DATABASE_URL must point at Postgres (run the suite with `make test`).")
     else:
         import psycopg
@@ -70,6 +78,8 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
     # Transactional tests are flushed with TRUNCATE, which the audit trail's triggers refuse
     # unless the session says it is this suite's flush (audit migration 0005). Only the
     # test process's own connections say so; workers and servers it starts do not.
+    if ON_SQLITE:
+        return
     options = settings.DATABASES["default"].setdefault("OPTIONS", {})
     options["options"] = "-c baton.test_flush=on"
 
