@@ -13,6 +13,7 @@ runs.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -30,8 +31,8 @@ from agents import store
 from agents.errors import LeaseLost, Stopped
 from agents.models import Action, Agent, KillSwitch, Run
 from agents.services import killswitch_engage, killswitch_release, run_cancel, run_start
-from audit import offline, verbs
-from audit.chain import CONTENT_FIELDS, GENESIS, chain_hash
+from audit import export, offline, verbs
+from audit.chain import CONTENT_FIELDS, FORMAT_FIELD, GENESIS, chain_hash
 from audit.models import AuditEvent, ChainHead
 from audit.services import SYSTEM, Actor, audit_record, event_content
 from audit.verify import chain_verify
@@ -325,8 +326,20 @@ def test_the_columns_generated_from_the_body_are_the_content_fields() -> None:
 def test_every_writer_and_reader_uses_the_one_content_field_list() -> None:
     content = event_content(verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=1)
     assert tuple(content) == CONTENT_FIELDS
-    # The offline verifier restates the format on purpose (it imports nothing of Baton's).
+    # The offline verifiers restate the format on purpose (they import nothing of Baton's).
     assert offline.EVENT_FIELDS == CONTENT_FIELDS
+    script = (ROOT / "audit" / "verify.js").read_text()
+
+    def js_list(name: str) -> list[str]:
+        found = re.search(rf"const {name} = \[(.*?)\];", script, re.DOTALL)
+        assert found, name
+        return re.findall(r'"([^"]+)"', found.group(1))
+
+    assert js_list("CSV_COLUMNS") == list(export.CSV_COLUMNS)
+    assert sorted(js_list("EVENT_KEYS")) == sorted([*CONTENT_FIELDS, FORMAT_FIELD])
+    assert sorted(js_list("STRING_FIELDS") + js_list("ID_FIELDS")) == sorted(
+        name for name in CONTENT_FIELDS if name != "payload"
+    )
 
 
 # --- run on SQLite as well -------------------------------------------------------------
