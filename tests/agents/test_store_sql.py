@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 import pytest
 from django.db import connection
 
+from agents import roles
 from agents.killswitches import admit_locks_sql, admit_targets_sql, lock_key, targets_for
 from agents.models import Agent, KillSwitch
 from audit import chain
-from console import roles
 
 pytestmark = pytest.mark.django_db
 
