@@ -11,25 +11,38 @@ from __future__ import annotations
 
 import http.cookiejar
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from bench.common import ms, pct, report, service_env, start_web, start_worker, use_bench_database
+
+if TYPE_CHECKING:
+    import redis
 
 RUNS = int(os.environ.get("BENCH_APPROVALS", "150"))
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _floor_receiver(url: str, ready: multiprocessing.Event) -> None:
+def popped(client: redis.Redis, key: str, timeout: float = 0) -> bytes:
+    """BLPOP's value (redis-py types a sync client's reply as maybe awaitable)."""
+    reply = cast("list[bytes] | None", client.blpop([key], timeout=timeout))
+    if reply is None:
+        raise RuntimeError(f"nothing arrived on {key} within {timeout}s")
+    return reply[1]
+
+
+def _floor_receiver(url: str, ready: multiprocessing.synchronize.Event) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
     ready.set()
     while True:
-        _, raw = client.blpop(["bench:floor"])
+        raw = popped(client, "bench:floor")
         if raw == b"stop":
             return
         client.lpush("bench:floor:seen", f"{raw.decode()} {time.perf_counter_ns()}")
@@ -51,7 +64,7 @@ def floor(db_url: str, redis_url: str, samples: int = 300) -> list[float]:
         started = time.perf_counter_ns()
         con.execute("INSERT INTO bench_floor (v) VALUES ('x')")
         client.lpush("bench:floor", str(started))
-        _, raw = client.blpop(["bench:floor:seen"])
+        raw = popped(client, "bench:floor:seen")
         sent, seen = map(int, raw.split())
         timings.append((seen - sent) / 1e9)
     client.lpush("bench:floor", "stop")
@@ -113,7 +126,9 @@ def main() -> None:
         opener.open(f"{base}/login/")
 
         def token() -> str:
-            return next(c.value for c in jar if c.name == "csrftoken")
+            value = next(c.value for c in jar if c.name == "csrftoken")
+            assert value is not None
+            return value
 
         opener.open(
             urllib.request.Request(
@@ -147,7 +162,7 @@ def main() -> None:
                 )
             )
             answered.append((time.perf_counter_ns() - started) / 1e9)
-            _, raw = client.blpop(["bench:started"], timeout=30)
+            raw = popped(client, "bench:started", timeout=30)
             mark_token, at = raw.decode().split()
             assert mark_token == run.input["token"], (mark_token, run.input)
             timings.append((int(at) - started) / 1e9)

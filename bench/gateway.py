@@ -10,8 +10,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from typing import TYPE_CHECKING
 
 from bench.common import ms, pct, report, use_bench_database
+
+if TYPE_CHECKING:
+    from agents.models import Agent
 
 STEPS = int(os.environ.get("BENCH_STEPS", "2000"))
 FLOOR_SAMPLES = 3000
@@ -43,7 +47,7 @@ def bare_calls() -> list[float]:
     return timings
 
 
-def agent() -> object:
+def agent() -> Agent:
     from agents.models import Agent, Team
     from agents.services import agent_create, version_create, version_publish
 
@@ -73,6 +77,7 @@ def governed_run(steps: int) -> tuple[list[float], float]:
     elapsed = time.perf_counter() - started
     run.refresh_from_db()
     assert run.status == Run.Status.SUCCEEDED, run.error
+    assert run.output is not None
     return run.output["timings"], elapsed
 
 

@@ -32,6 +32,7 @@ async def client(
     headers = {"Cookie": cookie, "Origin": "http://127.0.0.1"}
     async with websockets.connect(url, additional_headers=headers, max_size=None) as socket:
         hello = await socket.recv()
+        assert isinstance(hello, str), hello  # the console sends text frames
         match = FRAME.search(hello)
         assert match, hello
         started.append(int(match[1]))

@@ -12,12 +12,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hypothesis
 import pytest
 import redis
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    from agents.models import Team
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,7 +150,7 @@ class Worker:
     """A real `celery worker` process against the test database and this session's queue."""
 
     def __init__(
-        self, queue: str, tmp: Path, concurrency: int = 4, beat: bool = False, **env: str
+        self, queue: str, tmp: Path, env: dict[str, str], concurrency: int = 4, beat: bool = False
     ) -> None:
         self.queue, self.concurrency, self.beat = queue, concurrency, beat
         self.log = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
@@ -223,7 +228,7 @@ def start_worker(task_queue: str, tmp_path: Path) -> Iterator[Any]:
     started: list[Worker] = []
 
     def start(beat: bool = False, **env: str) -> Worker:
-        worker = Worker(task_queue, tmp_path, beat=beat, **env).start()
+        worker = Worker(task_queue, tmp_path, env, beat=beat).start()
         started.append(worker)
         return worker
 
@@ -274,7 +279,14 @@ def world(db: Any) -> Any:
     user_model = get_user_model()
 
     class World:
-        pass
+        claims: Team
+        support: Team
+        supervisor: User
+        second_supervisor: User
+        support_supervisor: User
+        compliance: User
+        admin: User
+        outsider: User
 
     w = World()
     w.claims = team_create(slug="claims", name="Claims")

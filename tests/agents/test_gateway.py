@@ -147,6 +147,7 @@ def test_arguments_breaking_the_schema_are_refused_audited_and_not_executed(
     assert "amount:" in pay.reason and "Additional properties" in pay.reason
     assert unknown.status == Action.Status.DENIED
     assert "no tool named 'test.nonexistent'" in unknown.reason
+    assert run.output is not None
     assert run.output["test.count"].startswith("ArgumentsInvalid")
     assert executions("7") == 0 and not Payment.objects.exists()
     assert verbs_of(run).count("action.invalid") == 2
@@ -170,6 +171,7 @@ def test_shadow_returns_the_simulation_and_sends_nothing(make_agent: Any) -> Non
     assert run.status == Run.Status.SUCCEEDED
     assert run.output == {"sent": False, "message_id": None}
     send = run.actions.get(kind=Action.Kind.TOOL)
+    assert send.result is not None
     assert send.status == Action.Status.SHADOWED and send.result["simulated"] is True
     assert SentEmail.objects.count() == 0
     assert "action.shadowed" in verbs_of(run)

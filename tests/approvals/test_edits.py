@@ -141,8 +141,10 @@ def test_an_edit_into_an_allow_rule_needs_only_this_approval(hold: Any, world: A
     execute_run(request.run_id)
     assert paid() == [80] and executions("pay:c1") == 1
     action = Action.objects.get(pk=request.action_id)
+    assert action.rule is not None
     assert (action.rule_index, action.rule["effect"]) == (4, "allow")
     allowed = AuditEvent.objects.get(run_id=request.run_id, verb="action.allowed")
+    assert allowed.payload is not None
     assert allowed.payload["rule"]["effect"] == "allow", "the trail names the rule it ran under"
 
 

@@ -519,6 +519,7 @@ def test_the_webhook_body_carries_the_request_and_a_link(
 ) -> None:
     settings.BATON_BASE_URL = "https://baton.example.com/"
     request = held_payment(make_agent)
+    assert request.due_at is not None
     body = webhook_body(event="approval.requested", request=request)
     assert body == json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))
     assert json.loads(body) == {

@@ -211,6 +211,7 @@ def test_a_request_escalates_to_the_next_group_then_fails_closed(
     )
     escalated = [m for m in mail.outbox if "Escalated" in m.subject]
     assert [m.to for m in escalated] == [["lena@baton.example"]], "the group is told"
+    assert request.due_at is not None
     assert request.due_at > timezone.now() + timedelta(minutes=59)
 
     ApprovalRequest.objects.filter(pk=request.pk).update(due_at=timezone.now())

@@ -276,7 +276,9 @@ def test_the_older_link_keeps_the_filters(world: Any, agents: Any) -> None:
         record(agents.claims, verbs.ACTION_DENIED if i % 2 else verbs.RUN_QUEUED, run_id=9)
     client = client_for(world.compliance)
     first = client.get("/audit/", {"verb": verbs.ACTION_DENIED, "team": "claims"}).content.decode()
-    older = html.unescape(OLDER.search(first).group(1))
+    link = OLDER.search(first)
+    assert link, first
+    older = html.unescape(link.group(1))
     assert "verb=action.denied" in older and "team=claims" in older and "before=" in older
     pages = walk(client, f"/audit/?verb={verbs.ACTION_DENIED}&run=9")
     walked = [s for p in pages for s in p]
@@ -284,9 +286,9 @@ def test_the_older_link_keeps_the_filters(world: Any, agents: Any) -> None:
         e.seq for e in everything() if e.verb == verbs.ACTION_DENIED and e.run_id == 9
     ]
     second = client.get(older).content.decode()
-    assert 'data-testid="newest"' in second and "before=" not in re.search(
-        r'<a href="([^"]+)"[^>]*data-testid="newest"', second
-    ).group(1)
+    newest = re.search(r'<a href="([^"]+)"[^>]*data-testid="newest"', second)
+    assert newest, second
+    assert "before=" not in newest.group(1)
 
 
 def test_a_supervisor_of_two_teams_walks_both_without_duplicates(world: Any, agents: Any) -> None:
@@ -367,6 +369,7 @@ def test_an_event_shows_every_column_its_payload_and_its_hashes(world: Any, agen
 
 def test_an_event_of_another_team_or_none_at_all_is_404(world: Any, agents: Any) -> None:
     theirs = AuditEvent.objects.filter(team_id=world.support.pk).first()
+    assert theirs is not None
     client = client_for(world.supervisor)
     assert client.get(f"/audit/events/{theirs.seq}/").status_code == 404
     assert client.get("/audit/events/999999999/").status_code == 404

@@ -38,6 +38,7 @@ def test_events_from_every_writer_chain_and_recompute(make_agent: Any) -> None:
     assert count > 10
     assert AuditEvent.objects.filter(verb=verbs.ACTION_SUCCEEDED).count() == 3
     action_event = AuditEvent.objects.filter(verb=verbs.ACTION_ALLOWED).order_by("seq").first()
+    assert action_event is not None
     assert action_event.subject_id == f"{run.pk}/1"
     assert action_event.payload["args"] == {"label": "c", "n": 0}
 

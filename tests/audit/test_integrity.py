@@ -308,7 +308,8 @@ def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> No
                 )
                 with app.transaction():
                     app.execute(APPEND_SQL, {"canonical": canonical_content(content)})
-                assert app.execute("SELECT count(*) FROM audit_auditevent").fetchone()[0] == 2
+                counted = app.execute("SELECT count(*) FROM audit_auditevent").fetchone()
+                assert counted is not None and counted[0] == 2
                 for attempt in (
                     "UPDATE audit_auditevent SET body = body",
                     "DELETE FROM audit_auditevent",

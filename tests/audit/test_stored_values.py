@@ -131,7 +131,7 @@ def test_a_stored_text_too_long_to_show_is_cut_and_the_page_says_where_it_is_who
 
 
 def test_what_a_page_shows_of_a_wide_and_deep_value_is_bounded_in_all() -> None:
-    row = list(range(200))
+    row: list[Any] = list(range(200))
     for _ in range(5):
         row = [row] * 200  # 200**6 values, shared so the test itself stays small
     assert len(json.dumps(shown(row))) < 100_000

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django.conf import settings
 from kombu import Connection, Queue
+from kombu.transport import redis as kombu_redis
 
 from tests.conftest import free_port
 from tests.support.private_redis import PrivateRedis
@@ -24,17 +25,20 @@ def test_restoring_the_messages_of_a_collected_connection_does_not_raise(
             for i in range(2):
                 producer.publish({"n": i}, routing_key="restore-test", declare=[queue])
         channel = connection.default_channel
-        channel.basic_get("restore-test")
-        channel.basic_get("restore-test")  # two tasks running, their messages unacked
+        assert isinstance(channel, kombu_redis.Channel)  # console.broker's, a Redis channel
+        first = channel.basic_get("restore-test")
+        second = channel.basic_get("restore-test")  # two tasks running, their messages unacked
+        assert first is not None and first.delivery_tag is not None
+        assert second is not None and second.delivery_tag is not None
         broker.stop()
         connection.collect(socket_timeout=1)  # what Celery does when the broker drops
         # What a forked pool child does after the fork (kombu's after-fork cleanup); the
         # stock transport then fails: 'NoneType' object has no attribute 'hostname'.
-        channel._disconnect_pools()
+        channel._disconnect_pools()  # type: ignore[attr-defined]  # private: not in kombu-stubs
         broker.start()
 
         channel.qos.restore_unacked()
-        channel.qos.ack(1)
-        channel.qos.reject(2, requeue=True)
+        channel.qos.ack(first.delivery_tag)
+        channel.qos.reject(second.delivery_tag, requeue=True)
     finally:
         broker.stop()

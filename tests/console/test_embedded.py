@@ -46,7 +46,9 @@ def test_the_embedded_console_comes_up_with_demo_agents_working(tmp_path: Path) 
             message="the start-up banner",
         )
         assert "embedded (SQLite, in-process worker)" in banner
-        username, password = re.search(r"^\s+(sam)\s+(\S+)\s+Supervisor$", banner, re.M).groups()
+        sam = re.search(r"^\s+(sam)\s+(\S+)\s+Supervisor$", banner, re.M)
+        assert sam, banner
+        username, password = sam.groups()
 
         db = tmp_path / "baton.sqlite3"
 
