@@ -134,6 +134,9 @@ def child_env(**extra: str) -> dict[str, str]:
     """The environment for a worker or server process: this one's, minus what only the
     test process itself may have."""
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    # The suite's defaults are in this environment already (tests/settings.py); a child
+    # loads the settings production loads, so one that drops a variable goes without it.
+    env["DJANGO_SETTINGS_MODULE"] = "console.settings"
     # The audit key and checkpoint file of the test at hand (see audit_keys).
     env["BATON_AUDIT_SIGNING_KEY_FILE"] = settings.BATON_AUDIT_SIGNING_KEY_FILE
     env["BATON_AUDIT_CHECKPOINT_DIR"] = settings.BATON_AUDIT_CHECKPOINT_DIR
