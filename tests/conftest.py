@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The `doorbells` fixture: the live doorbells a service rings on commit.
+pytest_plugins = ["tests.support.doorbells"]
+
 # Hypothesis must not judge this machine's speed: no per-example deadline, no health check
 # that fails a test because generating its inputs was slow on a loaded CI machine.
 hypothesis.settings.register_profile(

@@ -6,33 +6,16 @@ update the count and the list of what the queries are."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
-from agents.gateway import Context
-from agents.models import Action, Run
-from agents.services import run_start
+from agents.models import Action
 from tests.conftest import ALLOW_ALL_TESTS
 from tests.support.agents import executions
+from tests.support.gateway import claimed
 
 pytestmark = pytest.mark.django_db
-
-
-def claimed(agent: Any) -> Context:
-    """A run held by this test as a worker holds it (agents.runtime claims it the same way
-    and loads it with the same related rows), and the context its program would get."""
-    run = run_start(agent=agent, input={"label": "q", "steps": 1})
-    token = uuid.uuid4()
-    until = timezone.now() + timedelta(hours=1)
-    Run.objects.filter(pk=run.pk).update(
-        status=Run.Status.RUNNING, lease_token=token, lease_until=until
-    )
-    run = Run.objects.select_related("agent__team", "version").get(pk=run.pk)
-    return Context(run, token, {})
 
 
 def test_an_allowed_step_costs_two_queries(
@@ -44,7 +27,7 @@ def test_an_allowed_step_costs_two_queries(
     # The policy is parsed (and cached per version) when the context is made, and the tool
     # and its schema come from the in-process registry: no cache the step reads from the
     # database, so the count does not depend on what ran before.
-    ctx = claimed(agent)
+    ctx = claimed(agent, {"label": "q", "steps": 1})
     try:
         with django_assert_num_queries(2):
             # 1. SELECT * FROM baton_step_start(...): admit the step (the run's cancel flag
