@@ -25,6 +25,11 @@ DEFAULTS = {
     "BATON_CHROMIUM": "/usr/bin/chromium",
 }
 
+# The store contract's second run (tests/agents/test_store_contract.py) is on the
+# embedded default's SQLite: no database URL there.
+if os.environ.get("BATON_TEST_CONTRACT_ON") == "sqlite":
+    del DEFAULTS["DATABASE_URL"]
+
 for name, value in DEFAULTS.items():
     os.environ.setdefault(name, value)
 
