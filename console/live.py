@@ -83,20 +83,52 @@ def _send(groups: list[str], message: dict[str, Any]) -> None:
     loop, layer = _loop(), get_channel_layer()
     if loop is None or layer is None:
         return
+    loop.call_soon_threadsafe(_schedule, loop, layer, groups, message)
+
+
+DOORBELL = "live.doorbell"
+# Sends in flight at once, per loop. Without a bound a burst of events (a busy fleet, a
+# backlog after a pause) started one send per ring at once, and the Redis layer opened a
+# connection for each until Redis refused every client (its maxclients).
+MAX_SENDS = 16
+_pending: dict[asyncio.AbstractEventLoop, set[str]] = {}
+_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _schedule(
+    loop: asyncio.AbstractEventLoop, layer: Any, groups: list[str], message: dict[str, Any]
+) -> None:
+    """On the loop. A doorbell carries no event, so a group whose doorbell is queued and
+    not yet sent needs no second one: that doorbell goes out later and its sockets read
+    everything committed until then."""
+    pending = _pending.setdefault(loop, set())
+    slots = _slots.setdefault(loop, asyncio.Semaphore(MAX_SENDS))
     for group in groups:
-        future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
-        future.add_done_callback(_report)
+        if message.get("type") == DOORBELL:
+            if group in pending:
+                continue
+            pending.add(group)
+        loop.create_task(_deliver(layer, slots, pending, group, message)).add_done_callback(_report)
 
 
-def _report(future: Any) -> None:
-    if future.exception() is not None:
-        log.warning("live doorbell not delivered: %s", future.exception())
+async def _deliver(
+    layer: Any, slots: asyncio.Semaphore, pending: set[str], group: str, message: dict[str, Any]
+) -> None:
+    async with slots:
+        # From here on a new event needs a new doorbell: this one may already be read.
+        pending.discard(group)
+        await layer.group_send(group, message)
+
+
+def _report(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("live doorbell not delivered: %s", task.exception())
 
 
 def ring_on_commit(*, agent_id: int | None, team_id: int | None) -> None:
     """After the current transaction commits, tell the sockets that may see it."""
     groups = event_groups(agent_id, team_id)
-    transaction.on_commit(lambda: _send(groups, {"type": "live.doorbell"}), robust=True)
+    transaction.on_commit(lambda: _send(groups, {"type": DOORBELL}), robust=True)
 
 
 def say_to_user(user_id: int, message: dict[str, Any]) -> None:
