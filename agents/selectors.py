@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from agents.killswitches import targets_for
 from agents.models import Action, Agent, KillSwitch, Run
-from agents.permissions import agents_for_user, team_can, user_can
+from agents.permissions import agents_for_user, grants_prefetch, team_can, user_can
 
 
 def runs_for_user(user: Any) -> QuerySet[Run]:
@@ -59,6 +59,7 @@ def agent_cards(user: Any, agent_ids: set[int] | None = None) -> list[Any]:
             failed_runs=Count("runs", filter=Q(runs__status=Run.Status.FAILED)),
         )
     )
+    grants_prefetch(user, agents)
     switches = engaged_switches()
     pace = actions_per_minute([a.pk for a in agents])
     current = _current_runs([a.pk for a in agents])
