@@ -8,6 +8,7 @@ Capabilities: view, supervise, administer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import PermissionDenied
@@ -93,15 +94,17 @@ def _checker(user: Any) -> ObjectPermissionChecker:
     )
 
 
-def grants_prefetch(user: Any, agents: list[Agent]) -> None:
+def grants_prefetch(user: Any, agents: Sequence[Agent]) -> None:
     """Load a person's grants on these agents and on their teams up front, in a few
     queries whatever their number, so a page that asks `user_can` and `team_can` about
     every agent it lists costs no query per agent."""
     if not agents or not user.is_authenticated or not user.is_active or user.is_superuser:
         return
     checker = _checker(user)
-    checker.prefetch_perms(agents)
-    checker.prefetch_perms(list({agent.team_id: agent.team for agent in agents}.values()))
+    teams = list({agent.team_id: agent.team for agent in agents}.values())
+    # guardian takes any sequence of one model's objects; its stubs say only QuerySet.
+    checker.prefetch_perms(cast(Any, list(agents)))
+    checker.prefetch_perms(cast(Any, teams))
 
 
 def team_for_user(user: Any, slug: str, capability: str = "view") -> Team:
