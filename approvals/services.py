@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from agents.gateway import args_hash
 from agents.models import Action, Run
-from agents.policy import Rule, policy_for_version
+from agents.policy import Rule, policy_of
 from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
 from agents.services import ServiceError, storable
@@ -258,8 +258,7 @@ def _rebind(request: ApprovalRequest, args: dict[str, Any]) -> bool:
     """Bind the request to the edited arguments and to the rule they match, asking the
     run's policy exactly as the gateway does. True when that rule allows the action
     outright; raises when it denies or only shadows it."""
-    version = request.version
-    policy = policy_for_version(version.pk, json.dumps(version.policy, sort_keys=True))
+    policy = policy_of(request.version)
     verdict = policy.decide(request.tool, args)
     if verdict.effect == "deny":
         raise ServiceError(EDIT_DENIED.format(reason=verdict.reason))
