@@ -95,7 +95,7 @@ def apikey_create(
         )
         audit_record(
             verb=verbs.APIKEY_CREATED,
-            actor=_user_actor(user),
+            actor=Actor.of(user),
             subject_type="apikey",
             subject_id=key.pk,
             agent=agent,
@@ -113,7 +113,7 @@ def apikey_revoke(*, key: ApiKey, user: User | None, reason: str) -> None:
         ):
             audit_record(
                 verb=verbs.APIKEY_REVOKED,
-                actor=_user_actor(user),
+                actor=Actor.of(user),
                 subject_type="apikey",
                 subject_id=key.pk,
                 agent=key.agent,
@@ -142,12 +142,6 @@ def apikey_authenticate(presented: str) -> ApiKey:
     if key.last_used_at is None or now - key.last_used_at > LAST_USE_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key
-
-
-def _user_actor(user: User | None) -> Actor:
-    from audit.services import SYSTEM
-
-    return Actor.user(user) if user is not None else SYSTEM
 
 
 # --- runs and steps ----------------------------------------------------------------------

@@ -57,10 +57,6 @@ def storable(value: Any, where: str) -> Any:
         raise Unstorable(str(exc)) from None
 
 
-def _actor(user: User | None) -> Actor:
-    return Actor.user(user) if user is not None else SYSTEM
-
-
 def team_create(*, slug: str, name: str) -> Team:
     return Team.objects.create(slug=slug, name=name)
 
@@ -82,7 +78,7 @@ def agent_create(
         )
         audit_record(
             verb=verbs.AGENT_CREATED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="agent",
             subject_id=agent.pk,
             agent=agent,
@@ -130,7 +126,7 @@ def version_create(
         )
         audit_record(
             verb=verbs.VERSION_CREATED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="version",
             subject_id=version.pk,
             agent=agent,
@@ -153,7 +149,7 @@ def version_publish(*, version: AgentVersion, user: User | None = None, reason: 
         agent.save(update_fields=["live_version"])
         audit_record(
             verb=verbs.POLICY_PUBLISHED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="version",
             subject_id=version.pk,
             agent=agent,
@@ -190,7 +186,7 @@ def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) 
         )
         audit_run(
             verbs.RUN_QUEUED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             run=run,
             payload={"input": input, "version": agent.live_version_id},
         )
@@ -241,7 +237,7 @@ def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
         raise ServiceError(REASON_REQUIRED)
     with transaction.atomic():
         lock_for_engage(switch_target(KillSwitch.Scope.AGENT, run.agent_id))
-        if not _cancel_runs(Run.objects.filter(pk=run.pk), reason=reason, actor=_actor(user)):
+        if not _cancel_runs(Run.objects.filter(pk=run.pk), reason=reason, actor=Actor.of(user)):
             raise ServiceError(RUN_ALREADY_FINISHED.format(run=run.pk))
 
 
@@ -284,11 +280,11 @@ def killswitch_engage(
         cancelled = 0
         if mode == KillSwitch.Mode.HALT:
             cancelled = _cancel_runs(
-                _scope_runs(switch), reason=f"halted: {reason}", actor=_actor(user)
+                _scope_runs(switch), reason=f"halted: {reason}", actor=Actor.of(user)
             )
         audit_record(
             verb=verbs.KILLSWITCH_ENGAGED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="killswitch",
             subject_id=switch.pk,
             agent=agent,
@@ -327,7 +323,7 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
             ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=timezone.now()):
                 audit_run(
                     verbs.RUN_QUEUED,
-                    actor=_actor(user),
+                    actor=Actor.of(user),
                     run=run,
                     payload={"why": "the pause was released"},
                 )
@@ -335,7 +331,7 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
                 enqueue(run.pk)
         audit_record(
             verb=verbs.KILLSWITCH_RELEASED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="killswitch",
             subject_id=switch.pk,
             agent=switch.agent,
