@@ -33,14 +33,14 @@ from agents.gateway.core import (
     Stop,
     decide_step,
 )
-from agents.killswitches import engaged_for
-from agents.models import Action, Agent, ApiKey, KillSwitch, Run
+from agents.models import Action, Agent, ApiKey, Run
 from agents.services import (
-    AGENT_HALTED,
-    NO_LIVE_VERSION,
     REASON_REQUIRED,
+    Conflict,
+    NotFound,
     ServiceError,
-    run_input_check,
+    Unauthorized,
+    run_start_check,
     storable,
 )
 from audit import verbs
@@ -62,10 +62,6 @@ STEP_NOT_OPEN = "step {seq} is {status}, not running: nothing to report"
 STEPS_STILL_OPEN = "step {seq} is still {status}: report or resolve it before finishing"
 SAME_STEP_DIFFERENT_CALL = "step {seq} was submitted before as a different call"
 LAST_USE_RESOLUTION = timedelta(minutes=1)
-
-
-class Conflict(ServiceError):
-    """The request is well formed but the run or step is not in a state that allows it."""
 
 
 # --- keys ------------------------------------------------------------------------------
@@ -122,7 +118,7 @@ def apikey_revoke(*, key: ApiKey, user: User | None, reason: str) -> None:
 
 
 def apikey_authenticate(presented: str) -> ApiKey:
-    """The live key for `bk_<prefix>.<secret>`, or ServiceError saying why not."""
+    """The live key for `bk_<prefix>.<secret>`, or Unauthorized saying why not."""
     body = presented.removeprefix("bk_")
     prefix, _, secret = body.partition(".")
     key = (
@@ -133,12 +129,12 @@ def apikey_authenticate(presented: str) -> ApiKey:
         else None
     )
     if key is None or not hmac.compare_digest(key.secret_hash, _hash(secret)):
-        raise ServiceError(KEY_INVALID)
+        raise Unauthorized(KEY_INVALID)
     now = timezone.now()
     if key.revoked_at is not None:
-        raise ServiceError(KEY_REVOKED)
+        raise Unauthorized(KEY_REVOKED)
     if key.expires_at <= now:
-        raise ServiceError(KEY_EXPIRED)
+        raise Unauthorized(KEY_EXPIRED)
     if key.last_used_at is None or now - key.last_used_at > LAST_USE_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key
@@ -174,18 +170,13 @@ def _gate(run: Run) -> Gate:
 
 
 def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
-    input = storable(input, "input")
-    run_input_check(input)
     agent = key.agent
     with transaction.atomic():
-        if agent.live_version_id is None:
-            raise Conflict(NO_LIVE_VERSION.format(agent=agent.name))
-        if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
-            raise Conflict(AGENT_HALTED.format(agent=agent.name))
+        input, version_id = run_start_check(agent=agent, input=input)
         now = timezone.now()
         run = Run.objects.create(
             agent=agent,
-            version_id=agent.live_version_id,
+            version_id=version_id,
             input=input,
             status=Run.Status.RUNNING,
             started_at=now,
@@ -209,7 +200,7 @@ def remote_run(key: ApiKey, run_id: int) -> Run:
         .first()
     )
     if run is None:
-        raise Run.DoesNotExist(f"no run {run_id} for this agent")
+        raise NotFound(f"no run {run_id} for this agent")
     return run
 
 
@@ -284,7 +275,7 @@ def remote_action_poll(*, run: Run, seq: int) -> dict[str, Any]:
     gate = _gate(run)
     action = gate.journal.get(seq)
     if action is None:
-        raise Action.DoesNotExist(f"run {run.pk} has no step {seq}")
+        raise NotFound(f"run {run.pk} has no step {seq}")
     return _decide(gate, seq, action.name, action.requested_args)
 
 
@@ -293,7 +284,7 @@ def remote_action_report(
 ) -> dict[str, Any]:
     action = Action.objects.filter(run=run, seq=seq).first()
     if action is None:
-        raise Action.DoesNotExist(f"run {run.pk} has no step {seq}")
+        raise NotFound(f"run {run.pk} has no step {seq}")
     if action.status != S.STARTED:
         same = (action.status == S.SUCCEEDED and ok and action.result == plain_json(result)) or (
             action.status == S.FAILED and not ok and action.error == error

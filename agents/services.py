@@ -37,6 +37,19 @@ class Unstorable(ServiceError):
     """Input the audit trail cannot store (audit.jsonsafe); nothing was changed."""
 
 
+class Conflict(ServiceError):
+    """The request is well formed but the thing it is about is not in a state that allows
+    it (a run that cannot start, a step that is not open, a request that changed)."""
+
+
+class NotFound(ServiceError):
+    """No such thing, or none the caller may see."""
+
+
+class Unauthorized(ServiceError):
+    """The caller's credentials are missing, wrong, expired or revoked."""
+
+
 AGENT_HALTED = "{agent} is halted: release the kill switch before starting runs"
 NO_LIVE_VERSION = "{agent} has no live version to run"
 SWITCH_ALREADY_ENGAGED = "a kill switch is already engaged on {target}"
@@ -169,17 +182,26 @@ def run_input_check(input: Any) -> None:
         raise ServiceError(RUN_INPUT_TOO_LARGE.format(limit=limit, size=size))
 
 
-def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
+def run_start_check(*, agent: Agent, input: Any) -> tuple[dict[str, Any], int]:
+    """What every run start requires, hosted or remote: input the trail can store, within
+    the size limit; a live version; no halt switch covering the agent. Returns the input
+    as it is stored and the version the run starts on. Called inside the start's
+    transaction, so a halt engaged meanwhile is seen (agents.killswitches)."""
     input = storable(input, "input")
     run_input_check(input)
+    if agent.live_version_id is None:
+        raise Conflict(NO_LIVE_VERSION.format(agent=agent.name))
+    if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
+        raise Conflict(AGENT_HALTED.format(agent=agent.name))
+    return input, agent.live_version_id
+
+
+def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
     with transaction.atomic():
-        if agent.live_version_id is None:
-            raise ServiceError(NO_LIVE_VERSION.format(agent=agent.name))
-        if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
-            raise ServiceError(AGENT_HALTED.format(agent=agent.name))
+        input, version_id = run_start_check(agent=agent, input=input)
         run = Run.objects.create(
             agent=agent,
-            version_id=agent.live_version_id,
+            version_id=version_id,
             input=input,
             launched_by=user,
             enqueued_at=timezone.now(),
@@ -188,7 +210,7 @@ def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) 
             verbs.RUN_QUEUED,
             actor=Actor.of(user),
             run=run,
-            payload={"input": input, "version": agent.live_version_id},
+            payload={"input": input, "version": version_id},
         )
         enqueue(run.pk)
     return run

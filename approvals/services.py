@@ -16,7 +16,7 @@ from agents.models import Action, Run
 from agents.policy import Rule, policy_of
 from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
-from agents.services import ServiceError, storable
+from agents.services import Conflict, ServiceError, storable
 from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
@@ -44,7 +44,7 @@ EDIT_NOT_YOURS = "the edited arguments fall under {rule}, which you may not appr
 BAD_VERDICT = "a decision is approve or reject"
 
 
-class AlreadyDecided(ServiceError):
+class AlreadyDecided(Conflict):
     pass
 
 
@@ -163,7 +163,7 @@ def approval_decide(
         if not may_decide(user, request):
             raise _refusal(user, request)
         if seen_args_hash != request.args_hash:
-            raise ServiceError(STALE_DECISION)
+            raise Conflict(STALE_DECISION)
         before = args = request.args
         allowed = False
         if edited_args is not None and verdict == ApprovalDecision.Verdict.APPROVE:
