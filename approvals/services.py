@@ -3,7 +3,6 @@ the decision service is complete here so the resume path is real."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -245,9 +244,9 @@ def _refusal(user: User, request: ApprovalRequest) -> Exception:
 
 
 def _check_edit(request: ApprovalRequest, edited: Any) -> dict[str, Any]:
+    # `edited` is plain JSON already: approval_decide made it storable on the way in.
     if not isinstance(edited, dict):
         raise ServiceError(EDIT_INVALID.format(errors="arguments: must be an object"))
-    edited = json.loads(json.dumps(edited))
     errors = get_tool(request.tool).argument_errors(edited)
     if errors:
         raise ServiceError(EDIT_INVALID.format(errors="; ".join(errors)))
