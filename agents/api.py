@@ -27,7 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from agents import remote
 from agents.models import Action, ApiKey, Run
-from agents.services import ServiceError
+from agents.services import Conflict, NotFound, ServiceError, Unauthorized
 from agents.services import Unstorable as UnstorableInput
 from audit.jsonsafe import Unstorable, check_text, plain_json
 
@@ -90,7 +90,7 @@ def _authenticate(request: HttpRequest) -> ApiKey | JsonResponse:
         return _error(401, Code.UNAUTHORIZED, NO_KEY, **{"WWW-Authenticate": "Bearer"})
     try:
         return remote.apikey_authenticate(header.removeprefix("Bearer ").strip())
-    except ServiceError as exc:
+    except Unauthorized as exc:
         return _error(
             401,
             Code.UNAUTHORIZED,
@@ -139,13 +139,16 @@ def _field(
 
 
 def _mapped(exc: Exception) -> JsonResponse:
-    """The JSON answer for an error raised while serving an API call."""
+    """The JSON answer for an error raised while serving an API call: its status and code
+    follow from the exception's type, never from its text."""
     if isinstance(exc, ApiError):
         return _error(exc.status, exc.code, str(exc))
-    if isinstance(exc, Run.DoesNotExist | Action.DoesNotExist):
+    if isinstance(exc, NotFound):
         return _error(404, Code.NOT_FOUND, str(exc))
-    if isinstance(exc, remote.Conflict):
+    if isinstance(exc, Conflict):
         return _error(409, Code.CONFLICT, str(exc))
+    if isinstance(exc, Unauthorized):
+        return _error(401, Code.UNAUTHORIZED, str(exc))
     if isinstance(exc, Unstorable | UnstorableInput):
         return _error(400, Code.UNSTORABLE, str(exc))
     if isinstance(exc, ServiceError):

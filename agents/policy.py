@@ -15,12 +15,16 @@ an expression or its structured form, never eval).
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.conditions import Condition, ConditionError, compile_condition
+
+if TYPE_CHECKING:
+    from agents.models import AgentVersion
 
 EFFECTS = ("allow", "deny", "approve", "shadow")
 ON_TIMEOUT = ("reject", "escalate")
@@ -206,9 +210,14 @@ def parse_policy(data: object) -> Policy:
     )
 
 
-@lru_cache(maxsize=512)
-def policy_for_version(version_id: int, policy_json: str) -> Policy:
-    """Versions are immutable, so a parsed policy is cached per version."""
-    import json
+def policy_of(version: AgentVersion) -> Policy:
+    """The version's policy, parsed: what the gateway decides by, and what an approver's
+    edit is checked against."""
+    return _parsed(version.pk, json.dumps(version.policy, sort_keys=True))
 
+
+@lru_cache(maxsize=512)
+def _parsed(version_id: int, policy_json: str) -> Policy:
+    # Versions are immutable, so a parsed policy is cached per version (its text is in
+    # the key all the same: a test may build an unsaved version with any policy).
     return parse_policy(json.loads(policy_json))

@@ -21,27 +21,30 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents import store
-from agents.errors import (
-    Delayed,
-    Divergence,
-    LeaseLost,
-    PolicyDenied,
-    Stopped,
-    Suspended,
+from agents.errors import Divergence, LeaseLost
+from agents.gateway.core import (
+    Allow,
+    Delay,
+    Deny,
+    Gate,
+    Hold,
+    Recorded,
+    Shadow,
+    Stop,
+    decide_step,
 )
-from agents.gateway import Context, _jsonable
-from agents.killswitches import engaged_for
-from agents.models import Action, Agent, ApiKey, KillSwitch, Run
-from agents.registry import Tool
+from agents.models import Action, Agent, ApiKey, Run
 from agents.services import (
-    AGENT_HALTED,
-    NO_LIVE_VERSION,
     REASON_REQUIRED,
+    Conflict,
+    NotFound,
     ServiceError,
-    run_input_check,
+    Unauthorized,
+    run_start_check,
     storable,
 )
 from audit import verbs
+from audit.jsonsafe import plain_json
 from audit.services import Actor, audit_record, audit_run
 
 if TYPE_CHECKING:
@@ -59,10 +62,6 @@ STEP_NOT_OPEN = "step {seq} is {status}, not running: nothing to report"
 STEPS_STILL_OPEN = "step {seq} is still {status}: report or resolve it before finishing"
 SAME_STEP_DIFFERENT_CALL = "step {seq} was submitted before as a different call"
 LAST_USE_RESOLUTION = timedelta(minutes=1)
-
-
-class Conflict(ServiceError):
-    """The request is well formed but the run or step is not in a state that allows it."""
 
 
 # --- keys ------------------------------------------------------------------------------
@@ -92,7 +91,7 @@ def apikey_create(
         )
         audit_record(
             verb=verbs.APIKEY_CREATED,
-            actor=_user_actor(user),
+            actor=Actor.of(user),
             subject_type="apikey",
             subject_id=key.pk,
             agent=agent,
@@ -110,7 +109,7 @@ def apikey_revoke(*, key: ApiKey, user: User | None, reason: str) -> None:
         ):
             audit_record(
                 verb=verbs.APIKEY_REVOKED,
-                actor=_user_actor(user),
+                actor=Actor.of(user),
                 subject_type="apikey",
                 subject_id=key.pk,
                 agent=key.agent,
@@ -119,7 +118,7 @@ def apikey_revoke(*, key: ApiKey, user: User | None, reason: str) -> None:
 
 
 def apikey_authenticate(presented: str) -> ApiKey:
-    """The live key for `bk_<prefix>.<secret>`, or ServiceError saying why not."""
+    """The live key for `bk_<prefix>.<secret>`, or Unauthorized saying why not."""
     body = presented.removeprefix("bk_")
     prefix, _, secret = body.partition(".")
     key = (
@@ -130,74 +129,54 @@ def apikey_authenticate(presented: str) -> ApiKey:
         else None
     )
     if key is None or not hmac.compare_digest(key.secret_hash, _hash(secret)):
-        raise ServiceError(KEY_INVALID)
+        raise Unauthorized(KEY_INVALID)
     now = timezone.now()
     if key.revoked_at is not None:
-        raise ServiceError(KEY_REVOKED)
+        raise Unauthorized(KEY_REVOKED)
     if key.expires_at <= now:
-        raise ServiceError(KEY_EXPIRED)
+        raise Unauthorized(KEY_EXPIRED)
     if key.last_used_at is None or now - key.last_used_at > LAST_USE_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key
 
 
-def _user_actor(user: User | None) -> Actor:
-    from audit.services import SYSTEM
-
-    return Actor.user(user) if user is not None else SYSTEM
-
-
 # --- runs and steps ----------------------------------------------------------------------
 
 
-class Admitted(Exception):  # noqa: N818  (control flow of RemoteContext)
-    def __init__(self, action: Action) -> None:
-        self.action = action
+class Remote:
+    """The gateway adapter of a remote run (agents.gateway.core.Adapter): the agent executes
+    its own tools and holds no worker lease; while a step waits for people the run stays
+    `running` (the agent is alive and polling) with a wait reason, and a step the journal
+    holds open is the agent's to report, not the gateway's to take up again."""
 
+    resumes_open_steps = False
 
-class RemoteContext(Context):
-    """The gateway for an agent that runs its own tools."""
-
-    def _execute(
-        self,
-        seq: int,
-        tool: Tool,
-        args: dict[str, Any],
-        requested: dict[str, Any],
-        verdict: Any,
-        existing: Action | None,
-    ) -> Any:
-        raise Admitted(self._start(seq, tool, args, requested, verdict, existing))
-
-    def _park(self) -> None:
-        # A remote run stays `running` while a step waits: the agent is alive and polling.
-        Run.objects.filter(pk=self.run.pk).update(wait_reason=Run.WaitReason.APPROVAL)
-
-    def _audit_waiting(self) -> None:
-        pass  # the run did not change state
-
-    def _maybe_renew(self) -> None:
+    def renew(self) -> None:
         pass  # a remote run holds no worker lease
 
+    def park(self, gate: Gate) -> None:
+        Run.objects.filter(pk=gate.run.pk).update(wait_reason=Run.WaitReason.APPROVAL)
 
-def _context(run: Run) -> RemoteContext:
+    def parked(self, gate: Gate) -> None:
+        pass  # the run did not change state
+
+
+REMOTE = Remote()
+
+
+def _gate(run: Run) -> Gate:
     journal = {a.seq: a for a in run.actions.all()}
-    return RemoteContext(run, run.lease_token or uuid.uuid4(), journal)
+    return Gate(run, run.lease_token or uuid.uuid4(), journal, REMOTE)
 
 
 def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
-    input = storable(input, "input")
-    run_input_check(input)
     agent = key.agent
     with transaction.atomic():
-        if agent.live_version_id is None:
-            raise Conflict(NO_LIVE_VERSION.format(agent=agent.name))
-        if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
-            raise Conflict(AGENT_HALTED.format(agent=agent.name))
+        input, version_id = run_start_check(agent=agent, input=input)
         now = timezone.now()
         run = Run.objects.create(
             agent=agent,
-            version_id=agent.live_version_id,
+            version_id=version_id,
             input=input,
             status=Run.Status.RUNNING,
             started_at=now,
@@ -221,7 +200,7 @@ def remote_run(key: ApiKey, run_id: int) -> Run:
         .first()
     )
     if run is None:
-        raise Run.DoesNotExist(f"no run {run_id} for this agent")
+        raise NotFound(f"no run {run_id} for this agent")
     return run
 
 
@@ -246,35 +225,33 @@ def describe(action: Action) -> dict[str, Any]:
     return {**base, "decision": "rejected", "reason": action.error or action.reason}
 
 
-def _outcome(ctx: RemoteContext, seq: int, call: Any) -> dict[str, Any]:
+def _decide(gate: Gate, seq: int, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's decision on step `seq`, as the API answers it."""
     try:
-        result = call()
-    except Admitted as admitted:
-        return describe(admitted.action)
-    except Suspended:
-        return describe(ctx._journal[seq])
-    except PolicyDenied as denied:
-        return (
-            describe(ctx._journal[seq])
-            if seq in ctx._journal
-            else {"seq": seq, "decision": "deny", "reason": denied.reason}
-        )
-    except Delayed as delayed:
-        return {
-            "seq": seq,
-            "decision": "retry",
-            "retry_after": round(delayed.countdown, 2),
-            "reason": delayed.reason,
-        }
-    except Stopped as stopped:
-        if stopped.mode == "pause":
-            return {"seq": seq, "decision": "paused", "reason": stopped.reason}
-        return {"seq": seq, "decision": "halted", "reason": stopped.reason}
+        outcome = decide_step(gate, seq, tool, args)
     except LeaseLost:
-        raise Conflict(RUN_NOT_RUNNING.format(run=ctx.run.pk, status=_status(ctx.run))) from None
+        raise Conflict(RUN_NOT_RUNNING.format(run=gate.run.pk, status=_status(gate.run))) from None
     except Divergence:
         raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=seq)) from None
-    return {"seq": seq, "decision": "shadow", "result": result}
+    match outcome:
+        case Allow(action) | Deny(action) | Hold(action) | Recorded(action):
+            return describe(action)
+        case Shadow(action):
+            return {"seq": seq, "decision": "shadow", "result": action.result}
+        case Delay(retry_after, reason):
+            return {
+                "seq": seq,
+                "decision": "retry",
+                "retry_after": round(retry_after, 2),
+                "reason": reason,
+            }
+        case Stop(mode, reason):
+            return {
+                "seq": seq,
+                "decision": "paused" if mode == "pause" else "halted",
+                "reason": reason,
+            }
+    raise AssertionError(f"unexpected outcome {outcome!r}")
 
 
 def _status(run: Run) -> str:
@@ -285,31 +262,21 @@ def remote_action_submit(*, run: Run, seq: int, tool: str, args: dict[str, Any])
     """The gateway's decision on step `seq`: allow (run it now), deny, shadow (here is the
     simulated result), pending (wait for people), retry (rate limit), paused or halted.
     Submitting the same step again returns its current state."""
-    ctx = _context(run)
-    existing = ctx._journal.get(seq)
-    if existing is not None:
-        try:
-            ctx._check_same(existing, Action.Kind.TOOL, tool, args)
-        except Divergence:
-            raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=seq)) from None
-        if existing.status == S.APPROVED:
-            return _outcome(ctx, seq, lambda: ctx._replay(existing, tool, args))
-        return describe(existing)
-    expected = max(ctx._journal, default=0) + 1
-    if seq != expected:
-        raise Conflict(STEP_OUT_OF_ORDER.format(seq=seq, expected=expected))
-    return _outcome(ctx, seq, lambda: ctx._new_tool_step(seq, tool, args))
+    gate = _gate(run)
+    if seq not in gate.journal:
+        expected = max(gate.journal, default=0) + 1
+        if seq != expected:
+            raise Conflict(STEP_OUT_OF_ORDER.format(seq=seq, expected=expected))
+    return _decide(gate, seq, tool, args)
 
 
 def remote_action_poll(*, run: Run, seq: int) -> dict[str, Any]:
     """The current state of a step; an approved step is admitted here, once."""
-    ctx = _context(run)
-    action = ctx._journal.get(seq)
+    gate = _gate(run)
+    action = gate.journal.get(seq)
     if action is None:
-        raise Action.DoesNotExist(f"run {run.pk} has no step {seq}")
-    if action.status == S.APPROVED:
-        return _outcome(ctx, seq, lambda: ctx._replay(action, action.name, action.requested_args))
-    return describe(action)
+        raise NotFound(f"run {run.pk} has no step {seq}")
+    return _decide(gate, seq, action.name, action.requested_args)
 
 
 def remote_action_report(
@@ -317,16 +284,16 @@ def remote_action_report(
 ) -> dict[str, Any]:
     action = Action.objects.filter(run=run, seq=seq).first()
     if action is None:
-        raise Action.DoesNotExist(f"run {run.pk} has no step {seq}")
+        raise NotFound(f"run {run.pk} has no step {seq}")
     if action.status != S.STARTED:
-        same = (action.status == S.SUCCEEDED and ok and action.result == _jsonable(result)) or (
+        same = (action.status == S.SUCCEEDED and ok and action.result == plain_json(result)) or (
             action.status == S.FAILED and not ok and action.error == error
         )
         if same:  # a repeated report after a lost answer
             return describe(action)
         raise Conflict(STEP_NOT_OPEN.format(seq=seq, status=action.status))
     status, verb = (S.SUCCEEDED, verbs.ACTION_SUCCEEDED) if ok else (S.FAILED, verbs.ACTION_FAILED)
-    value = _jsonable(result) if ok else None
+    value = plain_json(result) if ok else None
     try:
         store.finish_step(
             action=action,
@@ -363,7 +330,7 @@ def remote_run_finish(*, run: Run, output: Any = None, error: str = "") -> Run:
     with transaction.atomic():
         moved = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
             status=status,
-            output=None if error else _jsonable(output),
+            output=None if error else plain_json(output),
             error=error,
             finished_at=timezone.now(),
             lease_token=None,
@@ -378,7 +345,7 @@ def remote_run_finish(*, run: Run, output: Any = None, error: str = "") -> Run:
             run=run,
             payload={"error": error, "via": "api"}
             if error
-            else {"output": _jsonable(output), "via": "api"},
+            else {"output": plain_json(output), "via": "api"},
         )
     run.refresh_from_db()
     return run

@@ -10,7 +10,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from agents.models import Agent, Team
 from audit import verbs
-from audit.services import SYSTEM, Actor, audit_record
+from audit.services import Actor, audit_record
 
 SUPERVISOR = "Supervisor"
 COMPLIANCE = "Compliance"
@@ -66,7 +66,7 @@ def role_grant(*, user: Any, role: str, target: Agent | Team, granted_by: Any = 
             assign_perm(f"agents.{capability}_{kind}", user, target)
         audit_record(
             verb=verbs.GRANT_ADDED,
-            actor=Actor.user(granted_by) if granted_by else SYSTEM,
+            actor=Actor.of(granted_by),
             subject_type="user",
             subject_id=user.pk,
             agent=target if isinstance(target, Agent) else None,

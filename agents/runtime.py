@@ -27,12 +27,12 @@ from agents.errors import (
     Suspended,
     transient_backoff,
 )
-from agents.gateway import Context, _jsonable
+from agents.gateway import Context
 from agents.killswitches import engaged_for
 from agents.models import Run
 from agents.registry import get_program
 from audit import verbs
-from audit.jsonsafe import scrubbed
+from audit.jsonsafe import plain_json, scrubbed
 from audit.services import SYSTEM, Actor, audit_run
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def _drive(run: Run, token: uuid.UUID) -> None:
         _fail(run, token, scrubbed(f"{type(exc).__name__}: {exc}"))
     else:
         try:
-            result = _jsonable(output)
+            result = plain_json(output)
         except (TypeError, ValueError):
             _fail(run, token, "the program returned a value that is not JSON")
             return

@@ -37,6 +37,19 @@ class Unstorable(ServiceError):
     """Input the audit trail cannot store (audit.jsonsafe); nothing was changed."""
 
 
+class Conflict(ServiceError):
+    """The request is well formed but the thing it is about is not in a state that allows
+    it (a run that cannot start, a step that is not open, a request that changed)."""
+
+
+class NotFound(ServiceError):
+    """No such thing, or none the caller may see."""
+
+
+class Unauthorized(ServiceError):
+    """The caller's credentials are missing, wrong, expired or revoked."""
+
+
 AGENT_HALTED = "{agent} is halted: release the kill switch before starting runs"
 NO_LIVE_VERSION = "{agent} has no live version to run"
 SWITCH_ALREADY_ENGAGED = "a kill switch is already engaged on {target}"
@@ -55,10 +68,6 @@ def storable(value: Any, where: str) -> Any:
         return jsonsafe.plain_json(value, where)
     except jsonsafe.Unstorable as exc:
         raise Unstorable(str(exc)) from None
-
-
-def _actor(user: User | None) -> Actor:
-    return Actor.user(user) if user is not None else SYSTEM
 
 
 def team_create(*, slug: str, name: str) -> Team:
@@ -82,7 +91,7 @@ def agent_create(
         )
         audit_record(
             verb=verbs.AGENT_CREATED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="agent",
             subject_id=agent.pk,
             agent=agent,
@@ -130,7 +139,7 @@ def version_create(
         )
         audit_record(
             verb=verbs.VERSION_CREATED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="version",
             subject_id=version.pk,
             agent=agent,
@@ -153,7 +162,7 @@ def version_publish(*, version: AgentVersion, user: User | None = None, reason: 
         agent.save(update_fields=["live_version"])
         audit_record(
             verb=verbs.POLICY_PUBLISHED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="version",
             subject_id=version.pk,
             agent=agent,
@@ -173,26 +182,35 @@ def run_input_check(input: Any) -> None:
         raise ServiceError(RUN_INPUT_TOO_LARGE.format(limit=limit, size=size))
 
 
-def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
+def run_start_check(*, agent: Agent, input: Any) -> tuple[dict[str, Any], int]:
+    """What every run start requires, hosted or remote: input the trail can store, within
+    the size limit; a live version; no halt switch covering the agent. Returns the input
+    as it is stored and the version the run starts on. Called inside the start's
+    transaction, so a halt engaged meanwhile is seen (agents.killswitches)."""
     input = storable(input, "input")
     run_input_check(input)
+    if agent.live_version_id is None:
+        raise Conflict(NO_LIVE_VERSION.format(agent=agent.name))
+    if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
+        raise Conflict(AGENT_HALTED.format(agent=agent.name))
+    return input, agent.live_version_id
+
+
+def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
     with transaction.atomic():
-        if agent.live_version_id is None:
-            raise ServiceError(NO_LIVE_VERSION.format(agent=agent.name))
-        if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
-            raise ServiceError(AGENT_HALTED.format(agent=agent.name))
+        input, version_id = run_start_check(agent=agent, input=input)
         run = Run.objects.create(
             agent=agent,
-            version_id=agent.live_version_id,
+            version_id=version_id,
             input=input,
             launched_by=user,
             enqueued_at=timezone.now(),
         )
         audit_run(
             verbs.RUN_QUEUED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             run=run,
-            payload={"input": input, "version": agent.live_version_id},
+            payload={"input": input, "version": version_id},
         )
         enqueue(run.pk)
     return run
@@ -241,7 +259,7 @@ def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
         raise ServiceError(REASON_REQUIRED)
     with transaction.atomic():
         lock_for_engage(switch_target(KillSwitch.Scope.AGENT, run.agent_id))
-        if not _cancel_runs(Run.objects.filter(pk=run.pk), reason=reason, actor=_actor(user)):
+        if not _cancel_runs(Run.objects.filter(pk=run.pk), reason=reason, actor=Actor.of(user)):
             raise ServiceError(RUN_ALREADY_FINISHED.format(run=run.pk))
 
 
@@ -284,11 +302,11 @@ def killswitch_engage(
         cancelled = 0
         if mode == KillSwitch.Mode.HALT:
             cancelled = _cancel_runs(
-                _scope_runs(switch), reason=f"halted: {reason}", actor=_actor(user)
+                _scope_runs(switch), reason=f"halted: {reason}", actor=Actor.of(user)
             )
         audit_record(
             verb=verbs.KILLSWITCH_ENGAGED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="killswitch",
             subject_id=switch.pk,
             agent=agent,
@@ -327,7 +345,7 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
             ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=timezone.now()):
                 audit_run(
                     verbs.RUN_QUEUED,
-                    actor=_actor(user),
+                    actor=Actor.of(user),
                     run=run,
                     payload={"why": "the pause was released"},
                 )
@@ -335,7 +353,7 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
                 enqueue(run.pk)
         audit_record(
             verb=verbs.KILLSWITCH_RELEASED,
-            actor=_actor(user),
+            actor=Actor.of(user),
             subject_type="killswitch",
             subject_id=switch.pk,
             agent=switch.agent,

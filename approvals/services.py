@@ -3,7 +3,6 @@ the decision service is complete here so the resume path is real."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +12,10 @@ from django.utils import timezone
 
 from agents.gateway import args_hash
 from agents.models import Action, Run
-from agents.policy import Rule, policy_for_version
+from agents.policy import Rule, policy_of
 from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
-from agents.services import ServiceError, storable
+from agents.services import Conflict, ServiceError, storable
 from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
@@ -44,7 +43,7 @@ EDIT_NOT_YOURS = "the edited arguments fall under {rule}, which you may not appr
 BAD_VERDICT = "a decision is approve or reject"
 
 
-class AlreadyDecided(ServiceError):
+class AlreadyDecided(Conflict):
     pass
 
 
@@ -163,7 +162,7 @@ def approval_decide(
         if not may_decide(user, request):
             raise _refusal(user, request)
         if seen_args_hash != request.args_hash:
-            raise ServiceError(STALE_DECISION)
+            raise Conflict(STALE_DECISION)
         before = args = request.args
         allowed = False
         if edited_args is not None and verdict == ApprovalDecision.Verdict.APPROVE:
@@ -245,9 +244,9 @@ def _refusal(user: User, request: ApprovalRequest) -> Exception:
 
 
 def _check_edit(request: ApprovalRequest, edited: Any) -> dict[str, Any]:
+    # `edited` is plain JSON already: approval_decide made it storable on the way in.
     if not isinstance(edited, dict):
         raise ServiceError(EDIT_INVALID.format(errors="arguments: must be an object"))
-    edited = json.loads(json.dumps(edited))
     errors = get_tool(request.tool).argument_errors(edited)
     if errors:
         raise ServiceError(EDIT_INVALID.format(errors="; ".join(errors)))
@@ -258,8 +257,7 @@ def _rebind(request: ApprovalRequest, args: dict[str, Any]) -> bool:
     """Bind the request to the edited arguments and to the rule they match, asking the
     run's policy exactly as the gateway does. True when that rule allows the action
     outright; raises when it denies or only shadows it."""
-    version = request.version
-    policy = policy_for_version(version.pk, json.dumps(version.policy, sort_keys=True))
+    policy = policy_of(request.version)
     verdict = policy.decide(request.tool, args)
     if verdict.effect == "deny":
         raise ServiceError(EDIT_DENIED.format(reason=verdict.reason))

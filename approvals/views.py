@@ -11,11 +11,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.registry import get_tool
-from agents.services import ServiceError
+from agents.services import Conflict, ServiceError
 from approvals import selectors
 from approvals.forms import DecisionForm, QueueFilter, edited_arguments
 from approvals.models import ApprovalRequest
-from approvals.services import STALE_DECISION, AlreadyDecided, approval_decide
+from approvals.services import AlreadyDecided, approval_decide
 from console.http import HtmxHttpRequest, signed_in
 
 QUEUE_PAGE_SIZE = 50
@@ -121,7 +121,7 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     except AlreadyDecided as exc:
         return _render_request(request, _fresh(approval), error=str(exc), status=409)
     except ServiceError as exc:
-        status = 409 if str(exc) == STALE_DECISION else 400
+        status = 409 if isinstance(exc, Conflict) else 400
         return _render_request(request, _fresh(approval), form=form, error=str(exc), status=status)
     if request.htmx:
         response = _render_request(request, _fresh(approval))

@@ -31,6 +31,12 @@ class Actor:
     def agent(cls, agent: Any) -> Actor:
         return cls(AuditEvent.ActorType.AGENT, agent.pk, agent.slug)
 
+    @classmethod
+    def of(cls, user: AbstractBaseUser | AnonymousUser | None) -> Actor:
+        """Who made a change: the signed-in person, or Baton itself where nobody did (a
+        command, a task, a test's setup)."""
+        return SYSTEM if user is None else cls.user(user)
+
 
 SYSTEM = Actor(AuditEvent.ActorType.SYSTEM, None, "baton")
 

@@ -1,0 +1,423 @@
+"""The gateway's decision on a tool step, one function for hosted and remote agents alike.
+
+`decide_step` takes a step through the journal (replay), the argument schema, the policy
+and the rate limit, journals and audits what it decided in one transaction each, and
+returns the outcome as a value: Allow (the step is journaled `started`, committed: run it
+now), Deny, Shadow, Hold, Delay, Stop, or Recorded (the journal already holds this step's
+outcome). Every write is admitted first (kill switches, the run's cancel flag and its
+lease: agents.store), inside its transaction.
+
+Hosted and remote agents differ only in who executes the tool and in how a run waits for
+people. The caller says which with an `Adapter`: the hosted one (agents.gateway.hosted)
+keeps the worker's lease, gives it up when a step waits and resumes what an earlier
+execution left open; the remote one (agents.remote) holds no lease, keeps the run running
+while a step waits, and leaves open steps to the agent that holds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from agents import ratelimit, store
+from agents.approval_port import approvals
+from agents.errors import Divergence, LeaseLost, Stopped
+from agents.models import Action, Run
+from agents.policy import Policy, Verdict, policy_of
+from agents.registry import Tool, ToolCall, UnknownTool, get_tool
+from audit import verbs
+from audit.chain import canonical_json_v1
+from audit.jsonsafe import plain_json
+from audit.services import Actor, audit_append
+
+S = Action.Status
+
+
+def args_hash(args: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json_v1(args)).hexdigest()
+
+
+# --- outcomes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """The step is admitted and journaled `started` (committed): execute `tool` with
+    `action.args` and `action.idempotency_key`, then finish the step."""
+
+    action: Action
+    tool: Tool
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """Refused and journaled: `action.status` is `invalid` (arguments) or `denied` (the
+    policy, or no such tool); `action.reason` and `action.rule` say why."""
+
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """Not executed: `action.result` is the tool's simulated answer."""
+
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The step waits for people (`held`, or `unknown` after a lost worker); the run is
+    parked as the adapter parks it."""
+
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """A rate limit: nothing was journaled; ask again after `retry_after` seconds."""
+
+    retry_after: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A kill switch or a cancel covers the run. mode: 'pause', 'halt' or 'cancel'."""
+
+    mode: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The journal already holds this step's outcome; `action` is its row, unchanged."""
+
+    action: Action
+
+
+Outcome = Allow | Deny | Shadow | Hold | Delay | Stop | Recorded
+
+
+# --- who executes --------------------------------------------------------------------------
+
+
+class Adapter(Protocol):
+    """What differs between hosted and remote agents."""
+
+    # True where a step found open in the journal (started, held, approved, unknown) was
+    # left by an execution that has ended, so this call takes it up again (hosted: the
+    # program replays after a worker died or the run was parked). False where the agent
+    # executing the steps still holds them: only an approved step is taken up (remote).
+    resumes_open_steps: bool
+
+    def renew(self) -> None:
+        """Keep the run's lease at an admission (hosted), or nothing (remote)."""
+
+    def park(self, gate: Gate) -> None:
+        """The run waits for people; inside the step's transaction, before its action row
+        (store.LOCK_ORDER)."""
+
+    def parked(self, gate: Gate) -> None:
+        """After the step's events: the run's own event, if parking changed its state."""
+
+
+class Gate:
+    """One run's passage through the gateway: its journal, its policy, who executes."""
+
+    __slots__ = ("run", "agent", "token", "journal", "policy", "actor", "adapter")
+
+    def __init__(
+        self, run: Run, token: uuid.UUID, journal: dict[int, Action], adapter: Adapter
+    ) -> None:
+        self.run = run
+        self.agent = run.agent
+        self.token = token
+        self.journal = journal
+        self.policy: Policy = policy_of(run.version)
+        self.actor = Actor.agent(self.agent)
+        self.adapter = adapter
+
+
+# --- the decision --------------------------------------------------------------------------
+
+
+def decide_step(gate: Gate, seq: int, name: str, args: dict[str, Any]) -> Outcome:
+    """Decide tool step `seq`: a new step is checked, journaled and audited; a journaled
+    one is replayed. Raises Divergence when the journal holds another call at `seq`, and
+    LeaseLost when another worker owns the run."""
+    try:
+        existing = gate.journal.get(seq)
+        if existing is not None:
+            return _replay(gate, existing, name, args)
+        return _new_step(gate, seq, name, args)
+    except Stopped as stopped:  # admission refused (agents.store): nothing was written
+        return Stop(stopped.mode, stopped.reason)
+
+
+def check_same(gate: Gate, existing: Action, kind: str, name: str, args: dict[str, Any]) -> None:
+    """Raise Divergence unless the journal's step `existing` is this call."""
+    same_call = existing.kind == kind and existing.name == name
+    if same_call and args_hash(existing.requested_args) == args_hash(plain_json(args)):
+        return
+    raise Divergence(
+        f"run {gate.run.pk} diverged at step {existing.seq}: the journal holds "
+        f"{existing.kind} {existing.name!r} with {existing.requested_args}, but the program "
+        f"now asks for {kind} {name!r} with {plain_json(args)}. Agent programs must be "
+        "deterministic given their journal: use ctx.now() and ctx.random()."
+    )
+
+
+def _replay(gate: Gate, existing: Action, name: str, args: dict[str, Any]) -> Outcome:
+    check_same(gate, existing, Action.Kind.TOOL, name, args)
+    status = existing.status
+    if status not in Action.OPEN_STATUSES:
+        return Recorded(existing)
+    if status != S.APPROVED and not gate.adapter.resumes_open_steps:
+        return Recorded(existing)  # the agent holds it, or people decide it
+    if status in (S.HELD, S.UNKNOWN):
+        with transaction.atomic():
+            admit(gate)
+            gate.adapter.park(gate)
+            gate.adapter.parked(gate)
+        return Hold(existing)
+    tool = get_tool(name)
+    if status == S.APPROVED or tool.idempotent:
+        # Approved: run it now. Started but never finished (the worker died): a tool
+        # that takes an idempotency key is simply called again with the same key.
+        return Allow(_restart(gate, existing), tool)
+    return Hold(_hold_unknown(gate, existing))
+
+
+def _new_step(gate: Gate, seq: int, name: str, args: dict[str, Any]) -> Outcome:
+    try:
+        requested = plain_json(args)
+    except (TypeError, ValueError) as exc:
+        requested = {k: repr(v)[:200] for k, v in args.items()}
+        return _refuse(gate, seq, name, requested, S.INVALID, f"arguments are not JSON: {exc}")
+    try:
+        tool = get_tool(name)
+    except UnknownTool as exc:
+        return _refuse(gate, seq, name, requested, S.DENIED, str(exc))
+    errors = tool.argument_errors(requested)
+    if errors:
+        return _refuse(gate, seq, name, requested, S.INVALID, "; ".join(errors))
+    verdict = gate.policy.decide(name, requested)
+    if verdict.effect == "deny":
+        return _refuse(gate, seq, name, requested, S.DENIED, verdict.reason, verdict)
+    if verdict.effect == "shadow":
+        return _shadow(gate, seq, tool, requested, verdict)
+    if verdict.effect == "approve":
+        return _hold(gate, seq, tool, requested, verdict)
+    limit = gate.policy.rate_limit_for(name)
+    if limit is not None:
+        wait = ratelimit.take(gate.agent.pk, limit)
+        if wait:
+            return Delay(wait, f"rate limit {limit.limit}/{limit.per}s for {limit.tool}")
+    return Allow(_start(gate, seq, tool, requested, verdict), tool)
+
+
+# --- what each outcome writes ----------------------------------------------------------------
+
+
+def _refuse(
+    gate: Gate,
+    seq: int,
+    name: str,
+    args: dict[str, Any],
+    status: str,
+    reason: str,
+    verdict: Verdict | None = None,
+) -> Deny:
+    with transaction.atomic():
+        admit(gate)
+        action = journal_row(
+            gate,
+            seq,
+            Action.Kind.TOOL,
+            name,
+            args,
+            status=status,
+            reason=reason,
+            decision=Action.Decision.DENY,
+            verdict=verdict,
+            finished_at=timezone.now(),
+        )
+        verb = verbs.ACTION_INVALID if status == S.INVALID else verbs.ACTION_DENIED
+        audit_action(gate, verb, action, args=args, reason=reason, rule=action.rule)
+    return Deny(action)
+
+
+def _shadow(gate: Gate, seq: int, tool: Tool, args: dict[str, Any], verdict: Verdict) -> Shadow:
+    call = ToolCall(args, idempotency_key(gate, seq), gate.run.pk, gate.agent.slug)
+    simulated = tool.simulate(call) if tool.simulate else {"simulated": True}
+    with transaction.atomic():
+        admit(gate)
+        action = journal_row(
+            gate,
+            seq,
+            Action.Kind.TOOL,
+            tool.name,
+            args,
+            status=S.SHADOWED,
+            decision=Action.Decision.SHADOW,
+            verdict=verdict,
+            result=plain_json(simulated),
+            finished_at=timezone.now(),
+        )
+        audit_action(
+            gate, verbs.ACTION_SHADOWED, action, args=args, result=action.result, rule=action.rule
+        )
+    return Shadow(action)
+
+
+def _hold(gate: Gate, seq: int, tool: Tool, args: dict[str, Any], verdict: Verdict) -> Hold:
+    with transaction.atomic():
+        admit(gate)
+        # The run is parked first: its row comes before the chain head (store.LOCK_ORDER).
+        gate.adapter.park(gate)
+        action = journal_row(
+            gate,
+            seq,
+            Action.Kind.TOOL,
+            tool.name,
+            args,
+            status=S.HELD,
+            decision=Action.Decision.APPROVE,
+            verdict=verdict,
+        )
+        audit_action(gate, verbs.ACTION_HELD, action, args=args, rule=action.rule)
+        approvals().open(action=action, tool=tool, rule=verdict.rule)
+        gate.adapter.parked(gate)
+    return Hold(action)
+
+
+def _hold_unknown(gate: Gate, existing: Action) -> Action:
+    with transaction.atomic():
+        admit(gate)
+        gate.adapter.park(gate)  # the run's row before the action's (store.LOCK_ORDER)
+        moved = Action.objects.filter(
+            pk=existing.pk, status=S.STARTED, attempts=existing.attempts
+        ).update(status=S.UNKNOWN, reason="the worker stopped mid-step; outcome unknown")
+        if moved != 1:
+            raise LeaseLost()
+        existing.status = S.UNKNOWN
+        audit_action(gate, verbs.ACTION_UNKNOWN, existing, args=existing.args)
+        approvals().open(action=existing, tool=get_tool(existing.name), rule=None)
+        gate.adapter.parked(gate)
+    return existing
+
+
+def _start(gate: Gate, seq: int, tool: Tool, args: dict[str, Any], verdict: Verdict) -> Action:
+    """Admit a new step and journal it as `started`, committed before anything runs."""
+    rule = verdict.rule
+    gate.adapter.renew()
+    action = store.start_step(
+        run=gate.run,
+        token=gate.token,
+        agent=gate.agent,
+        seq=seq,
+        name=tool.name,
+        requested=args,
+        args=args,
+        args_hash=args_hash(args),
+        rule_index=rule.index if rule else None,
+        rule=rule.describe() if rule else None,
+        reason=verdict.reason,
+        key=idempotency_key(gate, seq),
+        actor=gate.actor,
+        payload=step_payload(
+            seq,
+            tool.name,
+            Action.Status.STARTED,
+            args=args,
+            rule=rule.describe() if rule else None,
+            attempt=1,
+        ),
+    )
+    gate.journal[seq] = action
+    return action
+
+
+def _restart(gate: Gate, action: Action) -> Action:
+    """An approved step, or a started one whose tool is idempotent: `started` again,
+    another attempt, committed before anything runs."""
+    with transaction.atomic():
+        admit(gate)
+        moved = Action.objects.filter(
+            pk=action.pk, status=action.status, attempts=action.attempts
+        ).update(status=S.STARTED, attempts=F("attempts") + 1, started_at=timezone.now())
+        if moved != 1:
+            raise LeaseLost()
+        verb = verbs.ACTION_ALLOWED if action.status == S.APPROVED else verbs.ACTION_RETRIED
+        action.status, action.attempts = S.STARTED, action.attempts + 1
+        audit_action(
+            gate, verb, action, args=action.args, rule=action.rule, attempt=action.attempts
+        )
+    return action
+
+
+# --- the run's admission and journal rows (also for hosted model calls and values) -----------
+
+
+def admit(gate: Gate) -> None:
+    """Inside the step's transaction: refuse (Stopped, LeaseLost) if the run was cancelled,
+    another worker owns it, or a kill switch covers it. Serialises with engage
+    (agents.killswitches)."""
+    store.admit(gate.run.pk, gate.token, gate.agent)
+    gate.adapter.renew()
+
+
+def idempotency_key(gate: Gate, seq: int) -> str:
+    return f"baton-run{gate.run.pk}-step{seq}"
+
+
+def journal_row(
+    gate: Gate,
+    seq: int,
+    kind: str,
+    name: str,
+    args: dict[str, Any],
+    *,
+    status: str,
+    verdict: Verdict | None = None,
+    **fields: Any,
+) -> Action:
+    """Journal a step decided here (its requested and its arguments are the same)."""
+    rule = verdict.rule.describe() if verdict and verdict.rule else None
+    if verdict is not None:
+        fields.setdefault("reason", verdict.reason)
+    try:
+        action = Action.objects.create(
+            run=gate.run,
+            seq=seq,
+            kind=kind,
+            name=name,
+            requested_args=args,
+            args=args,
+            args_hash=args_hash(args),
+            status=status,
+            rule_index=verdict.rule.index if verdict and verdict.rule else None,
+            rule=rule,
+            idempotency_key=idempotency_key(gate, seq),
+            **fields,
+        )
+    except IntegrityError:
+        # Another worker wrote this step first: it owns the run now.
+        raise LeaseLost() from None
+    gate.journal[seq] = action
+    return action
+
+
+def step_payload(seq: int, name: str, status: str, **details: Any) -> dict[str, Any]:
+    return {"seq": seq, "tool": name, "status": status, **details}
+
+
+def audit_action(gate: Gate, verb: str, action: Action, **details: Any) -> None:
+    payload = step_payload(action.seq, action.name, action.status, **details)
+    audit_append(store.action_event(verb, gate.actor, gate.run, gate.agent, action.seq, payload))
