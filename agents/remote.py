@@ -43,9 +43,9 @@ from agents.services import (
     run_start_check,
     storable,
 )
-from audit import verbs
 from audit.jsonsafe import plain_json
 from audit.services import Actor, audit_record, audit_run
+from audit.verbs import Verb
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -90,7 +90,7 @@ def apikey_create(
             expires_at=timezone.now() + timedelta(days=days),
         )
         audit_record(
-            verb=verbs.APIKEY_CREATED,
+            verb=Verb.APIKEY_CREATED,
             actor=Actor.of(user),
             subject_type="apikey",
             subject_id=key.pk,
@@ -108,7 +108,7 @@ def apikey_revoke(*, key: ApiKey, user: User | None, reason: str) -> None:
             revoked_at=timezone.now()
         ):
             audit_record(
-                verb=verbs.APIKEY_REVOKED,
+                verb=Verb.APIKEY_REVOKED,
                 actor=Actor.of(user),
                 subject_type="apikey",
                 subject_id=key.pk,
@@ -185,7 +185,7 @@ def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
             lease_token=uuid.uuid4(),
         )
         audit_run(
-            verbs.RUN_STARTED,
+            Verb.RUN_STARTED,
             actor=Actor.agent(agent),
             run=run,
             payload={"input": input, "via": "api", "key": key.prefix},
@@ -292,7 +292,7 @@ def remote_action_report(
         if same:  # a repeated report after a lost answer
             return describe(action)
         raise Conflict(STEP_NOT_OPEN.format(seq=seq, status=action.status))
-    status, verb = (S.SUCCEEDED, verbs.ACTION_SUCCEEDED) if ok else (S.FAILED, verbs.ACTION_FAILED)
+    status, verb = (S.SUCCEEDED, Verb.ACTION_SUCCEEDED) if ok else (S.FAILED, Verb.ACTION_FAILED)
     value = plain_json(result) if ok else None
     try:
         store.finish_step(
@@ -340,7 +340,7 @@ def remote_run_finish(*, run: Run, output: Any = None, error: str = "") -> Run:
         if not moved:
             raise Conflict(RUN_NOT_RUNNING.format(run=run.pk, status=_status(run)))
         audit_run(
-            verbs.RUN_FAILED if error else verbs.RUN_SUCCEEDED,
+            Verb.RUN_FAILED if error else Verb.RUN_SUCCEEDED,
             actor=Actor.agent(run.agent),
             run=run,
             payload={"error": error, "via": "api"}

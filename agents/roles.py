@@ -9,8 +9,8 @@ from django.db import transaction
 from guardian.shortcuts import assign_perm, remove_perm
 
 from agents.models import Agent, Team
-from audit import verbs
 from audit.services import Actor, audit_record
+from audit.verbs import Verb
 
 SUPERVISOR = "Supervisor"
 COMPLIANCE = "Compliance"
@@ -65,7 +65,7 @@ def role_grant(*, user: Any, role: str, target: Agent | Team, granted_by: Any = 
         for capability in GRANT_CAPABILITIES[role]:
             assign_perm(f"agents.{capability}_{kind}", user, target)
         audit_record(
-            verb=verbs.GRANT_ADDED,
+            verb=Verb.GRANT_ADDED,
             actor=Actor.of(granted_by),
             subject_type="user",
             subject_id=user.pk,

@@ -31,9 +31,9 @@ from agents.gateway import Context
 from agents.killswitches import engaged_for
 from agents.models import Run
 from agents.registry import get_program
-from audit import verbs
 from audit.jsonsafe import plain_json, scrubbed
 from audit.services import SYSTEM, Actor, audit_run
+from audit.verbs import Verb
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
             return None
         run = Run.objects.select_related("agent__team", "version").get(pk=run_id)
         audit_run(
-            verbs.RUN_STARTED,
+            Verb.RUN_STARTED,
             actor=SYSTEM,
             run=run,
             payload={"attempt": run.attempts},
@@ -83,7 +83,7 @@ def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
     return run
 
 
-def _settle(run: Run, token: uuid.UUID, verb: str, payload: dict[str, Any], **fields: Any) -> None:
+def _settle(run: Run, token: uuid.UUID, verb: Verb, payload: dict[str, Any], **fields: Any) -> None:
     with transaction.atomic():
         moved = Run.objects.filter(pk=run.pk, lease_token=token).update(
             lease_token=None, lease_until=None, **fields
@@ -125,7 +125,7 @@ def _retry_later(run: Run, token: uuid.UUID, fault: BaseException) -> None:
         _settle(
             run,
             token,
-            verbs.RUN_DELAYED,
+            Verb.RUN_DELAYED,
             {"reason": reason, "countdown": countdown},
             status=Run.Status.QUEUED,
             wait_reason="",
@@ -157,7 +157,7 @@ def _drive(run: Run, token: uuid.UUID) -> None:
         _settle(
             run,
             token,
-            verbs.RUN_DELAYED,
+            Verb.RUN_DELAYED,
             {"reason": d.reason, "countdown": d.countdown},
             status=Run.Status.QUEUED,
             wait_reason=Run.WaitReason.RATE_LIMIT,
@@ -169,7 +169,7 @@ def _drive(run: Run, token: uuid.UUID) -> None:
             _settle(
                 run,
                 token,
-                verbs.RUN_PAUSED,
+                Verb.RUN_PAUSED,
                 {"reason": s.reason},
                 status=Run.Status.WAITING,
                 wait_reason=Run.WaitReason.PAUSED,
@@ -178,7 +178,7 @@ def _drive(run: Run, token: uuid.UUID) -> None:
             _settle(
                 run,
                 token,
-                verbs.RUN_CANCELLED,
+                Verb.RUN_CANCELLED,
                 {"reason": s.reason},
                 status=Run.Status.CANCELLED,
                 error=s.reason,
@@ -203,7 +203,7 @@ def _drive(run: Run, token: uuid.UUID) -> None:
         _settle(
             run,
             token,
-            verbs.RUN_SUCCEEDED,
+            Verb.RUN_SUCCEEDED,
             {"output": result},
             status=Run.Status.SUCCEEDED,
             output=result,
@@ -215,7 +215,7 @@ def _fail(run: Run, token: uuid.UUID, error: str) -> None:
     _settle(
         run,
         token,
-        verbs.RUN_FAILED,
+        Verb.RUN_FAILED,
         {"error": error},
         status=Run.Status.FAILED,
         error=error,

@@ -20,8 +20,9 @@ from agents.models import Action, Agent, AgentVersion, KillSwitch, Run, Team
 from agents.policy import PolicyError, parse_policy
 from agents.registry import UnknownProgram, get_program
 from agents.runtime import enqueue
-from audit import jsonsafe, verbs
+from audit import jsonsafe
 from audit.services import SYSTEM, Actor, audit_record, audit_run
+from audit.verbs import Verb
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -90,7 +91,7 @@ def agent_create(
             slug=slug, name=name, team=team, kind=kind, description=description, owner=owner
         )
         audit_record(
-            verb=verbs.AGENT_CREATED,
+            verb=Verb.AGENT_CREATED,
             actor=Actor.of(user),
             subject_type="agent",
             subject_id=agent.pk,
@@ -138,7 +139,7 @@ def version_create(
             author=user,
         )
         audit_record(
-            verb=verbs.VERSION_CREATED,
+            verb=Verb.VERSION_CREATED,
             actor=Actor.of(user),
             subject_type="version",
             subject_id=version.pk,
@@ -161,7 +162,7 @@ def version_publish(*, version: AgentVersion, user: User | None = None, reason: 
         agent.live_version = version
         agent.save(update_fields=["live_version"])
         audit_record(
-            verb=verbs.POLICY_PUBLISHED,
+            verb=Verb.POLICY_PUBLISHED,
             actor=Actor.of(user),
             subject_type="version",
             subject_id=version.pk,
@@ -207,7 +208,7 @@ def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) 
             enqueued_at=timezone.now(),
         )
         audit_run(
-            verbs.RUN_QUEUED,
+            Verb.RUN_QUEUED,
             actor=Actor.of(user),
             run=run,
             payload={"input": input, "version": version_id},
@@ -246,7 +247,7 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
     approvals().cancel_for_runs(run_ids=ids, reason=reason, actor=actor)
     for run in locked:
         audit_run(
-            verbs.RUN_CANCELLED,
+            Verb.RUN_CANCELLED,
             actor=actor,
             run=run,
             payload={"reason": reason},
@@ -305,7 +306,7 @@ def killswitch_engage(
                 _scope_runs(switch), reason=f"halted: {reason}", actor=Actor.of(user)
             )
         audit_record(
-            verb=verbs.KILLSWITCH_ENGAGED,
+            verb=Verb.KILLSWITCH_ENGAGED,
             actor=Actor.of(user),
             subject_type="killswitch",
             subject_id=switch.pk,
@@ -344,7 +345,7 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
                 pk=run.pk, status=Run.Status.WAITING, wait_reason=Run.WaitReason.PAUSED
             ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=timezone.now()):
                 audit_run(
-                    verbs.RUN_QUEUED,
+                    Verb.RUN_QUEUED,
                     actor=Actor.of(user),
                     run=run,
                     payload={"why": "the pause was released"},
@@ -352,7 +353,7 @@ def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) ->
                 requeued += 1
                 enqueue(run.pk)
         audit_record(
-            verb=verbs.KILLSWITCH_RELEASED,
+            verb=Verb.KILLSWITCH_RELEASED,
             actor=Actor.of(user),
             subject_type="killswitch",
             subject_id=switch.pk,
@@ -376,7 +377,7 @@ def runs_sweep() -> int:
                 status=Run.Status.QUEUED, lease_token=None, lease_until=None, enqueued_at=now
             ):
                 audit_run(
-                    verbs.RUN_REQUEUED,
+                    Verb.RUN_REQUEUED,
                     actor=SYSTEM,
                     run=run,
                     payload={"why": "lease expired: its worker stopped"},

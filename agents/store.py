@@ -31,9 +31,9 @@ from django.utils import timezone
 from agents.errors import LeaseLost, Stopped
 from agents.killswitches import engaged_for
 from agents.models import Action, Agent, Run
-from audit import verbs
 from audit.chain import canonical_content
 from audit.services import Actor, audit_append, event_content
+from audit.verbs import Verb
 from console.live import ring_on_commit
 
 LOCK_ORDER = (
@@ -135,7 +135,7 @@ def start_step(
     """Admit a new allowed step and journal it as `started`, committed before the tool
     runs: admit, record the journal row, audit `action.allowed`, ring the live doorbell.
     On Postgres the first three are one round trip (baton_step_start)."""
-    event = action_event(verbs.ACTION_ALLOWED, actor, run, agent, seq, payload)
+    event = action_event(Verb.ACTION_ALLOWED, actor, run, agent, seq, payload)
     action = Action(
         run=run,
         seq=seq,

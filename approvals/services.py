@@ -20,8 +20,8 @@ from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
 from approvals.selectors import NOT_YOURS, may_decide, refusal
-from audit import verbs
 from audit.services import SYSTEM, Actor, audit_record, audit_run
+from audit.verbs import Verb
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -70,7 +70,7 @@ def approval_request_open(*, action: Action, tool: Tool, rule: Rule | None) -> A
         policy_author_id=run.version.author_id,
     )
     audit_record(
-        verb=verbs.APPROVAL_REQUESTED,
+        verb=Verb.APPROVAL_REQUESTED,
         actor=Actor.agent(run.agent),
         subject_type="approval",
         subject_id=request.pk,
@@ -103,7 +103,7 @@ def _release(
         pk=request.run_id, status=Run.Status.WAITING, wait_reason=Run.WaitReason.APPROVAL
     ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=now):
         audit_run(
-            verbs.RUN_QUEUED,
+            Verb.RUN_QUEUED,
             actor=SYSTEM,
             run=request.run,
             payload={"why": f"approval {request.pk} {status}"},
@@ -201,7 +201,7 @@ def approval_decide(
             payload["rule"] = request.rule
         release: dict[str, Any] | None = None
         if verdict == ApprovalDecision.Verdict.REJECT:
-            verb = verbs.APPROVAL_REJECTED
+            verb = Verb.APPROVAL_REJECTED
             release = {
                 "status": ApprovalRequest.Status.REJECTED,
                 "action_status": Action.Status.REJECTED,
@@ -209,7 +209,7 @@ def approval_decide(
                 "error": f"rejected by {user.get_username()}: {comment}",
             }
         elif allowed or approvals >= request.required_approvals:
-            verb = verbs.APPROVAL_APPROVED
+            verb = Verb.APPROVAL_APPROVED
             release = {
                 "status": ApprovalRequest.Status.APPROVED,
                 "action_status": Action.Status.APPROVED,
@@ -217,7 +217,7 @@ def approval_decide(
                 "error": "",
             }
         else:
-            verb = verbs.APPROVAL_DECISION
+            verb = Verb.APPROVAL_DECISION
         audit_record(
             verb=verb,
             actor=Actor.user(user),
@@ -302,7 +302,7 @@ def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) 
             status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
         )
         audit_record(
-            verb=verbs.APPROVAL_CANCELLED,
+            verb=Verb.APPROVAL_CANCELLED,
             actor=actor,
             subject_type="approval",
             subject_id=request.pk,
@@ -329,7 +329,7 @@ def approvals_expire() -> int:
                 _escalate(request, groups[request.escalation_level])
             else:
                 audit_record(
-                    verb=verbs.APPROVAL_EXPIRED,
+                    verb=Verb.APPROVAL_EXPIRED,
                     actor=SYSTEM,
                     subject_type="approval",
                     subject_id=request.pk,
@@ -356,7 +356,7 @@ def _escalate(request: ApprovalRequest, group: str) -> None:
         escalation_level=request.escalation_level + 1, escalated_to=group, due_at=due_at
     )
     audit_record(
-        verb=verbs.APPROVAL_ESCALATED,
+        verb=Verb.APPROVAL_ESCALATED,
         actor=SYSTEM,
         subject_type="approval",
         subject_id=request.pk,

@@ -20,7 +20,6 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from audit import verbs
 from audit.chain import format_time
 from audit.export import csv_chunks, export_plan, jsonl_chunks
 from audit.filters import AuditFilter
@@ -33,6 +32,7 @@ from audit.signing import (
     public_pem,
     signing_key,
 )
+from audit.verbs import Verb
 from audit.verify import badge_state
 from console.http import signed_in
 
@@ -95,7 +95,7 @@ def export(request: HttpRequest) -> HttpResponseBase:
     with transaction.atomic():
         # The export is evidence of its own: who took what, recorded before it is taken.
         seq = audit_record(
-            verb=verbs.AUDIT_EXPORTED,
+            verb=Verb.AUDIT_EXPORTED,
             actor=Actor.user(user),
             subject_type="export",
             subject_id=format_time(timezone.now()),

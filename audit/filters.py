@@ -9,8 +9,8 @@ from typing import Any
 from django import forms
 
 from agents.models import Agent, Team
-from audit import verbs
 from audit.selectors import DECISIONS, visible_agents, visible_teams
+from audit.verbs import Verb
 
 BAD_TIME = "Write a time as YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)."
 UNTIL_BEFORE_SINCE = "The end of the range (until) is before its start (since)."
@@ -84,7 +84,7 @@ class AuditFilter(forms.Form):
     actor = forms.CharField(required=False, max_length=150, strip=True)
     verb = forms.ChoiceField(
         required=False,
-        choices=[("", "any")] + [(v, v) for v in sorted(verbs.ALL)],
+        choices=[("", "any")] + [(v.value, v.value) for v in sorted(Verb)],
         error_messages={"invalid_choice": UNKNOWN_VERB},
     )
     decision = forms.ChoiceField(

@@ -22,9 +22,10 @@ from guardian.shortcuts import get_objects_for_user
 
 from agents.models import Action, Agent, Run, Team
 from agents.permissions import agents_for_user
-from audit import jsonsafe, verbs
+from audit import jsonsafe
 from audit.chain import format_time
 from audit.models import AuditEvent
+from audit.verbs import Verb
 
 PAGE_SIZE = 50
 # A text search has no index: it reads events newest first until a page is full, and a
@@ -39,23 +40,23 @@ SEARCH_BUDGET = 0.009  # seconds: with the last stretch and the page, p95 < 20 m
 CLOCK_SLACK = timedelta(minutes=15)
 # Up to this many grants, a supervisor's page is one index scan per grant, merged.
 MAX_BRANCHES = 8
-RUN_INPUT_VERBS = (verbs.RUN_QUEUED, verbs.RUN_STARTED)
+RUN_INPUT_VERBS = (Verb.RUN_QUEUED, Verb.RUN_STARTED)
 # What a person means by a decision (the filter form's choices), as the verb that records it.
 DECISIONS = {
-    "allowed": verbs.ACTION_ALLOWED,
-    "denied": verbs.ACTION_DENIED,
-    "shadowed": verbs.ACTION_SHADOWED,
-    "held": verbs.ACTION_HELD,
-    "approved": verbs.APPROVAL_APPROVED,
-    "rejected": verbs.APPROVAL_REJECTED,
-    "expired": verbs.APPROVAL_EXPIRED,
-    "failed": verbs.ACTION_FAILED,
+    "allowed": Verb.ACTION_ALLOWED,
+    "denied": Verb.ACTION_DENIED,
+    "shadowed": Verb.ACTION_SHADOWED,
+    "held": Verb.ACTION_HELD,
+    "approved": Verb.APPROVAL_APPROVED,
+    "rejected": Verb.APPROVAL_REJECTED,
+    "expired": Verb.APPROVAL_EXPIRED,
+    "failed": Verb.ACTION_FAILED,
 }
 DECISION_STATUS = {
-    verbs.APPROVAL_APPROVED: "approved",
-    verbs.APPROVAL_REJECTED: "rejected",
-    verbs.APPROVAL_EXPIRED: "expired",
-    verbs.APPROVAL_CANCELLED: "cancelled",
+    Verb.APPROVAL_APPROVED: "approved",
+    Verb.APPROVAL_REJECTED: "rejected",
+    Verb.APPROVAL_EXPIRED: "expired",
+    Verb.APPROVAL_CANCELLED: "cancelled",
 }
 
 
@@ -402,7 +403,7 @@ def step_of(event: AuditEvent) -> int | None:
         return None
     requested = (
         AuditEvent.objects.filter(
-            run_id=event.run_id, verb=verbs.APPROVAL_REQUESTED, subject_id=event.subject_id
+            run_id=event.run_id, verb=Verb.APPROVAL_REQUESTED, subject_id=event.subject_id
         )
         .values_list("seq", flat=True)
         .first()
@@ -438,7 +439,7 @@ class Step:
 
     @property
     def kind(self) -> str:
-        return "model" if any(e.verb == verbs.MODEL_CALLED for e in self.events) else "tool"
+        return "model" if any(e.verb == Verb.MODEL_CALLED for e in self.events) else "tool"
 
     @property
     def name(self) -> str:
@@ -508,7 +509,7 @@ def decision_chain(user: Any, run_id: int, *, step: int | None = None) -> Decisi
     shown = [x.step for x in timeline if x.step is not None and x.step.kind == "model"]
     _attach_model_outputs(run_id, shown)
     rows = rows_for(events[:1])
-    finals = [e for e in events if e.verb in (verbs.RUN_SUCCEEDED, verbs.RUN_FAILED)]
+    finals = [e for e in events if e.verb in (Verb.RUN_SUCCEEDED, Verb.RUN_FAILED)]
     outcome = finals[-1] if finals and step is None else None
     if outcome is not None:  # shown once, under Result
         timeline = [x for x in timeline if x.event is None or x.event.seq != outcome.seq]
@@ -540,7 +541,7 @@ def _step_for(e: AuditEvent, approvals: dict[str, int], last_step: int | None) -
         return _step_number(e.subject_id)
     if e.subject_type != "approval":
         return None
-    if e.verb == verbs.APPROVAL_REQUESTED and last_step is not None:
+    if e.verb == Verb.APPROVAL_REQUESTED and last_step is not None:
         # Opened in the same transaction as the held action, so right after its event.
         approvals[e.subject_id] = last_step
     return approvals.get(e.subject_id)
@@ -551,7 +552,7 @@ def _attach_model_outputs(run_id: int, steps: list[Step]) -> None:
     were recorded there, it is shown from the run's journal, marked as such."""
     for s in steps:
         for e in s.events:
-            if e.verb == verbs.MODEL_CALLED and "output" in e.payload:
+            if e.verb == Verb.MODEL_CALLED and "output" in e.payload:
                 s.output, s.output_in_trail = e.payload["output"], True
     steps = [s for s in steps if not s.output_in_trail]
     if not steps:

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit import verbs
 from audit.chain import GENESIS, canonical_content, chain_hash
 from audit.jsonsafe import check_text, plain_json
 from audit.models import AuditEvent, ChainHead
+from audit.verbs import Verb
 from console.live import ring_on_commit
 
 if TYPE_CHECKING:
@@ -49,6 +49,15 @@ def _plain(payload: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
+def _verb(verb: str) -> str:
+    # The member's plain text: what the trail stores and hashes is the string, never the
+    # enum (a Verb is a str already; this also refuses a verb outside the vocabulary).
+    try:
+        return Verb(verb).value
+    except ValueError:
+        raise ValueError(f"unknown audit verb {verb!r}") from None
+
+
 def _column(name: str, value: object) -> str:
     """The text of a content field the pages read from a column of that length."""
     column = getattr(AuditEvent._meta.get_field(name), "output_field", None)
@@ -68,14 +77,12 @@ def event_content(
     occurred_at: datetime | None = None,
 ) -> dict[str, Any]:
     """An event's content fields, as hashed (see audit.chain)."""
-    if verb not in verbs.ALL:
-        raise ValueError(f"unknown audit verb {verb!r}")
     return {
         "occurred_at": occurred_at or timezone.now(),
         "actor_type": actor.type,
         "actor_id": actor.id,
         "actor_label": _column("actor_label", actor.label),
-        "verb": verb,
+        "verb": _verb(verb),
         "subject_type": _column("subject_type", subject_type),
         "subject_id": _column("subject_id", subject_id),
         "agent_id": agent_id,
@@ -114,7 +121,7 @@ def audit_append(content: dict[str, Any]) -> int:
 
 def audit_record(
     *,
-    verb: str,
+    verb: Verb,
     actor: Actor,
     subject_type: str,
     subject_id: object,
@@ -140,7 +147,7 @@ def audit_record(
     )
 
 
-def audit_run(verb: str, *, actor: Actor, run: Any, payload: dict[str, Any] | None = None) -> int:
+def audit_run(verb: Verb, *, actor: Actor, run: Any, payload: dict[str, Any] | None = None) -> int:
     """Record a change of a run (queued, started, waiting, finished, …): the run is the
     subject and its agent's team sees it."""
     return audit_record(

@@ -1,49 +1,54 @@
-"""The fixed vocabulary of audit verbs. An event's verb is always one of these."""
+"""The fixed vocabulary of audit verbs. An event's verb is always one of these.
+
+The values are stored in the trail and hashed with it: they never change. A member is a
+`str`, so the canonical form (audit.chain) and the database write its plain text."""
 
 from __future__ import annotations
 
-RUN_QUEUED = "run.queued"
-RUN_STARTED = "run.started"
-RUN_WAITING = "run.waiting"
-RUN_DELAYED = "run.delayed"
-RUN_PAUSED = "run.paused"
-RUN_SUCCEEDED = "run.succeeded"
-RUN_FAILED = "run.failed"
-RUN_CANCELLED = "run.cancelled"
-RUN_REQUEUED = "run.requeued"
+from enum import StrEnum
 
-ACTION_ALLOWED = "action.allowed"
-ACTION_SUCCEEDED = "action.succeeded"
-ACTION_FAILED = "action.failed"
-ACTION_DENIED = "action.denied"
-ACTION_INVALID = "action.invalid"
-ACTION_SHADOWED = "action.shadowed"
-ACTION_HELD = "action.held"
-ACTION_RETRIED = "action.retried"
-ACTION_UNKNOWN = "action.unknown"
-MODEL_CALLED = "model.called"
-VALUE_RECORDED = "value.recorded"
 
-APPROVAL_REQUESTED = "approval.requested"
-APPROVAL_APPROVED = "approval.approved"
-APPROVAL_REJECTED = "approval.rejected"
-APPROVAL_DECISION = "approval.decision"
-APPROVAL_CANCELLED = "approval.cancelled"
-APPROVAL_ESCALATED = "approval.escalated"
-APPROVAL_EXPIRED = "approval.expired"
+class Verb(StrEnum):
+    RUN_QUEUED = "run.queued"
+    RUN_STARTED = "run.started"
+    RUN_WAITING = "run.waiting"
+    RUN_DELAYED = "run.delayed"
+    RUN_PAUSED = "run.paused"
+    RUN_SUCCEEDED = "run.succeeded"
+    RUN_FAILED = "run.failed"
+    RUN_CANCELLED = "run.cancelled"
+    RUN_REQUEUED = "run.requeued"
 
-KILLSWITCH_ENGAGED = "killswitch.engaged"
-KILLSWITCH_RELEASED = "killswitch.released"
+    ACTION_ALLOWED = "action.allowed"
+    ACTION_SUCCEEDED = "action.succeeded"
+    ACTION_FAILED = "action.failed"
+    ACTION_DENIED = "action.denied"
+    ACTION_INVALID = "action.invalid"
+    ACTION_SHADOWED = "action.shadowed"
+    ACTION_HELD = "action.held"
+    ACTION_RETRIED = "action.retried"
+    ACTION_UNKNOWN = "action.unknown"
+    MODEL_CALLED = "model.called"
+    VALUE_RECORDED = "value.recorded"
 
-AGENT_CREATED = "agent.created"
-VERSION_CREATED = "version.created"
-POLICY_PUBLISHED = "policy.published"
-GRANT_ADDED = "grant.added"
-APIKEY_CREATED = "apikey.created"
-APIKEY_REVOKED = "apikey.revoked"
+    APPROVAL_REQUESTED = "approval.requested"
+    APPROVAL_APPROVED = "approval.approved"
+    APPROVAL_REJECTED = "approval.rejected"
+    APPROVAL_DECISION = "approval.decision"
+    APPROVAL_CANCELLED = "approval.cancelled"
+    APPROVAL_ESCALATED = "approval.escalated"
+    APPROVAL_EXPIRED = "approval.expired"
 
-AUDIT_EXPORTED = "audit.exported"
+    KILLSWITCH_ENGAGED = "killswitch.engaged"
+    KILLSWITCH_RELEASED = "killswitch.released"
 
-LOGIN_LOCKED_OUT = "login.locked_out"
+    AGENT_CREATED = "agent.created"
+    VERSION_CREATED = "version.created"
+    POLICY_PUBLISHED = "policy.published"
+    GRANT_ADDED = "grant.added"
+    APIKEY_CREATED = "apikey.created"
+    APIKEY_REVOKED = "apikey.revoked"
 
-ALL = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str))
+    AUDIT_EXPORTED = "audit.exported"
+
+    LOGIN_LOCKED_OUT = "login.locked_out"

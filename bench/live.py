@@ -46,8 +46,8 @@ async def client(
 def measure(count: int, url: str, cookie: str, agent: object) -> tuple[list[float], int, int]:
     from django.db import transaction
 
-    from audit import verbs
     from audit.services import SYSTEM, audit_record
+    from audit.verbs import Verb
 
     async def scenario() -> tuple[list[float], int, int]:
         received: list[list[tuple[int, int, int]]] = [[] for _ in range(count)]
@@ -63,7 +63,7 @@ def measure(count: int, url: str, cookie: str, agent: object) -> tuple[list[floa
         def commit_one(i: int) -> None:
             with transaction.atomic():
                 seq = audit_record(
-                    verb=verbs.RUN_QUEUED,
+                    verb=Verb.RUN_QUEUED,
                     actor=SYSTEM,
                     subject_type="run",
                     subject_id=i,

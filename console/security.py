@@ -15,8 +15,8 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from audit import verbs
 from audit.services import SYSTEM, audit_record
+from audit.verbs import Verb
 from console.signin import locked_out_message
 
 
@@ -39,7 +39,7 @@ def lockout_record(*, username: str, ip_address: str, path: str) -> int:
     person = get_user_model().objects.filter(username=username).only("pk").first()
     with transaction.atomic():
         return audit_record(
-            verb=verbs.LOGIN_LOCKED_OUT,
+            verb=Verb.LOGIN_LOCKED_OUT,
             actor=SYSTEM,
             subject_type="person",
             subject_id=person.pk if person else "",

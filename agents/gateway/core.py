@@ -31,10 +31,10 @@ from agents.errors import Divergence, LeaseLost, Stopped
 from agents.models import Action, Run
 from agents.policy import Policy, Verdict, policy_of
 from agents.registry import Tool, ToolCall, UnknownTool, get_tool
-from audit import verbs
 from audit.chain import canonical_json_v1
 from audit.jsonsafe import plain_json
 from audit.services import Actor, audit_append
+from audit.verbs import Verb
 
 S = Action.Status
 
@@ -248,7 +248,7 @@ def _refuse(
             verdict=verdict,
             finished_at=timezone.now(),
         )
-        verb = verbs.ACTION_INVALID if status == S.INVALID else verbs.ACTION_DENIED
+        verb = Verb.ACTION_INVALID if status == S.INVALID else Verb.ACTION_DENIED
         audit_action(gate, verb, action, args=args, reason=reason, rule=action.rule)
     return Deny(action)
 
@@ -271,7 +271,7 @@ def _shadow(gate: Gate, seq: int, tool: Tool, args: dict[str, Any], verdict: Ver
             finished_at=timezone.now(),
         )
         audit_action(
-            gate, verbs.ACTION_SHADOWED, action, args=args, result=action.result, rule=action.rule
+            gate, Verb.ACTION_SHADOWED, action, args=args, result=action.result, rule=action.rule
         )
     return Shadow(action)
 
@@ -291,7 +291,7 @@ def _hold(gate: Gate, seq: int, tool: Tool, args: dict[str, Any], verdict: Verdi
             decision=Action.Decision.APPROVE,
             verdict=verdict,
         )
-        audit_action(gate, verbs.ACTION_HELD, action, args=args, rule=action.rule)
+        audit_action(gate, Verb.ACTION_HELD, action, args=args, rule=action.rule)
         approvals().open(action=action, tool=tool, rule=verdict.rule)
         gate.adapter.parked(gate)
     return Hold(action)
@@ -307,7 +307,7 @@ def _hold_unknown(gate: Gate, existing: Action) -> Action:
         if moved != 1:
             raise LeaseLost()
         existing.status = S.UNKNOWN
-        audit_action(gate, verbs.ACTION_UNKNOWN, existing, args=existing.args)
+        audit_action(gate, Verb.ACTION_UNKNOWN, existing, args=existing.args)
         approvals().open(action=existing, tool=get_tool(existing.name), rule=None)
         gate.adapter.parked(gate)
     return existing
@@ -354,7 +354,7 @@ def _restart(gate: Gate, action: Action) -> Action:
         ).update(status=S.STARTED, attempts=F("attempts") + 1, started_at=timezone.now())
         if moved != 1:
             raise LeaseLost()
-        verb = verbs.ACTION_ALLOWED if action.status == S.APPROVED else verbs.ACTION_RETRIED
+        verb = Verb.ACTION_ALLOWED if action.status == S.APPROVED else Verb.ACTION_RETRIED
         action.status, action.attempts = S.STARTED, action.attempts + 1
         audit_action(
             gate, verb, action, args=action.args, rule=action.rule, attempt=action.attempts

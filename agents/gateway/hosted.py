@@ -54,9 +54,9 @@ from agents.llm import get_model
 from agents.models import Action, Run
 from agents.policy import Policy
 from agents.registry import ToolCall
-from audit import verbs
 from audit.jsonsafe import plain_json, scrubbed
 from audit.services import audit_run
+from audit.verbs import Verb
 
 S = Action.Status
 
@@ -131,7 +131,7 @@ class Hosted:
 
     def parked(self, gate: Gate) -> None:
         audit_run(
-            verbs.RUN_WAITING,
+            Verb.RUN_WAITING,
             actor=gate.actor,
             run=gate.run,
             payload={"why": "an action waits for approval"},
@@ -219,7 +219,7 @@ class Context:
             # The prompt and the answer go into the trail: what the agent was told is evidence.
             audit_action(
                 self._gate,
-                verbs.MODEL_CALLED,
+                Verb.MODEL_CALLED,
                 action,
                 model=client.name,
                 purpose=purpose,
@@ -255,9 +255,9 @@ class Context:
             raise
         except Exception as exc:
             error = scrubbed(f"{type(exc).__name__}: {exc}")
-            self._finish(action, S.FAILED, verbs.ACTION_FAILED, error=error)
+            self._finish(action, S.FAILED, Verb.ACTION_FAILED, error=error)
             raise ToolFailed(tool.name, error) from exc
-        self._finish(action, S.SUCCEEDED, verbs.ACTION_SUCCEEDED, result=result)
+        self._finish(action, S.SUCCEEDED, Verb.ACTION_SUCCEEDED, result=result)
         return result
 
     def _finish(
@@ -294,7 +294,7 @@ class Context:
                 result=value,
                 finished_at=timezone.now(),
             )
-            audit_action(self._gate, verbs.VALUE_RECORDED, action, value=value)
+            audit_action(self._gate, Verb.VALUE_RECORDED, action, value=value)
         return value
 
 

@@ -31,10 +31,11 @@ from agents import store
 from agents.errors import LeaseLost, Stopped
 from agents.models import Action, Agent, KillSwitch, Run
 from agents.services import killswitch_engage, killswitch_release, run_cancel, run_start
-from audit import export, offline, verbs
+from audit import export, offline
 from audit.chain import CONTENT_FIELDS, FORMAT_FIELD, GENESIS, chain_hash
 from audit.models import AuditEvent, ChainHead
 from audit.services import SYSTEM, Actor, audit_record, event_content
+from audit.verbs import Verb
 from audit.verify import chain_verify
 from tests.conftest import ALLOW_ALL_TESTS, ON_SQLITE, ROOT
 
@@ -89,7 +90,7 @@ def finish(action: Action, run: Run, status: str = Action.Status.SUCCEEDED) -> N
         run=run,
         agent=run.agent,
         status=status,
-        verb=verbs.ACTION_SUCCEEDED,
+        verb=Verb.ACTION_SUCCEEDED,
         result={"paid": True},
         error="",
         actor=Actor.agent(run.agent),
@@ -120,7 +121,7 @@ def test_an_admitted_step_is_journaled_started_with_its_event(
     assert stored.rule == {"tool": "test.*", "effect": "allow"}
     assert stored.started_at == action.started_at
     event = AuditEvent.objects.get(run_id=run.pk, subject_type="action")
-    assert (event.verb, event.subject_id) == (verbs.ACTION_ALLOWED, f"{run.pk}/1")
+    assert (event.verb, event.subject_id) == (Verb.ACTION_ALLOWED, f"{run.pk}/1")
     assert (event.agent_id, event.team_id) == (run.agent.pk, run.agent.team_id)
 
 
@@ -158,7 +159,7 @@ def test_a_switch_on_another_agent_or_a_released_one_does_not_refuse(
     )
     killswitch_release(switch=mine, user=world.supervisor, reason="all clear")
     start(run, token)
-    assert step_events(run) == [verbs.ACTION_ALLOWED]
+    assert step_events(run) == [Verb.ACTION_ALLOWED]
 
 
 def test_a_halt_cancels_the_run_and_refuses_its_next_step(
@@ -218,7 +219,7 @@ def test_a_step_already_journaled_is_not_journaled_again(
     with pytest.raises(LeaseLost):
         start(run, token)
     assert list(Action.objects.filter(run=run).values_list("pk", flat=True)) == [first.pk]
-    assert step_events(run) == [verbs.ACTION_ALLOWED]
+    assert step_events(run) == [Verb.ACTION_ALLOWED]
 
 
 def test_the_attempt_holding_a_step_records_its_outcome_once(
@@ -235,7 +236,7 @@ def test_the_attempt_holding_a_step_records_its_outcome_once(
     with pytest.raises(LeaseLost):
         finish(action, run, status=Action.Status.FAILED)
     assert Action.objects.get(pk=action.pk).status == Action.Status.SUCCEEDED
-    assert step_events(run) == [verbs.ACTION_ALLOWED, verbs.ACTION_SUCCEEDED]
+    assert step_events(run) == [Verb.ACTION_ALLOWED, Verb.ACTION_SUCCEEDED]
 
 
 def test_a_worker_whose_step_was_taken_over_loses_it_on_finish(
@@ -249,7 +250,7 @@ def test_a_worker_whose_step_was_taken_over_loses_it_on_finish(
         finish(action, run)
     stored = Action.objects.get(pk=action.pk)
     assert stored.status == Action.Status.STARTED and stored.result is None
-    assert step_events(run) == [verbs.ACTION_ALLOWED]
+    assert step_events(run) == [Verb.ACTION_ALLOWED]
 
 
 # --- the chain -------------------------------------------------------------------------
@@ -264,7 +265,7 @@ def test_appends_from_every_writer_chain_with_no_fork_and_no_gap(
         finish(action, run)
         with transaction.atomic():
             audit_record(
-                verb=verbs.RUN_REQUEUED,
+                verb=Verb.RUN_REQUEUED,
                 actor=SYSTEM,
                 subject_type="run",
                 subject_id=run.pk,
@@ -283,7 +284,7 @@ def test_appends_from_every_writer_chain_with_no_fork_and_no_gap(
         prev = digest
     head = ChainHead.objects.get(pk=1)
     assert (head.seq, head.hash) == (len(events), prev)
-    assert step_events(run).count(verbs.ACTION_SUCCEEDED) == 3
+    assert step_events(run).count(Verb.ACTION_SUCCEEDED) == 3
     assert chain_verify().ok
 
 
@@ -324,7 +325,7 @@ def test_the_columns_generated_from_the_body_are_the_content_fields() -> None:
 
 
 def test_every_writer_and_reader_uses_the_one_content_field_list() -> None:
-    content = event_content(verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=1)
+    content = event_content(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=1)
     assert tuple(content) == CONTENT_FIELDS
     # The offline verifiers restate the format on purpose (they import nothing of Baton's).
     assert offline.EVENT_FIELDS == CONTENT_FIELDS

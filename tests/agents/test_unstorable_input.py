@@ -28,9 +28,10 @@ from agents.services import (
     version_create,
     version_publish,
 )
-from audit import jsonsafe, verbs
+from audit import jsonsafe
 from audit.models import AuditEvent
 from audit.services import SYSTEM, audit_record
+from audit.verbs import Verb
 from tests.conftest import ALLOW_ALL_TESTS
 
 pytestmark = pytest.mark.django_db
@@ -218,7 +219,7 @@ def test_the_trail_itself_refuses_what_it_cannot_store(world: Any, payload: Any)
     before = trail()
     with pytest.raises(jsonsafe.Unstorable), transaction.atomic():
         audit_record(
-            verb=verbs.AGENT_CREATED,
+            verb=Verb.AGENT_CREATED,
             actor=SYSTEM,
             subject_type="agent",
             subject_id=1,
@@ -231,7 +232,7 @@ def test_the_trail_refuses_a_subject_id_longer_than_its_column(world: Any) -> No
     before = trail()
     with pytest.raises(jsonsafe.Unstorable, match="subject_id: at most 64"), transaction.atomic():
         audit_record(
-            verb=verbs.AGENT_CREATED, actor=SYSTEM, subject_type="agent", subject_id="9" * 65
+            verb=Verb.AGENT_CREATED, actor=SYSTEM, subject_type="agent", subject_id="9" * 65
         )
     assert trail() == before
 
@@ -283,4 +284,4 @@ def test_an_agents_own_error_text_is_stored_escaped_and_the_run_ends_failed(
     assert action.error == "RuntimeError: upstream said \\u0000 and \\ud800"
     assert run.status == Run.Status.FAILED
     assert run.error == "ValueError: the program gives up \\u0000"
-    assert AuditEvent.objects.filter(run_id=run.pk, verb=verbs.RUN_FAILED).exists()
+    assert AuditEvent.objects.filter(run_id=run.pk, verb=Verb.RUN_FAILED).exists()

@@ -19,7 +19,6 @@ from agents.runtime import execute_run
 from agents.services import run_start
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
-from audit import verbs
 from audit.chain import format_time
 from audit.filters import (
     BAD_CURSOR,
@@ -34,6 +33,7 @@ from audit.filters import (
 from audit.models import AuditEvent
 from audit.selectors import PAGE_SIZE
 from audit.services import SYSTEM, Actor, audit_append, event_content
+from audit.verbs import Verb
 from tests.conftest import ALLOW_ALL_TESTS
 
 pytestmark = pytest.mark.django_db
@@ -54,7 +54,7 @@ def seqs(response: Any) -> list[int]:
 
 def record(
     agent: Any,
-    verb: str = verbs.RUN_QUEUED,
+    verb: str = Verb.RUN_QUEUED,
     *,
     actor: Actor = SYSTEM,
     payload: dict[str, Any] | None = None,
@@ -92,10 +92,10 @@ def agents(world: Any, make_agent: Any) -> Any:
         )
 
     a = Agents()
-    record(a.claims, verbs.ACTION_DENIED, payload={"tool": "test.pay", "reason": "Too Much"})
-    record(a.claims, verbs.ACTION_HELD, actor=Actor.agent(a.claims), run_id=7)
-    record(a.support, verbs.ACTION_DENIED, payload={"tool": "test.count"}, run_id=8)
-    record(a.support, verbs.APPROVAL_REJECTED, actor=Actor.user(world.support_supervisor))
+    record(a.claims, Verb.ACTION_DENIED, payload={"tool": "test.pay", "reason": "Too Much"})
+    record(a.claims, Verb.ACTION_HELD, actor=Actor.agent(a.claims), run_id=7)
+    record(a.support, Verb.ACTION_DENIED, payload={"tool": "test.count"}, run_id=8)
+    record(a.support, Verb.APPROVAL_REJECTED, actor=Actor.user(world.support_supervisor))
     return a
 
 
@@ -123,7 +123,7 @@ def test_a_grant_on_one_agent_shows_that_agent_and_its_team_as_a_whole_only(
     world: Any, agents: Any, make_agent: Any
 ) -> None:
     other = make_agent("claims-other", "tests.support.agents.counter", ALLOW_ALL_TESTS)
-    record(other, verbs.ACTION_DENIED)
+    record(other, Verb.ACTION_DENIED)
     roles.role_grant(user=world.outsider, role=roles.SUPERVISOR, target=agents.claims)
     shown = seqs(client_for(world.outsider).get("/audit/"))
     # Its own events, and those about its team as a whole (grants, the team's switch):
@@ -177,18 +177,18 @@ def test_the_trail_cannot_be_changed_from_its_pages(world: Any, agents: Any) -> 
     [
         ({"agent": "helpdesk"}, lambda e, a: e.agent_id == a.support.pk),
         ({"team": "claims"}, lambda e, a: e.team_id == a.claims.team_id),
-        ({"verb": verbs.ACTION_DENIED}, lambda e, a: e.verb == verbs.ACTION_DENIED),
-        ({"decision": "rejected"}, lambda e, a: e.verb == verbs.APPROVAL_REJECTED),
-        ({"decision": "held"}, lambda e, a: e.verb == verbs.ACTION_HELD),
+        ({"verb": Verb.ACTION_DENIED}, lambda e, a: e.verb == Verb.ACTION_DENIED),
+        ({"decision": "rejected"}, lambda e, a: e.verb == Verb.APPROVAL_REJECTED),
+        ({"decision": "held"}, lambda e, a: e.verb == Verb.ACTION_HELD),
         ({"run": "8"}, lambda e, a: e.run_id == 8),
         ({"actor": "claims-bot"}, lambda e, a: e.actor_label == "claims-bot"),
         ({"actor": "sue"}, lambda e, a: e.actor_label == "sue"),
         ({"q": "too much"}, lambda e, a: "too much" in e.body.lower()),
         (
-            {"team": "support", "verb": verbs.ACTION_DENIED},
-            lambda e, a: e.team_id == a.support.team_id and e.verb == verbs.ACTION_DENIED,
+            {"team": "support", "verb": Verb.ACTION_DENIED},
+            lambda e, a: e.team_id == a.support.team_id and e.verb == Verb.ACTION_DENIED,
         ),
-        ({"verb": verbs.ACTION_HELD, "decision": "denied"}, lambda e, a: False),
+        ({"verb": Verb.ACTION_HELD, "decision": "denied"}, lambda e, a: False),
     ],
 )
 def test_each_filter_narrows_to_exactly_its_events(
@@ -203,11 +203,11 @@ def test_each_filter_narrows_to_exactly_its_events(
 
 
 def test_filters_stay_within_what_the_person_may_see(world: Any, agents: Any) -> None:
-    shown = seqs(client_for(world.supervisor).get("/audit/", {"verb": verbs.ACTION_DENIED}))
+    shown = seqs(client_for(world.supervisor).get("/audit/", {"verb": Verb.ACTION_DENIED}))
     assert shown == [
         e.seq
         for e in everything()
-        if e.verb == verbs.ACTION_DENIED and e.team_id == agents.claims.team_id
+        if e.verb == Verb.ACTION_DENIED and e.team_id == agents.claims.team_id
     ]
 
 
@@ -273,18 +273,16 @@ def test_keyset_pages_walk_every_event_once(world: Any, agents: Any) -> None:
 
 def test_the_older_link_keeps_the_filters(world: Any, agents: Any) -> None:
     for i in range(2 * PAGE_SIZE + 5):
-        record(agents.claims, verbs.ACTION_DENIED if i % 2 else verbs.RUN_QUEUED, run_id=9)
+        record(agents.claims, Verb.ACTION_DENIED if i % 2 else Verb.RUN_QUEUED, run_id=9)
     client = client_for(world.compliance)
-    first = client.get("/audit/", {"verb": verbs.ACTION_DENIED, "team": "claims"}).content.decode()
+    first = client.get("/audit/", {"verb": Verb.ACTION_DENIED, "team": "claims"}).content.decode()
     link = OLDER.search(first)
     assert link, first
     older = html.unescape(link.group(1))
     assert "verb=action.denied" in older and "team=claims" in older and "before=" in older
-    pages = walk(client, f"/audit/?verb={verbs.ACTION_DENIED}&run=9")
+    pages = walk(client, f"/audit/?verb={Verb.ACTION_DENIED}&run=9")
     walked = [s for p in pages for s in p]
-    assert walked == [
-        e.seq for e in everything() if e.verb == verbs.ACTION_DENIED and e.run_id == 9
-    ]
+    assert walked == [e.seq for e in everything() if e.verb == Verb.ACTION_DENIED and e.run_id == 9]
     second = client.get(older).content.decode()
     newest = re.search(r'<a href="([^"]+)"[^>]*data-testid="newest"', second)
     assert newest, second
@@ -305,7 +303,7 @@ def test_a_supervisor_of_two_teams_walks_both_without_duplicates(world: Any, age
 
 def test_an_htmx_request_gets_only_the_rows(world: Any, agents: Any) -> None:
     response = client_for(world.compliance).get(
-        "/audit/", {"verb": verbs.ACTION_DENIED}, headers={"HX-Request": "true"}
+        "/audit/", {"verb": Verb.ACTION_DENIED}, headers={"HX-Request": "true"}
     )
     body = response.content.decode()
     assert response.status_code == 200 and body.lstrip().startswith('<div id="rows">')
@@ -350,9 +348,7 @@ def test_bad_input_is_a_400_with_its_message_and_no_rows(
 
 
 def test_an_event_shows_every_column_its_payload_and_its_hashes(world: Any, agents: Any) -> None:
-    seq = record(
-        agents.claims, verbs.ACTION_DENIED, payload={"tool": "test.pay", "note": "ünïcode"}
-    )
+    seq = record(agents.claims, Verb.ACTION_DENIED, payload={"tool": "test.pay", "note": "ünïcode"})
     event = AuditEvent.objects.get(seq=seq)
     page = client_for(world.supervisor).get(f"/audit/events/{seq}/").content.decode()
     for expected in [
@@ -443,7 +439,7 @@ def test_the_decision_chain_tells_what_happened_and_who_said_no(
 def test_an_action_chain_shows_the_input_and_that_action_only(
     world: Any, rejected_run: Any
 ) -> None:
-    held = AuditEvent.objects.get(run_id=rejected_run.pk, verb=verbs.ACTION_HELD)
+    held = AuditEvent.objects.get(run_id=rejected_run.pk, verb=Verb.ACTION_HELD)
     step = held.subject_id.split("/")[1]
     client = client_for(world.supervisor)
     run_page = client.get(f"/audit/runs/{rejected_run.pk}/").content.decode()
@@ -455,8 +451,8 @@ def test_an_action_chain_shows_the_input_and_that_action_only(
 
 
 def test_a_decision_event_links_to_its_actions_chain(world: Any, rejected_run: Any) -> None:
-    rejected = AuditEvent.objects.get(run_id=rejected_run.pk, verb=verbs.APPROVAL_REJECTED)
-    held = AuditEvent.objects.get(run_id=rejected_run.pk, verb=verbs.ACTION_HELD)
+    rejected = AuditEvent.objects.get(run_id=rejected_run.pk, verb=Verb.APPROVAL_REJECTED)
+    held = AuditEvent.objects.get(run_id=rejected_run.pk, verb=Verb.ACTION_HELD)
     step = held.subject_id.split("/")[1]
     page = client_for(world.compliance).get(f"/audit/events/{rejected.seq}/").content.decode()
     assert f'href="/audit/runs/{rejected_run.pk}/actions/{step}/"' in page
@@ -479,10 +475,10 @@ def test_a_team_switch_and_a_team_grant_are_seen_by_that_teams_supervisors(world
         response = client_for(person).get("/audit/", {"verb": verb}, HTTP_HX_REQUEST="true")
         return str(response.content.decode())
 
-    assert "bad deploy" in rows(world.supervisor, verbs.KILLSWITCH_ENGAGED)
-    assert "bad deploy" not in rows(world.support_supervisor, verbs.KILLSWITCH_ENGAGED)
-    assert "sol" in rows(world.supervisor, verbs.GRANT_ADDED)  # granted on team claims
-    assert "sam" not in rows(world.support_supervisor, verbs.GRANT_ADDED)
+    assert "bad deploy" in rows(world.supervisor, Verb.KILLSWITCH_ENGAGED)
+    assert "bad deploy" not in rows(world.support_supervisor, Verb.KILLSWITCH_ENGAGED)
+    assert "sol" in rows(world.supervisor, Verb.GRANT_ADDED)  # granted on team claims
+    assert "sam" not in rows(world.support_supervisor, Verb.GRANT_ADDED)
 
 
 def test_quoted_text_is_found_as_it_was_written(world: Any, agents: Any) -> None:

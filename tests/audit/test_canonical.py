@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from agents.runtime import execute_run
 from agents.services import run_start
-from audit import offline, verbs
+from audit import offline
 from audit.chain import (
     CanonicalFormError,
     canonical_body,
@@ -34,6 +34,7 @@ from audit.jsonsafe import Unstorable
 from audit.models import AuditEvent, ChainHead
 from audit.services import SYSTEM, Actor, audit_record, event_content
 from audit.signing import checkpoint_sign, key_id, public_pem, signing_key
+from audit.verbs import Verb
 from audit.verify import chain_verify
 from tests.conftest import ALLOW_ALL_TESTS
 
@@ -86,7 +87,7 @@ def node(*args: str) -> subprocess.CompletedProcess[str]:
 def record(payload: dict[str, Any], **fields: Any) -> int:
     with transaction.atomic():
         return audit_record(
-            verb=verbs.RUN_QUEUED,
+            verb=Verb.RUN_QUEUED,
             actor=fields.pop("actor", SYSTEM),
             subject_type="run",
             subject_id=fields.pop("subject_id", 1),
@@ -97,7 +98,7 @@ def record(payload: dict[str, Any], **fields: Any) -> int:
 def append_format_1(payload: dict[str, Any]) -> int:
     """An event as Baton wrote them before format 2 (the trail keeps such events)."""
     content = event_content(
-        verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id="old", payload=payload
+        verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id="old", payload=payload
     )
     with transaction.atomic():
         head = ChainHead.objects.select_for_update().get(pk=1)
@@ -233,10 +234,10 @@ def test_the_javascript_verifier_accepts_an_intact_export(
 def test_the_javascript_verifier_proves_what_a_filtered_export_leaves_out(
     trail: list[int], fmt: str, tmp_path: Path
 ) -> None:
-    (tmp_path / "export").write_bytes(export(fmt, Q(verb=verbs.RUN_QUEUED)))
+    (tmp_path / "export").write_bytes(export(fmt, Q(verb=Verb.RUN_QUEUED)))
     done = node(str(tmp_path / "export"), "--public-key", str(public_key_file(tmp_path)))
     assert done.returncode == 0, done.stdout + done.stderr
-    shown = AuditEvent.objects.filter(verb=verbs.RUN_QUEUED).count()
+    shown = AuditEvent.objects.filter(verb=Verb.RUN_QUEUED).count()
     linked = AuditEvent.objects.count() - shown
     assert f"{shown} events shown, {linked} linked by digest" in done.stdout
 
@@ -357,7 +358,7 @@ def test_an_event_claiming_format_2_in_another_form_is_named(
     """Bytes that hash right but are not the RFC 8785 form they claim (a writer that got
     the form wrong, as Python's json does for 1354.0) are caught by both verifiers."""
     content = event_content(
-        verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id="x", payload={}
+        verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id="x", payload={}
     )
     content["payload"] = {"amount": 1354.0}
     body = canonical_content_v1(content).replace(b'"occurred_at"', b'"format":2,"occurred_at"')

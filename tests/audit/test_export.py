@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from agents.runtime import execute_run
 from agents.services import run_start
-from audit import offline, verbs
+from audit import offline
 from audit.models import AuditEvent
 from audit.signing import key_id, public_pem, signing_key
+from audit.verbs import Verb
 from tests.conftest import ALLOW_ALL_TESTS
 
 pytestmark = pytest.mark.django_db
@@ -67,7 +68,7 @@ def test_a_full_export_verifies_offline_and_is_itself_recorded(trail: Any, world
     assert report.ok, report.problems
     assert report.events == AuditEvent.objects.count()
     assert report.links == 0 and report.checkpoints >= 1
-    exported = AuditEvent.objects.get(verb=verbs.AUDIT_EXPORTED)
+    exported = AuditEvent.objects.get(verb=Verb.AUDIT_EXPORTED)
     assert exported.actor_label == "cora"
     assert exported.payload == {"filter": {}, "format": "jsonl"}
 
@@ -86,11 +87,11 @@ def test_a_filtered_export_shows_only_matches_and_proves_the_rest_by_digest(
 
 def test_a_csv_export_verifies_offline(trail: Any, world: Any) -> None:
     claims, _ = trail
-    data = download(client_for(world.compliance), f"?format=csv&verb={verbs.ACTION_SUCCEEDED}")
+    data = download(client_for(world.compliance), f"?format=csv&verb={Verb.ACTION_SUCCEEDED}")
     assert data.startswith(b"record,seq,prev_hash,hash,digest,occurred_at")
     report = offline.verify(data, keys())
     assert report.ok, report.problems
-    assert report.events == AuditEvent.objects.filter(verb=verbs.ACTION_SUCCEEDED).count()
+    assert report.events == AuditEvent.objects.filter(verb=Verb.ACTION_SUCCEEDED).count()
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -109,7 +110,7 @@ def test_a_changed_event_is_named_even_where_the_seal_alone_would_tell(
     trail: Any, world: Any
 ) -> None:
     data = download(client_for(world.compliance), "?format=jsonl")
-    target = AuditEvent.objects.filter(verb=verbs.ACTION_ALLOWED).order_by("seq").first()
+    target = AuditEvent.objects.filter(verb=Verb.ACTION_ALLOWED).order_by("seq").first()
     assert target is not None
     lines = data.split(b"\n")
     for n, line in enumerate(lines):
@@ -169,7 +170,7 @@ def test_export_is_a_permission_of_its_own(trail: Any, world: Any) -> None:
     group.permissions.remove(Permission.objects.get(codename="export_auditevent"))
     assert client_for(world.compliance).get("/audit/").status_code == 200
     assert export(client_for(world.compliance)).status_code == 403
-    assert not AuditEvent.objects.filter(verb=verbs.AUDIT_EXPORTED).exists()
+    assert not AuditEvent.objects.filter(verb=Verb.AUDIT_EXPORTED).exists()
 
 
 def test_an_export_is_a_post_with_a_csrf_token(trail: Any, world: Any) -> None:
@@ -179,7 +180,7 @@ def test_an_export_is_a_post_with_a_csrf_token(trail: Any, world: Any) -> None:
     cross_site = Client(enforce_csrf_checks=True)
     cross_site.force_login(world.compliance)
     assert cross_site.post("/audit/export", {"format": "jsonl"}).status_code == 403
-    assert not AuditEvent.objects.filter(verb=verbs.AUDIT_EXPORTED).exists()
+    assert not AuditEvent.objects.filter(verb=Verb.AUDIT_EXPORTED).exists()
 
     # The page's own form carries the token and the page's filters.
     page = cross_site.get("/audit/?agent=counter").content.decode()
@@ -191,7 +192,7 @@ def test_an_export_is_a_post_with_a_csrf_token(trail: Any, world: Any) -> None:
     )
     assert response.status_code == 200
     response.getvalue()  # read the streamed export to its end, as a download does
-    exported = AuditEvent.objects.get(verb=verbs.AUDIT_EXPORTED)
+    exported = AuditEvent.objects.get(verb=Verb.AUDIT_EXPORTED)
     assert exported.payload == {"filter": {"agent": "counter"}, "format": "jsonl"}
 
 
@@ -206,7 +207,7 @@ def test_an_agent_admin_reads_the_trail_of_their_team_and_does_not_export(
     assert 'data-testid="export"' not in html
     assert export(client, "?format=jsonl").status_code == 403
     assert export(client, "?format=csv&agent=counter").status_code == 403
-    assert not AuditEvent.objects.filter(verb=verbs.AUDIT_EXPORTED).exists()
+    assert not AuditEvent.objects.filter(verb=Verb.AUDIT_EXPORTED).exists()
     assert (
         not Group.objects.get(name="Agent admin")
         .permissions.filter(codename="export_auditevent")
@@ -289,7 +290,7 @@ def test_a_csv_export_of_awkward_text_verifies(trail: Any, world: Any) -> None:
 
     with transaction.atomic():
         audit_record(
-            verb=verbs.RUN_QUEUED,
+            verb=Verb.RUN_QUEUED,
             actor=SYSTEM,
             subject_type="run",
             subject_id='7, "quoted"',

@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, connections, transaction
 
-from audit import verbs
 from audit.chain import GENESIS
 from audit.models import AuditEvent, ChainHead, Checkpoint, Verification
 from audit.services import SYSTEM, audit_record
 from audit.signing import checkpoint_sign, key_id, outside_checkpoints, public_pem
+from audit.verbs import Verb
 from audit.verify import chain_verify
 from tests.conftest import ROOT, child_env, db_url
 
@@ -33,7 +33,7 @@ def record(n: int, *, what: str = "x") -> list[int]:
         with transaction.atomic():
             seqs.append(
                 audit_record(
-                    verb=verbs.RUN_QUEUED,
+                    verb=Verb.RUN_QUEUED,
                     actor=SYSTEM,
                     subject_type="run",
                     subject_id=i,
@@ -225,7 +225,7 @@ def test_eight_concurrent_writers_leave_no_fork_and_no_gap() -> None:
                 with transaction.atomic():
                     mine.append(
                         audit_record(
-                            verb=verbs.RUN_QUEUED,
+                            verb=Verb.RUN_QUEUED,
                             actor=SYSTEM,
                             subject_type="run",
                             subject_id=n,
@@ -304,7 +304,7 @@ def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> No
                 from audit.services import APPEND_SQL, event_content
 
                 content = event_content(
-                    verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9
+                    verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9
                 )
                 with app.transaction():
                     app.execute(APPEND_SQL, {"canonical": canonical_content(content)})

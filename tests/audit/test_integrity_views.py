@@ -9,9 +9,9 @@ from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.test import Client
 
-from audit import verbs
 from audit.models import AuditEvent, Checkpoint, Verification
 from audit.services import SYSTEM, audit_record
+from audit.verbs import Verb
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -28,9 +28,7 @@ def record(n: int) -> int:
     seq = 0
     for i in range(n):
         with transaction.atomic():
-            seq = audit_record(
-                verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=i
-            )
+            seq = audit_record(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=i)
     return seq
 
 
@@ -101,4 +99,4 @@ def test_the_public_key_and_verifier_are_downloadable(world: Any) -> None:
     verifier = client.get("/audit/verifier.py")
     assert b"def verify(" in verifier.content and b"django" not in verifier.content.lower()
     assert Client().get("/audit/public-key.pem").status_code == 302  # sign in first
-    assert not AuditEvent.objects.filter(verb=verbs.AUDIT_EXPORTED).exists()
+    assert not AuditEvent.objects.filter(verb=Verb.AUDIT_EXPORTED).exists()

@@ -13,10 +13,10 @@ from django.test import Client
 
 from agents.models import Action, Run
 from agents.services import run_start
-from audit import verbs
 from audit.jsonsafe import SHOW_DEPTH, SHOW_TEXT, shown
 from audit.models import AuditEvent
 from audit.services import Actor, audit_append, event_content
+from audit.verbs import Verb
 from audit.views import BODY_CUT
 from console.frames import recent_events
 
@@ -39,7 +39,7 @@ def client_for(user: Any) -> Client:
     return client
 
 
-def plant(run: Run, payload: dict[str, Any], verb: str = verbs.ACTION_SUCCEEDED) -> int:
+def plant(run: Run, payload: dict[str, Any], verb: str = Verb.ACTION_SUCCEEDED) -> int:
     """Append an event as a writer before the boundaries checked would have: straight to
     the chain, past event_content's own check."""
     content = event_content(

@@ -19,11 +19,11 @@ from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import Q
 from django.test import Client
 
-from audit import verbs
 from audit.export import export_plan
 from audit.models import AuditEvent, ChainHead, Checkpoint, Verification
 from audit.services import SYSTEM, audit_record
 from audit.signing import CHECKPOINT_FILE, checkpoint_sign, signing_key
+from audit.verbs import Verb
 from audit.verify import (
     VERIFICATION_MOVED,
     VERIFICATION_UNPROVEN,
@@ -39,7 +39,7 @@ def record(n: int, *, what: str = "x") -> int:
     for i in range(n):
         with transaction.atomic():
             seq = audit_record(
-                verb=verbs.RUN_QUEUED,
+                verb=Verb.RUN_QUEUED,
                 actor=SYSTEM,
                 subject_type="run",
                 subject_id=i,
@@ -102,9 +102,7 @@ def test_a_writer_committing_while_verification_reads_is_no_false_alarm() -> Non
 
     def writer() -> int:
         with transaction.atomic():
-            seq = audit_record(
-                verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9
-            )
+            seq = audit_record(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9)
             with connection.cursor() as cursor:
                 cursor.execute("LOCK TABLE audit_chainhead IN ACCESS EXCLUSIVE MODE")
             holding.set()
@@ -138,14 +136,14 @@ django.setup()
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connections, transaction
-from audit import verbs
+from audit.verbs import Verb
 from audit.models import AuditEvent, ChainHead
 from audit.services import SYSTEM, audit_record
 from audit.verify import chain_verify, verification_snapshot
 
 def append():
     with transaction.atomic():
-        return audit_record(verb=verbs.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=1)
+        return audit_record(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=1)
 
 call_command("migrate", verbosity=0)
 for _ in range(3):
@@ -210,7 +208,7 @@ def test_verification_while_writers_append_never_raises_a_false_alarm() -> None:
             while not done.is_set():
                 with transaction.atomic():
                     audit_record(
-                        verb=verbs.RUN_QUEUED,
+                        verb=Verb.RUN_QUEUED,
                         actor=SYSTEM,
                         subject_type="run",
                         subject_id=n,
@@ -560,7 +558,7 @@ def test_the_columns_of_real_events_agree_with_their_bytes(world: Any) -> None:
     quotes) passes the check the other way round."""
     with transaction.atomic():
         audit_record(
-            verb=verbs.RUN_QUEUED,
+            verb=Verb.RUN_QUEUED,
             actor=SYSTEM,
             subject_type="run",
             subject_id='7 "quoted" naïve ✓',

@@ -16,8 +16,8 @@ from agents.models import Run
 from agents.services import run_start
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
-from audit import verbs
 from audit.models import AuditEvent
+from audit.verbs import Verb
 from tests.conftest import log_in, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
@@ -67,7 +67,7 @@ def test_a_compliance_officer_traces_and_exports_an_agents_rejected_payouts(
     page.get_by_role("button", name="Filter").click()
     rows = page.locator("table.audit tbody tr")
     expect(rows).to_have_count(1)
-    expect(rows.first).to_contain_text(verbs.APPROVAL_REJECTED)
+    expect(rows.first).to_contain_text(Verb.APPROVAL_REJECTED)
     expect(rows.first).to_contain_text("sam")
     expect(page.get_by_text("duplicate of CLM-300")).to_have_count(0)
 
@@ -100,6 +100,6 @@ def test_a_compliance_officer_traces_and_exports_an_agents_rejected_payouts(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("OK:") and "1 events shown" in done.stdout
-    exported = AuditEvent.objects.get(verb=verbs.AUDIT_EXPORTED)
+    exported = AuditEvent.objects.get(verb=Verb.AUDIT_EXPORTED)
     assert exported.actor_label == "cora"
     assert exported.payload["filter"] == {"agent": "claims-payer", "decision": "rejected"}

@@ -24,9 +24,9 @@ from agents.runtime import execute_run
 from agents.services import run_start
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
-from audit import verbs
 from audit.evidence import EXPORT_FORBIDDEN
 from audit.models import AuditEvent
+from audit.verbs import Verb
 from tests.conftest import ROOT, child_env, free_port, wait_for
 
 HOLD_PAYOUTS = {
@@ -184,10 +184,10 @@ def test_the_first_people_get_their_roles_from_the_command_line(world: Any) -> N
     carla = world.supervisor.__class__.objects.get(username="carla")
     assert carla.has_perm("audit.view_auditevent") and not carla.has_usable_password()
 
-    grants = AuditEvent.objects.filter(verb=verbs.GRANT_ADDED).count()
+    grants = AuditEvent.objects.filter(verb=Verb.GRANT_ADDED).count()
     call_command("role", "sam", roles.SUPERVISOR, "--team", "support")
     assert world.supervisor.has_perm("agents.supervise_team", world.support)
-    assert AuditEvent.objects.filter(verb=verbs.GRANT_ADDED).count() == grants + 1
+    assert AuditEvent.objects.filter(verb=Verb.GRANT_ADDED).count() == grants + 1
 
     people, events = world.supervisor.__class__.objects.count(), AuditEvent.objects.count()
     for bad in (

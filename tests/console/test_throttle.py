@@ -17,8 +17,8 @@ from django.db.models import F
 from django.test import Client
 
 from agents.models import KillSwitch
-from audit import verbs
 from audit.models import AuditEvent
+from audit.verbs import Verb
 from console.signin import locked_out_message
 from tests.conftest import PASSWORD
 
@@ -30,7 +30,7 @@ def log_in(client: Client, username: str, password: str) -> Any:
 
 
 def lockouts() -> list[AuditEvent]:
-    return list(AuditEvent.objects.filter(verb=verbs.LOGIN_LOCKED_OUT))
+    return list(AuditEvent.objects.filter(verb=Verb.LOGIN_LOCKED_OUT))
 
 
 def engage_global(client: Client, password: str) -> Any:

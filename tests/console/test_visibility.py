@@ -13,9 +13,9 @@ from django.db import transaction
 
 from agents import roles
 from agents.services import killswitch_engage, run_start
-from audit import verbs
 from audit.models import AuditEvent
 from audit.services import SYSTEM, audit_record
+from audit.verbs import Verb
 from console.consumers import CLOSE_UNAUTHENTICATED
 from tests.console.visibility import Cast, live_seqs, open_socket, surfaces
 
@@ -60,7 +60,7 @@ def happenings(cast: Cast) -> dict[str, int]:
     )
     mark("helpdesk switch")
     with transaction.atomic():
-        audit_record(verb=verbs.AUDIT_EXPORTED, actor=SYSTEM, subject_type="export", subject_id="x")
+        audit_record(verb=Verb.AUDIT_EXPORTED, actor=SYSTEM, subject_type="export", subject_id="x")
     mark("no team")
     killswitch_engage(scope="global", mode="pause", reason="global-reason", user=None)
     mark("global switch")
