@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 EFFECTS = ("allow", "deny", "approve", "shadow")
 ON_TIMEOUT = ("reject", "escalate")
 DEFAULT_APPROVAL_TIMEOUT = 4 * 3600
+# The approval defaults, written here once: a rule that names no timeout or no
+# on_timeout gets these; a request no rule opened (an action whose outcome is unknown)
+# waits UNKNOWN_OUTCOME_TIMEOUT and is rejected after it (approvals.services).
+UNKNOWN_OUTCOME_TIMEOUT = 24 * 3600
+DEFAULT_ON_TIMEOUT = "reject"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _RULE_KEYS = {
@@ -151,7 +156,7 @@ def _parse_rule(index: int, raw: object) -> Rule:
     approvals = raw.get("approvals", 1)
     if not isinstance(approvals, int) or isinstance(approvals, bool) or not 1 <= approvals <= 5:
         raise PolicyError(f"{where}: 'approvals' is a whole number from 1 to 5")
-    on_timeout = raw.get("on_timeout", "reject")
+    on_timeout = raw.get("on_timeout", DEFAULT_ON_TIMEOUT)
     if on_timeout not in ON_TIMEOUT:
         raise PolicyError(f"{where}: 'on_timeout' is one of {', '.join(ON_TIMEOUT)}")
     timeout = parse_duration(raw.get("timeout", DEFAULT_APPROVAL_TIMEOUT), where=where)

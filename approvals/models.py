@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
+from agents.policy import DEFAULT_ON_TIMEOUT
+
 
 class ApprovalRequest(models.Model):
     """A held action waiting for people. Bound to the exact action it holds."""
@@ -34,7 +36,7 @@ class ApprovalRequest(models.Model):
     rule = models.JSONField(null=True, blank=True)
     required_approvals = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
-    on_timeout = models.CharField(max_length=10, default="reject")
+    on_timeout = models.CharField(max_length=10, default=DEFAULT_ON_TIMEOUT)
     due_at = models.DateTimeField(null=True, blank=True)
     escalation_level = models.PositiveSmallIntegerField(default=0)
     # The approver group the request has escalated to (from the rule's escalate_to); its

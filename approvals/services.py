@@ -12,7 +12,13 @@ from django.utils import timezone
 
 from agents.gateway import args_hash
 from agents.models import Action, Run
-from agents.policy import Rule, policy_of
+from agents.policy import (
+    DEFAULT_APPROVAL_TIMEOUT,
+    DEFAULT_ON_TIMEOUT,
+    UNKNOWN_OUTCOME_TIMEOUT,
+    Rule,
+    policy_of,
+)
 from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
 from agents.services import Conflict, ServiceError, storable
@@ -49,7 +55,7 @@ class AlreadyDecided(Conflict):
 
 def approval_request_open(*, action: Action, tool: Tool, rule: Rule | None) -> ApprovalRequest:
     run = action.run
-    timeout = rule.timeout_seconds if rule else 24 * 3600
+    timeout = rule.timeout_seconds if rule else UNKNOWN_OUTCOME_TIMEOUT
     request = ApprovalRequest.objects.create(
         action=action,
         run=run,
@@ -64,7 +70,7 @@ def approval_request_open(*, action: Action, tool: Tool, rule: Rule | None) -> A
         rule=rule.describe() if rule else None,
         required_approvals=rule.approvals if rule else 1,
         approver_group=rule.approvers if rule else "",
-        on_timeout=rule.on_timeout if rule else "reject",
+        on_timeout=rule.on_timeout if rule else DEFAULT_ON_TIMEOUT,
         due_at=timezone.now() + timedelta(seconds=timeout),
         launched_by_id=run.launched_by_id,
         policy_author_id=run.version.author_id,
@@ -350,7 +356,7 @@ def approvals_expire() -> int:
 
 
 def _escalate(request: ApprovalRequest, group: str) -> None:
-    timeout = (request.rule or {}).get("timeout", 4 * 3600)
+    timeout = (request.rule or {}).get("timeout", DEFAULT_APPROVAL_TIMEOUT)
     due_at = timezone.now() + timedelta(seconds=timeout)
     ApprovalRequest.objects.filter(pk=request.pk).update(
         escalation_level=request.escalation_level + 1, escalated_to=group, due_at=due_at
