@@ -154,7 +154,53 @@ def approval_decide(
     run's policy is asked again, in full. `deny` and `shadow` are refused (a shadow rule
     would never run the edited action for real, which is not what approving means);
     `allow` makes this approval enough; another `approve` rule rebinds the request to its
-    approvals, approver group and timeout, and the editor must be one of its deciders."""
+    approvals, approver group and timeout, and the editor must be one of its deciders.
+
+    Durable: the decision, its audit event and the run's release commit together or not
+    at all, and the run is handed to a worker only once they have."""
+    comment, edited_args = _decision_input(verdict, comment, edited_args)
+    with transaction.atomic(durable=True):
+        request = _lock_request(request_id)
+        _decider_check(user, request, seen_args_hash)
+        before = args = request.args
+        allowed = False
+        if edited_args is not None and verdict == ApprovalDecision.Verdict.APPROVE:
+            args, allowed = _edit_apply(request, user, edited_args)
+        approvals = _decision_record(
+            request, user=user, verdict=verdict, comment=comment, edited_args=edited_args, args=args
+        )
+        verb, release = _outcome(
+            request,
+            user=user,
+            verdict=verdict,
+            comment=comment,
+            args=args,
+            enough=allowed or approvals >= request.required_approvals,
+        )
+        _decision_audit(
+            request,
+            user=user,
+            verb=verb,
+            payload={
+                "verdict": verdict,
+                "comment": comment,
+                "args": args,
+                "edited": edited_args is not None,
+                "approvals": approvals,
+                "required": request.required_approvals,
+                **({"rule": request.rule} if args != before else {}),
+            },
+        )
+        if release is not None:
+            _release(request, **release)
+    request.refresh_from_db()
+    return request
+
+
+def _decision_input(
+    verdict: str, comment: str, edited_args: dict[str, Any] | None
+) -> tuple[str, dict[str, Any] | None]:
+    """The decision as the trail stores it, or why it is refused; before any lock."""
     comment = comment.strip()
     if verdict not in ApprovalDecision.Verdict.values:
         raise ServiceError(BAD_VERDICT)
@@ -163,80 +209,102 @@ def approval_decide(
     comment = storable(comment, "comment")
     if edited_args is not None:
         edited_args = storable(edited_args, "arguments")
-    with transaction.atomic():
-        request = _lock_request(request_id)
-        if not may_decide(user, request):
-            raise _refusal(user, request)
-        if seen_args_hash != request.args_hash:
-            raise Conflict(STALE_DECISION)
-        before = args = request.args
-        allowed = False
-        if edited_args is not None and verdict == ApprovalDecision.Verdict.APPROVE:
-            args = _check_edit(request, edited_args)
-            if args != request.args:
-                allowed = _rebind(request, args)
-                if not may_decide(user, request):
-                    # Raised inside the transaction: the request is as it was.
-                    why = refusal(user, request)
-                    if why == NOT_YOURS:
-                        why = EDIT_NOT_YOURS.format(rule=_rule_name(request))
-                    raise ServiceError(why)
-        ApprovalDecision.objects.create(
-            request=request,
-            user=user,
-            verdict=verdict,
-            comment=comment,
-            edited_args=edited_args,
-            args_hash=args_hash(args),
-            launched_by_id=request.launched_by_id,
-            policy_author_id=request.policy_author_id,
-        )
-        # Only approvals of the arguments the action will run with count.
-        approvals = request.decisions.filter(
-            verdict=ApprovalDecision.Verdict.APPROVE, args_hash=args_hash(args)
-        ).count()
-        payload = {
-            "verdict": verdict,
-            "comment": comment,
-            "args": args,
-            "edited": edited_args is not None,
-            "approvals": approvals,
-            "required": request.required_approvals,
+    return comment, edited_args
+
+
+def _decider_check(user: User, request: ApprovalRequest, seen_args_hash: str) -> None:
+    """The person may decide this request, and decides what it holds now."""
+    if not may_decide(user, request):
+        raise _refusal(user, request)
+    if seen_args_hash != request.args_hash:
+        raise Conflict(STALE_DECISION)
+
+
+def _edit_apply(
+    request: ApprovalRequest, user: User, edited_args: dict[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """The arguments the action will run with, and whether the rule they fall under allows
+    it outright. A real change rebinds the request to that rule (`_rebind`), whose
+    deciders the editor must be among."""
+    args = _check_edit(request, edited_args)
+    if args == request.args:
+        return args, False
+    allowed = _rebind(request, args)
+    if not may_decide(user, request):
+        # Raised inside the transaction: the request is as it was.
+        why = refusal(user, request)
+        if why == NOT_YOURS:
+            why = EDIT_NOT_YOURS.format(rule=_rule_name(request))
+        raise ServiceError(why)
+    return args, allowed
+
+
+def _decision_record(
+    request: ApprovalRequest,
+    *,
+    user: User,
+    verdict: str,
+    comment: str,
+    edited_args: dict[str, Any] | None,
+    args: dict[str, Any],
+) -> int:
+    """Store the decision; returns how many approvals the arguments it runs with now have
+    (only approvals of those arguments count)."""
+    ApprovalDecision.objects.create(
+        request=request,
+        user=user,
+        verdict=verdict,
+        comment=comment,
+        edited_args=edited_args,
+        args_hash=args_hash(args),
+        launched_by_id=request.launched_by_id,
+        policy_author_id=request.policy_author_id,
+    )
+    return request.decisions.filter(
+        verdict=ApprovalDecision.Verdict.APPROVE, args_hash=args_hash(args)
+    ).count()
+
+
+def _outcome(
+    request: ApprovalRequest,
+    *,
+    user: User,
+    verdict: str,
+    comment: str,
+    args: dict[str, Any],
+    enough: bool,
+) -> tuple[Verb, dict[str, Any] | None]:
+    """The decision's verb, and, when it settles the request, how (`_release`'s terms): a
+    rejection settles it at once; an approval once there are enough of them."""
+    if verdict == ApprovalDecision.Verdict.REJECT:
+        return Verb.APPROVAL_REJECTED, {
+            "status": ApprovalRequest.Status.REJECTED,
+            "action_status": Action.Status.REJECTED,
+            "args": request.args,
+            "error": f"rejected by {user.get_username()}: {comment}",
         }
-        if args != before:
-            payload["rule"] = request.rule
-        release: dict[str, Any] | None = None
-        if verdict == ApprovalDecision.Verdict.REJECT:
-            verb = Verb.APPROVAL_REJECTED
-            release = {
-                "status": ApprovalRequest.Status.REJECTED,
-                "action_status": Action.Status.REJECTED,
-                "args": request.args,
-                "error": f"rejected by {user.get_username()}: {comment}",
-            }
-        elif allowed or approvals >= request.required_approvals:
-            verb = Verb.APPROVAL_APPROVED
-            release = {
-                "status": ApprovalRequest.Status.APPROVED,
-                "action_status": Action.Status.APPROVED,
-                "args": args,
-                "error": "",
-            }
-        else:
-            verb = Verb.APPROVAL_DECISION
-        audit_record(
-            verb=verb,
-            actor=Actor.user(user),
-            subject_type="approval",
-            subject_id=request.pk,
-            agent=request.agent,
-            run=request.run,
-            payload=payload,
-        )
-        if release is not None:
-            _release(request, **release)
-    request.refresh_from_db()
-    return request
+    if enough:
+        return Verb.APPROVAL_APPROVED, {
+            "status": ApprovalRequest.Status.APPROVED,
+            "action_status": Action.Status.APPROVED,
+            "args": args,
+            "error": "",
+        }
+    return Verb.APPROVAL_DECISION, None
+
+
+def _decision_audit(
+    request: ApprovalRequest, *, user: User, verb: Verb, payload: dict[str, Any]
+) -> None:
+    audit_record(
+        verb=verb,
+        actor=Actor.user(user),
+        subject_type="approval",
+        subject_id=request.pk,
+        agent=request.agent,
+        run=request.run,
+        payload=payload,
+    )
 
 
 def _refusal(user: User, request: ApprovalRequest) -> Exception:
@@ -326,7 +394,8 @@ def approvals_expire() -> int:
         status=ApprovalRequest.Status.PENDING, due_at__lt=timezone.now()
     )
     for request_id in due.values_list("pk", flat=True)[:500]:
-        with transaction.atomic():
+        # One durable transaction per request: each is settled and audited on its own.
+        with transaction.atomic(durable=True):
             request = _lock_request(request_id)
             if request.status != ApprovalRequest.Status.PENDING:
                 continue

@@ -23,26 +23,24 @@ from approvals.services import approval_decide
 pytestmark = pytest.mark.django_db
 
 
-class Undo(Exception):
-    pass
-
-
 def decide_succeeds(user: Any, request: ApprovalRequest) -> bool:
     """Whether the service takes the person's approval; rolled back either way."""
     request.refresh_from_db()
+    # A savepoint, not an outer atomic block: approval_decide is durable, and only the
+    # test's own transaction may enclose it.
+    undo = transaction.savepoint()
     try:
-        with transaction.atomic():
-            approval_decide(
-                request_id=request.pk,
-                user=user,
-                verdict="approve",
-                seen_args_hash=request.args_hash,
-            )
-            raise Undo
-    except Undo:
-        return True
+        approval_decide(
+            request_id=request.pk,
+            user=user,
+            verdict="approve",
+            seen_args_hash=request.args_hash,
+        )
     except (ServiceError, PermissionDenied, Http404):
         return False
+    finally:
+        transaction.savepoint_rollback(undo)
+    return True
 
 
 def badge(client: Client) -> int:
