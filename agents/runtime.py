@@ -55,7 +55,9 @@ def enqueue(run_id: int, *, countdown: float | None = None) -> None:
 
 def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
     now = timezone.now()
-    with transaction.atomic():
+    # Durable, as every transition of the run's lease: other workers and the sweep judge
+    # the run by what has committed.
+    with transaction.atomic(durable=True):
         claimed = (
             Run.objects.filter(pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING])
             .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
@@ -84,7 +86,7 @@ def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
 
 
 def _settle(run: Run, token: uuid.UUID, verb: Verb, payload: dict[str, Any], **fields: Any) -> None:
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         moved = Run.objects.filter(pk=run.pk, lease_token=token).update(
             lease_token=None, lease_until=None, **fields
         )
@@ -137,54 +139,18 @@ def _retry_later(run: Run, token: uuid.UUID, fault: BaseException) -> None:
 
 
 def _drive(run: Run, token: uuid.UUID) -> None:
-    run_id = run.pk
+    """Replay the run's program, then settle the run from how the program ended."""
     try:
-        for switch in engaged_for(run.agent):
-            raise Stopped(switch.mode, f"{switch.mode} by kill switch on {switch.target}")
-        program = get_program(run.version.program)
-        journal = {a.seq: a for a in run.actions.all()}
-        ctx = Context(run, token, journal)
-        try:
-            output = program(ctx, run.input)
-        finally:
-            ctx.close()
+        output = _replay(run, token)
     except Suspended:
-        return
+        return  # the run waits for people: the gateway parked it in the step's transaction
     except LeaseLost:
-        log.info("run %s: lease lost to another worker", run_id)
+        log.info("run %s: lease lost to another worker", run.pk)
         return
     except Delayed as d:
-        _settle(
-            run,
-            token,
-            Verb.RUN_DELAYED,
-            {"reason": d.reason, "countdown": d.countdown},
-            status=Run.Status.QUEUED,
-            wait_reason=Run.WaitReason.RATE_LIMIT,
-            wake_at=timezone.now() + timedelta(seconds=d.countdown),
-            enqueued_at=timezone.now(),
-        )
+        _delay(run, token, d)
     except Stopped as s:
-        if s.mode == "pause":
-            _settle(
-                run,
-                token,
-                Verb.RUN_PAUSED,
-                {"reason": s.reason},
-                status=Run.Status.WAITING,
-                wait_reason=Run.WaitReason.PAUSED,
-            )
-        elif s.mode == "halt":
-            _settle(
-                run,
-                token,
-                Verb.RUN_CANCELLED,
-                {"reason": s.reason},
-                status=Run.Status.CANCELLED,
-                error=s.reason,
-                finished_at=timezone.now(),
-            )
-        # "cancel": whoever cancelled the run already settled it.
+        _stop(run, token, s)
     except Divergence as d:
         _fail(run, token, str(d))
     except GatewayStop:
@@ -192,23 +158,80 @@ def _drive(run: Run, token: uuid.UUID) -> None:
     except TRANSIENT_FAULTS:
         raise
     except Exception as exc:
-        log.exception("run %s failed", run_id)
+        log.exception("run %s failed", run.pk)
         _fail(run, token, scrubbed(f"{type(exc).__name__}: {exc}"))
     else:
-        try:
-            result = plain_json(output)
-        except (TypeError, ValueError):
-            _fail(run, token, "the program returned a value that is not JSON")
-            return
+        _succeed(run, token, output)
+
+
+def _replay(run: Run, token: uuid.UUID) -> Any:
+    """Run the program against the run's journal: steps it already took are answered from
+    the journal, new ones go through the gateway. Returns the program's output, or raises
+    how the run stops (agents.errors)."""
+    for switch in engaged_for(run.agent):
+        raise Stopped(switch.mode, f"{switch.mode} by kill switch on {switch.target}")
+    program = get_program(run.version.program)
+    journal = {a.seq: a for a in run.actions.all()}
+    ctx = Context(run, token, journal)
+    try:
+        return program(ctx, run.input)
+    finally:
+        ctx.close()
+
+
+def _delay(run: Run, token: uuid.UUID, delayed: Delayed) -> None:
+    """A rate limit: queued again, due once the countdown has passed."""
+    _settle(
+        run,
+        token,
+        Verb.RUN_DELAYED,
+        {"reason": delayed.reason, "countdown": delayed.countdown},
+        status=Run.Status.QUEUED,
+        wait_reason=Run.WaitReason.RATE_LIMIT,
+        wake_at=timezone.now() + timedelta(seconds=delayed.countdown),
+        enqueued_at=timezone.now(),
+    )
+
+
+def _stop(run: Run, token: uuid.UUID, stopped: Stopped) -> None:
+    """A kill switch: a pause parks the run, a halt cancels it. A cancel was settled by
+    whoever cancelled the run."""
+    if stopped.mode == "pause":
         _settle(
             run,
             token,
-            Verb.RUN_SUCCEEDED,
-            {"output": result},
-            status=Run.Status.SUCCEEDED,
-            output=result,
+            Verb.RUN_PAUSED,
+            {"reason": stopped.reason},
+            status=Run.Status.WAITING,
+            wait_reason=Run.WaitReason.PAUSED,
+        )
+    elif stopped.mode == "halt":
+        _settle(
+            run,
+            token,
+            Verb.RUN_CANCELLED,
+            {"reason": stopped.reason},
+            status=Run.Status.CANCELLED,
+            error=stopped.reason,
             finished_at=timezone.now(),
         )
+
+
+def _succeed(run: Run, token: uuid.UUID, output: Any) -> None:
+    try:
+        result = plain_json(output)
+    except (TypeError, ValueError):
+        _fail(run, token, "the program returned a value that is not JSON")
+        return
+    _settle(
+        run,
+        token,
+        Verb.RUN_SUCCEEDED,
+        {"output": result},
+        status=Run.Status.SUCCEEDED,
+        output=result,
+        finished_at=timezone.now(),
+    )
 
 
 def _fail(run: Run, token: uuid.UUID, error: str) -> None:
