@@ -86,7 +86,7 @@ def agent_create(
     user: User | None = None,
 ) -> Agent:
     storable({"slug": slug, "name": name, "description": description}, "agent")
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         agent = Agent.objects.create(
             slug=slug, name=name, team=team, kind=kind, description=description, owner=owner
         )
@@ -119,7 +119,7 @@ def version_create(
             get_program(program)
     except (PolicyError, UnknownProgram) as exc:
         raise ServiceError(str(exc)) from exc
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         last = (
             # FOR NO KEY UPDATE: numbers are taken one at a time, and a run inserted
             # meanwhile may still check its foreign key to a version (store.LOCK_ORDER).
@@ -151,7 +151,7 @@ def version_create(
 
 def version_publish(*, version: AgentVersion, user: User | None = None, reason: str = "") -> None:
     """Make the version live for new runs (rollout through shadow and canary comes later)."""
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         agent = Agent.objects.select_for_update(no_key=True).get(pk=version.agent_id)
         AgentVersion.objects.filter(agent=agent, stage=AgentVersion.Stage.LIVE).exclude(
             pk=version.pk
@@ -198,7 +198,7 @@ def run_start_check(*, agent: Agent, input: Any) -> tuple[dict[str, Any], int]:
 
 
 def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         input, version_id = run_start_check(agent=agent, input=input)
         run = Run.objects.create(
             agent=agent,
@@ -255,10 +255,14 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
     return len(locked)
 
 
-def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
+def _reason_required(reason: str) -> None:
     if not storable(reason, "reason").strip():
         raise ServiceError(REASON_REQUIRED)
-    with transaction.atomic():
+
+
+def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
+    _reason_required(reason)
+    with transaction.atomic(durable=True):
         lock_for_engage(switch_target(KillSwitch.Scope.AGENT, run.agent_id))
         if not _cancel_runs(Run.objects.filter(pk=run.pk), reason=reason, actor=Actor.of(user)):
             raise ServiceError(RUN_ALREADY_FINISHED.format(run=run.pk))
@@ -283,14 +287,12 @@ def killswitch_engage(
 ) -> KillSwitch:
     """Stop an agent, a team or everything. Once this commits no covered action is admitted:
     the gateway's admission takes the same lock (agents.killswitches)."""
-    if not storable(reason, "reason").strip():
-        raise ServiceError(REASON_REQUIRED)
+    _reason_required(reason)
     owner = team if scope == KillSwitch.Scope.TEAM else agent
     target = switch_target(scope, owner.pk if owner else None)
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         lock_for_engage(target)
-        if KillSwitch.objects.filter(target=target, released_at__isnull=True).exists():
-            raise ServiceError(SWITCH_ALREADY_ENGAGED.format(target=target))
+        _not_engaged_check(target)
         switch = KillSwitch.objects.create(
             scope=scope,
             team=team,
@@ -300,29 +302,46 @@ def killswitch_engage(
             reason=reason,
             engaged_by=user,
         )
-        cancelled = 0
-        if mode == KillSwitch.Mode.HALT:
-            cancelled = _cancel_runs(
-                _scope_runs(switch), reason=f"halted: {reason}", actor=Actor.of(user)
-            )
-        audit_record(
-            verb=Verb.KILLSWITCH_ENGAGED,
-            actor=Actor.of(user),
-            subject_type="killswitch",
-            subject_id=switch.pk,
-            agent=agent,
-            team=switch.team,
-            payload={"target": target, "mode": mode, "reason": reason, "runs_cancelled": cancelled},
-        )
+        cancelled = _halt_runs(switch, user=user) if mode == KillSwitch.Mode.HALT else 0
+        _engage_audit(switch, user=user, cancelled=cancelled)
     return switch
+
+
+def _not_engaged_check(target: str) -> None:
+    # Under the target's lock: two engages of one target cannot both pass.
+    if KillSwitch.objects.filter(target=target, released_at__isnull=True).exists():
+        raise ServiceError(SWITCH_ALREADY_ENGAGED.format(target=target))
+
+
+def _halt_runs(switch: KillSwitch, *, user: User | None) -> int:
+    """A halt cancels every unfinished run it covers; returns how many."""
+    return _cancel_runs(
+        _scope_runs(switch), reason=f"halted: {switch.reason}", actor=Actor.of(user)
+    )
+
+
+def _engage_audit(switch: KillSwitch, *, user: User | None, cancelled: int) -> None:
+    audit_record(
+        verb=Verb.KILLSWITCH_ENGAGED,
+        actor=Actor.of(user),
+        subject_type="killswitch",
+        subject_id=switch.pk,
+        agent=switch.agent,
+        team=switch.team,
+        payload={
+            "target": switch.target,
+            "mode": switch.mode,
+            "reason": switch.reason,
+            "runs_cancelled": cancelled,
+        },
+    )
 
 
 def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) -> int:
     """Release a switch; runs a pause parked are queued again unless another switch still
     covers them. A halt's runs stay cancelled. Returns how many runs were re-queued."""
-    if not storable(reason, "reason").strip():
-        raise ServiceError(REASON_REQUIRED)
-    with transaction.atomic():
+    _reason_required(reason)
+    with transaction.atomic(durable=True):
         lock_for_engage(switch.target)
         released = KillSwitch.objects.filter(pk=switch.pk, released_at__isnull=True).update(
             released_at=timezone.now(), released_by=user, release_reason=reason
@@ -372,7 +391,7 @@ def runs_sweep() -> int:
     count = 0
     orphaned = Run.objects.filter(status=Run.Status.RUNNING, lease_until__lt=now)
     for run in orphaned.select_related("agent__team")[:500]:
-        with transaction.atomic():
+        with transaction.atomic(durable=True):
             if Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, lease_until__lt=now).update(
                 status=Run.Status.QUEUED, lease_token=None, lease_until=None, enqueued_at=now
             ):
@@ -395,7 +414,7 @@ def runs_sweep() -> int:
     for run_id in candidates:
         if run_id in in_broker:
             continue
-        with transaction.atomic():
+        with transaction.atomic(durable=True):
             if (
                 Run.objects.filter(pk=run_id, status=Run.Status.QUEUED)
                 .unsent_since(stale)
