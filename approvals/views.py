@@ -9,6 +9,7 @@ from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import trigger_client_event
 
 from agents.registry import get_tool
 from agents.services import Conflict, ServiceError
@@ -124,9 +125,8 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
         status = 409 if isinstance(exc, Conflict) else 400
         return _render_request(request, _fresh(approval), form=form, error=str(exc), status=status)
     if request.htmx:
-        response = _render_request(request, _fresh(approval))
-        response["HX-Trigger"] = "approvals-changed"
-        return response
+        # The queue and the badge listen for it (hx-trigger "approvals-changed from:body").
+        return trigger_client_event(_render_request(request, _fresh(approval)), "approvals-changed")
     messages.success(request, f"Request {approval.pk}: {data['verdict']} recorded.")
     return redirect("approvals")
 
