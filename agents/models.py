@@ -126,6 +126,8 @@ class Run(models.Model):
         RATE_LIMIT = "rate_limit", "delayed by a rate limit"
 
     FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    # In the workers' hands: queued, or running (on a live lease, or one that ran out).
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
 
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
     version = models.ForeignKey(AgentVersion, on_delete=models.PROTECT, related_name="runs")
@@ -193,9 +195,11 @@ class Action(models.Model):
         UNKNOWN = "unknown", "outcome unknown"
         CANCELLED = "cancelled"
 
+    # Steps waiting for people: held by a rule, or its outcome unknown after a crash.
+    UNDECIDED = (Status.HELD, Status.UNKNOWN)
     # Steps still open: a tool call started, or one waiting on a decision (held, or its
     # outcome unknown after a crash) or on being executed once approved.
-    AWAITING = (Status.HELD, Status.APPROVED, Status.UNKNOWN)
+    AWAITING = (*UNDECIDED, Status.APPROVED)
     OPEN_STATUSES = (Status.STARTED, *AWAITING)
 
     # Outcomes a replay returns or raises without asking the gateway again.

@@ -59,7 +59,7 @@ def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
     # the run by what has committed.
     with transaction.atomic(durable=True):
         claimed = (
-            Run.objects.filter(pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING])
+            Run.objects.filter(pk=run_id, status__in=Run.ACTIVE)
             .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
             .due(now)
             .update(

@@ -102,9 +102,9 @@ def _release(
     ApprovalRequest.objects.filter(pk=request.pk).update(status=status, decided_at=now)
     # The rule the action is decided under: after an edit, the one its new arguments match.
     rule = {"rule_index": request.rule_index, "rule": request.rule} if request.rule else {}
-    Action.objects.filter(
-        pk=request.action_id, status__in=[Action.Status.HELD, Action.Status.UNKNOWN]
-    ).update(status=action_status, args=args, args_hash=args_hash(args), error=error, **rule)
+    Action.objects.filter(pk=request.action_id, status__in=Action.UNDECIDED).update(
+        status=action_status, args=args, args_hash=args_hash(args), error=error, **rule
+    )
     if Run.objects.filter(
         pk=request.run_id, status=Run.Status.WAITING, wait_reason=Run.WaitReason.APPROVAL
     ).update(status=Run.Status.QUEUED, wait_reason="", enqueued_at=now):

@@ -209,7 +209,7 @@ BACKLOG = 3
 def demo_workload_tick(rng: random.Random | None = None) -> int:
     """Start one run for each demo agent that is not already busy. Returns runs started."""
     rng = rng or random.Random()  # noqa: S311  (demo inputs, not secrets)
-    busy = Count("runs", filter=Q(runs__status__in=[Run.Status.QUEUED, Run.Status.RUNNING]))
+    busy = Count("runs", filter=Q(runs__status__in=Run.ACTIVE))
     started = 0
     for agent in Agent.objects.filter(slug__in=INPUTS).annotate(busy=busy):
         if agent.busy >= BACKLOG:

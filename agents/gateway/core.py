@@ -180,7 +180,7 @@ def _replay(gate: Gate, existing: Action, name: str, args: dict[str, Any]) -> Ou
         return Recorded(existing)
     if status != S.APPROVED and not gate.adapter.resumes_open_steps:
         return Recorded(existing)  # the agent holds it, or people decide it
-    if status in (S.HELD, S.UNKNOWN):
+    if status in Action.UNDECIDED:
         with transaction.atomic():
             admit(gate)
             gate.adapter.park(gate)
