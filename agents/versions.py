@@ -1,16 +1,16 @@
 """Two versions of an agent side by side: the diff (issue 11, point 3).
 
 Rules are compared as the gateway reads them (agents.policy.policy_of), so a condition
-written another way with the same meaning text (`amount<=500` and `amount <= 500`) is not
-a change. Rules are paired in order by their tool glob, so a rule inserted above the
-others shifts them without marking them changed; where the tools differ at one place in
-the list, the rules there are paired by position and the tool is what changed.
+written another way with the same meaning (`amount<=500` and `amount <= 500`) is not a
+change. Rules are paired by their tool glob, the k-th rule of a tool in one version with
+the k-th of that tool in the other, so a rule inserted above the others shifts them
+without marking them changed; rules left over at the same place in both lists are paired
+by position, and their tool is what changed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 from typing import Any
 
 from django.http import Http404
@@ -34,12 +34,14 @@ def rule_fields(rule: Rule) -> dict[str, Any]:
         fields.update(
             {
                 "approvals": rule.approvals,
-                "approver group": rule.approvers,
-                "timeout": rule.timeout_seconds,
+                "timeout": duration(rule.timeout_seconds),
                 "on timeout": rule.on_timeout,
-                "escalate to": ", ".join(rule.escalate_to),
             }
         )
+        if rule.approvers:
+            fields["approver group"] = rule.approvers
+        if rule.escalate_to:
+            fields["escalate to"] = ", ".join(rule.escalate_to)
     fields["reason"] = rule.reason
     return fields
 
@@ -102,19 +104,42 @@ def _pair(a: Side, b: Side) -> Row:
 def _rule_rows(a: tuple[Rule, ...], b: tuple[Rule, ...]) -> list[Row]:
     sides_a = [Side(r.index + 1, rule_fields(r)) for r in a]
     sides_b = [Side(r.index + 1, rule_fields(r)) for r in b]
-    matcher = SequenceMatcher(None, [r.tool for r in a], [r.tool for r in b], autojunk=False)
-    rows: list[Row] = []
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        olds, news = sides_a[i1:i2], sides_b[j1:j2]
-        paired = min(len(olds), len(news)) if op in ("equal", "replace") else 0
-        rows += [_pair(olds[k], news[k]) for k in range(paired)]
-        rows += [Row(REMOVED, side, None) for side in olds[paired:]]
-        rows += [Row(ADDED, None, side) for side in news[paired:]]
-    return rows
+    partner: dict[int, int] = {}  # index in a -> index in b
+    # The k-th rule of a tool in a is the k-th rule of that tool in b...
+    for tool in dict.fromkeys(r.tool for r in a):
+        olds = [r.index for r in a if r.tool == tool]
+        news = [r.index for r in b if r.tool == tool]
+        partner.update(zip(olds, news, strict=False))
+    # ...and what is left at one place in both lists is one rule whose tool changed.
+    taken = set(partner.values())
+    for i in range(min(len(a), len(b))):
+        if i not in partner and i not in taken:
+            partner[i] = i
+            taken.add(i)
+    # Rows in b's order; a removed rule right after the row of the rule above it in a.
+    rows: list[tuple[tuple[int, int, int], Row]] = [
+        ((j, 0, 0), Row(ADDED, None, sides_b[j])) for j in range(len(b)) if j not in taken
+    ]
+    above = -1
+    for i, side in enumerate(sides_a):
+        if i in partner:
+            above = partner[i]
+            rows.append(((above, 0, 0), _pair(side, sides_b[above])))
+        else:
+            rows.append(((above, 1, i), Row(REMOVED, side, None)))
+    return [row for _, row in sorted(rows, key=lambda item: item[0])]
+
+
+def duration(seconds: int) -> str:
+    """4h, 30m, 90s: a timeout as a policy writes it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _limit(limit: RateLimit) -> str:
-    return f"{limit.limit} per {limit.per}s"
+    return f"{limit.limit} per {duration(limit.per)}"
 
 
 def _value_rows(a: dict[str, Any], b: dict[str, Any]) -> list[ValueRow]:

@@ -6,7 +6,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from agents import selectors
-from agents.permissions import agent_for_user
+from agents.permissions import agent_for_user, user_can
 from console.http import HtmxHttpRequest
 
 BAD_RUNS_PAGE = "This page link is broken: start again from the newest runs."
@@ -29,6 +29,7 @@ def agent_detail(request: HttpRequest, slug: str) -> HttpResponse:
         context["error"] = BAD_RUNS_PAGE
         return render(request, "agents/agent.html", context, status=400)
     context = selectors.agent_detail(agent, before=int(before) if before else None)
+    context["can_administer"] = user_can(request.user, "administer", agent)
     return render(request, "agents/agent.html", context)
 
 

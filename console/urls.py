@@ -5,7 +5,7 @@ from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic.base import RedirectView
 
-from agents import api, switch_views
+from agents import api, switch_views, version_views
 from agents import views as agent_views
 from approvals import views as approval_views
 from console import views as console_views
@@ -13,6 +13,12 @@ from console import views as console_views
 urlpatterns = [
     path("", console_views.overview, name="overview"),
     path("agents/<slug:slug>/", agent_views.agent_detail, name="agent"),
+    path("agents/<slug:slug>/versions/diff/", version_views.diff, name="version-diff"),
+    path(
+        "agents/<slug:slug>/versions/<int:number>/dry-run/",
+        version_views.dry_run,
+        name="version-dry-run",
+    ),
     path("workers/", agent_views.workers, name="workers"),
     path("runs/<int:run_id>/", agent_views.run_detail, name="run"),
     path("approvals/", approval_views.queue, name="approvals"),

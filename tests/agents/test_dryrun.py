@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import PermissionDenied
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from agents.dryrun import BAD_LAST_N, policy_dry_run
@@ -225,14 +226,33 @@ def test_the_diff_pairs_rules_by_tool_across_an_inserted_rule(make_agent: Any, w
     diff = version_diff(agent.live_version, draft(agent, world, b, {"model": "other"}))
     assert [row.status for row in diff.rules] == [ADDED, SAME, CHANGED, SAME, REMOVED]
     held = diff.rules[2]
-    assert held.changed == ("approvals", "approver group", "timeout")
+    assert held.changed == ("approvals", "timeout", "approver group")
     assert held.moved and held.a is not None and held.b is not None
     assert (held.a.position, held.b.position) == (2, 3)
     removed = diff.rules[4]
     assert removed.a is not None and removed.a.fields["tool"] == "test.count_once"
-    assert [(r.key, r.status, r.b) for r in diff.rate_limits] == [("test.pay", ADDED, "5 per 60s")]
+    assert [(r.key, r.status, r.b) for r in diff.rate_limits] == [("test.pay", ADDED, "5 per 1m")]
     assert [(r.key, r.status) for r in diff.config] == [("model", CHANGED)]
     assert diff.program is None
+
+
+def test_a_rule_added_below_others_of_its_tool_is_added_not_a_shift(
+    make_agent: Any, world: Any
+) -> None:
+    agent = make_agent("payer", ROGUE, LIVE)
+    diff = version_diff(agent.live_version, draft(agent, world, DRAFT))
+    statuses = [
+        (row.status, row.a and row.a.position, row.b and row.b.position) for row in diff.rules
+    ]
+    assert statuses == [
+        (CHANGED, 1, 1),  # test.pay: amount <= 500 -> amount <= 200
+        (CHANGED, 2, 2),  # test.pay: a condition where there was none
+        (ADDED, None, 3),  # test.pay: deny
+        (SAME, 3, 4),  # test.count
+        (REMOVED, 4, None),  # test.count_once
+        (ADDED, None, 5),  # test.held
+    ]
+    assert [row.changed for row in diff.rules[:2]] == [("condition",), ("condition",)]
 
 
 def test_a_changed_effect_shows_the_approval_fields_it_drops(make_agent: Any, world: Any) -> None:
@@ -241,3 +261,86 @@ def test_a_changed_effect_shows_the_approval_fields_it_drops(make_agent: Any, wo
     row = version_diff(agent.live_version, draft(agent, world, b)).rules[1]
     assert row.status == CHANGED
     assert row.changed[0] == "effect" and "approvals" in row.changed
+
+
+# --- the pages -------------------------------------------------------------------------------
+
+
+def client_of(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_dry_run_page_shows_the_counts_and_links_to_examples(history: Any, world: Any) -> None:
+    v2 = draft(history, world, DRAFT)
+    response = client_of(world.admin).get(f"/agents/payer/versions/{v2.number}/dry-run/?n=100")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "<strong>4</strong> of 7 steps would be decided differently; 3 unchanged." in page
+    example = Action.objects.get(requested_args={"claim_id": "c5", "amount": 2000})
+    assert f'href="/runs/{example.run_id}/#step-{example.seq}"' in page
+    assert 'data-testid="transition-held-denied"' in page
+
+
+def test_the_dry_run_page_refuses_a_bad_number(history: Any, world: Any) -> None:
+    response = client_of(world.admin).get("/agents/payer/versions/1/dry-run/?n=lots")
+    assert response.status_code == 400
+    assert BAD_LAST_N in response.content.decode()
+
+
+@pytest.mark.parametrize(("who", "status"), [("supervisor", 403), ("support_supervisor", 404)])
+def test_the_dry_run_page_is_for_those_who_administer(
+    history: Any, world: Any, who: str, status: int
+) -> None:
+    response = client_of(getattr(world, who)).get("/agents/payer/versions/1/dry-run/")
+    assert response.status_code == status
+
+
+def test_the_agent_page_links_the_dry_run_for_admins_only(history: Any, world: Any) -> None:
+    link = 'href="/agents/payer/versions/1/dry-run/"'
+    assert link in client_of(world.admin).get("/agents/payer/").content.decode()
+    assert link not in client_of(world.supervisor).get("/agents/payer/").content.decode()
+
+
+def test_the_diff_page_highlights_a_changed_condition(make_agent: Any, world: Any) -> None:
+    agent = make_agent("payer", ROGUE, LIVE)
+    changed = {"rules": [dict(LIVE["rules"][0], when="amount <= 250"), *LIVE["rules"][1:]]}
+    draft(agent, world, changed)
+    # Without a choice, the newest version against the one before it; supervisors see it.
+    response = client_of(world.supervisor).get("/agents/payer/versions/diff/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert page.count('data-testid="changed-condition"') == 2  # both sides
+    assert "<code>amount &lt;= 250</code>" in page
+    assert client_of(world.admin).get("/agents/payer/versions/diff/?a=1&b=9").status_code == 404
+    assert (
+        client_of(world.support_supervisor).get("/agents/payer/versions/diff/").status_code == 404
+    )
+
+
+def test_a_rule_whose_tool_changed_in_place_is_one_changed_rule(
+    make_agent: Any, world: Any
+) -> None:
+    a = {
+        "rules": [
+            {"tool": "test.pay", "effect": "allow"},
+            {"tool": "test.count", "effect": "allow"},
+        ]
+    }
+    agent = make_agent("payer", ROGUE, a)
+    b = {
+        "rules": [{"tool": "test.*", "effect": "allow"}, {"tool": "test.count", "effect": "allow"}]
+    }
+    diff = version_diff(agent.live_version, draft(agent, world, b))
+    assert [(row.status, row.changed) for row in diff.rules] == [(CHANGED, ("tool",)), (SAME, ())]
+
+
+def test_an_admin_of_one_team_cannot_dry_run_another_teams_agent(
+    make_agent: Any, world: Any
+) -> None:
+    helpdesk = make_agent("helpdesk", ROGUE, LIVE, team=world.support)
+    with pytest.raises(PermissionDenied):
+        policy_dry_run(user=world.admin, agent=helpdesk, policy=DRAFT)
+    response = client_of(world.admin).get("/agents/helpdesk/versions/1/dry-run/")
+    assert response.status_code == 404

@@ -111,6 +111,7 @@ class Hidden:
             "switch_id": self.switch.pk,
             "seq": self.event.seq,
             "step": 1,
+            "number": 1,  # the hidden agent's version
             "rest": f"v1/runs/{self.run.pk}/nothing-here",
         }
 
