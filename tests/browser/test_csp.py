@@ -47,7 +47,8 @@ def test_the_console_runs_under_its_policy_without_a_violation(
     expect(page.locator("#rows")).to_contain_text("run.succeeded")
     assert page.evaluate("window.samePage") is True
 
-    for url in ["/", f"/agents/{agent.slug}/", f"/runs/{run.pk}/", "/approvals/", "/workers/"]:
+    urls = ["/", f"/agents/{agent.slug}/", f"/runs/{run.pk}/", "/approvals/", "/workers/"]
+    for url in [*urls, f"/agents/{agent.slug}/versions/diff/"]:
         page.goto(f"{console_server.url}{url}")
         expect(page.locator("main")).to_be_visible()
         page.wait_for_load_state("networkidle")

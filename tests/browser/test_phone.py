@@ -46,6 +46,10 @@ def test_the_main_pages_fit_a_phone(browser: Any, console_server: Any, make_agen
             "/workers/",
         ],
         "cora": ["/audit/", f"/audit/runs/{run.pk}/", "/approvals/"],
+        "ada": [
+            f"/agents/{payer.slug}/versions/1/dry-run/",
+            f"/agents/{payer.slug}/versions/diff/",
+        ],
     }
     too_wide = {}
     for username, urls in pages.items():
