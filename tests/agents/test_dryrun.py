@@ -17,6 +17,8 @@ from agents.policy import PolicyError, parse_policy
 from agents.runtime import execute_run
 from agents.services import run_start, version_create
 from agents.versions import ADDED, CHANGED, REMOVED, SAME, version_diff
+from approvals.models import ApprovalRequest
+from approvals.services import approval_decide
 from audit.models import AuditEvent
 from tests.conftest import ALLOW_ALL_TESTS
 
@@ -109,6 +111,22 @@ def test_dry_run_examples_name_the_action_its_run_and_both_rules(history: Any, w
     assert action.requested_args == {"claim_id": "c5", "amount": 2000}
     assert (example.run_id, example.seq) == (action.run_id, action.seq)
     assert (example.recorded_rule, example.proposed_rule) == (2, 3)
+
+
+def test_dry_run_decides_the_arguments_as_requested_not_as_edited(history: Any, world: Any) -> None:
+    # An approver cut the held payout of 900 to 150: the draft would have allowed 150,
+    # but the agent asked for 900, and that is what the draft would have had to decide.
+    request = ApprovalRequest.objects.get(action__requested_args__amount=900)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+        edited_args={"claim_id": "c2", "amount": 150},
+    )
+    assert Action.objects.get(pk=request.action_id).args["amount"] == 150
+    result = policy_dry_run(user=world.admin, agent=history, policy=DRAFT, last_n=100)
+    assert result.counts() == EXPECTED
 
 
 def test_dry_run_of_the_live_version_changes_nothing(history: Any, world: Any) -> None:
