@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from agents.killswitches import targets_for
-from agents.models import Action, Agent, KillSwitch, Run
+from agents.models import Action, Agent, KillSwitch, Run, ShadowDecision
 from agents.permissions import agents_for_user, grants_prefetch, team_can, user_can
 
 
@@ -154,3 +155,53 @@ def workers(user: Any) -> list[Any]:
         beat.alive = beat.stopped_at is None and beat.last_seen >= threshold
         beat.runs = running.get(beat.hostname, [])
     return sorted(beats, key=lambda b: (not b.alive, b.hostname))
+
+
+# --- rollout: where the shadow version would have decided otherwise -----------------------
+
+
+@dataclass
+class ShadowDifference:
+    """Steps the live version decided `live` and the shadow version would have decided
+    `shadow` (policy effects): how many, and the latest few as examples."""
+
+    live: str
+    shadow: str
+    count: int
+    examples: list[ShadowDecision] = field(default_factory=list)
+
+
+@dataclass
+class ShadowComparison:
+    version_id: int | None
+    compared: int
+    differences: list[ShadowDifference]
+
+    @property
+    def differing(self) -> int:
+        return sum(d.count for d in self.differences)
+
+
+def shadow_differences(
+    agent: Agent, *, version_id: int | None = None, examples: int = 3
+) -> ShadowComparison:
+    """For an agent the caller may see (agents.permissions): the steps of live runs where
+    the shadow version (the current one, or `version_id`) would have decided otherwise,
+    counted by (live, shadow) effect, most frequent first, with examples (their action
+    and run loaded)."""
+    version_id = version_id if version_id is not None else agent.shadow_version_id
+    recorded = ShadowDecision.objects.filter(agent=agent, version_id=version_id)
+    pairs = recorded.order_by().values_list("action__decision", "effect").annotate(n=Count("pk"))
+    compared, differences = 0, []
+    for live, shadow, n in pairs:
+        compared += n
+        if live != shadow:
+            differences.append(ShadowDifference(live, shadow, n))
+    differences.sort(key=lambda d: (-d.count, d.live, d.shadow))
+    for difference in differences:
+        difference.examples = list(
+            recorded.filter(action__decision=difference.live, effect=difference.shadow)
+            .select_related("action__run")
+            .order_by("-created_at", "-pk")[:examples]
+        )
+    return ShadowComparison(version_id, compared, differences)
