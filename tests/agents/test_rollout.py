@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agents.errors import PolicyDenied
+from agents.errors import PolicyDenied, Suspended
 from agents.models import (
     Action,
     Agent,
@@ -34,7 +34,7 @@ from agents.rollout import (
     rollout_rollback,
     rollout_shadow,
 )
-from agents.selectors import shadow_differences
+from agents.selectors import canary_comparison, shadow_differences
 from agents.services import (
     REASON_REQUIRED,
     ServiceError,
@@ -455,3 +455,58 @@ def test_a_step_without_a_shadow_version_still_costs_two_queries(
     finally:
         ctx.close()
     assert not ShadowDecision.objects.exists()
+
+
+# --- canary beside live ------------------------------------------------------------------------
+
+
+def _step_on_each(agent: Agent, runs: int, n: int) -> list[Run]:
+    started = []
+    for i in range(runs):
+        ctx = claimed(agent, {"label": f"cmp{i}"})
+        try:
+            ctx.tool("test.count", label=f"cmp{i}", n=n)
+        except Suspended:
+            pass
+        finally:
+            ctx.close()
+        started.append(ctx.run)
+    return started
+
+
+def test_the_canary_page_compares_outcomes_and_says_when_they_differ(
+    make_agent: Any, world: Any
+) -> None:
+    agent = make_agent("counter", PROGRAM, LIVE_POLICY)
+    holds_big_counts = published(agent, world, SHADOW_POLICY)
+    rollout_canary(agent=agent, version=holds_big_counts, percent=50, user=world.admin, reason="t")
+    runs = _step_on_each(agent, 40, n=9)
+    on_canary = sum(run.version_id == holds_big_counts.pk for run in runs)
+    assert 0 < on_canary < 40
+
+    first = next(i for i, run in enumerate(runs) if run.version_id == holds_big_counts.pk)
+    on_live = 40 - first - on_canary  # live runs from the canary's first run on
+
+    comparison = canary_comparison(agent)
+    assert (comparison.live.runs, comparison.canary.runs) == (on_live, on_canary)
+    assert comparison.live.counts["allowed"] == on_live == comparison.live.steps
+    assert comparison.canary.counts["held"] == on_canary == comparison.canary.steps
+    held = next(d for d in comparison.differences if d.outcome == "held")
+    assert (held.live, held.canary) == (0.0, 1.0) and held.significant
+    assert comparison.significant
+    denied = next(d for d in comparison.differences if d.outcome == "denied")
+    assert not denied.significant
+
+
+def test_a_canary_that_decides_as_live_does_is_not_significantly_different(
+    make_agent: Any, world: Any
+) -> None:
+    agent = make_agent("counter", PROGRAM, LIVE_POLICY)
+    same = published(agent, world, SHADOW_POLICY)
+    rollout_canary(agent=agent, version=same, percent=50, user=world.admin, reason="t")
+    runs = _step_on_each(agent, 20, n=1)  # both allow small counts
+    comparison = canary_comparison(agent)
+    # Both over the same window: from the canary's first run on.
+    first = next(i for i, run in enumerate(runs) if run.version_id == same.pk)
+    assert comparison.live.steps + comparison.canary.steps == 20 - first
+    assert not comparison.significant and comparison.canary.cost_eur == 0.0
