@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -39,7 +40,21 @@ class Agent(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.HOSTED)
+    # The rollout (agents.rollout changes it): new runs start on the live version, or on
+    # the canary for a deterministic canary_percent of them (version_for_run); every
+    # tool step of a live run is also decided by the shadow version's policy, recorded
+    # and never executed; the previous live version is what a rollback restores.
     live_version = models.ForeignKey(
+        "AgentVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    shadow_version = models.ForeignKey(
+        "AgentVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    canary_version = models.ForeignKey(
+        "AgentVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    canary_percent = models.PositiveSmallIntegerField(default=0)
+    previous_version = models.ForeignKey(
         "AgentVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -57,9 +72,32 @@ class Agent(models.Model):
             ("supervise_agent", "Supervise the agent: runs, approvals, kill switches"),
             ("administer_agent", "Administer the agent: versions, policies, grants"),
         ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(canary_percent__lte=100), name="agent_canary_percent_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(canary_version__isnull=False) | Q(canary_percent=0),
+                name="agent_canary_percent_needs_canary",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    def version_for_run(self, run_id: int) -> int | None:
+        """The version a new run with this id starts on: the canary for a share of
+        canary_percent of runs, chosen by the run's id alone (canary_bucket), so the
+        choice is deterministic and the same for hosted and remote runs; else live."""
+        if self.canary_version_id is not None and canary_bucket(run_id) < self.canary_percent:
+            return self.canary_version_id
+        return self.live_version_id
+
+
+def canary_bucket(run_id: int) -> int:
+    """A run's canary bucket, 0–99: uniform over run ids, fixed for the run."""
+    digest = hashlib.sha256(f"baton-canary:{run_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
 
 
 class AgentVersion(models.Model):
@@ -77,8 +115,9 @@ class AgentVersion(models.Model):
     program = models.CharField(max_length=200, help_text="Registered name of the agent program")
     config = models.JSONField(default=dict, blank=True)
     policy = models.JSONField(default=dict, blank=True)
+    # Where the version stands in its agent's rollout; the agent's rollout fields say
+    # which version holds each place (agents.rollout keeps the two in step).
     stage = models.CharField(max_length=10, choices=Stage.choices, default=Stage.DRAFT)
-    canary_percent = models.PositiveSmallIntegerField(default=0)
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -90,9 +129,6 @@ class AgentVersion(models.Model):
         ordering = ["agent", "-number"]
         constraints = [
             models.UniqueConstraint(fields=["agent", "number"], name="version_number_unique"),
-            models.CheckConstraint(
-                condition=Q(canary_percent__lte=100), name="version_canary_percent_range"
-            ),
         ]
 
     def __str__(self) -> str:
@@ -258,6 +294,31 @@ class Action(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds() * 1000
         return None
+
+
+class ShadowDecision(models.Model):
+    """What the agent's shadow version's policy decided for a tool step of a live run:
+    computed with the step and recorded beside it, in the step's transaction; never
+    executed. The step's own decision is on its Action (decision, rule)."""
+
+    action = models.OneToOneField(Action, on_delete=models.CASCADE, related_name="shadow")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(AgentVersion, on_delete=models.PROTECT, related_name="+")
+    # A policy effect (agents.policy.EFFECTS), spelled as Action.decision spells it.
+    effect = models.CharField(max_length=8, choices=Action.Decision.choices)
+    rule_index = models.IntegerField(null=True, blank=True)
+    rule = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["agent", "version", "-created_at"], name="shadow_agent_recent")
+        ]
+
+    def __str__(self) -> str:
+        return f"shadow {self.effect} for action {self.action_id}"
 
 
 class SwitchScope(models.TextChoices):

@@ -41,6 +41,7 @@ from agents.services import (
     ServiceError,
     Unauthorized,
     run_start_check,
+    run_version_choose,
     storable,
 )
 from audit.jsonsafe import plain_json
@@ -184,11 +185,17 @@ def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
             # The run's own token: every step's admission checks it, as for hosted runs.
             lease_token=uuid.uuid4(),
         )
+        canary = run_version_choose(agent=agent, run=run)
         audit_run(
             Verb.RUN_STARTED,
             actor=Actor.agent(agent),
             run=run,
-            payload={"input": input, "via": "api", "key": key.prefix},
+            payload={
+                "input": input,
+                "via": "api",
+                "key": key.prefix,
+                **({"version": run.version_id, "canary": True} if canary else {}),
+            },
         )
     return run
 

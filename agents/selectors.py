@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import TruncMinute
+from django.db.models import Count, FloatField, Min, Q, QuerySet, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, TruncMinute
 from django.http import Http404
 from django.utils import timezone
 
 from agents.killswitches import targets_for
-from agents.models import Action, Agent, KillSwitch, Run
+from agents.models import Action, Agent, KillSwitch, Run, ShadowDecision
 from agents.permissions import agents_for_user, grants_prefetch, team_can, user_can
 
 
@@ -154,3 +157,150 @@ def workers(user: Any) -> list[Any]:
         beat.alive = beat.stopped_at is None and beat.last_seen >= threshold
         beat.runs = running.get(beat.hostname, [])
     return sorted(beats, key=lambda b: (not b.alive, b.hostname))
+
+
+# --- rollout: where the shadow version would have decided otherwise -----------------------
+
+
+@dataclass
+class ShadowDifference:
+    """Steps the live version decided `live` and the shadow version would have decided
+    `shadow` (policy effects): how many, and the latest few as examples."""
+
+    live: str
+    shadow: str
+    count: int
+    examples: list[ShadowDecision] = field(default_factory=list)
+
+
+@dataclass
+class ShadowComparison:
+    version_id: int | None
+    compared: int
+    differences: list[ShadowDifference]
+
+    @property
+    def differing(self) -> int:
+        return sum(d.count for d in self.differences)
+
+
+def shadow_differences(
+    agent: Agent, *, version_id: int | None = None, examples: int = 3
+) -> ShadowComparison:
+    """For an agent the caller may see (agents.permissions): the steps of live runs where
+    the shadow version (the current one, or `version_id`) would have decided otherwise,
+    counted by (live, shadow) effect, most frequent first, with examples (their action
+    and run loaded)."""
+    version_id = version_id if version_id is not None else agent.shadow_version_id
+    recorded = ShadowDecision.objects.filter(agent=agent, version_id=version_id)
+    pairs = recorded.order_by().values_list("action__decision", "effect").annotate(n=Count("pk"))
+    compared, differences = 0, []
+    for live, shadow, n in pairs:
+        compared += n
+        if live != shadow:
+            differences.append(ShadowDifference(live, shadow, n))
+    differences.sort(key=lambda d: (-d.count, d.live, d.shadow))
+    for difference in differences:
+        difference.examples = list(
+            recorded.filter(action__decision=difference.live, effect=difference.shadow)
+            .select_related("action__run")
+            .order_by("-created_at", "-pk")[:examples]
+        )
+    return ShadowComparison(version_id, compared, differences)
+
+
+# --- rollout: the canary beside the live version --------------------------------------------
+
+# What the canary page compares, per tool step: the share of steps with each outcome.
+CANARY_OUTCOMES: dict[str, Q] = {
+    "allowed": Q(decision=Action.Decision.ALLOW),
+    "held": Q(decision=Action.Decision.APPROVE),
+    "denied": Q(status=Action.Status.DENIED),
+    "rejected": Q(status=Action.Status.REJECTED),
+    "errors": Q(status__in=(Action.Status.FAILED, Action.Status.UNKNOWN)),
+}
+# Two-sided 5 %: a difference beyond this many standard errors is called significant.
+SIGNIFICANT_Z = 1.96
+
+
+@dataclass
+class VersionFigures:
+    version_id: int | None
+    runs: int
+    steps: int
+    counts: dict[str, int]
+    cost_eur: float
+
+    def share(self, outcome: str) -> float:
+        return self.counts[outcome] / self.steps if self.steps else 0.0
+
+
+@dataclass
+class OutcomeDifference:
+    outcome: str
+    live: float
+    canary: float
+    z: float
+
+    @property
+    def significant(self) -> bool:
+        return abs(self.z) >= SIGNIFICANT_Z
+
+
+@dataclass
+class CanaryComparison:
+    live: VersionFigures
+    canary: VersionFigures
+    differences: list[OutcomeDifference]
+
+    @property
+    def significant(self) -> bool:
+        return any(d.significant for d in self.differences)
+
+
+def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
+    if not n1 or not n2:
+        return 0.0
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return (k2 / n2 - k1 / n1) / se if se else 0.0
+
+
+def _figures(agent: Agent, version_id: int | None, since: Any) -> VersionFigures:
+    runs = Run.objects.filter(agent=agent, version_id=version_id)
+    if since is not None:
+        runs = runs.filter(created_at__gte=since)
+    steps = Action.objects.filter(run__in=runs.values("pk"))
+    tool = steps.filter(kind=Action.Kind.TOOL).aggregate(
+        steps=Count("pk"), **{name: Count("pk", filter=q) for name, q in CANARY_OUTCOMES.items()}
+    )
+    cost = steps.filter(kind=Action.Kind.MODEL).aggregate(
+        eur=Sum(Cast(KT("meta__cost_eur"), FloatField()))
+    )["eur"]
+    total = tool.pop("steps")
+    return VersionFigures(version_id, runs.count(), total, tool, float(cost or 0))
+
+
+def canary_comparison(agent: Agent) -> CanaryComparison:
+    """For an agent the caller may see (agents.permissions): its canary and live versions
+    side by side over the runs started since the canary's first run (the same window for
+    both), per tool step: allowed, held, denied, rejected by people, errors, and the
+    model cost; each share's difference with a two-proportion z (steps are counted as
+    independent trials, which runs of many steps make optimistic)."""
+    first = Run.objects.filter(agent=agent, version_id=agent.canary_version_id).aggregate(
+        at=Min("created_at")
+    )["at"]
+    live = _figures(agent, agent.live_version_id, first)
+    canary = _figures(agent, agent.canary_version_id, first)
+    differences = [
+        OutcomeDifference(
+            outcome,
+            live.share(outcome),
+            canary.share(outcome),
+            _two_proportion_z(
+                live.counts[outcome], live.steps, canary.counts[outcome], canary.steps
+            ),
+        )
+        for outcome in CANARY_OUTCOMES
+    ]
+    return CanaryComparison(live, canary, differences)

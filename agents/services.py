@@ -149,26 +149,54 @@ def version_create(
     return version
 
 
-def version_publish(*, version: AgentVersion, user: User | None = None, reason: str = "") -> None:
-    """Make the version live for new runs (rollout through shadow and canary comes later)."""
+def version_publish(
+    *, version: AgentVersion, user: User | None = None, reason: str = "", live: bool = True
+) -> None:
+    """Publish the version: its content is final and it may enter the agent's rollout
+    (agents.rollout: shadow, canary, live). With `live` it also becomes the live version
+    for new runs at once, the one before it kept for a rollback."""
     with transaction.atomic(durable=True):
         agent = Agent.objects.select_for_update(no_key=True).get(pk=version.agent_id)
-        AgentVersion.objects.filter(agent=agent, stage=AgentVersion.Stage.LIVE).exclude(
-            pk=version.pk
-        ).update(stage=AgentVersion.Stage.RETIRED)
-        AgentVersion.objects.filter(pk=version.pk).update(
-            stage=AgentVersion.Stage.LIVE, published_at=timezone.now()
+        AgentVersion.objects.filter(pk=version.pk, published_at__isnull=True).update(
+            published_at=timezone.now()
         )
-        agent.live_version = version
-        agent.save(update_fields=["live_version"])
+        if live:
+            live_set(agent, version.pk, keep_previous=True)
         audit_record(
             verb=Verb.POLICY_PUBLISHED,
             actor=Actor.of(user),
             subject_type="version",
             subject_id=version.pk,
             agent=agent,
-            payload={"number": version.number, "reason": reason},
+            payload={"number": version.number, "reason": reason, "live": live},
         )
+    if live:
+        version.stage = AgentVersion.Stage.LIVE
+
+
+ROLLOUT_FIELDS = ("live_version", "shadow_version", "canary_version", "previous_version")
+
+
+def live_set(agent: Agent, version_id: int, *, keep_previous: bool) -> None:
+    """The one place an agent's live version changes (publish, promote, rollback): inside
+    the caller's transaction, with the agent's row locked and `agent` read under the lock.
+    The version leaves any other place it held (shadow, canary); the live version before
+    it is retired and, with `keep_previous`, kept as the one a rollback restores."""
+    old = agent.live_version_id
+    if old is not None and old != version_id:
+        AgentVersion.objects.filter(pk=old).update(stage=AgentVersion.Stage.RETIRED)
+        agent.previous_version_id = old if keep_previous else None
+    elif not keep_previous:
+        agent.previous_version_id = None
+    AgentVersion.objects.filter(pk=version_id).update(stage=AgentVersion.Stage.LIVE)
+    if agent.shadow_version_id == version_id:
+        agent.shadow_version_id = None
+    if agent.canary_version_id == version_id:
+        agent.canary_version_id, agent.canary_percent = None, 0
+    if agent.previous_version_id == version_id:
+        agent.previous_version_id = None
+    agent.live_version_id = version_id
+    agent.save(update_fields=[*ROLLOUT_FIELDS, "canary_percent"])
 
 
 def run_input_check(input: Any) -> None:
@@ -186,15 +214,36 @@ def run_input_check(input: Any) -> None:
 def run_start_check(*, agent: Agent, input: Any) -> tuple[dict[str, Any], int]:
     """What every run start requires, hosted or remote: input the trail can store, within
     the size limit; a live version; no halt switch covering the agent. Returns the input
-    as it is stored and the version the run starts on. Called inside the start's
-    transaction, so a halt engaged meanwhile is seen (agents.killswitches)."""
+    as it is stored and the live version, which the run is inserted with before
+    run_version_choose settles it. Called inside the start's transaction, so a halt
+    engaged meanwhile is seen (agents.killswitches), and the agent's rollout is read
+    there too: a run started after a rollout change commits gets the new state, however
+    old the caller's `agent` is."""
     input = storable(input, "input")
     run_input_check(input)
+    rollout = (
+        Agent.objects.filter(pk=agent.pk)
+        .values_list("live_version_id", "canary_version_id", "canary_percent")
+        .get()
+    )
+    agent.live_version_id, agent.canary_version_id, agent.canary_percent = rollout
     if agent.live_version_id is None:
         raise Conflict(NO_LIVE_VERSION.format(agent=agent.name))
     if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):
         raise Conflict(AGENT_HALTED.format(agent=agent.name))
     return input, agent.live_version_id
+
+
+def run_version_choose(*, agent: Agent, run: Run) -> bool:
+    """Right after a new run's insert, in its start's transaction (hosted and remote): the
+    version it starts on, by its id (Agent.version_for_run, with the rollout
+    run_start_check read). Replay and every later step use run.version, which never
+    changes again. Returns whether the run is a canary run."""
+    chosen = agent.version_for_run(run.pk)
+    if chosen is not None and chosen != run.version_id:
+        Run.objects.filter(pk=run.pk).update(version_id=chosen)
+        run.version_id = chosen
+    return chosen is not None and chosen == agent.canary_version_id
 
 
 def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) -> Run:
@@ -207,11 +256,16 @@ def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) 
             launched_by=user,
             enqueued_at=timezone.now(),
         )
+        canary = run_version_choose(agent=agent, run=run)
         audit_run(
             Verb.RUN_QUEUED,
             actor=Actor.of(user),
             run=run,
-            payload={"input": input, "version": version_id},
+            payload={
+                "input": input,
+                "version": run.version_id,
+                **({"canary": True} if canary else {}),
+            },
         )
         enqueue(run.pk)
     return run
@@ -255,13 +309,13 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
     return len(locked)
 
 
-def _reason_required(reason: str) -> None:
+def reason_required(reason: str) -> None:
     if not storable(reason, "reason").strip():
         raise ServiceError(REASON_REQUIRED)
 
 
 def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
-    _reason_required(reason)
+    reason_required(reason)
     with transaction.atomic(durable=True):
         lock_for_engage(switch_target(KillSwitch.Scope.AGENT, run.agent_id))
         if not _cancel_runs(Run.objects.filter(pk=run.pk), reason=reason, actor=Actor.of(user)):
@@ -287,7 +341,7 @@ def killswitch_engage(
 ) -> KillSwitch:
     """Stop an agent, a team or everything. Once this commits no covered action is admitted:
     the gateway's admission takes the same lock (agents.killswitches)."""
-    _reason_required(reason)
+    reason_required(reason)
     owner = team if scope == KillSwitch.Scope.TEAM else agent
     target = switch_target(scope, owner.pk if owner else None)
     with transaction.atomic(durable=True):
@@ -340,7 +394,7 @@ def _engage_audit(switch: KillSwitch, *, user: User | None, cancelled: int) -> N
 def killswitch_release(*, switch: KillSwitch, user: User | None, reason: str) -> int:
     """Release a switch; runs a pause parked are queued again unless another switch still
     covers them. A halt's runs stay cancelled. Returns how many runs were re-queued."""
-    _reason_required(reason)
+    reason_required(reason)
     with transaction.atomic(durable=True):
         lock_for_engage(switch.target)
         released = KillSwitch.objects.filter(pk=switch.pk, released_at__isnull=True).update(

@@ -28,7 +28,7 @@ from django.utils import timezone
 from agents import ratelimit, store
 from agents.approval_port import approvals
 from agents.errors import Divergence, LeaseLost, Stopped
-from agents.models import Action, Run
+from agents.models import Action, AgentVersion, Run, ShadowDecision
 from agents.policy import Policy, Verdict, policy_of
 from agents.registry import Tool, ToolCall, UnknownTool, get_tool
 from audit.chain import canonical_json_v1
@@ -130,7 +130,7 @@ class Adapter(Protocol):
 class Gate:
     """One run's passage through the gateway: its journal, its policy, who executes."""
 
-    __slots__ = ("run", "agent", "token", "journal", "policy", "actor", "adapter")
+    __slots__ = ("run", "agent", "token", "journal", "policy", "shadow", "actor", "adapter")
 
     def __init__(
         self, run: Run, token: uuid.UUID, journal: dict[int, Action], adapter: Adapter
@@ -140,8 +140,20 @@ class Gate:
         self.token = token
         self.journal = journal
         self.policy: Policy = policy_of(run.version)
+        self.shadow = shadow_of(run)
         self.actor = Actor.agent(self.agent)
         self.adapter = adapter
+
+
+def shadow_of(run: Run) -> tuple[int, Policy] | None:
+    """The agent's shadow version and its policy, when the run is on the live version and
+    the agent has one (agents.rollout): read once per execution, and free without one
+    (the agent's row is already loaded)."""
+    agent = run.agent
+    if agent.shadow_version_id is None or run.version_id != agent.live_version_id:
+        return None
+    version = AgentVersion.objects.filter(pk=agent.shadow_version_id).first()
+    return (version.pk, policy_of(version)) if version is not None else None
 
 
 # --- the decision --------------------------------------------------------------------------
@@ -219,7 +231,30 @@ def _new_step(gate: Gate, seq: int, name: str, args: dict[str, Any]) -> Outcome:
         wait = ratelimit.take(gate.agent.pk, limit)
         if wait:
             return Delay(wait, f"rate limit {limit.limit}/{limit.per}s for {limit.tool}")
+    if gate.shadow is not None:
+        with transaction.atomic():  # the shadow decision commits with the step's row
+            return Allow(_start(gate, seq, tool, requested, verdict), tool)
     return Allow(_start(gate, seq, tool, requested, verdict), tool)
+
+
+def shadow_record(gate: Gate, action: Action) -> None:
+    """Inside the step's transaction, after its journal row: what the shadow version's
+    policy decides for the same call, recorded beside the step and never executed. Only
+    steps the live policy decided get one (not invalid arguments or unknown tools)."""
+    if gate.shadow is None:
+        return
+    version_id, policy = gate.shadow
+    verdict = policy.decide(action.name, action.requested_args)
+    rule = verdict.rule
+    ShadowDecision.objects.create(
+        action=action,
+        agent=gate.agent,
+        version_id=version_id,
+        effect=verdict.effect,
+        rule_index=rule.index if rule else None,
+        rule=rule.describe() if rule else None,
+        reason=verdict.reason,
+    )
 
 
 # --- what each outcome writes ----------------------------------------------------------------
@@ -248,6 +283,8 @@ def _refuse(
             verdict=verdict,
             finished_at=timezone.now(),
         )
+        if verdict is not None:
+            shadow_record(gate, action)
         verb = Verb.ACTION_INVALID if status == S.INVALID else Verb.ACTION_DENIED
         audit_action(gate, verb, action, args=args, reason=reason, rule=action.rule)
     return Deny(action)
@@ -270,6 +307,7 @@ def _shadow(gate: Gate, seq: int, tool: Tool, args: dict[str, Any], verdict: Ver
             result=plain_json(simulated),
             finished_at=timezone.now(),
         )
+        shadow_record(gate, action)
         audit_action(
             gate, Verb.ACTION_SHADOWED, action, args=args, result=action.result, rule=action.rule
         )
@@ -291,6 +329,7 @@ def _hold(gate: Gate, seq: int, tool: Tool, args: dict[str, Any], verdict: Verdi
             decision=Action.Decision.APPROVE,
             verdict=verdict,
         )
+        shadow_record(gate, action)
         audit_action(gate, Verb.ACTION_HELD, action, args=args, rule=action.rule)
         approvals().open(action=action, tool=tool, rule=verdict.rule)
         gate.adapter.parked(gate)
@@ -340,6 +379,7 @@ def _start(gate: Gate, seq: int, tool: Tool, args: dict[str, Any], verdict: Verd
             attempt=1,
         ),
     )
+    shadow_record(gate, action)
     gate.journal[seq] = action
     return action
 
