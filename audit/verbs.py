@@ -46,6 +46,11 @@ class Verb(StrEnum):
     VERSION_CREATED = "version.created"
     POLICY_PUBLISHED = "policy.published"
     GRANT_ADDED = "grant.added"
+    GRANT_REVOKED = "grant.revoked"
+    PERSON_CREATED = "person.created"
+    PERSON_DEACTIVATED = "person.deactivated"
+    ROLE_ASSIGNED = "role.assigned"
+    ROLE_REMOVED = "role.removed"
     APIKEY_CREATED = "apikey.created"
     APIKEY_REVOKED = "apikey.revoked"
 
