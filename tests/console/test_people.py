@@ -83,6 +83,8 @@ def test_the_person_page_says_what_they_may_do_where_and_why(world: Any, make_ag
     assert 'data-target="team:claims"' in page
     assert 'data-target="agent:claims-bot"' in page
     assert "supervise: grant on team <code>claims</code>" in page
+    partial = client_of(world.admin).get(f"/people/{world.supervisor.pk}/", HTTP_HX_REQUEST="true")
+    assert partial.content.decode().lstrip().startswith('<section id="access">')
     # The answer is the permission module's: the page and user_can agree.
     rows = people.person_access(world.admin, world.supervisor)
     row = next(r for r in rows if r.kind == "agent")
