@@ -8,7 +8,8 @@ Capabilities: view, supervise, administer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import PermissionDenied
@@ -25,6 +26,18 @@ if TYPE_CHECKING:
     AnyUser = AbstractBaseUser | AnonymousUser
 
 CAPABILITIES = ("view", "supervise", "administer")
+
+
+@dataclass(frozen=True)
+class Ground:
+    """One reason a person holds a capability: superuser, a model-wide permission (from a
+    role's group or given directly; `what` names it), or a grant on an agent or a team
+    (`what` is its slug; the grant may be the person's own or one of their groups')."""
+
+    kind: str
+    what: str = ""
+
+
 NOT_ALLOWED = "You may not {capability} this agent."
 
 
@@ -43,12 +56,32 @@ def user_can(user: Any, capability: str, agent: Agent) -> bool:
 
 
 def _user_can(user: Any, capability: str, agent: Agent) -> bool:
-    if user.is_superuser or user.has_perm(f"agents.{capability}_agent"):
-        return True
+    return next(grounds(user, capability, agent), None) is not None
+
+
+def grounds(user: Any, capability: str, agent: Agent) -> Iterator[Ground]:
+    """Why the user may `capability` the agent: every ground in turn, lazily, so asking
+    whether (the first one) costs no more than the answer needs. `user_can` and the
+    people pages' "why" both read this one rule."""
+    if user.is_superuser:
+        yield Ground("superuser")
+    if user.has_perm(f"agents.{capability}_agent"):
+        yield Ground("model-wide", f"agents.{capability}_agent")
     checker = _checker(user)
     if checker.has_perm(f"{capability}_agent", agent):
-        return True
-    return bool(checker.has_perm(f"{capability}_team", agent.team))
+        yield Ground("agent", agent.slug)
+    if checker.has_perm(f"{capability}_team", agent.team):
+        yield Ground("team", agent.team.slug)
+
+
+def team_grounds(user: Any, capability: str, team: Team) -> Iterator[Ground]:
+    """Why the user may `capability` the whole team (the rule of `team_can`)."""
+    if user.is_superuser:
+        yield Ground("superuser")
+    if user.has_perm(f"agents.{capability}_team"):
+        yield Ground("model-wide", f"agents.{capability}_team")
+    if _checker(user).has_perm(f"{capability}_team", team):
+        yield Ground("team", team.slug)
 
 
 def agents_for_user(user: Any, capability: str = "view") -> QuerySet[Agent]:
@@ -80,9 +113,7 @@ def agent_for_user(user: Any, slug: str, capability: str = "view") -> Agent:
 def team_can(user: Any, capability: str, team: Team) -> bool:
     if not user.is_authenticated or not user.is_active:
         return False
-    if user.is_superuser or user.has_perm(f"agents.{capability}_team"):
-        return True
-    return bool(_checker(user).has_perm(f"{capability}_team", team))
+    return next(team_grounds(user, capability, team), None) is not None
 
 
 def _checker(user: Any) -> ObjectPermissionChecker:
@@ -152,3 +183,40 @@ def users_who_can(capability: str, agent: Agent) -> QuerySet[Any]:
         Q(pk__in=on_agent.values("pk")) | Q(pk__in=on_team.values("pk")) | model_wide,
         is_active=True,
     ).distinct()
+
+
+def teams_for_user(user: Any, capability: str) -> QuerySet[Team]:
+    """The teams the user may `capability` as a whole."""
+    if not user.is_authenticated or not user.is_active:
+        return Team.objects.none()
+    if user.is_superuser or user.has_perm(f"agents.{capability}_team"):
+        return Team.objects.all()
+    return cast(
+        QuerySet[Team],
+        get_objects_for_user(
+            user,
+            f"agents.{capability}_team",
+            Team,
+            accept_global_perms=False,
+            with_superuser=False,
+        ),
+    )
+
+
+def may_grant_on(user: Any, target: Agent | Team) -> bool:
+    """Whether the user may give or take away grants on this agent or team: those who
+    administer it, and nobody else (an admin of one team never grants on another)."""
+    if isinstance(target, Agent):
+        return user_can(user, "administer", target)
+    return team_can(user, "administer", target)
+
+
+def may_manage_people(user: Any) -> bool:
+    """Whether the People pages are open to the user: they administer something."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    return (
+        teams_for_user(user, "administer").exists() or agents_for_user(user, "administer").exists()
+    )

@@ -75,7 +75,47 @@ def role_grant(*, user: Any, role: str, target: Agent | Team, granted_by: Any = 
         )
 
 
-def role_revoke(*, user: Any, role: str, target: Agent | Team) -> None:
+def held_roles(user: Any, target: Agent | Team) -> list[str]:
+    """The roles granted to the person itself (not through a group) on this agent or
+    team: those whose every capability they hold there."""
+    from guardian.shortcuts import get_user_perms
+
     kind = "agent" if isinstance(target, Agent) else "team"
-    for capability in GRANT_CAPABILITIES[role]:
-        remove_perm(f"agents.{capability}_{kind}", user, target)
+    perms = set(get_user_perms(user, target))
+    return [
+        role
+        for role, capabilities in GRANT_CAPABILITIES.items()
+        if all(f"{capability}_{kind}" in perms for capability in capabilities)
+    ]
+
+
+def role_revoke(
+    *, user: Any, role: str, target: Agent | Team, revoked_by: Any = None, reason: str = ""
+) -> None:
+    """Take a role's grant away; a capability another role still held there needs (both
+    roles give view) stays."""
+    kind = "agent" if isinstance(target, Agent) else "team"
+    with transaction.atomic():
+        kept = {
+            capability
+            for other in held_roles(user, target)
+            if other != role
+            for capability in GRANT_CAPABILITIES[other]
+        }
+        for capability in GRANT_CAPABILITIES[role]:
+            if capability not in kept:
+                remove_perm(f"agents.{capability}_{kind}", user, target)
+        audit_record(
+            verb=Verb.GRANT_REVOKED,
+            actor=Actor.of(revoked_by),
+            subject_type="user",
+            subject_id=user.pk,
+            agent=target if isinstance(target, Agent) else None,
+            team=target if isinstance(target, Team) else None,
+            payload={
+                "user": user.get_username(),
+                "role": role,
+                kind: target.slug,
+                "reason": reason,
+            },
+        )

@@ -51,6 +51,11 @@ class Verb(StrEnum):
     ROLLOUT_ROLLED_BACK = "rollout.rolled_back"
     ROLLOUT_RETIRED = "rollout.retired"
     GRANT_ADDED = "grant.added"
+    GRANT_REVOKED = "grant.revoked"
+    PERSON_CREATED = "person.created"
+    PERSON_DEACTIVATED = "person.deactivated"
+    ROLE_ASSIGNED = "role.assigned"
+    ROLE_REMOVED = "role.removed"
     APIKEY_CREATED = "apikey.created"
     APIKEY_REVOKED = "apikey.revoked"
 

@@ -1,6 +1,14 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
+
+
+class BatonAdminConfig(admin_apps.AdminConfig):
+    """The Django admin, on a site open to superusers only (console.admin)."""
+
+    default = False  # named in INSTALLED_APPS; ConsoleConfig stays this app's own
+    default_site = "console.admin_site.SuperuserAdminSite"
 
 
 class ConsoleConfig(AppConfig):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.templatetags.static import static
 from django.urls import include, path, re_path
@@ -8,6 +9,7 @@ from django.views.generic.base import RedirectView
 from agents import api, switch_views, version_views
 from agents import views as agent_views
 from approvals import views as approval_views
+from console import people as people_views
 from console import views as console_views
 
 urlpatterns = [
@@ -29,6 +31,17 @@ urlpatterns = [
     path("switches/engage", switch_views.engage, name="switch-engage"),
     path("switches/<int:switch_id>/release", switch_views.release, name="switch-release"),
     path("live/events", console_views.live_events, name="live-events"),
+    # People and their access (issue 11); the admin, for superusers only.
+    path("admin/", admin.site.urls),
+    path("people/", people_views.people_list, name="people"),
+    path("people/new", people_views.person_create, name="people-create"),
+    path("people/<int:user_id>/", people_views.person_detail, name="person"),
+    path("people/<int:user_id>/grant", people_views.grant_add, name="person-grant"),
+    path("people/<int:user_id>/revoke", people_views.grant_revoke, name="person-revoke"),
+    path("people/<int:user_id>/role", people_views.role_change, name="person-role"),
+    path(
+        "people/<int:user_id>/deactivate", people_views.person_deactivate, name="person-deactivate"
+    ),
     # Browsers ask for /favicon.ico on their own; answer instead of logging a 404 each time.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("audit/", include("audit.urls")),

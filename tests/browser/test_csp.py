@@ -57,3 +57,27 @@ def test_the_console_runs_under_its_policy_without_a_violation(
     # htmx was asked not to add its indicator <style>.
     assert page.evaluate("document.querySelectorAll('style').length") == 0
     assert violations == []
+
+
+def test_the_people_pages_run_under_the_policy_and_search_in_place(
+    page: Any, console_server: Any, world: Any
+) -> None:
+    page.add_init_script(
+        "window.cspViolations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " e => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    log_in(page, console_server, "ada")
+    page.goto(f"{console_server.url}/people/")
+    page.evaluate("window.samePage = true")
+    page.fill("input[name=q]", "so")
+    page.press("input[name=q]", "Enter")
+    expect(page).to_have_url(re.compile(r"q=so"), timeout=10000)
+    expect(page.locator("#people")).to_contain_text("sol")
+    expect(page.locator("#people")).not_to_contain_text("sam")
+    assert page.evaluate("window.samePage") is True
+    assert page.evaluate("window.cspViolations") == []
+    page.click("text=sol")
+    expect(page.locator("#access")).to_contain_text("grant on team")
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate("window.cspViolations") == []

@@ -40,6 +40,10 @@ POST_DATA = {
     "team": "hidden-team-x9",
     "agent": "hidden-bot-x9",
     "format": "jsonl",
+    # People (issue 11): a new person, a grant or a model-wide role, aimed at the hidden team.
+    "username": "matrix-x9",
+    "target": "team:hidden-team-x9",
+    "role": "Compliance",
 }
 # Sessions end here, so these come last for each person.
 LAST = {"logout"}
@@ -64,6 +68,7 @@ class Hidden:
             "hidden-bot-x9", "agents.demo.programs.claim_payout", CLAIMS_POLICY, team=team
         )
         lead = type(world.outsider).objects.create_user("hidden-lead-x9")
+        self.lead = lead
         roles.role_grant(user=lead, role=roles.SUPERVISOR, target=team)
         self.run = run_start(
             agent=self.agent,
@@ -113,6 +118,14 @@ class Hidden:
             "step": 1,
             "number": 1,  # the hidden agent's version
             "rest": f"v1/runs/{self.run.pk}/nothing-here",
+            # People (issue 11) and the Django admin: the hidden team's lead and agent.
+            "user_id": self.lead.pk,
+            "id": self.lead.pk,
+            "object_id": self.agent.pk,
+            "object_pk": self.agent.pk,
+            "group_id": 1,
+            "content_type_id": 1,
+            "app_label": "agents",
         }
 
     def filters(self) -> dict[str, Any]:
@@ -138,6 +151,12 @@ class Hidden:
         assert KillSwitch.objects.filter(team=self.team).count() == 0
         assert KillSwitch.objects.filter(agent=self.agent).count() == 1
         assert Agent.objects.get(pk=self.agent.pk).state == self.agent.state
+        people = type(self.lead).objects
+        assert not people.filter(username="matrix-x9").exists()
+        lead = people.get(pk=self.lead.pk)
+        assert lead.is_active
+        assert roles.held_roles(lead, self.team) == [roles.SUPERVISOR]
+        assert not lead.groups.filter(name=roles.COMPLIANCE).exists()
 
 
 def url_patterns() -> list[tuple[str, str]]:
@@ -160,7 +179,8 @@ PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
 
 def concrete(template: str, args: dict[str, Any]) -> str:
     # A regular-expression pattern (the API's JSON catch-all) names its groups as (?P<x>…).
-    template = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<\1>", template).lstrip("^").rstrip("$")
+    # (The admin's app index is one, after a plain prefix: its ^ and $ are mid-template.)
+    template = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<\1>", template).replace("^", "").replace("$", "")
 
     def fill(m: re.Match[str]) -> str:
         assert m[1] in args, f"the matrix has no id for <{m[1]}> in {template}: add one"

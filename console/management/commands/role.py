@@ -1,9 +1,10 @@
 """`manage.py role USERNAME ROLE [--team SLUG | --agent SLUG] [--create --email ADDRESS]`:
 give a person a role (and, with --create, create the person first).
 
-How the first people get their roles in production (there is no screen for it yet):
-Compliance is model-wide; a Supervisor or an Agent admin is granted one team or agent.
-The grant is audited like every other (agents.roles.role_grant)."""
+For scripts and for the first people before anyone can sign in; admins do the same on
+/people/ (agents.people). Compliance is model-wide; a Supervisor or an Agent admin is
+granted one team or agent. The grant is audited like every other (agents.roles.role_grant).
+"""
 
 from __future__ import annotations
 
