@@ -299,13 +299,19 @@ def grant_revoke(*, person: Any, role: str, target: Agent | Team, by: Any, reaso
         roles.role_revoke(user=person, role=role, target=target, revoked_by=by, reason=reason)
 
 
-def role_assign(*, person: Any, role: str, by: Any) -> None:
-    """Give a model-wide role (the role's group: Compliance reads everything)."""
+def _role_change_check(*, person: Any, role: str, by: Any) -> None:
+    """Who may give or take away a model-wide role: a known role, not one's own, and only
+    a role whose every permission the admin holds."""
     if role not in MODEL_WIDE_ROLES:
         raise ServiceError(UNKNOWN_ROLE.format(role=role))
     _not_self(person, by)
     if not may_assign_role(by, role):
         raise PermissionDenied(NOT_YOURS_TO_ASSIGN.format(role=role))
+
+
+def role_assign(*, person: Any, role: str, by: Any) -> None:
+    """Give a model-wide role (the role's group: Compliance reads everything)."""
+    _role_change_check(person=person, role=role, by=by)
     with transaction.atomic(durable=True):
         _lock(person)
         group = Group.objects.get(name=role)
@@ -323,11 +329,7 @@ def role_assign(*, person: Any, role: str, by: Any) -> None:
 
 def role_remove(*, person: Any, role: str, by: Any, reason: str) -> None:
     reason = _reason(reason)
-    if role not in MODEL_WIDE_ROLES:
-        raise ServiceError(UNKNOWN_ROLE.format(role=role))
-    _not_self(person, by)
-    if not may_assign_role(by, role):
-        raise PermissionDenied(NOT_YOURS_TO_ASSIGN.format(role=role))
+    _role_change_check(person=person, role=role, by=by)
     with transaction.atomic(durable=True):
         _lock(person)
         group = Group.objects.get(name=role)
