@@ -7,14 +7,17 @@ agents.roles'. This module decides who may change whose access, and records each
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.sessions.models import Session
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -48,9 +51,12 @@ NOT_HELD = "{user} does not hold {role} on {target}."
 ALREADY_IN_ROLE = "{user} already has the role {role}."
 NOT_IN_ROLE = "{user} does not have the role {role}."
 ALREADY_INACTIVE = "{user} is already deactivated."
+ALREADY_ACTIVE = "{user} is active."
+INVITE_NEEDS_EMAIL = "An invitation goes by e-mail: give an e-mail address."
+ALREADY_SIGNED_UP = "{user} has set a password already: nothing to invite them to."
 NOT_YOURS_TO_GRANT = "You may not grant or revoke on {target}."
 NOT_YOURS_TO_ASSIGN = "You may not give or take away the role {role}: you do not hold it all."
-HOLDS_MORE = "{user} holds access you do not administer: ask a superuser to deactivate them."
+HOLDS_MORE = "{user} holds access you do not administer: ask a superuser to {verb} them."
 
 # A model-wide role is a group whose permissions hold everywhere.
 MODEL_WIDE_ROLES = tuple(roles.GROUP_PERMISSIONS)
@@ -218,13 +224,18 @@ def person_create(
     by: Any,
     role: str | None = None,
     target: Agent | Team | None = None,
+    invite_link: Callable[[Any], str] | None = None,
 ) -> tuple[Any, str]:
     """A new person with a generated password, returned once to be shown once: only its
-    hash is stored, and never in the trail. An admin gives them a first grant at once (so
-    they are the admin's to manage); a superuser may leave that for later."""
+    hash is stored, and never in the trail. With `invite_link` they get no password but an
+    e-mail with a one-time link to choose one (person_invite), and "" is returned. An admin
+    gives them a first grant at once (so they are the admin's to manage); a superuser may
+    leave that for later."""
     username = username.strip()
     if not username:
         raise ServiceError(USERNAME_REQUIRED)
+    if invite_link is not None and not email.strip():
+        raise ServiceError(INVITE_NEEDS_EMAIL)
     user_model = get_user_model()
     try:
         user_model.username_validator(username)
@@ -265,6 +276,11 @@ def person_create(
         )
         if target is not None and role is not None:
             roles.role_grant(user=person, role=role, target=target, granted_by=by)
+        if invite_link is not None:
+            person.set_unusable_password()
+            person.save(update_fields=["password"])
+            _invite(person, by, invite_link)
+            password = ""
     return person, password
 
 
@@ -345,6 +361,56 @@ def role_remove(*, person: Any, role: str, by: Any, reason: str) -> None:
         )
 
 
+INVITE_SUBJECT = "You are invited to Baton"
+INVITE_BODY = """{by} has given you access to Baton, the console where agents' actions are
+supervised, as {user}.
+
+Choose your password here (the link works once, for {days} days):
+
+{link}
+
+If you did not expect this, ignore this message: nothing happens until the link is used.
+"""
+
+
+def _invite(person: Any, by: Any, invite_link: Callable[[Any], str]) -> None:
+    """Record the invitation and mail it after commit. The link carries Django's password
+    reset token: it stops working once a password is set, or after PASSWORD_RESET_TIMEOUT.
+    The trail records that an invitation went out and to where, never the link."""
+    audit_record(
+        verb=Verb.PERSON_INVITED,
+        actor=Actor.of(by),
+        subject_type="user",
+        subject_id=person.pk,
+        payload={"user": person.get_username(), "email": person.email},
+    )
+    body = INVITE_BODY.format(
+        by=by.get_full_name() or by.get_username(),
+        user=person.get_username(),
+        link=invite_link(person),
+        days=max(1, settings.PASSWORD_RESET_TIMEOUT // 86400),
+    )
+    message = EmailMessage(subject=INVITE_SUBJECT, body=body, to=[person.email])
+    transaction.on_commit(lambda: message.send(fail_silently=False), robust=True)
+
+
+def person_invite(*, person: Any, by: Any, invite_link: Callable[[Any], str]) -> None:
+    """Send the invitation again (lost, or its link ran out), to someone who has not
+    chosen a password yet."""
+    if not person.email:
+        raise ServiceError(INVITE_NEEDS_EMAIL)
+    _not_self(person, by)
+    if not _may_take_everything(by, person):
+        raise PermissionDenied(HOLDS_MORE.format(user=person.get_username(), verb="invite"))
+    with transaction.atomic(durable=True):
+        locked = _lock(person)
+        if locked.has_usable_password():
+            raise ServiceError(ALREADY_SIGNED_UP.format(user=person.get_username()))
+        if not locked.is_active:
+            raise ServiceError(ALREADY_INACTIVE.format(user=person.get_username()))
+        _invite(locked, by, invite_link)
+
+
 def _end_sessions(person_id: int) -> int:
     """Delete every session signed in as the person. Sessions are keyed by a random id,
     not by person, so each live one is read; this runs once per deactivation."""
@@ -364,7 +430,7 @@ def person_deactivate(*, person: Any, by: Any, reason: str) -> int:
     reason = _reason(reason)
     _not_self(person, by)
     if not _may_take_everything(by, person):
-        raise PermissionDenied(HOLDS_MORE.format(user=person.get_username()))
+        raise PermissionDenied(HOLDS_MORE.format(user=person.get_username(), verb="deactivate"))
     with transaction.atomic(durable=True):
         changed = (
             get_user_model().objects.filter(pk=person.pk, is_active=True).update(is_active=False)
@@ -386,3 +452,26 @@ def person_deactivate(*, person: Any, by: Any, reason: str) -> int:
         )
     person.is_active = False
     return ended
+
+
+def person_reactivate(*, person: Any, by: Any, reason: str) -> None:
+    """A deactivated person may sign in again, with the grants they kept. Giving all of it
+    back is for someone who could take each of it away (as for deactivating)."""
+    reason = _reason(reason)
+    _not_self(person, by)
+    if not _may_take_everything(by, person):
+        raise PermissionDenied(HOLDS_MORE.format(user=person.get_username(), verb="reactivate"))
+    with transaction.atomic(durable=True):
+        changed = (
+            get_user_model().objects.filter(pk=person.pk, is_active=False).update(is_active=True)
+        )
+        if not changed:
+            raise ServiceError(ALREADY_ACTIVE.format(user=person.get_username()))
+        audit_record(
+            verb=Verb.PERSON_REACTIVATED,
+            actor=Actor.of(by),
+            subject_type="user",
+            subject_id=person.pk,
+            payload={"user": person.get_username(), "reason": reason},
+        )
+    person.is_active = True

@@ -7,11 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse, reverse_lazy
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -60,6 +66,24 @@ def people_list(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
+def _invite_link(request: HttpRequest) -> Callable[[Any], str]:
+    """How an invitation's link is made: the welcome page with Django's password reset
+    token, on BATON_BASE_URL (the address people use) or else the address of this request."""
+
+    def link(person: Any) -> str:
+        path = reverse(
+            "welcome",
+            kwargs={
+                "uidb64": urlsafe_base64_encode(force_bytes(person.pk)),
+                "token": default_token_generator.make_token(person),
+            },
+        )
+        base = settings.BATON_BASE_URL
+        return f"{base}{path}" if base else request.build_absolute_uri(path)
+
+    return link
+
+
 @never_cache  # the page shows the new password, once
 @require_POST
 @login_required
@@ -75,12 +99,55 @@ def person_create(request: HttpRequest) -> HttpResponse:
             role=data.get("role") or None,
             target=target,
             by=user,
+            invite_link=_invite_link(request) if data.get("invite") else None,
         )
     except ServiceError as exc:
         messages.error(request, str(exc))
         return redirect("people")
     # Rendered, not redirected: a message would keep the password in the session store.
     return render(request, "people/created.html", {"person": person, "password": password})
+
+
+@require_POST
+@login_required
+def person_invite(request: HttpRequest, user_id: int) -> HttpResponse:
+    """Send the invitation again to someone who has not chosen a password yet."""
+    user = _admin(request)
+    person = people.person_for_admin(user, user_id)
+
+    def change() -> str:
+        people.person_invite(person=person, by=user, invite_link=_invite_link(request))
+        return f"An invitation is on its way to {person.email}."
+
+    return _after(request, person.pk, change)
+
+
+@require_POST
+@login_required
+def person_reactivate(request: HttpRequest, user_id: int) -> HttpResponse:
+    user = _admin(request)
+    person = people.person_for_admin(user, user_id)
+
+    def change() -> str:
+        people.person_reactivate(person=person, by=user, reason=request.POST.get("reason", ""))
+        return f"{person.username} may sign in again."
+
+    return _after(request, person.pk, change)
+
+
+class Welcome(auth_views.PasswordResetConfirmView):
+    """Where an invitation's link leads: the new person chooses their password, once
+    (Django's password reset token: it stops working when a password is set). Then they
+    sign in."""
+
+    template_name = "registration/welcome.html"
+    success_url = reverse_lazy("login")
+    post_reset_login = False
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)
+        messages.success(self.request, "Your password is set: sign in with it.")
+        return response
 
 
 @require_GET

@@ -42,6 +42,11 @@ urlpatterns = [
     path(
         "people/<int:user_id>/deactivate", people_views.person_deactivate, name="person-deactivate"
     ),
+    path(
+        "people/<int:user_id>/reactivate", people_views.person_reactivate, name="person-reactivate"
+    ),
+    path("people/<int:user_id>/invite", people_views.person_invite, name="person-invite"),
+    path("welcome/<uidb64>/<token>/", people_views.Welcome.as_view(), name="welcome"),
     # Browsers ask for /favicon.ico on their own; answer instead of logging a 404 each time.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("audit/", include("audit.urls")),

@@ -60,6 +60,8 @@ STORED = {
     "GRANT_REVOKED": "grant.revoked",
     "PERSON_CREATED": "person.created",
     "PERSON_DEACTIVATED": "person.deactivated",
+    "PERSON_REACTIVATED": "person.reactivated",
+    "PERSON_INVITED": "person.invited",
     "ROLE_ASSIGNED": "role.assigned",
     "ROLE_REMOVED": "role.removed",
     "APIKEY_CREATED": "apikey.created",

@@ -15,7 +15,7 @@ from django.test import Client
 
 from agents import people, roles
 from agents.models import Agent
-from agents.permissions import user_can
+from agents.permissions import team_can, user_can
 from agents.services import ServiceError
 from audit.models import AuditEvent
 from audit.verbs import Verb
@@ -329,3 +329,148 @@ def test_the_django_admin_is_for_superusers_only(world: Any, make_agent: Any) ->
     )
     assert response.status_code == 403
     assert not user_can(world.outsider, "view", bot)
+
+
+# --- reactivation ------------------------------------------------------------------------
+
+
+def test_reactivating_lets_them_sign_in_again_with_the_grants_they_kept(world: Any) -> None:
+    sam = world.supervisor
+    admin = client_of(world.admin)
+    admin.post(f"/people/{sam.pk}/deactivate", {"reason": "on leave"})
+    assert not team_can(get_user_model().objects.get(pk=sam.pk), "supervise", world.claims)
+
+    response = admin.post(f"/people/{sam.pk}/reactivate", {"reason": ""}, follow=True)
+    assert people.REASON_REQUIRED in [str(m) for m in response.context["messages"]]
+    assert not get_user_model().objects.get(pk=sam.pk).is_active
+
+    admin.post(f"/people/{sam.pk}/reactivate", {"reason": "back from leave"})
+    sam = get_user_model().objects.get(pk=sam.pk)
+    assert sam.is_active
+    assert team_can(sam, "supervise", world.claims)
+    [event] = events(Verb.PERSON_REACTIVATED)
+    assert event.payload == {"user": "sam", "reason": "back from leave"}
+    assert event.actor_id == world.admin.pk
+
+    response = admin.post(f"/people/{sam.pk}/reactivate", {"reason": "twice"}, follow=True)
+    assert "is active" in str(list(response.context["messages"])[-1])
+    assert len(events(Verb.PERSON_REACTIVATED)) == 1
+
+
+def test_reactivating_someone_who_also_works_elsewhere_is_not_an_admins_to_do(world: Any) -> None:
+    sol = world.second_supervisor
+    roles.role_grant(user=sol, role=roles.SUPERVISOR, target=world.support)
+    people.person_deactivate(person=sol, by=superuser(), reason="left")
+    response = client_of(world.admin).post(f"/people/{sol.pk}/reactivate", {"reason": "r"})
+    assert response.status_code == 403
+    assert not get_user_model().objects.get(pk=sol.pk).is_active
+    assert not events(Verb.PERSON_REACTIVATED)
+
+
+def test_supervisors_and_compliance_cannot_reactivate(world: Any) -> None:
+    sam = world.supervisor
+    people.person_deactivate(person=sam, by=world.admin, reason="left")
+    for who in (world.second_supervisor, world.compliance):
+        assert client_of(who).post(f"/people/{sam.pk}/reactivate", {"reason": "r"}).status_code in (
+            403,
+            404,
+        )
+    assert not get_user_model().objects.get(pk=sam.pk).is_active
+
+
+# --- invitations -------------------------------------------------------------------------
+
+
+def superuser() -> Any:
+    return get_user_model().objects.create_superuser("root-people", password=None)
+
+
+def invite(world: Any, capture: Any, username: str = "ivy", email: str = "ivy@example.com") -> Any:
+    with capture(execute=True):
+        return client_of(world.admin).post(
+            "/people/new",
+            {
+                "username": username,
+                "email": email,
+                "role": roles.SUPERVISOR,
+                "target": "team:claims",
+                "invite": "1",
+            },
+        )
+
+
+def link_in(message: Any) -> str:
+    [line] = [w for w in message.body.split() if "/welcome/" in w]
+    return line.split("testserver", 1)[1]
+
+
+def test_an_invited_person_chooses_their_password_once_through_the_mailed_link(
+    world: Any, mailoutbox: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    response = invite(world, django_capture_on_commit_callbacks)
+    assert response.status_code == 200
+    assert b'data-testid="invited"' in response.content
+    assert b"new-password" not in response.content
+    ivy = get_user_model().objects.get(username="ivy")
+    assert not ivy.has_usable_password()
+    assert team_can(ivy, "supervise", world.claims)
+
+    [message] = mailoutbox
+    assert message.to == ["ivy@example.com"]
+    link = link_in(message)
+    [event] = events(Verb.PERSON_INVITED)
+    assert event.payload == {"user": "ivy", "email": "ivy@example.com"}
+    token = link.rstrip("/").rsplit("/", 1)[1]
+    assert token not in json.dumps([e.payload for e in AuditEvent.objects.all()])
+
+    visitor = Client()
+    page = visitor.get(link, follow=True)  # Django moves the token out of the address
+    assert page.status_code == 200 and page.context["validlink"]
+    assert token not in page.redirect_chain[-1][0]
+    short = visitor.post(page.redirect_chain[-1][0], {"new_password1": "x", "new_password2": "x"})
+    assert short.status_code == 200 and short.context["form"].errors  # too short: nothing set
+    assert not get_user_model().objects.get(username="ivy").has_usable_password()
+    done = visitor.post(
+        page.redirect_chain[-1][0],
+        {"new_password1": "a long ivy passphrase", "new_password2": "a long ivy passphrase"},
+    )
+    assert done.status_code == 302 and done["Location"] == "/login/"
+    signed = Client().post("/login/", {"username": "ivy", "password": "a long ivy passphrase"})
+    assert signed.status_code == 302 and signed["Location"] == "/"
+
+    again = Client().get(link, follow=True)
+    assert not again.context["validlink"]
+    assert b"does not work" in again.content
+
+
+def test_an_invitation_needs_an_email_address_and_creates_nobody_without(
+    world: Any, mailoutbox: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    response = invite(world, django_capture_on_commit_callbacks, email="")
+    assert response.status_code == 302
+    assert not get_user_model().objects.filter(username="ivy").exists()
+    assert not mailoutbox
+    assert not events(Verb.PERSON_CREATED)
+
+
+def test_an_invitation_is_sent_again_only_to_someone_without_a_password(
+    world: Any, mailoutbox: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    invite(world, django_capture_on_commit_callbacks)
+    ivy = get_user_model().objects.get(username="ivy")
+    admin = client_of(world.admin)
+    assert b"Send the invitation again" in admin.get(f"/people/{ivy.pk}/").content
+    with django_capture_on_commit_callbacks(execute=True):
+        admin.post(f"/people/{ivy.pk}/invite")
+    assert len(mailoutbox) == 2
+    assert len(events(Verb.PERSON_INVITED)) == 2
+
+    sam = world.supervisor  # has a password
+    sam.email = "sam@example.com"
+    sam.save(update_fields=["email"])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin.post(f"/people/{sam.pk}/invite", follow=True)
+    assert "set a password already" in str(list(response.context["messages"])[-1])
+    assert len(mailoutbox) == 2
+    assert client_of(world.supervisor).post(f"/people/{ivy.pk}/invite").status_code in (403, 404)
+    assert len(events(Verb.PERSON_INVITED)) == 2
