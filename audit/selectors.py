@@ -20,7 +20,7 @@ from django.db.models import Q, QuerySet
 from django.http import Http404
 from guardian.shortcuts import get_objects_for_user
 
-from agents.models import Action, Agent, Run, Team
+from agents.models import Action, Agent, AgentVersion, Run, Team
 from agents.permissions import agents_for_user
 from audit import jsonsafe
 from audit.chain import format_time
@@ -478,6 +478,10 @@ class DecisionChain:
     outcome: AuditEvent | None  # run.succeeded or run.failed, for the whole run
     output: Any = None  # the run's output
     output_in_trail: bool = False
+    # The policy version every decision of the run was taken under (its number), and
+    # whether the run was one of a canary's.
+    version: int | None = None
+    canary: bool = False
 
 
 def decision_chain(user: Any, run_id: int, *, step: int | None = None) -> DecisionChain:
@@ -523,7 +527,22 @@ def decision_chain(user: Any, run_id: int, *, step: int | None = None) -> Decisi
         outcome=outcome,
         output_in_trail=outcome is not None and "output" in outcome.payload,
         output=_run_output(run_id, outcome),
+        **_policy_version(events),
     )
+
+
+def _policy_version(events: list[AuditEvent]) -> dict[str, Any]:
+    """The version the run started on, named by its queued event (the version's id, which
+    stays: versions are never deleted); a run keeps its version to the end."""
+    queued = next((e for e in events if e.verb == Verb.RUN_QUEUED), None)
+    if queued is None or not isinstance(queued.payload.get("version"), int):
+        return {}
+    number = (
+        AgentVersion.objects.filter(pk=queued.payload["version"])
+        .values_list("number", flat=True)
+        .first()
+    )
+    return {"version": number, "canary": bool(queued.payload.get("canary"))}
 
 
 def _run_output(run_id: int, outcome: AuditEvent | None) -> Any:

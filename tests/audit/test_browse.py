@@ -446,6 +446,10 @@ def test_an_action_chain_shows_the_input_and_that_action_only(
     assert f'href="/audit/runs/{rejected_run.pk}/actions/{step}/"' in run_page
     page = client.get(f"/audit/runs/{rejected_run.pk}/actions/{step}/").content.decode()
     in_order(page, "CLM-9", "payments.pay", "need a supervisor", ">sam</strong> rejected", REASON)
+    # The chain names the policy version the decision was taken under, and its rule.
+    number = rejected_run.version.number
+    assert f'data-testid="policy-version">policy version v{number}<' in page
+    assert f"of v{number}:" in page
     assert "claims.flag" not in page and "Damage is covered" not in page
     assert client.get(f"/audit/runs/{rejected_run.pk}/actions/99/").status_code == 404
 
