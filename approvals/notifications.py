@@ -5,13 +5,23 @@ until that transaction commits, so a rolled-back change never reaches an inbox o
 webhook. On commit, e-mail goes out synchronously to the people who may decide, and each
 configured webhook gets a Celery task that signs and POSTs the event (`approvals.tasks`).
 
-Webhooks are signed Stripe-style: `X-Baton-Signature: t=<unix seconds>,v1=<hex HMAC>`,
-the MAC being HMAC-SHA256 over `f"{t}.{body}"` with BATON_WEBHOOK_SECRET. A receiver
-checks it with `verify`; the timestamp bounds how long a captured request can be replayed.
+Webhooks follow Standard Webhooks (https://www.standardwebhooks.com), signed with the
+`standardwebhooks` library: `webhook-id` (the same for every retry of one event, so a
+receiver deduplicates), `webhook-timestamp` (bounds how long a captured request can be
+replayed) and `webhook-signature` (`v1,<base64 HMAC-SHA256>` over `id.timestamp.body`), so
+receivers verify in any language with that project's libraries. BATON_WEBHOOK_SECRET is a
+`whsec_<base64>` secret (`python manage.py webhook_secret` makes one); a secret without the
+prefix is used as its UTF-8 bytes, as before.
+
+For one release the old header is sent too: `X-Baton-Signature: t=<unix seconds>,v1=<hex
+HMAC>` over `f"{t}.{body}"` with the secret as written (`sign`, `verify`); receivers move
+to the standard headers, then it goes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -26,6 +36,7 @@ from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
+from standardwebhooks.webhooks import Webhook
 
 from approvals.models import ApprovalRequest
 from approvals.selectors import deciders
@@ -33,8 +44,13 @@ from approvals.selectors import deciders
 logger = logging.getLogger(__name__)
 
 EVENTS = ("approval.requested", "approval.escalated", "approval.expired")
-SIGNATURE_HEADER = "X-Baton-Signature"
+SIGNATURE_HEADER = "X-Baton-Signature"  # the old signature, sent for one more release
 EVENT_HEADER = "X-Baton-Event"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
+WHSEC_MALFORMED = (
+    "BATON_WEBHOOK_SECRET starts with whsec_ but the rest is not base64 of at least 24 bytes: "  # noqa: S105 - a message, not a secret
+    "make one with `python manage.py webhook_secret`"
+)
 # Sent by name: approvals.tasks delivers it and imports this module, not the other way.
 WEBHOOK_TASK = "approvals.webhook_deliver"
 UNSIGNED_REFUSED = (
@@ -104,13 +120,47 @@ def webhook_body(*, event: str, request: ApprovalRequest) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
+def message_id(body: str) -> str:
+    """The webhook-id of an event: derived from what is sent, so every retry of one event,
+    and the same event enqueued twice, carry the same id and a receiver keeps one."""
+    return "msg_" + hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of BATON_WEBHOOK_SECRET: the bytes a whsec_ secret encodes, or the
+    secret's own UTF-8 bytes. ValueError for an empty or malformed whsec_ secret."""
+    if not secret:
+        # An HMAC under an empty key is a signature anyone can forge.
+        raise ValueError("refusing to sign a webhook with an empty secret")
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode()
+    try:
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise ValueError(WHSEC_MALFORMED) from None
+    if len(key) < 24:
+        raise ValueError(WHSEC_MALFORMED)
+    return key
+
+
+def standard_headers(*, secret: str, msg_id: str, body: str, timestamp: int) -> dict[str, str]:
+    """The Standard Webhooks headers of `body` sent at `timestamp` (signed by the library)."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    signature = Webhook(secret_key(secret)).sign(msg_id, moment, body)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+    }
+
+
 def _mac(secret: str, body: str, timestamp: int) -> str:
     signed = f"{timestamp}.{body}".encode()
     return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 def sign(*, secret: str, body: str, timestamp: int) -> str:
-    """The X-Baton-Signature header value for `body` sent at `timestamp`."""
+    """The old X-Baton-Signature header value for `body` sent at `timestamp`."""
     if not secret:
         # An HMAC under an empty key is a signature anyone can forge.
         raise ValueError("refusing to sign a webhook with an empty secret")
@@ -156,7 +206,7 @@ def _enqueue_webhooks(event: str, request: ApprovalRequest) -> None:
     body = webhook_body(event=event, request=request)
     for url in urls:
         try:
-            current_app.signature(WEBHOOK_TASK, args=(url, body)).delay()
+            current_app.signature(WEBHOOK_TASK, args=(url, body, message_id(body))).delay()
         except BrokerError:
             # The broker being down must not stop the other URLs or the e-mail.
             logger.exception("could not enqueue %s for approval %s to %s", event, request.pk, url)

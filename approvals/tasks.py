@@ -14,7 +14,14 @@ from typing import Any
 from celery import Task, shared_task
 from django.conf import settings
 
-from approvals.notifications import EVENT_HEADER, SIGNATURE_HEADER, WEBHOOK_TASK, sign
+from approvals.notifications import (
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    WEBHOOK_TASK,
+    message_id,
+    sign,
+    standard_headers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +63,9 @@ def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int | None, str
 
 
 @shared_task(bind=True, name=WEBHOOK_TASK, acks_late=True, max_retries=MAX_RETRIES)
-def webhook_deliver(self: Task[Any, Any], url: str, body: str) -> bool:
-    """POST one signed event to one URL. True once delivered; False when given up."""
+def webhook_deliver(self: Task[Any, Any], url: str, body: str, msg_id: str = "") -> bool:
+    """POST one signed event to one URL. True once delivered; False when given up.
+    (`msg_id` is derived from the body when a message enqueued before it existed has none.)"""
     if not url.lower().startswith(("http://", "https://")):
         logger.error("webhook %s is not an http(s) URL; not delivering", url)
         return False
@@ -67,12 +75,21 @@ def webhook_deliver(self: Task[Any, Any], url: str, body: str) -> bool:
         return False
     event = str(json.loads(body).get("event", ""))
     # Signed now, not when enqueued: a retry an hour later must still pass the receiver's
-    # replay window.
+    # replay window. The id stays: a receiver keeps one copy of an event however often sent.
+    now = int(time.time())
+    try:
+        signed = standard_headers(
+            secret=secret, msg_id=msg_id or message_id(body), body=body, timestamp=now
+        )
+    except ValueError as exc:
+        logger.error("%s; not delivering to %s", exc, url)
+        return False
     headers = {
         "Content-Type": "application/json",
         EVENT_HEADER: event,
-        SIGNATURE_HEADER: sign(secret=secret, body=body, timestamp=int(time.time())),
-        "User-Agent": "Baton-Webhook/1",
+        **signed,
+        SIGNATURE_HEADER: sign(secret=secret, body=body, timestamp=now),
+        "User-Agent": "Baton-Webhook/2",
     }
     status, detail = _post(url, body, headers)
     attempt = self.request.retries + 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 import logging
 import threading
@@ -19,12 +20,14 @@ import pytest
 from celery.signals import task_retry
 from django.core import mail
 from django.db import transaction
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from agents.runtime import execute_run
 from agents.services import run_start
 from approvals.models import ApprovalRequest
 from approvals.notifications import (
     EVENTS,
+    message_id,
     notify_on_commit,
     recipients,
     sign,
@@ -115,16 +118,27 @@ def countdowns() -> Iterator[list[float]]:
 
 def deliver(url: str, body: str) -> Any:
     """Run the task in this process; Celery re-applies it eagerly on each retry."""
-    return webhook_deliver.apply(args=(url, body))
+    return webhook_deliver.apply(args=(url, body, message_id(body)))
 
 
 def signed_by_us(received: Received, secret: str = SECRET) -> bool:
+    """Signed with `secret` both ways: Standard Webhooks, checked by that project's own
+    library as a receiver would, and the old header kept for one release."""
+    key = secret.encode() if not secret.startswith("whsec_") else secret
+    try:
+        Webhook(key).verify(received.body, received.headers)
+    except WebhookVerificationError:
+        return False
     return verify(
         secret=secret,
         header=received.headers.get("X-Baton-Signature", ""),
         body=received.body,
         now=int(time.time()),
     )
+
+
+def header(received: Received, name: str) -> str:
+    return {k.lower(): v for k, v in received.headers.items()}[name]
 
 
 def queued_tasks(redis_client: Any, queue: str) -> list[tuple[str, list[Any]]]:
@@ -278,6 +292,8 @@ def test_a_503_is_retried_with_growing_countdowns_until_delivered(
     assert countdowns == [5, 10]
     assert len(receiver.requests) == 3
     assert all(r.body == BODY and signed_by_us(r) for r in receiver.requests)
+    # One event, one id, however often it is sent: the receiver keeps one.
+    assert {header(r, "webhook-id") for r in receiver.requests} == {message_id(BODY)}
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 302])
@@ -562,7 +578,7 @@ def test_each_webhook_url_gets_one_task_with_the_body_on_commit(
         notify_on_commit(event="approval.escalated", request_id=request.pk)
     body = webhook_body(event="approval.escalated", request=request)
     assert sorted(queued_tasks(redis_client, task_queue)) == [
-        ("approvals.webhook_deliver", [url, body]) for url in urls
+        ("approvals.webhook_deliver", [url, body, message_id(body)]) for url in urls
     ]
 
 
@@ -666,3 +682,65 @@ def test_a_committed_request_reaches_the_receiver_signed_through_a_worker_after_
         message="the delivery task to end",
     )
     assert len(receiver.requests) == 2, "a delivered event is not sent again"
+
+
+# --- Standard Webhooks ------------------------------------------------------------------
+
+
+def test_a_whsec_secret_signs_what_the_standard_library_verifies_and_a_tampered_body_fails(
+    settings: Any, make_receiver: Any
+) -> None:
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("webhook_secret", stdout=out)
+    secret = out.getvalue().strip()
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
+    settings.BATON_WEBHOOK_SECRET = secret
+    receiver = make_receiver(200)
+    assert deliver(receiver.url, BODY).get() is True
+    [received] = receiver.requests
+    assert Webhook(secret).verify(received.body, received.headers) == json.loads(BODY)
+    assert header(received, "webhook-id") == message_id(BODY)
+    assert abs(int(header(received, "webhook-timestamp")) - time.time()) < 300
+    assert header(received, "webhook-signature").startswith("v1,")
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(received.body.replace("7", "8"), received.headers)
+    other = "whsec_" + base64.b64encode(b"x" * 32).decode()
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify(received.body, received.headers)
+
+
+def test_each_event_has_its_own_webhook_id() -> None:
+    other = BODY.replace("requested", "escalated")
+    assert message_id(BODY) != message_id(other)
+    assert message_id(BODY) == message_id(BODY)
+
+
+@pytest.mark.parametrize(
+    "secret", ["whsec_not base64!", "whsec_" + base64.b64encode(b"short").decode()]
+)
+def test_a_malformed_whsec_secret_fails_the_start_up_check_and_sends_nothing(
+    secret: str, settings: Any, make_receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from approvals.checks import webhook_secret_usable
+
+    settings.BATON_WEBHOOK_SECRET = secret
+    [error] = webhook_secret_usable(None)
+    assert error.id == "approvals.E001" and "webhook_secret" in error.msg
+    receiver = make_receiver(200)
+    with caplog.at_level(logging.ERROR, logger="approvals.tasks"):
+        assert deliver(receiver.url, BODY).get() is False
+    assert receiver.requests == []
+    settings.BATON_WEBHOOK_SECRET = SECRET
+    assert webhook_secret_usable(None) == []
+
+
+def test_a_message_enqueued_without_an_id_is_still_delivered_with_the_bodys_id(
+    secret: str, make_receiver: Any
+) -> None:
+    receiver = make_receiver(200)
+    assert webhook_deliver.apply(args=(receiver.url, BODY)).get() is True
+    [received] = receiver.requests
+    assert header(received, "webhook-id") == message_id(BODY)
+    assert signed_by_us(received)
