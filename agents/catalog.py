@@ -438,7 +438,7 @@ def agent_keys(agent: Agent) -> list[ApiKey]:
     now = timezone.now()
     keys = list(agent.api_keys.select_related("created_by").order_by("-created_at"))
     for key in keys:
-        key.state = key_state(key, now)  # type: ignore[attr-defined]
+        key.state = key_state(key, now)
     return keys
 
 

@@ -445,6 +445,9 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
+    # Not stored: live, expired or revoked (agents.catalog.agent_keys, for the page).
+    state: str = "live"
+
     class Meta:
         ordering = ["-created_at"]
 
