@@ -12,6 +12,8 @@ from django.db.models import Q
 class Team(models.Model):
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=100)
+    # Archived (agents.catalog): kept with its history, closed to new agents.
+    archived_at = models.DateTimeField(null=True, blank=True)
 
     # Not stored: whether the person looking may supervise the whole team (selectors).
     can_supervise: bool = False
@@ -58,6 +60,9 @@ class Agent(models.Model):
         "AgentVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Archived (agents.catalog): starts no new runs, its API keys answer 401, it leaves the
+    # overview; its runs, versions and history stay readable.
+    archived_at = models.DateTimeField(null=True, blank=True)
 
     # Not stored: active, paused or halted, derived from the engaged kill switches by
     # agents.selectors.agent_state for the pages that show it.
@@ -439,6 +444,9 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField()
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+
+    # Not stored: live, expired or revoked (agents.catalog.agent_keys, for the page).
+    state: str = "live"
 
     class Meta:
         ordering = ["-created_at"]

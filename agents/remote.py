@@ -35,6 +35,7 @@ from agents.gateway.core import (
 )
 from agents.models import Action, Agent, ApiKey, Run
 from agents.services import (
+    AGENT_ARCHIVED,
     REASON_REQUIRED,
     Conflict,
     NotFound,
@@ -56,6 +57,7 @@ S = Action.Status
 KEY_INVALID = "invalid API key"
 KEY_EXPIRED = "this API key has expired"
 KEY_REVOKED = "this API key was revoked"
+KEY_AGENT_ARCHIVED = "this API key's agent is archived"
 NOT_REMOTE = "{agent} runs in Baton's workers; only remote agents take API keys"
 RUN_NOT_RUNNING = "run {run} is {status}"
 STEP_OUT_OF_ORDER = "step {seq} is out of order: the next step of this run is {expected}"
@@ -63,6 +65,9 @@ STEP_NOT_OPEN = "step {seq} is {status}, not running: nothing to report"
 STEPS_STILL_OPEN = "step {seq} is still {status}: report or resolve it before finishing"
 SAME_STEP_DIFFERENT_CALL = "step {seq} was submitted before as a different call"
 LAST_USE_RESOLUTION = timedelta(minutes=1)
+ROTATE_OVERLAP_MAX_HOURS = 7 * 24
+OVERLAP_RANGE = "the overlap is a whole number of hours from 0 to {max}"
+KEY_NOT_LIVE = "bk_{prefix}… is revoked or expired: only a live key is rotated"
 
 
 # --- keys ------------------------------------------------------------------------------
@@ -79,6 +84,8 @@ def apikey_create(
     """Returns the key and its plain text, which is shown once and never stored."""
     if agent.kind != Agent.Kind.REMOTE:
         raise ServiceError(NOT_REMOTE.format(agent=agent.name))
+    if agent.archived_at is not None:
+        raise Conflict(AGENT_ARCHIVED.format(agent=agent.name))
     storable(name, "name")
     prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     with transaction.atomic():
@@ -118,6 +125,41 @@ def apikey_revoke(*, key: ApiKey, user: User | None, reason: str) -> None:
             )
 
 
+def apikey_rotate(
+    *, key: ApiKey, user: User | None, overlap_hours: int, days: int = 90
+) -> tuple[ApiKey, str]:
+    """A new key with the old one's name; the old key keeps working `overlap_hours` more
+    (at most a week, never past its own expiry), so the agent switches without a gap.
+    Returns the new key and its plain text, shown once and never stored."""
+    if not 0 <= overlap_hours <= ROTATE_OVERLAP_MAX_HOURS:
+        raise ServiceError(OVERLAP_RANGE.format(max=ROTATE_OVERLAP_MAX_HOURS))
+    with transaction.atomic(durable=True):
+        # Locked before the first audit event takes the chain head (store.LOCK_ORDER).
+        old = ApiKey.objects.select_for_update(no_key=True).select_related("agent").get(pk=key.pk)
+        now = timezone.now()
+        if old.revoked_at is not None or old.expires_at <= now:
+            raise Conflict(KEY_NOT_LIVE.format(prefix=old.prefix))
+        before = old.expires_at
+        old.expires_at = min(before, now + timedelta(hours=overlap_hours))
+        old.save(update_fields=["expires_at"])
+        new, plaintext = apikey_create(agent=old.agent, name=old.name, user=user, days=days)
+        audit_record(
+            verb=Verb.APIKEY_ROTATED,
+            actor=Actor.of(user),
+            subject_type="apikey",
+            subject_id=old.pk,
+            agent=old.agent,
+            payload={
+                "prefix": old.prefix,
+                "name": old.name,
+                "overlap_hours": overlap_hours,
+                "before": {"expires_at": before},
+                "after": {"expires_at": old.expires_at, "replaced_by": new.prefix},
+            },
+        )
+    return new, plaintext
+
+
 def apikey_authenticate(presented: str) -> ApiKey:
     """The live key for `bk_<prefix>.<secret>`, or Unauthorized saying why not."""
     body = presented.removeprefix("bk_")
@@ -136,6 +178,8 @@ def apikey_authenticate(presented: str) -> ApiKey:
         raise Unauthorized(KEY_REVOKED)
     if key.expires_at <= now:
         raise Unauthorized(KEY_EXPIRED)
+    if key.agent.archived_at is not None:
+        raise Unauthorized(KEY_AGENT_ARCHIVED)
     if key.last_used_at is None or now - key.last_used_at > LAST_USE_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key

@@ -50,9 +50,10 @@ def agent_state(agent: Agent, switches: list[KillSwitch]) -> str:
 
 def agent_cards(user: Any, agent_ids: set[int] | None = None) -> list[Any]:
     """Agents with what their cards show: state, run counts, whether the person may stop
-    them. All the person may see, or only those of `agent_ids`."""
+    them. All the person may see, or only those of `agent_ids`; never an archived one
+    (its team's page lists it)."""
     open_runs = Q(runs__status__in=Run.ACTIVE)
-    visible = agents_for_user(user)
+    visible = agents_for_user(user).filter(archived_at__isnull=True)
     if agent_ids is not None:
         visible = visible.filter(pk__in=agent_ids)
     agents = list(

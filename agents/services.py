@@ -53,6 +53,7 @@ class Unauthorized(ServiceError):
 
 AGENT_HALTED = "{agent} is halted: release the kill switch before starting runs"
 NO_LIVE_VERSION = "{agent} has no live version to run"
+AGENT_ARCHIVED = "{agent} is archived: it starts no new runs"
 SWITCH_ALREADY_ENGAGED = "a kill switch is already engaged on {target}"
 SWITCH_NOT_ENGAGED = "this kill switch was already released"
 REASON_REQUIRED = "a reason is required"
@@ -72,6 +73,8 @@ def storable(value: Any, where: str) -> Any:
 
 
 def team_create(*, slug: str, name: str) -> Team:
+    """A bare team, unrecorded: for seeds, fixtures and benchmarks. People create teams
+    with agents.catalog.team_create, which checks, validates and records the change."""
     return Team.objects.create(slug=slug, name=name)
 
 
@@ -221,12 +224,14 @@ def run_start_check(*, agent: Agent, input: Any) -> tuple[dict[str, Any], int]:
     old the caller's `agent` is."""
     input = storable(input, "input")
     run_input_check(input)
-    rollout = (
+    *rollout, archived_at = (
         Agent.objects.filter(pk=agent.pk)
-        .values_list("live_version_id", "canary_version_id", "canary_percent")
+        .values_list("live_version_id", "canary_version_id", "canary_percent", "archived_at")
         .get()
     )
     agent.live_version_id, agent.canary_version_id, agent.canary_percent = rollout
+    if archived_at is not None:
+        raise Conflict(AGENT_ARCHIVED.format(agent=agent.name))
     if agent.live_version_id is None:
         raise Conflict(NO_LIVE_VERSION.format(agent=agent.name))
     if any(s.mode == KillSwitch.Mode.HALT for s in engaged_for(agent)):

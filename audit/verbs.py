@@ -42,7 +42,13 @@ class Verb(StrEnum):
     KILLSWITCH_ENGAGED = "killswitch.engaged"
     KILLSWITCH_RELEASED = "killswitch.released"
 
+    TEAM_CREATED = "team.created"
+    TEAM_UPDATED = "team.updated"
+    TEAM_ARCHIVED = "team.archived"
     AGENT_CREATED = "agent.created"
+    AGENT_UPDATED = "agent.updated"
+    AGENT_ARCHIVED = "agent.archived"
+    AGENT_UNARCHIVED = "agent.unarchived"
     VERSION_CREATED = "version.created"
     POLICY_PUBLISHED = "policy.published"
     ROLLOUT_SHADOW = "rollout.shadow"
@@ -60,6 +66,7 @@ class Verb(StrEnum):
     ROLE_REMOVED = "role.removed"
     APIKEY_CREATED = "apikey.created"
     APIKEY_REVOKED = "apikey.revoked"
+    APIKEY_ROTATED = "apikey.rotated"
 
     AUDIT_EXPORTED = "audit.exported"
 

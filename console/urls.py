@@ -6,7 +6,7 @@ from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic.base import RedirectView
 
-from agents import api, switch_views, version_views
+from agents import api, catalog_views, switch_views, version_views
 from agents import views as agent_views
 from approvals import views as approval_views
 from console import people as people_views
@@ -15,6 +15,24 @@ from console import views as console_views
 urlpatterns = [
     path("", console_views.overview, name="overview"),
     path("agents/<slug:slug>/", agent_views.agent_detail, name="agent"),
+    # Teams and agents, the admin agent page and its API keys (issue 11).
+    path("teams/", catalog_views.teams, name="teams"),
+    path("teams/new", catalog_views.team_create, name="team-create"),
+    path("teams/<slug:team>/", catalog_views.team_detail, name="team"),
+    path("teams/<slug:team>/edit", catalog_views.team_edit, name="team-edit"),
+    path("teams/<slug:team>/archive", catalog_views.team_archive, name="team-archive"),
+    path("agents/new", catalog_views.agent_create, name="agent-create"),
+    path("agents/<slug:slug>/edit", catalog_views.agent_edit, name="agent-edit"),
+    path("agents/<slug:slug>/archive", catalog_views.agent_archive, name="agent-archive"),
+    path("agents/<slug:slug>/unarchive", catalog_views.agent_unarchive, name="agent-unarchive"),
+    path("agents/<slug:slug>/admin/", catalog_views.agent_admin, name="agent-admin"),
+    path("agents/<slug:slug>/keys/new", catalog_views.key_create, name="key-create"),
+    path(
+        "agents/<slug:slug>/keys/<int:key_id>/rotate", catalog_views.key_rotate, name="key-rotate"
+    ),
+    path(
+        "agents/<slug:slug>/keys/<int:key_id>/revoke", catalog_views.key_revoke, name="key-revoke"
+    ),
     path("agents/<slug:slug>/versions/diff/", version_views.diff, name="version-diff"),
     path(
         "agents/<slug:slug>/versions/<int:number>/dry-run/",

@@ -17,7 +17,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from agents import roles
 from agents.demo.seed import CLAIMS_POLICY
-from agents.models import Agent, KillSwitch
+from agents.models import Agent, ApiKey, KillSwitch, Team
 from agents.runtime import execute_run
 from agents.services import killswitch_engage, run_start, team_create
 from approvals.models import ApprovalRequest
@@ -44,6 +44,14 @@ POST_DATA = {
     "username": "matrix-x9",
     "target": "team:hidden-team-x9",
     "role": "Compliance",
+    # Teams, agents and keys (issue 11): a new or changed agent or team in the hidden team.
+    "name": "Matrix X9",
+    "slug": "matrix-x9",
+    "description": "matrix-x9",
+    "kind": "remote",
+    "owner": "hidden-lead-x9",
+    "days": "30",
+    "overlap_hours": "1",
 }
 # Sessions end here, so these come last for each person.
 LAST = {"logout"}
@@ -129,6 +137,9 @@ class Hidden:
             # An invitation link (issue 11): a person id and a token that are not valid.
             "uidb64": "MQ",
             "token": "set-password",
+            # Teams and API keys (issue 11): the hidden team; a key id of nobody's.
+            "team": self.team.slug,
+            "key_id": 1,
         }
 
     def filters(self) -> dict[str, Any]:
@@ -160,6 +171,19 @@ class Hidden:
         assert lead.is_active
         assert roles.held_roles(lead, self.team) == [roles.SUPERVISOR]
         assert not lead.groups.filter(name=roles.COMPLIANCE).exists()
+        # Teams, agents and keys (issue 11): the hidden ones as they were, none added.
+        agent = Agent.objects.get(pk=self.agent.pk)
+        seen = ("slug", "name", "description", "team_id", "kind", "owner_id", "archived_at")
+        assert [getattr(agent, f) for f in seen] == [getattr(self.agent, f) for f in seen]
+        assert agent.archived_at is None
+        team = Team.objects.get(pk=self.team.pk)
+        assert (team.slug, team.name, team.archived_at) == (
+            "hidden-team-x9",
+            "Hidden Team Xylo9",
+            None,
+        )
+        assert list(Agent.objects.filter(team=self.team)) == [agent]
+        assert not ApiKey.objects.filter(agent=self.agent).exists()
 
 
 def url_patterns() -> list[tuple[str, str]]:
