@@ -12,6 +12,9 @@ from django.db.models import Q
 class Team(models.Model):
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=100)
+    # Four-eyes on policy: a publish by one admin waits for a second admin of the team
+    # (approvals.publish) and takes effect only once they approve it.
+    publish_needs_second_admin = models.BooleanField(default=False)
 
     # Not stored: whether the person looking may supervise the whole team (selectors).
     can_supervise: bool = False
