@@ -14,6 +14,9 @@ class Team(models.Model):
     name = models.CharField(max_length=100)
     # Archived (agents.catalog): kept with its history, closed to new agents.
     archived_at = models.DateTimeField(null=True, blank=True)
+    # Four-eyes on policy: a publish by one admin waits for a second admin of the team
+    # (approvals.publish) and takes effect only once they approve it.
+    publish_needs_second_admin = models.BooleanField(default=False)
 
     # Not stored: whether the person looking may supervise the whole team (selectors).
     can_supervise: bool = False

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.contrib.auth import authenticate
 from django.db import transaction
 from django.utils import timezone
 
@@ -26,6 +27,7 @@ from audit.verbs import Verb
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+    from django.http import HttpRequest
 
 log = logging.getLogger(__name__)
 
@@ -152,29 +154,87 @@ def version_create(
     return version
 
 
+REAUTH_REQUIRED = "enter your password again to publish"
+REAUTH_FAILED = "that is not your password; repeated failures lock you out of Baton"
+ALREADY_PUBLISHED = "v{number} is already published"
+SECOND_ADMIN_REQUIRED = "{team} publishes only with a second admin's approval: ask for one instead"
+
+
+def password_reconfirm(*, request: HttpRequest | None, user: User, password: str) -> None:
+    """The person proves it is them again: their password, checked by the same backends
+    as signing in (django-axes first, so guessing is counted and locked out like a login).
+    Called before the caller's transaction, so a failure axes records is not rolled back."""
+    if not password:
+        raise ServiceError(REAUTH_REQUIRED)
+    if request is None:
+        raise ServiceError(REAUTH_FAILED)
+    confirmed = authenticate(request, username=user.get_username(), password=password)
+    if confirmed is None or confirmed.pk != user.pk or not confirmed.is_active:
+        raise ServiceError(REAUTH_FAILED)
+
+
 def version_publish(
-    *, version: AgentVersion, user: User | None = None, reason: str = "", live: bool = True
+    *,
+    version: AgentVersion,
+    user: User | None,
+    reason: str,
+    live: bool = True,
+    password: str = "",
+    request: HttpRequest | None = None,
 ) -> None:
     """Publish the version: its content is final and it may enter the agent's rollout
     (agents.rollout: shadow, canary, live). With `live` it also becomes the live version
-    for new runs at once, the one before it kept for a rollback."""
+    for new runs at once, the one before it kept for a rollback.
+
+    Always with a reason. A person (`user`) also gives their password again, checked here
+    so no caller can leave it out (`request` is the one it came with, for axes); only the
+    system (`user` None: seeds, set-up commands) publishes without one. A team that wants
+    a second admin on every publish (Team.publish_needs_second_admin) publishes through
+    approvals.publish instead, which calls `version_publish_locked` once approved."""
+    reason_required(reason)
+    if user is not None:
+        password_reconfirm(request=request, user=user, password=password)
     with transaction.atomic(durable=True):
-        agent = Agent.objects.select_for_update(no_key=True).get(pk=version.agent_id)
-        AgentVersion.objects.filter(pk=version.pk, published_at__isnull=True).update(
-            published_at=timezone.now()
+        agent = (
+            Agent.objects.select_for_update(no_key=True)
+            .select_related("team")
+            .get(pk=version.agent_id)
         )
-        if live:
-            live_set(agent, version.pk, keep_previous=True)
-        audit_record(
-            verb=Verb.POLICY_PUBLISHED,
-            actor=Actor.of(user),
-            subject_type="version",
-            subject_id=version.pk,
-            agent=agent,
-            payload={"number": version.number, "reason": reason, "live": live},
-        )
+        if user is not None and agent.team.publish_needs_second_admin:
+            raise ServiceError(SECOND_ADMIN_REQUIRED.format(team=agent.team.name))
+        version_publish_locked(agent, version, user=user, reason=reason, live=live)
     if live:
         version.stage = AgentVersion.Stage.LIVE
+
+
+def version_publish_locked(
+    agent: Agent,
+    version: AgentVersion,
+    *,
+    user: User | None,
+    reason: str,
+    live: bool,
+    **more: Any,
+) -> None:
+    """The publish itself, inside the caller's transaction with `agent`'s row locked and
+    every check done (version_publish; approvals.publish once a second admin approved)."""
+    first = AgentVersion.objects.filter(pk=version.pk, published_at__isnull=True).update(
+        published_at=timezone.now()
+    )
+    # Compare-and-set: publishing twice (a double submit) changes nothing the second time,
+    # but an already published version may still be made live.
+    if not first and (not live or agent.live_version_id == version.pk):
+        raise Conflict(ALREADY_PUBLISHED.format(number=version.number))
+    if live:
+        live_set(agent, version.pk, keep_previous=True)
+    audit_record(
+        verb=Verb.POLICY_PUBLISHED,
+        actor=Actor.of(user),
+        subject_type="version",
+        subject_id=version.pk,
+        agent=agent,
+        payload={"number": version.number, "reason": reason, "live": live, **more},
+    )
 
 
 ROLLOUT_FIELDS = ("live_version", "shadow_version", "canary_version", "previous_version")

@@ -115,3 +115,61 @@ class ApprovalDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verdict} by {self.user_id}"
+
+
+class PublishRequest(models.Model):
+    """A publish waiting for a second admin (four-eyes on policy, Team.
+    publish_needs_second_admin). Bound to the exact content of the version it would
+    publish: `content_hash` (approvals.publish.version_content_hash) is taken when it is
+    asked for and checked again when it is approved."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="+")
+    version = models.ForeignKey(
+        "agents.AgentVersion", on_delete=models.PROTECT, related_name="publish_requests"
+    )
+    content_hash = models.CharField(max_length=64)
+    live = models.BooleanField(default=True)
+    reason = models.TextField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # Four-eyes in the database: whoever asked to publish never decides it.
+            models.CheckConstraint(
+                condition=Q(decided_by__isnull=True) | ~Q(decided_by=F("requested_by")),
+                name="publish_decider_is_not_requester",
+            ),
+            models.CheckConstraint(condition=~Q(reason=""), name="publish_needs_reason"),
+            models.CheckConstraint(
+                condition=~Q(status="rejected") | ~Q(comment=""),
+                name="publish_rejection_needs_reason",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="pending") | Q(decided_by__isnull=False),
+                name="publish_decided_by_someone",
+            ),
+            # One open request per version: a second would be decided twice.
+            models.UniqueConstraint(
+                fields=["version"],
+                condition=Q(status="pending"),
+                name="publish_one_pending_per_version",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"publish request {self.pk} for version {self.version_id}"

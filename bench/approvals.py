@@ -99,7 +99,9 @@ def main() -> None:
             agent=agent,
             program="bench.support.held_mark",
             policy={"rules": [{"tool": "bench.mark", "effect": "approve"}]},
-        )
+        ),
+        user=None,
+        reason="benchmark set-up",
     )
     agent.refresh_from_db()
     person = get_user_model().objects.create_user("bench-supervisor", password="bench-pass-123")

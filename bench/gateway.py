@@ -61,7 +61,7 @@ def agent() -> Agent:
         program="bench.support.timed_steps",
         policy={"rules": [{"tool": "bench.*", "effect": "allow"}]},
     )
-    version_publish(version=version)
+    version_publish(version=version, user=None, reason="benchmark set-up")
     made.refresh_from_db()
     return made
 

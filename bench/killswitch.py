@@ -204,7 +204,9 @@ def main() -> None:
                 agent=agent,
                 program="bench.support.busy_agent",
                 policy={"rules": [{"tool": "bench.*", "effect": "allow"}]},
-            )
+            ),
+            user=None,
+            reason="benchmark set-up",
         )
         agent.refresh_from_db()
         agents.append(agent)

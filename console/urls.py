@@ -6,7 +6,7 @@ from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic.base import RedirectView
 
-from agents import api, catalog_views, switch_views, version_views
+from agents import api, catalog_views, rollout_views, switch_views, version_views
 from agents import views as agent_views
 from approvals import views as approval_views
 from console import people as people_views
@@ -38,6 +38,27 @@ urlpatterns = [
         "agents/<slug:slug>/versions/<int:number>/dry-run/",
         version_views.dry_run,
         name="version-dry-run",
+    ),
+    # The rollout (issue 11): the page, publishing, the moves, and publish requests.
+    path("agents/<slug:slug>/rollout/", rollout_views.rollout, name="agent-rollout"),
+    path("agents/<slug:slug>/rollout/publish", rollout_views.publish, name="rollout-publish"),
+    *(
+        path(
+            f"agents/<slug:slug>/rollout/{move}",
+            rollout_views.change,
+            {"move": move},
+            name=f"rollout-{move}",
+        )
+        for move in rollout_views.MOVES
+    ),
+    *(
+        path(
+            f"agents/<slug:slug>/rollout/requests/<int:publish_id>/{verdict}",
+            rollout_views.publish_decide,
+            {"verdict": verdict},
+            name=f"rollout-request-{verdict}",
+        )
+        for verdict in ("approve", "reject")
     ),
     path("workers/", agent_views.workers, name="workers"),
     path("runs/<int:run_id>/", agent_views.run_detail, name="run"),

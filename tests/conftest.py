@@ -345,7 +345,7 @@ def make_agent(world: Any) -> Any:
             config=config or {"model": "scripted"},
             user=world.admin,
         )
-        version_publish(version=version, user=world.admin)
+        version_publish(version=version, user=None, reason="test set-up")
         agent.refresh_from_db()
         return agent
 

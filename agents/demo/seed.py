@@ -144,7 +144,8 @@ def demo_seed() -> list[tuple[str, str, str]]:
                 config={"model": "scripted"},
                 user=admin,
             )
-            version_publish(version=version, user=admin, reason="demo set-up")
+            # Seeding is the system publishing, not a person: no password to give again.
+            version_publish(version=version, user=None, reason="demo set-up")
     return credentials
 
 

@@ -27,7 +27,9 @@ def key(world: Any) -> str:
     agent = agent_create(
         slug="ledger-bot", name="Ledger bot", team=world.claims, kind=Agent.Kind.REMOTE
     )
-    version_publish(version=version_create(agent=agent, program="", policy=POLICY))
+    version_publish(
+        version=version_create(agent=agent, program="", policy=POLICY), user=None, reason="set-up"
+    )
     agent.refresh_from_db()
     return apikey_create(agent=agent, name="prod", user=world.admin)[1]
 

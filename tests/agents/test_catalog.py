@@ -58,7 +58,7 @@ def remote_agent(world: Any) -> Agent:
         user=world.admin, team=world.claims, slug="ledger-bot", name="Ledger bot", kind="remote"
     )
     version = version_create(agent=agent, program="", policy=POLICY, user=world.admin)
-    version_publish(version=version, user=world.admin)
+    version_publish(version=version, user=None, reason="the first version")
     agent.refresh_from_db()
     return agent
 

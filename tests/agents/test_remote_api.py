@@ -45,7 +45,7 @@ def remote_agent(world: Any) -> Agent:
         user=world.admin,
     )
     version = version_create(agent=agent, program="", policy=POLICY, user=world.admin)
-    version_publish(version=version, user=world.admin)
+    version_publish(version=version, user=None, reason="set-up")
     agent.refresh_from_db()
     return agent
 
@@ -307,7 +307,9 @@ def test_revoked_and_expired_keys_are_refused(remote_agent: Agent, world: Any) -
 
 def test_a_key_reaches_only_its_own_agents_runs(api: Api, world: Any) -> None:
     other = agent_create(slug="other-bot", name="Other", team=world.support, kind=Agent.Kind.REMOTE)
-    version_publish(version=version_create(agent=other, program="", policy=POLICY))
+    version_publish(
+        version=version_create(agent=other, program="", policy=POLICY), user=None, reason="set-up"
+    )
     other_key = apikey_create(agent=other, name="k", user=None)[1]
     run_id = start(Api(other_key))
     assert api.get(f"/runs/{run_id}").status_code == 404

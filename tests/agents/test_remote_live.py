@@ -39,7 +39,9 @@ def test_a_long_poll_answers_when_the_supervisor_approves(console_server: Any, w
     version_publish(
         version=version_create(
             agent=agent, program="", policy={"rules": [{"tool": "test.pay", "effect": "approve"}]}
-        )
+        ),
+        user=None,
+        reason="set-up",
     )
     key = apikey_create(agent=agent, name="k", user=None)[1]
     run_id = call(console_server, key, "POST", "/runs", {"input": {}})["run"]

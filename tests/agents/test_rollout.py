@@ -67,7 +67,7 @@ LIVE_POLICY = {"rules": [{"tool": "test.count", "effect": "allow"}]}
 
 def published(agent: Agent, world: Any, policy: dict[str, Any]) -> AgentVersion:
     version = version_create(agent=agent, program=PROGRAM, policy=policy, user=world.admin)
-    version_publish(version=version, user=world.admin, reason="ready", live=False)
+    version_publish(version=version, user=None, reason="ready", live=False)
     return version
 
 
@@ -264,9 +264,9 @@ def test_a_canary_takes_its_share_of_a_thousand_runs_each_chosen_by_its_id(
 def test_remote_runs_take_the_canary_by_the_same_choice(world: Any) -> None:
     agent = agent_create(slug="remote", name="Remote", team=world.claims, kind=Agent.Kind.REMOTE)
     live = version_create(agent=agent, program="", policy=LIVE_POLICY)
-    version_publish(version=live)
+    version_publish(version=live, user=None, reason="set-up")
     canary = version_create(agent=agent, program="", policy=DENY_ALL)
-    version_publish(version=canary, reason="ready", live=False)
+    version_publish(version=canary, user=None, reason="ready", live=False)
     agent.refresh_from_db()
     rollout_canary(agent=agent, version=canary, percent=50, user=world.admin, reason="try")
     _, secret = apikey_create(agent=agent, name="k", user=world.admin)
@@ -301,7 +301,7 @@ def test_rollback_restores_the_previous_version_for_new_runs_only(
     agent = make_agent("counter", PROGRAM, LIVE_POLICY)
     good = agent.live_version
     bad = published(agent, world, DENY_ALL)
-    version_publish(version=bad, user=world.admin, reason="stricter")
+    version_publish(version=bad, user=None, reason="stricter")
     agent.refresh_from_db()
     running = claimed(agent, {"label": "on-bad"})
     assert running.run.version_id == bad.pk

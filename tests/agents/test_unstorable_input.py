@@ -61,7 +61,9 @@ def remote_agent(world: Any) -> Agent:
     agent = agent_create(
         slug="ledger-bot", name="Ledger bot", team=world.claims, kind=Agent.Kind.REMOTE
     )
-    version_publish(version=version_create(agent=agent, program="", policy=POLICY))
+    version_publish(
+        version=version_create(agent=agent, program="", policy=POLICY), user=None, reason="set-up"
+    )
     agent.refresh_from_db()
     return agent
 

@@ -30,7 +30,7 @@ def test_publishing_a_new_version_retires_the_old_one(make_agent: Any, world: An
         agent=agent, program="tests.support.agents.counter", policy={"rules": []}, user=world.admin
     )
     assert second.number == 2 and second.stage == AgentVersion.Stage.DRAFT
-    version_publish(version=second, user=world.admin, reason="tighter policy")
+    version_publish(version=second, user=None, reason="tighter policy")
     agent.refresh_from_db()
     first.refresh_from_db()
     assert agent.live_version == second and first.stage == AgentVersion.Stage.RETIRED

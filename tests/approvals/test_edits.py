@@ -227,7 +227,7 @@ def remote_api(world: Any) -> Any:
         slug="remote-payer", name="Remote payer", team=world.claims, kind=Agent.Kind.REMOTE
     )
     version = version_create(agent=agent, program="", policy=TIERS, user=world.admin)
-    version_publish(version=version, user=world.admin)
+    version_publish(version=version, user=None, reason="set-up")
     agent.refresh_from_db()
     key = apikey_create(agent=agent, name="prod", user=world.admin)[1]
     client = Client()

@@ -189,7 +189,9 @@ def test_a_request_escalates_to_the_next_group_then_fails_closed(
                     }
                 ]
             },
-        )
+        ),
+        user=None,
+        reason="set-up",
     )
     payer.refresh_from_db()
     lead = type(world.outsider).objects.create_user("lena", email="lena@baton.example")

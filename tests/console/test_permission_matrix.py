@@ -12,16 +12,19 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from agents import roles
 from agents.demo.seed import CLAIMS_POLICY
-from agents.models import Agent, ApiKey, KillSwitch, Team
+from agents.models import Agent, AgentVersion, ApiKey, KillSwitch, Team
+from agents.rollout_views import seen_token
 from agents.runtime import execute_run
-from agents.services import killswitch_engage, run_start, team_create
-from approvals.models import ApprovalRequest
+from agents.services import killswitch_engage, run_start, team_create, version_create
+from approvals.models import ApprovalRequest, PublishRequest
+from approvals.publish import publish_request_open
 from audit.models import AuditEvent
+from tests.conftest import PASSWORD
 from tests.console.visibility import Cast, export, live_seqs, open_socket
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -52,6 +55,12 @@ POST_DATA = {
     "owner": "hidden-lead-x9",
     "days": "30",
     "overlap_hours": "1",
+    # The rollout (issue 11): publish the hidden agent's draft live with its admin's
+    # password, or move it into a 100 % canary (the form's `seen` is added per sweep).
+    "version": "2",
+    "password": PASSWORD,
+    "live": "1",
+    "percent": "100",
 }
 # Sessions end here, so these come last for each person.
 LAST = {"logout"}
@@ -97,6 +106,27 @@ class Hidden:
             user=lead,
         )
         self.event = AuditEvent.objects.filter(agent_id=self.agent.pk).order_by("seq").first()
+        # The rollout (issue 11): a draft v2, and a v3 waiting for a second admin of the
+        # hidden team (four-eyes), asked by its admin (who has the matrix's password).
+        Team.objects.filter(pk=team.pk).update(publish_needs_second_admin=True)
+        admin = type(world.outsider).objects.create_user("hidden-admin-x9", password=PASSWORD)
+        roles.role_grant(user=admin, role=roles.AGENT_ADMIN, target=team)
+        self.draft = version_create(
+            agent=self.agent, program="agents.demo.programs.claim_payout", policy={"rules": []}
+        )
+        self.publish = publish_request_open(
+            version=version_create(
+                agent=self.agent, program="agents.demo.programs.claim_payout", policy={"rules": []}
+            ),
+            user=admin,
+            reason="hidden-reason-x9",
+            live=True,
+            password=PASSWORD,
+            request=RequestFactory().post("/"),
+        )
+        self.agent.refresh_from_db()
+        self.rollout = seen_token(self.agent)
+        self.versions = list(AgentVersion.objects.filter(agent=self.agent).values().order_by("pk"))
         self.markers = [
             "hidden-team-x9",
             "Hidden Team Xylo9",
@@ -140,7 +170,14 @@ class Hidden:
             # Teams and API keys (issue 11): the hidden team; a key id of nobody's.
             "team": self.team.slug,
             "key_id": 1,
+            # A publish request of the hidden agent (issue 11).
+            "publish_id": self.publish.pk,
         }
+
+    def post_data(self) -> dict[str, Any]:
+        """POST_DATA with the hidden agent's rollout as a form drawn now would carry it, so
+        a rollout form that let the wrong person through would change it."""
+        return {**POST_DATA, "seen": self.rollout}
 
     def filters(self) -> dict[str, Any]:
         return {
@@ -184,6 +221,12 @@ class Hidden:
         )
         assert list(Agent.objects.filter(team=self.team)) == [agent]
         assert not ApiKey.objects.filter(agent=self.agent).exists()
+        assert seen_token(agent) == self.rollout
+        assert list(AgentVersion.objects.filter(agent=agent).values().order_by("pk")) == (
+            self.versions
+        )
+        requests = PublishRequest.objects.filter(agent=agent)
+        assert list(requests.values_list("pk", "status")) == [(self.publish.pk, "pending")]
 
 
 def url_patterns() -> list[tuple[str, str]]:
@@ -257,7 +300,7 @@ def sweep(cast: Cast, hidden: Hidden, role: str) -> list[str]:
             # The same through htmx (pages answer with a partial) and with every filter
             # aimed at the hidden team.
             ("get", hidden.filters(), {"HTTP_HX_REQUEST": "true"}),
-            ("post", POST_DATA, {}),
+            ("post", hidden.post_data(), {}),
         ):
             response = getattr(client, method)(url, data, **extra)
             where = f"{role} {method.upper()} {url} {data or ''} ({name}) -> {response.status_code}"
