@@ -51,6 +51,7 @@ KIND_UNKNOWN = "An agent is hosted or remote."
 KIND_FIXED = "The kind is fixed once the agent has a version: create a new agent instead."
 OWNER_UNKNOWN = "No active person {owner!r} among the people you manage."
 REASON_REQUIRED = "Say why: a reason is required."
+FOUR_EYES_STAYS = "Only a superuser turns off the second admin's approval of publishing."
 TEAM_IS_ARCHIVED = "Team {team} is archived: it takes no agents."
 TEAM_HAS_AGENTS = "Team {team} still has agents: archive or move them first."
 TEAM_ALREADY_ARCHIVED = "Team {team} is already archived."
@@ -154,7 +155,12 @@ def _slug_free(model: type[Team] | type[Agent], slug: str) -> None:
 
 def _team_state(team: Team) -> dict[str, Any]:
     """A team as the trail records it, before and after a change."""
-    return {"slug": team.slug, "name": team.name, "archived_at": team.archived_at}
+    return {
+        "slug": team.slug,
+        "name": team.name,
+        "archived_at": team.archived_at,
+        "publish_needs_second_admin": team.publish_needs_second_admin,
+    }
 
 
 def _agent_state(agent: Agent) -> dict[str, Any]:
@@ -207,7 +213,12 @@ def team_create(*, user: User, slug: str, name: str) -> Team:
     return team
 
 
-def team_update(*, team: Team, user: User, slug: str, name: str) -> Team:
+def team_update(
+    *, team: Team, user: User, slug: str, name: str, four_eyes: bool | None = None
+) -> Team:
+    """Rename a team; with `four_eyes`, turn on (or off) the second admin every publish of
+    its agents then needs (approvals.publish). Turning it off is for superusers only: an
+    admin does not switch off the check on their own publishing."""
     _team_admin(user, team)
     slug, name = _slug(slug), _name(name)
     with transaction.atomic(durable=True):
@@ -223,10 +234,14 @@ def team_update(*, team: Team, user: User, slug: str, name: str) -> Team:
                 raise Invalid("slug", SLUG_FIXED_TEAM)
             _slug_free(Team, slug)
         current.slug, current.name = slug, name
+        if four_eyes is not None and four_eyes != current.publish_needs_second_admin:
+            if not four_eyes and not user.is_superuser:
+                raise Invalid("four_eyes", FOUR_EYES_STAYS)
+            current.publish_needs_second_admin = four_eyes
         after = _team_state(current)
         if after == before:
             return current
-        current.save(update_fields=["slug", "name"])
+        current.save(update_fields=["slug", "name", "publish_needs_second_admin"])
         audit_record(
             verb=Verb.TEAM_UPDATED,
             actor=Actor.of(user),

@@ -93,13 +93,18 @@ def team_edit(request: HttpRequest, team: str) -> HttpResponse:
                 user=signed_in(request),
                 slug=form.get("slug", ""),
                 name=form.get("name", ""),
+                four_eyes=bool(form.get("four_eyes")),
             )
         except ServiceError as exc:
             context = {"team": found, "form": form, "errors": _errors(exc)}
             return render(request, "teams/team_form.html", context, status=400)
         messages.success(request, f"Team {found.name} saved.")
         return redirect("team", team=found.slug)
-    form_values = {"slug": found.slug, "name": found.name}
+    form_values = {
+        "slug": found.slug,
+        "name": found.name,
+        "four_eyes": found.publish_needs_second_admin,
+    }
     return render(request, "teams/team_form.html", {"team": found, "form": form_values})
 
 

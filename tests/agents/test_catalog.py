@@ -83,7 +83,12 @@ def test_an_agent_admin_creates_a_team_and_administers_it(world: Any) -> None:
     assert team_can(world.admin, "administer", team)
     (created,) = events(Verb.TEAM_CREATED)
     assert created.payload["before"] is None
-    assert created.payload["after"] == {"slug": "payments", "name": "Payments", "archived_at": None}
+    assert created.payload["after"] == {
+        "slug": "payments",
+        "name": "Payments",
+        "archived_at": None,
+        "publish_needs_second_admin": False,
+    }
     assert events(Verb.GRANT_ADDED)[-1].payload["team"] == "payments"
     page = client_of(world.admin).get("/teams/").content.decode()
     assert 'data-team="payments"' in page and "New team" in page
@@ -479,3 +484,34 @@ def test_rotation_keeps_the_old_key_working_through_the_overlap(
     # An expired key is not rotated again.
     with pytest.raises(Conflict):
         remote.apikey_rotate(key=old, user=world.admin, overlap_hours=1)
+
+
+# --- four eyes on policy, per team ---------------------------------------------------------
+
+
+def test_an_admin_turns_on_four_eyes_for_their_team_but_only_a_superuser_turns_it_off(
+    world: Any,
+) -> None:
+    admin = client_of(world.admin)
+    form = {"slug": "claims", "name": "Claims"}
+    assert admin.post("/teams/claims/edit", {**form, "four_eyes": "1"}).status_code == 302
+    assert Team.objects.get(slug="claims").publish_needs_second_admin
+    [event] = events(Verb.TEAM_UPDATED)
+    assert event.payload["before"]["publish_needs_second_admin"] is False
+    assert event.payload["after"]["publish_needs_second_admin"] is True
+    assert b'name="four_eyes" value="1" checked' in admin.get("/teams/claims/edit").content
+
+    refused = admin.post("/teams/claims/edit", form)  # unticked
+    assert refused.status_code == 400
+    assert b"Only a superuser turns off" in refused.content
+    assert b'data-error="four_eyes"' in refused.content
+    assert Team.objects.get(slug="claims").publish_needs_second_admin
+    assert len(events(Verb.TEAM_UPDATED)) == 1
+
+    for who in (world.supervisor, world.compliance, support_admin(world)):
+        assert client_of(who).post("/teams/claims/edit", form).status_code in (403, 404)
+    assert Team.objects.get(slug="claims").publish_needs_second_admin
+
+    root = get_user_model().objects.create_superuser("root-teams", password=None)
+    assert client_of(root).post("/teams/claims/edit", form).status_code == 302
+    assert not Team.objects.get(slug="claims").publish_needs_second_admin
