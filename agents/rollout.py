@@ -11,7 +11,8 @@ What each place means at run time:
 - canary: a deterministic canary_percent of new runs start on it, by run id;
 - shadow: every tool step of a live run is also decided by its policy, recorded beside the
   step (ShadowDecision, agents.gateway.core) and never executed;
-- previous: the live version before the current one, which rollout_rollback restores.
+- previous: the live version before the current one, which rollout_rollback restores
+  (during a canary, rolling back withdraws the canary instead).
 A run keeps the version it started on to the end (replay needs it): none of these
 changes touches a run.
 """
@@ -45,7 +46,7 @@ ALREADY_LIVE = "v{number} is already live"
 ALREADY_SHADOW = "v{number} is already the shadow version"
 PERCENT_RANGE = "the canary's share is a whole number of percent from 0 to 100"
 NO_CANARY = "{agent} has no canary version to promote"
-NO_PREVIOUS = "{agent} has no previous live version to roll back to"
+NO_PREVIOUS = "{agent} has no canary to withdraw and no previous live version to roll back to"
 RETIRE_LIVE = "v{number} is live: promote a canary or roll back before retiring it"
 ALREADY_RETIRED = "v{number} is already retired"
 
@@ -181,16 +182,25 @@ def rollout_promote(*, agent: Agent, user: User | None, reason: str) -> None:
 
 
 def rollout_rollback(*, agent: Agent, user: User | None, reason: str) -> None:
-    """The previous live version is live again, for new runs; the version rolled back from
-    is retired. Running runs finish on the version they started with."""
+    """One step back, for new runs: during a canary, the canary is withdrawn (retired) and
+    every new run starts on the live version again; otherwise the previous live version
+    is live again and the version rolled back from is retired. Running runs finish on
+    the version they started with."""
     reason_required(reason)
     with transaction.atomic(durable=True):
         locked = _locked(agent)
-        if locked.previous_version_id is None:
-            raise ServiceError(NO_PREVIOUS.format(agent=agent.name))
         before = _state(locked)
-        live_set(locked, locked.previous_version_id, keep_previous=False)
-        _commit(locked, before, verb=Verb.ROLLOUT_ROLLED_BACK, user=user, reason=reason)
+        if locked.canary_version_id is not None:
+            withdrawn = locked.canary_version_id
+            _vacate(locked, withdrawn)
+            number = AgentVersion.objects.filter(pk=withdrawn).values_list("number", flat=True)
+            more = {"withdrawn": number.get()}
+        elif locked.previous_version_id is not None:
+            live_set(locked, locked.previous_version_id, keep_previous=False)
+            more = {}
+        else:
+            raise ServiceError(NO_PREVIOUS.format(agent=agent.name))
+        _commit(locked, before, verb=Verb.ROLLOUT_ROLLED_BACK, user=user, reason=reason, **more)
     _caller_sees(agent, locked)
 
 

@@ -335,6 +335,38 @@ def test_rollback_restores_the_previous_version_for_new_runs_only(
         fresh.close()
 
 
+def test_rollback_during_a_canary_withdraws_the_canary_for_new_runs_only(
+    make_agent: Any, world: Any
+) -> None:
+    agent = make_agent("counter", PROGRAM, LIVE_POLICY)
+    live = agent.live_version
+    canary = published(agent, world, DENY_ALL)
+    rollout_canary(agent=agent, version=canary, percent=100, user=world.admin, reason="try")
+    running = claimed(agent, {"label": "on-canary"})
+    assert running.run.version_id == canary.pk
+
+    rollout_rollback(agent=agent, user=world.admin, reason="the canary denies everything")
+    agent.refresh_from_db()
+    canary.refresh_from_db()
+    assert (agent.live_version_id, agent.canary_version_id, agent.canary_percent) == (
+        live.pk,
+        None,
+        0,
+    )
+    assert agent.previous_version_id is None and canary.stage == "retired"
+    event = rollout_events(agent)[-1]
+    assert event.verb == Verb.ROLLOUT_ROLLED_BACK
+    assert event.payload["withdrawn"] == canary.number
+    assert event.payload["before"]["canary_version"] == canary.pk
+    assert event.payload["after"]["canary_version"] is None
+    try:  # the canary's running run finishes on its version
+        with pytest.raises(PolicyDenied):
+            running.tool("test.count", label="on-canary")
+    finally:
+        running.close()
+    assert all(run_start(agent=agent, input={}).version_id == live.pk for _ in range(20))
+
+
 # --- shadow ----------------------------------------------------------------------------------
 
 
