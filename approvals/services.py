@@ -22,6 +22,7 @@ from agents.policy import (
 from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
 from agents.services import Conflict, ServiceError, storable
+from agents.stepwait import ring_run
 from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
@@ -97,8 +98,10 @@ def approval_request_open(*, action: Action, tool: Tool, rule: Rule | None) -> A
 def _release(
     request: ApprovalRequest, *, status: str, action_status: str, args: Any, error: str
 ) -> None:
-    """Settle the held action and hand its run back to a worker."""
+    """Settle the held action and hand its run back to a worker (or, for a remote agent,
+    wake its long poll)."""
     now = timezone.now()
+    ring_run(request.run_id)
     ApprovalRequest.objects.filter(pk=request.pk).update(status=status, decided_at=now)
     # The rule the action is decided under: after an edit, the one its new arguments match.
     rule = {"rule_index": request.rule_index, "rule": request.rule} if request.rule else {}
@@ -372,6 +375,7 @@ def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) 
         run_id__in=run_ids, status=ApprovalRequest.Status.PENDING
     ).select_for_update(of=("self",), no_key=True)
     for request in list(pending.select_related("agent", "run").order_by("pk")):
+        ring_run(request.run_id)
         ApprovalRequest.objects.filter(pk=request.pk).update(
             status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
         )
