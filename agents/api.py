@@ -36,13 +36,13 @@ from ninja import Field, Header, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import HttpBearer
-from pydantic import StrictBool, StrictInt, StrictStr
+from pydantic import BeforeValidator, StrictBool, StrictStr
 
 from agents import remote, stepwait
 from agents.models import Action, ApiKey
 from agents.services import Conflict, NotFound, ServiceError, Unauthorized
 from agents.services import Unstorable as UnstorableInput
-from audit.jsonsafe import Unstorable, check_text, plain_json
+from audit.jsonsafe import TOO_LONG, Unstorable, check_text, plain_json
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,43 @@ Every error is JSON `{{"error": text, "code": stable code}}`; branch on `code`:
 switch), `rate_limited` (429, with `Retry-After` in whole seconds), `internal_error` (500).
 """
 
-api = NinjaAPI(
+HEADERS = {
+    401: {
+        "WWW-Authenticate": {
+            "description": 'Bearer, with error="invalid_token" for a wrong key',
+            "schema": {"type": "string"},
+            "required": True,
+        }
+    },
+    429: {
+        "Retry-After": {
+            "description": "whole seconds to wait before asking again",
+            "schema": {"type": "integer", "minimum": 1},
+            "required": True,
+        }
+    },
+}
+
+
+class Api(NinjaAPI):
+    def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        """What ninja does not write itself: an optional body is a JSON object or nothing
+        (not `null`), and the headers of 401 and 429 answers."""
+        schema = super().get_openapi_schema(*args, **kwargs)
+        for methods in schema["paths"].values():
+            for operation in methods.values():
+                for status, header in HEADERS.items():
+                    if status in operation["responses"]:
+                        operation["responses"][status]["headers"] = header
+                content = operation.get("requestBody", {}).get("content", {})
+                for media in content.values():
+                    choices = media["schema"].get("anyOf", [])
+                    if len(choices) == 2 and {"type": "null"} in choices:
+                        media["schema"] = next(c for c in choices if c != {"type": "null"})
+        return schema
+
+
+api = Api(
     title="Baton API for remote agents",
     version="1",
     description=DESCRIPTION,
@@ -163,6 +199,20 @@ api = NinjaAPI(
 
 
 # --- schemas -------------------------------------------------------------------------------
+
+
+def _whole(value: Any) -> Any:
+    """A JSON integer: 3 or 3.0 (JSON does not tell them apart), never true or "3"."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("should be a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("should be a whole number")
+        return int(value)
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
 
 
 class Error(Schema):
@@ -185,7 +235,7 @@ class RunOut(Schema):
 
 
 class StepIn(Schema):
-    seq: StrictInt = Field(ge=1, le=MAX_ID, description="the step's number: 1, 2, …")
+    seq: Whole = Field(ge=1, le=MAX_ID, description="the step's number: 1, 2, …")
     tool: StrictStr = Field(max_length=TOOL_NAME_LENGTH)
     args: dict[str, Any] = Field(default_factory=dict)
 
@@ -255,17 +305,25 @@ class RetryLater(Schema):
 
 
 class StepReport(Schema):
+    model_config = {
+        # ok false needs the error's text.
+        "json_schema_extra": {
+            "if": {"properties": {"ok": {"const": False}}},
+            "then": {"required": ["error"], "properties": {"error": {"type": "string"}}},
+        }
+    }
+
     ok: StrictBool
     result: Any = None
     error: StrictStr | None = Field(None, description="required when ok is false")
 
 
 class ModelCall(Schema):
-    seq: StrictInt = Field(ge=1, le=MAX_ID)
+    seq: Whole = Field(ge=1, le=MAX_ID)
     model: StrictStr = Field(min_length=1, max_length=TOOL_NAME_LENGTH)
     purpose: StrictStr = ""
-    tokens_in: StrictInt = Field(ge=0, le=2**53)
-    tokens_out: StrictInt = Field(ge=0, le=2**53)
+    tokens_in: Whole = Field(ge=0, le=2**53)
+    tokens_out: Whole = Field(ge=0, le=2**53)
     cost_eur: float | None = Field(None, ge=0, allow_inf_nan=False)
     output: Any = None
 
@@ -318,8 +376,12 @@ def _field_name(error: dict[str, Any]) -> str:
 @api.exception_handler(ValidationError)
 def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     first = exc.errors[0] if exc.errors else {}
+    if first.get("type") == "string_too_long":  # a column's limit: `unstorable`, as ever
+        limit = first.get("ctx", {}).get("max_length")
+        return _error(400, Code.UNSTORABLE, TOO_LONG.format(where=_field_name(first), limit=limit))
     # pydantic's words, said of the field: "seq: should be a valid integer".
-    problem = str(first.get("msg", "invalid")).removeprefix("Input ").lower()
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    problem = message.removeprefix("Input ").lower()
     return _error(400, Code.BAD_FIELD, BAD_FIELD.format(field=_field_name(first), problem=problem))
 
 
@@ -448,7 +510,7 @@ def run_create(
     ] = "",
 ) -> Status[dict[str, Any]]:
     run_input = payload.input if payload is not None else {}
-    run, new = remote.remote_run_start(
+    run, new = remote.remote_run_begin(
         key=_key(request), input=run_input, start_key=idempotency_key
     )
     return Status(201 if new else 200, _run_json(run))
@@ -560,7 +622,7 @@ def heartbeat(request: HttpRequest, run_id: RunId) -> dict[str, Any]:
 
 @api.post("/runs/{int:run_id}/finish", response={200: RunOut, **ERRORS}, summary="End the run")
 def run_finish(request: HttpRequest, run_id: RunId, payload: RunFinish | None = None) -> Any:
-    done = payload or RunFinish()
+    done = payload or RunFinish(output=None, error="")
     run = remote.remote_run_finish(
         run=remote.remote_run(_key(request), run_id), output=done.output, error=done.error
     )

@@ -176,7 +176,11 @@ def _gate(run: Run) -> Gate:
     return Gate(run, run.lease_token or uuid.uuid4(), journal, REMOTE)
 
 
-def remote_run_start(
+def remote_run_start(*, key: ApiKey, input: dict[str, Any], start_key: str = "") -> Run:
+    return remote_run_begin(key=key, input=input, start_key=start_key)[0]
+
+
+def remote_run_begin(
     *, key: ApiKey, input: dict[str, Any], start_key: str = ""
 ) -> tuple[Run, bool]:
     """Start a run; returns it and whether it is new. With a `start_key` (the agent's
@@ -485,7 +489,7 @@ def remote_heartbeat(*, run: Run) -> dict[str, Any]:
 
 def remote_agent(key: ApiKey) -> dict[str, Any]:
     agent = key.agent
-    live = agent.live_version.number if agent.live_version_id else None
+    live = agent.live_version.number if agent.live_version is not None else None
     return {
         "agent": agent.slug,
         "name": agent.name,

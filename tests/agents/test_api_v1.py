@@ -220,9 +220,14 @@ def test_a_concurrent_double_start_with_one_key_makes_one_run(key: str) -> None:
     assert AuditEvent.objects.filter(verb="run.started").count() == 1
 
 
-def test_a_bad_idempotency_key_is_refused(key: str) -> None:
-    response = post(key, "/runs", {}, **{"Idempotency-Key": "x" * 201})
-    assert response.status_code == 400 and response.json()["code"] == "bad_field"
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [("x" * 201, "unstorable"), ("two words", "bad_field")],
+    ids=["long", "space"],
+)
+def test_a_bad_idempotency_key_is_refused(key: str, value: str, code: str) -> None:
+    response = post(key, "/runs", {}, **{"Idempotency-Key": value})
+    assert response.status_code == 400 and response.json()["code"] == code
     assert "Idempotency-Key" in response.json()["error"]
     assert not Run.objects.exists()
 
