@@ -81,6 +81,7 @@ def test_every_answer_of_the_running_api_holds_to_its_openapi_document(
             "40",
             "--no-color",
         ],
+        cwd=tmp_path,  # schemathesis keeps its cache in the working directory
         capture_output=True,
         text=True,
         timeout=300,
