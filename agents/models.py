@@ -200,6 +200,8 @@ class Run(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     # The Celery worker that claimed the run last (for the workers page).
     worker = models.CharField(max_length=200, blank=True)
+    # A remote agent's `Idempotency-Key` for starting this run: the same key starts one run.
+    start_key = models.CharField(max_length=200, blank=True)
 
     objects = RunQuerySet.as_manager()
 
@@ -208,6 +210,13 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["agent", "-created_at"], name="run_agent_recent"),
             models.Index(fields=["status", "enqueued_at"], name="run_status_enqueued"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "start_key"],
+                condition=~models.Q(start_key=""),
+                name="run_one_per_start_key",
+            )
         ]
 
     def __str__(self) -> str:

@@ -16,12 +16,12 @@ import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from agents import store
-from agents.errors import Divergence, LeaseLost
+from agents.errors import Divergence, LeaseLost, Stopped
 from agents.gateway.core import (
     Allow,
     Delay,
@@ -31,9 +31,14 @@ from agents.gateway.core import (
     Recorded,
     Shadow,
     Stop,
+    admit,
+    audit_action,
+    check_same,
     decide_step,
+    journal_row,
 )
-from agents.models import Action, Agent, ApiKey, Run
+from agents.killswitches import engaged_for
+from agents.models import Action, Agent, ApiKey, KillSwitch, Run
 from agents.services import (
     AGENT_ARCHIVED,
     REASON_REQUIRED,
@@ -64,6 +69,7 @@ STEP_OUT_OF_ORDER = "step {seq} is out of order: the next step of this run is {e
 STEP_NOT_OPEN = "step {seq} is {status}, not running: nothing to report"
 STEPS_STILL_OPEN = "step {seq} is still {status}: report or resolve it before finishing"
 SAME_STEP_DIFFERENT_CALL = "step {seq} was submitted before as a different call"
+START_KEY_REUSED = "Idempotency-Key {key!r} started a run with another input"
 LAST_USE_RESOLUTION = timedelta(minutes=1)
 ROTATE_OVERLAP_MAX_HOURS = 7 * 24
 OVERLAP_RANGE = "the overlap is a whole number of hours from 0 to {max}"
@@ -214,7 +220,46 @@ def _gate(run: Run) -> Gate:
     return Gate(run, run.lease_token or uuid.uuid4(), journal, REMOTE)
 
 
-def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
+def remote_run_start(*, key: ApiKey, input: dict[str, Any], start_key: str = "") -> Run:
+    return remote_run_begin(key=key, input=input, start_key=start_key)[0]
+
+
+def remote_run_begin(
+    *, key: ApiKey, input: dict[str, Any], start_key: str = ""
+) -> tuple[Run, bool]:
+    """Start a run; returns it and whether it is new. With a `start_key` (the agent's
+    Idempotency-Key) a repeated start returns the run the key started, once for all: the
+    unique (agent, start_key) constraint settles two concurrent starts."""
+    agent = key.agent
+    if start_key:
+        storable(start_key, "Idempotency-Key")
+        existing = _started_by(agent, start_key, input)
+        if existing is not None:
+            return existing, False
+    try:
+        return _run_start(key, input, start_key), True
+    except IntegrityError:
+        if not start_key:
+            raise
+    # Another request with the same key committed first: its run is the answer.
+    existing = _started_by(agent, start_key, input)
+    if existing is None:  # pragma: no cover - the constraint named a run that is gone
+        raise Conflict(START_KEY_REUSED.format(key=start_key))
+    return existing, False
+
+
+def _started_by(agent: Agent, start_key: str, input: dict[str, Any]) -> Run | None:
+    run = (
+        Run.objects.select_related("agent", "version")
+        .filter(agent=agent, start_key=start_key)
+        .first()
+    )
+    if run is not None and run.input != plain_json(input):
+        raise Conflict(START_KEY_REUSED.format(key=start_key))
+    return run
+
+
+def _run_start(key: ApiKey, input: dict[str, Any], start_key: str) -> Run:
     agent = key.agent
     with transaction.atomic():
         input, version_id = run_start_check(agent=agent, input=input)
@@ -228,6 +273,7 @@ def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
             attempts=1,
             # The run's own token: every step's admission checks it, as for hosted runs.
             lease_token=uuid.uuid4(),
+            start_key=start_key,
         )
         canary = run_version_choose(agent=agent, run=run)
         audit_run(
@@ -238,6 +284,7 @@ def remote_run_start(*, key: ApiKey, input: dict[str, Any]) -> Run:
                 "input": input,
                 "via": "api",
                 "key": key.prefix,
+                **({"idempotency_key": start_key} if start_key else {}),
                 **({"version": run.version_id, "canary": True} if canary else {}),
             },
         )
@@ -249,6 +296,8 @@ def remote_run(key: ApiKey, run_id: int) -> Run:
         Run.objects.select_related("agent__team", "version")
         .filter(pk=run_id, agent=key.agent)
         .first()
+        if 0 < run_id < 2**63
+        else None
     )
     if run is None:
         raise NotFound(f"no run {run_id} for this agent")
@@ -288,7 +337,7 @@ def _decide(gate: Gate, seq: int, tool: str, args: dict[str, Any]) -> dict[str, 
         case Allow(action) | Deny(action) | Hold(action) | Recorded(action):
             return describe(action)
         case Shadow(action):
-            return {"seq": seq, "decision": "shadow", "result": action.result}
+            return describe(action)
         case Delay(retry_after, reason):
             return {
                 "seq": seq,
@@ -297,11 +346,7 @@ def _decide(gate: Gate, seq: int, tool: str, args: dict[str, Any]) -> dict[str, 
                 "reason": reason,
             }
         case Stop(mode, reason):
-            return {
-                "seq": seq,
-                "decision": "paused" if mode == "pause" else "halted",
-                "reason": reason,
-            }
+            return _stop_answer(seq, mode, reason)
     raise AssertionError(f"unexpected outcome {outcome!r}")
 
 
@@ -400,3 +445,98 @@ def remote_run_finish(*, run: Run, output: Any = None, error: str = "") -> Run:
         )
     run.refresh_from_db()
     return run
+
+
+# --- model calls, heartbeat, the agent's state ---------------------------------------------
+
+
+def remote_model_record(
+    *,
+    run: Run,
+    seq: int,
+    model: str,
+    purpose: str = "",
+    tokens_in: int,
+    tokens_out: int,
+    cost_eur: float | None = None,
+    output: Any = None,
+) -> tuple[dict[str, Any], bool]:
+    """Journal a model call the agent made itself as step `seq`, as a hosted agent's
+    `ctx.model` journals its own (admitted first: a stopped run records nothing). Returns
+    the step and whether it is new; the same call again returns the same step."""
+    gate = _gate(run)
+    request = {"purpose": purpose, "tokens_in": tokens_in, "tokens_out": tokens_out}
+    existing = gate.journal.get(seq)
+    if existing is not None:
+        try:
+            check_same(gate, existing, Action.Kind.MODEL, model, request)
+        except Divergence:
+            raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=seq)) from None
+        if plain_json(output) != existing.result:
+            raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=seq))
+        return describe(existing), False
+    expected = max(gate.journal, default=0) + 1
+    if seq != expected:
+        raise Conflict(STEP_OUT_OF_ORDER.format(seq=seq, expected=expected))
+    storable(model, "model")
+    meta = {"tokens_in": tokens_in, "tokens_out": tokens_out, "cost_eur": cost_eur}
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            admit(gate)
+            action = journal_row(
+                gate,
+                seq,
+                Action.Kind.MODEL,
+                model,
+                request,
+                status=S.SUCCEEDED,
+                result=plain_json(output),
+                meta=meta,
+                started_at=now,
+                finished_at=now,
+            )
+            audit_action(
+                gate,
+                Verb.MODEL_CALLED,
+                action,
+                model=model,
+                purpose=purpose,
+                output=action.result,
+                via="api",
+                **meta,
+            )
+    except Stopped as stopped:
+        return _stop_answer(seq, stopped.mode, stopped.reason), False
+    except LeaseLost:
+        raise Conflict(RUN_NOT_RUNNING.format(run=run.pk, status=_status(run))) from None
+    return describe(action), True
+
+
+def _stop_answer(seq: int, mode: str, reason: str) -> dict[str, Any]:
+    return {"seq": seq, "decision": "paused" if mode == "pause" else "halted", "reason": reason}
+
+
+def agent_state(agent: Agent) -> str:
+    """active, paused or halted: the strongest kill switch covering the agent now."""
+    modes = {switch.mode for switch in engaged_for(agent)}
+    if KillSwitch.Mode.HALT in modes:
+        return "halted"
+    return "paused" if modes else "active"
+
+
+def remote_heartbeat(*, run: Run) -> dict[str, Any]:
+    """What a remote agent checks between steps: is its run still running, and may it go
+    on (no pause or halt covering it). A read: nothing is written."""
+    return {"run": run.pk, "status": _status(run), "agent_state": agent_state(run.agent)}
+
+
+def remote_agent(key: ApiKey) -> dict[str, Any]:
+    agent = key.agent
+    live = agent.live_version.number if agent.live_version is not None else None
+    return {
+        "agent": agent.slug,
+        "name": agent.name,
+        "state": agent_state(agent),
+        "live_version": live,
+    }

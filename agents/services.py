@@ -21,6 +21,7 @@ from agents.models import Action, Agent, AgentVersion, KillSwitch, Run, Team
 from agents.policy import PolicyError, parse_policy
 from agents.registry import UnknownProgram, get_program
 from agents.runtime import enqueue
+from agents.stepwait import ring_runs
 from audit import jsonsafe
 from audit.services import SYSTEM, Actor, audit_record, audit_run
 from audit.verbs import Verb
@@ -420,6 +421,14 @@ def killswitch_engage(
             mode=mode,
             reason=reason,
             engaged_by=user,
+        )
+        # Remote agents waiting on a step of a covered run hear of it at once.
+        ring_runs(
+            list(
+                _scope_runs(switch)
+                .filter(status=Run.Status.RUNNING, agent__kind=Agent.Kind.REMOTE)
+                .values_list("pk", flat=True)
+            )
         )
         cancelled = _halt_runs(switch, user=user) if mode == KillSwitch.Mode.HALT else 0
         _engage_audit(switch, user=user, cancelled=cancelled)

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.gateway import args_hash
-from agents.models import Action, Run
+from agents.models import Action, Agent, Run
 from agents.policy import (
     DEFAULT_APPROVAL_TIMEOUT,
     DEFAULT_ON_TIMEOUT,
@@ -22,6 +22,7 @@ from agents.policy import (
 from agents.registry import Tool, get_tool
 from agents.runtime import enqueue
 from agents.services import Conflict, ServiceError, storable
+from agents.stepwait import ring_run
 from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
@@ -97,7 +98,8 @@ def approval_request_open(*, action: Action, tool: Tool, rule: Rule | None) -> A
 def _release(
     request: ApprovalRequest, *, status: str, action_status: str, args: Any, error: str
 ) -> None:
-    """Settle the held action and hand its run back to a worker."""
+    """Settle the held action and hand its run back to a worker (or, for a remote agent,
+    wake its long poll)."""
     now = timezone.now()
     ApprovalRequest.objects.filter(pk=request.pk).update(status=status, decided_at=now)
     # The rule the action is decided under: after an edit, the one its new arguments match.
@@ -116,7 +118,9 @@ def _release(
         )
         enqueue(request.run_id)
     else:
-        # A remote agent's run stays running while the agent polls for the decision.
+        # A remote agent's run stays running while the agent polls for the decision: its
+        # poll wakes once this commits (agents.stepwait).
+        ring_run(request.run_id)
         Run.objects.filter(
             pk=request.run_id, status=Run.Status.RUNNING, wait_reason=Run.WaitReason.APPROVAL
         ).update(wait_reason="")
@@ -372,6 +376,8 @@ def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) 
         run_id__in=run_ids, status=ApprovalRequest.Status.PENDING
     ).select_for_update(of=("self",), no_key=True)
     for request in list(pending.select_related("agent", "run").order_by("pk")):
+        if request.agent.kind == Agent.Kind.REMOTE:
+            ring_run(request.run_id)  # a waiting poll hears of the cancel
         ApprovalRequest.objects.filter(pk=request.pk).update(
             status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
         )

@@ -131,5 +131,10 @@ def ring_on_commit(*, agent_id: int | None, team_id: int | None) -> None:
     transaction.on_commit(lambda: _send(groups, {"type": DOORBELL}), robust=True)
 
 
+def ring_group_on_commit(group: str) -> None:
+    """After the current transaction commits, ring one group's doorbell (agents.stepwait)."""
+    transaction.on_commit(lambda: _send([group], {"type": DOORBELL}), robust=True)
+
+
 def say_to_user(user_id: int, message: dict[str, Any]) -> None:
     _send([user_group(user_id)], message)

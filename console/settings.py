@@ -66,6 +66,8 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "channels",
+    # django-ninja: the API's docs page (Swagger UI) from its own static files, no CDN.
+    "ninja",
     "console",
     "agents",
     "approvals",

@@ -91,13 +91,7 @@ urlpatterns = [
     path("audit/", include("audit.urls")),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("api/v1/runs", api.run_create, name="api-runs"),
-    path("api/v1/runs/<int:run_id>", api.run_show, name="api-run"),
-    path("api/v1/runs/<int:run_id>/steps", api.step_submit, name="api-steps"),
-    path("api/v1/runs/<int:run_id>/steps/<int:seq>", api.step_show, name="api-step"),
-    path(
-        "api/v1/runs/<int:run_id>/steps/<int:seq>/result", api.step_result, name="api-step-result"
-    ),
-    path("api/v1/runs/<int:run_id>/finish", api.run_finish, name="api-run-finish"),
+    # The API for remote agents (django-ninja): its OpenAPI document and docs are under it.
+    path("api/v1/", api.urls()),
     re_path(r"^api/(?P<rest>.*)$", api.not_found),  # the API answers JSON, even a 404
 ]

@@ -210,7 +210,8 @@ def test_after_a_halt_the_remote_agent_is_told_so_and_nothing_is_admitted(
     answer = api.post(
         f"/runs/{run_id}/steps", {"seq": 1, "tool": "test.count", "args": {"label": "x"}}
     )
-    assert answer.json()["decision"] == "halted"
+    assert answer.status_code == 423
+    assert answer.json()["decision"] == "halted" and answer.json()["code"] == "halted"
     assert not Action.objects.filter(run_id=run_id).exists()
     assert api.post("/runs", {"input": {}}).status_code == 409
     assert api.post(f"/runs/{run_id}/finish", {"output": {}}).status_code == 409
@@ -221,10 +222,13 @@ def test_a_pause_tells_the_agent_to_wait_and_admits_nothing(
 ) -> None:
     run_id = start(api)
     killswitch_engage(scope="global", mode="pause", reason="maintenance", user=world.supervisor)
-    answer = api.post(
+    response = api.post(
         f"/runs/{run_id}/steps", {"seq": 1, "tool": "test.count", "args": {"label": "x"}}
-    ).json()
+    )
+    assert response.status_code == 423
+    answer = response.json()
     assert answer["decision"] == "paused" and "maintenance" in answer["reason"]
+    assert answer["code"] == "paused" and answer["error"] == answer["reason"]
     assert not Action.objects.filter(run_id=run_id).exists()
 
 
@@ -252,12 +256,17 @@ def test_a_run_cannot_finish_with_a_step_still_open(api: Api) -> None:
     [
         ("/runs", b"{not json", 400, "the body must be a JSON object"),
         ("/runs", b"[1, 2]", 400, "the body must be a JSON object"),
-        ("/runs", b'{"input": "a claim"}', 400, "input: an object"),
-        ("/runs/{run}/steps", b'{"seq": "1", "tool": "test.count"}', 400, "seq: a step number"),
-        ("/runs/{run}/steps", b'{"seq": true, "tool": "test.count"}', 400, "seq: a step number"),
-        ("/runs/{run}/steps", b'{"seq": 0, "tool": "test.count"}', 400, "seq: a step number"),
-        ("/runs/{run}/steps", b'{"seq": 1}', 400, "tool: a tool name"),
-        ("/runs/{run}/steps", b'{"seq": 1, "tool": "t", "args": [1]}', 400, "args: an object"),
+        ("/runs", b'{"input": "a claim"}', 400, "input: should be a valid dictionary"),
+        ("/runs/{run}/steps", b'{"seq": "1", "tool": "test.count"}', 400, "seq: should be"),
+        ("/runs/{run}/steps", b'{"seq": true, "tool": "test.count"}', 400, "seq: should be"),
+        ("/runs/{run}/steps", b'{"seq": 0, "tool": "test.count"}', 400, "seq: should be"),
+        ("/runs/{run}/steps", b'{"seq": 1}', 400, "tool: field required"),
+        (
+            "/runs/{run}/steps",
+            b'{"seq": 1, "tool": "t", "args": [1]}',
+            400,
+            "args: should be a valid dictionary",
+        ),
         ("/runs/{run}/steps/1/result", b'{"ok": false}', 400, "error: what went wrong"),
         ("/runs/999999/steps", b'{"seq": 1, "tool": "test.count"}', 404, "no run 999999"),
     ],
