@@ -81,3 +81,17 @@ def test_the_people_pages_run_under_the_policy_and_search_in_place(
     expect(page.locator("#access")).to_contain_text("grant on team")
     page.wait_for_load_state("networkidle")
     assert page.evaluate("window.cspViolations") == []
+
+
+def test_the_api_documentation_renders_under_the_policy(page: Any, console_server: Any) -> None:
+    page.add_init_script(
+        "window.cspViolations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " e => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    response = page.goto(f"{console_server.url}/api/v1/docs")
+    assert response.status == 200
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    # Swagger UI drew the operations from the served OpenAPI document.
+    expect(page.get_by_text("/api/v1/runs/{run_id}/steps").first).to_be_visible(timeout=15000)
+    assert page.evaluate("window.cspViolations") == []
