@@ -109,7 +109,8 @@ def canary_bucket(run_id: int) -> int:
 
 
 class AgentVersion(models.Model):
-    """An immutable configuration of an agent; a change is a new version."""
+    """A configuration of an agent: a draft may be edited (agents.drafts) until it is
+    published; a published version is immutable, and a change to it is a new version."""
 
     class Stage(models.TextChoices):
         DRAFT = "draft"

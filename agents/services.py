@@ -116,7 +116,9 @@ def version_create(
     note: str = "",
     user: User | None = None,
 ) -> AgentVersion:
-    """A new draft version. Versions are never edited afterwards: a change is a new one."""
+    """A new draft version. A draft may be edited until it is published
+    (agents.drafts.version_draft_save); a published version never changes: a change to
+    it is a new version."""
     policy, config = storable(policy, "policy"), storable(config or {}, "config")
     note = storable(note, "note")
     try:

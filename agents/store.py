@@ -38,7 +38,7 @@ from console.live import ring_on_commit
 
 LOCK_ORDER = (
     "kill-switch advisory locks: global, team, agent (baton_admit shared, engage exclusive)",
-    "agent and version rows (FOR NO KEY UPDATE, only to publish or number a version)",
+    "agent and version rows (FOR NO KEY UPDATE, only to publish, number or edit a version)",
     "run rows, ascending id",
     "action rows",
     "approval request rows",

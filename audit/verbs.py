@@ -50,6 +50,7 @@ class Verb(StrEnum):
     AGENT_ARCHIVED = "agent.archived"
     AGENT_UNARCHIVED = "agent.unarchived"
     VERSION_CREATED = "version.created"
+    VERSION_DRAFT_SAVED = "version.draft_saved"
     POLICY_PUBLISHED = "policy.published"
     PUBLISH_REQUESTED = "publish.requested"
     PUBLISH_APPROVED = "publish.approved"

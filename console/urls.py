@@ -6,7 +6,7 @@ from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic.base import RedirectView
 
-from agents import api, catalog_views, rollout_views, switch_views, version_views
+from agents import api, catalog_views, editor_views, rollout_views, switch_views, version_views
 from agents import views as agent_views
 from approvals import views as approval_views
 from console import people as people_views
@@ -34,6 +34,13 @@ urlpatterns = [
         "agents/<slug:slug>/keys/<int:key_id>/revoke", catalog_views.key_revoke, name="key-revoke"
     ),
     path("agents/<slug:slug>/versions/diff/", version_views.diff, name="version-diff"),
+    # The policy editor (issue 11): a new draft, and a draft's rules edited.
+    path("agents/<slug:slug>/versions/new", editor_views.version_new, name="version-new"),
+    path(
+        "agents/<slug:slug>/versions/<int:number>/edit/",
+        editor_views.version_edit,
+        name="version-edit",
+    ),
     path(
         "agents/<slug:slug>/versions/<int:number>/dry-run/",
         version_views.dry_run,

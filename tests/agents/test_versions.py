@@ -1,4 +1,5 @@
-"""Agent versions are immutable once written; policies are validated when written."""
+"""Agent versions are immutable once published (a draft's policy, config and note may
+change, nothing else); policies are validated when written."""
 
 from __future__ import annotations
 
@@ -21,6 +22,31 @@ def test_a_versions_policy_cannot_be_edited_even_by_the_orm(make_agent: Any) -> 
         AgentVersion.objects.filter(pk=version.pk).update(policy={"rules": []})
     version.refresh_from_db()
     assert version.policy == ALLOW_ALL_TESTS
+
+
+def test_a_published_version_cannot_be_unpublished_nor_its_note_changed(make_agent: Any) -> None:
+    agent = make_agent("counter", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    version = agent.live_version
+    changes: list[dict[str, Any]] = [{"published_at": None}, {"note": "rewritten"}, {"config": {}}]
+    for change in changes:
+        with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
+            AgentVersion.objects.filter(pk=version.pk).update(**change)
+    assert AgentVersion.objects.get(pk=version.pk).published_at == version.published_at
+
+
+def test_the_database_lets_a_draft_change_its_content_but_not_what_names_it(
+    make_agent: Any, world: Any
+) -> None:
+    agent = make_agent("counter", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    draft = version_create(
+        agent=agent, program="tests.support.agents.counter", policy={"rules": []}, user=world.admin
+    )
+    AgentVersion.objects.filter(pk=draft.pk).update(policy=ALLOW_ALL_TESTS, note="edited")
+    for change in ({"number": 9}, {"program": "elsewhere"}, {"author": None}):
+        with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
+            AgentVersion.objects.filter(pk=draft.pk).update(**change)
+    draft.refresh_from_db()
+    assert (draft.policy, draft.note, draft.number) == (ALLOW_ALL_TESTS, "edited", 2)
 
 
 def test_publishing_a_new_version_retires_the_old_one(make_agent: Any, world: Any) -> None:

@@ -61,6 +61,11 @@ POST_DATA = {
     "password": PASSWORD,
     "live": "1",
     "percent": "100",
+    # The policy editor (issue 11): the hidden draft saved with a rule and a config of its own.
+    "rules-count": "1",
+    "rules-0-tool": "payments.pay",
+    "rules-0-effect": "allow",
+    "config": '{"model": "matrix-x9"}',
 }
 # Sessions end here, so these come last for each person.
 LAST = {"logout"}
@@ -154,7 +159,7 @@ class Hidden:
             "switch_id": self.switch.pk,
             "seq": self.event.seq,
             "step": 1,
-            "number": 1,  # the hidden agent's version
+            "number": 2,  # the hidden agent's draft (v1 is live): what the editor would change
             "rest": f"v1/runs/{self.run.pk}/nothing-here",
             # People (issue 11) and the Django admin: the hidden team's lead and agent.
             "user_id": self.lead.pk,
