@@ -18,6 +18,7 @@ from agents import catalog, remote
 from agents.catalog import Invalid
 from agents.models import Agent, ApiKey
 from agents.permissions import agent_for_user, team_can, team_for_user, user_can
+from agents.registry import all_programs
 from agents.services import ServiceError
 from console.http import signed_in
 
@@ -240,6 +241,8 @@ def _admin_page(
         "can_administer": user_can(request.user, "administer", agent),
         "key_days_max": KEY_DAYS_MAX,
         "overlap_max": remote.ROTATE_OVERLAP_MAX_HOURS,
+        # A hosted agent's first version names its program (a later one copies it).
+        "programs": all_programs(),
         "errors": {},
         **extra,
     }

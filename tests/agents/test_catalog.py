@@ -515,3 +515,26 @@ def test_an_admin_turns_on_four_eyes_for_their_team_but_only_a_superuser_turns_i
     root = get_user_model().objects.create_superuser("root-teams", password=None)
     assert client_of(root).post("/teams/claims/edit", form).status_code == 302
     assert not Team.objects.get(slug="claims").publish_needs_second_admin
+
+
+def test_a_new_hosted_agent_gets_its_first_version_from_its_admin_page(world: Any) -> None:
+    admin = client_of(world.admin)
+    agent = catalog.agent_create(
+        user=world.admin, team=world.claims, slug="fresh-bot", name="Fresh", kind="hosted"
+    )
+    page = admin.get("/agents/fresh-bot/admin/").content.decode()
+    assert 'data-testid="new-draft"' in page and f"<option>{COUNTER}</option>" in page
+    assert (
+        "Write the first version"
+        not in client_of(world.supervisor).get("/agents/fresh-bot/admin/").content.decode()
+    )
+
+    response = admin.post("/agents/fresh-bot/versions/new", {"program": COUNTER})
+    assert response.status_code == 302
+    assert response["Location"] == "/agents/fresh-bot/versions/1/edit/"
+    [draft] = agent.versions.all()
+    assert (draft.program, draft.policy, draft.published_at) == (COUNTER, {}, None)
+    assert (
+        'href="/agents/fresh-bot/versions/1/edit/"'
+        in admin.get("/agents/fresh-bot/admin/").content.decode()
+    )
