@@ -14,3 +14,8 @@ class AgentsConfig(AppConfig):
         # modules once here so every process (web, worker, beat) knows the same set.
         for module in settings.BATON_AGENT_MODULES:
             importlib.import_module(module)
+        # Tools of agents' upstream MCP servers are found by name too (the approval page).
+        from agents.mcp.catalog import stored_tool
+        from agents.registry import tool_source
+
+        tool_source(stored_tool)

@@ -487,3 +487,40 @@ class WorkerBeat(models.Model):
 
     def __str__(self) -> str:
         return self.hostname
+
+
+class McpServer(models.Model):
+    """An upstream MCP server whose tools an agent reaches through Baton's MCP gateway
+    (agents.mcp): a command Baton starts (stdio) or a URL (Streamable HTTP). `tools` is
+    the last listing fetched from it, kept so every process knows the tools' schemas
+    (the approval page shows and checks them)."""
+
+    class Transport(models.TextChoices):
+        STDIO = "stdio", "stdio (a command Baton starts)"
+        HTTP = "http", "Streamable HTTP (a URL)"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="mcp_servers")
+    name = models.CharField(max_length=40)
+    transport = models.CharField(max_length=10, choices=Transport.choices)
+    command = models.JSONField(default=list, blank=True)
+    url = models.URLField(max_length=500, blank=True)
+    enabled = models.BooleanField(default=True)
+    tools = models.JSONField(default=list, blank=True)
+    tools_fetched_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["agent", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "name"], name="mcp_server_name_per_agent"),
+            models.CheckConstraint(
+                condition=Q(transport="stdio", url="") | Q(transport="http", command=[]),
+                name="mcp_server_command_or_url",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.transport})"

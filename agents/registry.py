@@ -92,10 +92,24 @@ def tool(
     return register
 
 
+# Tools that are not Baton's code (an agent's upstream MCP servers, agents.mcp): each
+# source answers a name it knows, else None. Registered code always comes first.
+_SOURCES: list[Callable[[str], Tool | None]] = []
+
+
+def tool_source(source: Callable[[str], Tool | None]) -> None:
+    if source not in _SOURCES:
+        _SOURCES.append(source)
+
+
 def get_tool(name: str) -> Tool:
     try:
         return _TOOLS[name]
     except KeyError:
+        for source in _SOURCES:
+            found = source(name)
+            if found is not None:
+                return found
         raise UnknownTool(f"no tool named {name!r} is registered") from None
 
 

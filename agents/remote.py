@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from agents.gateway.core import (
 )
 from agents.killswitches import engaged_for
 from agents.models import Action, Agent, ApiKey, KillSwitch, Run
+from agents.registry import Tool, get_tool
 from agents.services import (
     AGENT_ARCHIVED,
     REASON_REQUIRED,
@@ -215,9 +217,9 @@ class Remote:
 REMOTE = Remote()
 
 
-def _gate(run: Run) -> Gate:
+def _gate(run: Run, tools: Callable[[str], Tool] = get_tool) -> Gate:
     journal = {a.seq: a for a in run.actions.all()}
-    return Gate(run, run.lease_token or uuid.uuid4(), journal, REMOTE)
+    return Gate(run, run.lease_token or uuid.uuid4(), journal, REMOTE, tools)
 
 
 def remote_run_start(*, key: ApiKey, input: dict[str, Any], start_key: str = "") -> Run:
@@ -354,11 +356,19 @@ def _status(run: Run) -> str:
     return Run.objects.filter(pk=run.pk).values_list("status", flat=True).first() or "gone"
 
 
-def remote_action_submit(*, run: Run, seq: int, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+def remote_action_submit(
+    *,
+    run: Run,
+    seq: int,
+    tool: str,
+    args: dict[str, Any],
+    tools: Callable[[str], Tool] = get_tool,
+) -> dict[str, Any]:
     """The gateway's decision on step `seq`: allow (run it now), deny, shadow (here is the
     simulated result), pending (wait for people), retry (rate limit), paused or halted.
-    Submitting the same step again returns its current state."""
-    gate = _gate(run)
+    Submitting the same step again returns its current state. `tools` looks tool names
+    up where they are not in the registry (agents.mcp)."""
+    gate = _gate(run, tools)
     if seq not in gate.journal:
         expected = max(gate.journal, default=0) + 1
         if seq != expected:
@@ -366,9 +376,11 @@ def remote_action_submit(*, run: Run, seq: int, tool: str, args: dict[str, Any])
     return _decide(gate, seq, tool, args)
 
 
-def remote_action_poll(*, run: Run, seq: int) -> dict[str, Any]:
+def remote_action_poll(
+    *, run: Run, seq: int, tools: Callable[[str], Tool] = get_tool
+) -> dict[str, Any]:
     """The current state of a step; an approved step is admitted here, once."""
-    gate = _gate(run)
+    gate = _gate(run, tools)
     action = gate.journal.get(seq)
     if action is None:
         raise NotFound(f"run {run.pk} has no step {seq}")

@@ -71,6 +71,8 @@ class Verb(StrEnum):
     APIKEY_CREATED = "apikey.created"
     APIKEY_REVOKED = "apikey.revoked"
     APIKEY_ROTATED = "apikey.rotated"
+    MCP_SERVER_ADDED = "mcp_server.added"
+    MCP_SERVER_REMOVED = "mcp_server.removed"
 
     AUDIT_EXPORTED = "audit.exported"
 

@@ -13,12 +13,14 @@ django_asgi = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from agents.mcp.asgi import with_mcp  # noqa: E402
 from console.consumers import SameOriginValidator  # noqa: E402
 from console.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi,
+        # /mcp/ is Baton's MCP endpoint for agents (agents.mcp); the rest is Django.
+        "http": with_mcp(django_asgi),
         # Origin must be this console's own scheme, host and port (no cross-site
         # sockets); the session cookie says who is connecting.
         "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),

@@ -247,6 +247,18 @@ BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0)
 BATON_DEMO_WORKLOAD = env_bool("BATON_DEMO_WORKLOAD", False)
 BATON_DEMO_EVERY_SECONDS = env_float("BATON_DEMO_EVERY_SECONDS", 4.0)
 
+# --- MCP gateway (agents.mcp) -----------------------------------------------------------
+# The executables an admin may register as stdio upstream MCP servers: Baton starts them,
+# so only what the operator lists here (empty: stdio servers are off; URLs always work).
+BATON_MCP_STDIO_COMMANDS = env_list("BATON_MCP_STDIO_COMMANDS")
+# How long a tools/call held for approval waits for the decision before answering
+# "pending approval" (the client then calls again); keep it under the clients' timeout.
+BATON_MCP_HOLD_WAIT_SECONDS = env_float("BATON_MCP_HOLD_WAIT_SECONDS", 25.0)
+# How long an upstream server's tool listing is reused before it is fetched again.
+BATON_MCP_TOOLS_CACHE_SECONDS = env_float("BATON_MCP_TOOLS_CACHE_SECONDS", 30.0)
+# How long one forwarded upstream call may take.
+BATON_MCP_UPSTREAM_TIMEOUT_SECONDS = env_float("BATON_MCP_UPSTREAM_TIMEOUT_SECONDS", 60.0)
+
 # --- Notifications --------------------------------------------------------------------
 # Who is told when an approval is requested, escalated or expires: the deciders by e-mail,
 # and every webhook, signed with HMAC-SHA256 (approvals/notifications.py).

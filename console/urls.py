@@ -8,6 +8,7 @@ from django.views.generic.base import RedirectView
 
 from agents import api, catalog_views, editor_views, rollout_views, switch_views, version_views
 from agents import views as agent_views
+from agents.mcp import views as mcp_views
 from approvals import views as approval_views
 from console import people as people_views
 from console import views as console_views
@@ -32,6 +33,14 @@ urlpatterns = [
     ),
     path(
         "agents/<slug:slug>/keys/<int:key_id>/revoke", catalog_views.key_revoke, name="key-revoke"
+    ),
+    # An agent's upstream MCP servers (issue 12); the endpoint itself is /mcp/ (console.asgi).
+    path("agents/<slug:slug>/mcp/", mcp_views.mcp_servers, name="agent-mcp"),
+    path("agents/<slug:slug>/mcp/add", mcp_views.mcp_server_add, name="agent-mcp-add"),
+    path(
+        "agents/<slug:slug>/mcp/<int:server_id>/remove",
+        mcp_views.mcp_server_remove,
+        name="agent-mcp-remove",
     ),
     path("agents/<slug:slug>/versions/diff/", version_views.diff, name="version-diff"),
     # The policy editor (issue 11): a new draft, and a draft's rules edited.

@@ -10,6 +10,7 @@ console.settings itself.
 from __future__ import annotations
 
 import os
+import sys
 
 DEFAULTS = {
     # Makefile's TEST_DATABASE_URL and TEST_REDIS_URL: the services README "Tests" starts.
@@ -23,6 +24,8 @@ DEFAULTS = {
     # Workers' mail stays in memory too (pytest-django sets it for this process only).
     "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
     "BATON_CHROMIUM": "/usr/bin/chromium",
+    # The MCP tests' upstream servers are Python scripts (tests/support/mcp_upstream.py).
+    "BATON_MCP_STDIO_COMMANDS": sys.executable,
 }
 
 # The store contract's second run (tests/agents/test_store_contract.py) is on the

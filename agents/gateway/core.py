@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -130,10 +131,25 @@ class Adapter(Protocol):
 class Gate:
     """One run's passage through the gateway: its journal, its policy, who executes."""
 
-    __slots__ = ("run", "agent", "token", "journal", "policy", "shadow", "actor", "adapter")
+    __slots__ = (
+        "run",
+        "agent",
+        "token",
+        "journal",
+        "policy",
+        "shadow",
+        "actor",
+        "adapter",
+        "tools",
+    )
 
     def __init__(
-        self, run: Run, token: uuid.UUID, journal: dict[int, Action], adapter: Adapter
+        self,
+        run: Run,
+        token: uuid.UUID,
+        journal: dict[int, Action],
+        adapter: Adapter,
+        tools: Callable[[str], Tool] = get_tool,
     ) -> None:
         self.run = run
         self.agent = run.agent
@@ -143,6 +159,9 @@ class Gate:
         self.shadow = shadow_of(run)
         self.actor = Actor.agent(self.agent)
         self.adapter = adapter
+        # Where tool names are looked up: the registry, or the agent's own catalogue
+        # where its tools are not Baton's code (agents.mcp: an agent's upstream servers).
+        self.tools = tools
 
 
 def shadow_of(run: Run) -> tuple[int, Policy] | None:
@@ -198,7 +217,7 @@ def _replay(gate: Gate, existing: Action, name: str, args: dict[str, Any]) -> Ou
             gate.adapter.park(gate)
             gate.adapter.parked(gate)
         return Hold(existing)
-    tool = get_tool(name)
+    tool = gate.tools(name)
     if status == S.APPROVED or tool.idempotent:
         # Approved: run it now. Started but never finished (the worker died): a tool
         # that takes an idempotency key is simply called again with the same key.
@@ -213,7 +232,7 @@ def _new_step(gate: Gate, seq: int, name: str, args: dict[str, Any]) -> Outcome:
         requested = {k: repr(v)[:200] for k, v in args.items()}
         return _refuse(gate, seq, name, requested, S.INVALID, f"arguments are not JSON: {exc}")
     try:
-        tool = get_tool(name)
+        tool = gate.tools(name)
     except UnknownTool as exc:
         return _refuse(gate, seq, name, requested, S.DENIED, str(exc))
     errors = tool.argument_errors(requested)
@@ -347,7 +366,7 @@ def _hold_unknown(gate: Gate, existing: Action) -> Action:
             raise LeaseLost()
         existing.status = S.UNKNOWN
         audit_action(gate, Verb.ACTION_UNKNOWN, existing, args=existing.args)
-        approvals().open(action=existing, tool=get_tool(existing.name), rule=None)
+        approvals().open(action=existing, tool=gate.tools(existing.name), rule=None)
         gate.adapter.parked(gate)
     return existing
 

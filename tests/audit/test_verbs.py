@@ -77,6 +77,8 @@ STORED = {
     "APIKEY_CREATED": "apikey.created",
     "APIKEY_REVOKED": "apikey.revoked",
     "APIKEY_ROTATED": "apikey.rotated",
+    "MCP_SERVER_ADDED": "mcp_server.added",
+    "MCP_SERVER_REMOVED": "mcp_server.removed",
     "AUDIT_EXPORTED": "audit.exported",
     "LOGIN_LOCKED_OUT": "login.locked_out",
 }

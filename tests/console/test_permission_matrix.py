@@ -17,7 +17,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from agents import roles
 from agents.demo.seed import CLAIMS_POLICY
-from agents.models import Agent, AgentVersion, ApiKey, KillSwitch, Team
+from agents.models import Agent, AgentVersion, ApiKey, KillSwitch, McpServer, Team
 from agents.rollout_views import seen_token
 from agents.runtime import execute_run
 from agents.services import killswitch_engage, run_start, team_create, version_create
@@ -66,6 +66,10 @@ POST_DATA = {
     "rules-0-tool": "payments.pay",
     "rules-0-effect": "allow",
     "config": '{"model": "matrix-x9"}',
+    # MCP servers (issue 12): an upstream server for the hidden agent.
+    "transport": "http",
+    "url": "http://matrix-x9.example/mcp",
+    "command": "matrix-x9",
 }
 # Sessions end here, so these come last for each person.
 LAST = {"logout"}
@@ -129,6 +133,11 @@ class Hidden:
             password=PASSWORD,
             request=RequestFactory().post("/"),
         )
+        # An upstream MCP server of the hidden agent (issue 12), written as it is stored
+        # (the service takes only remote agents; the page must refuse either way).
+        self.mcp_server = McpServer.objects.create(
+            agent=self.agent, name="hidden-mcp-x9", transport="http", url="http://hidden-x9/mcp"
+        )
         self.agent.refresh_from_db()
         self.rollout = seen_token(self.agent)
         self.versions = list(AgentVersion.objects.filter(agent=self.agent).values().order_by("pk"))
@@ -177,6 +186,8 @@ class Hidden:
             "key_id": 1,
             # A publish request of the hidden agent (issue 11).
             "publish_id": self.publish.pk,
+            # The hidden agent's MCP server (issue 12).
+            "server_id": self.mcp_server.pk,
         }
 
     def post_data(self) -> dict[str, Any]:
@@ -230,6 +241,7 @@ class Hidden:
         assert list(AgentVersion.objects.filter(agent=agent).values().order_by("pk")) == (
             self.versions
         )
+        assert list(McpServer.objects.values_list("pk", flat=True)) == [self.mcp_server.pk]
         requests = PublishRequest.objects.filter(agent=agent)
         assert list(requests.values_list("pk", "status")) == [(self.publish.pk, "pending")]
 
