@@ -280,12 +280,18 @@ async def call_tool(
     decide = database_sync_to_async(_decide)
     async with session.lock:
         decision = await decide(session, key, name, args, entry)
-    deadline = time.monotonic() + settings.BATON_MCP_HOLD_WAIT_SECONDS
-    while decision["decision"] == "pending" and (left := deadline - time.monotonic()) > 0:
+    if decision["decision"] == "pending":
+        # Held for people: join the run's doorbell group, read again (a decision that
+        # committed before the join is seen here), then wait for a ring or the deadline.
         assert session.run_id is not None
-        await stepwait.step_changed(session.run_id, left)
-        async with session.lock:
-            decision = await decide(session, key, name, args, entry)
+        deadline = time.monotonic() + settings.BATON_MCP_HOLD_WAIT_SECONDS
+        async with stepwait.run_bell(session.run_id) as bell:
+            async with session.lock:
+                decision = await decide(session, key, name, args, entry)
+            while decision["decision"] == "pending" and (left := deadline - time.monotonic()) > 0:
+                if await bell.wait(left):
+                    async with session.lock:
+                        decision = await decide(session, key, name, args, entry)
     if decision["decision"] == "allow":
         assert session.run_id is not None
         return await _forward(key, session.run_id, decision, entry)
