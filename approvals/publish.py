@@ -15,13 +15,15 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from agents.models import Agent, AgentVersion
-from agents.permissions import user_can
+from agents.permissions import user_can, users_who_can
 from agents.services import (
     ALREADY_PUBLISHED,
     Conflict,
@@ -93,7 +95,58 @@ def publish_request_open(
             requested_by=user,
         )
         _audit(publish, Verb.PUBLISH_REQUESTED, user, reason=reason, live=live)
+        # The team's other admins are told once it commits (nothing leaves before).
+        transaction.on_commit(lambda: _tell_second_admins(publish.pk), robust=True)
     return publish
+
+
+PUBLISH_SUBJECT = "[Baton] Publish waiting for a second admin: {agent} v{number}"
+PUBLISH_BODY = """{asker} asks to publish {agent} v{number}{live}: {reason}
+
+As another admin of {team}, you may approve it (with your password) or reject it (with a
+reason) on the agent's rollout page:
+
+{url}
+
+The request is bound to the version's content as it is now; a draft changed since cannot
+be approved.
+"""
+
+
+def second_admins(publish: PublishRequest) -> list[Any]:
+    """Who may decide a publish request: active admins of its agent, with an e-mail
+    address, but never the one who asked."""
+    return [
+        person
+        for person in users_who_can("administer", publish.agent)
+        if person.email and person.pk != publish.requested_by_id
+    ]
+
+
+def _tell_second_admins(publish_id: int) -> None:
+    publish = PublishRequest.objects.select_related("agent__team", "version", "requested_by").get(
+        pk=publish_id
+    )
+    base = getattr(settings, "BATON_BASE_URL", "") or ""
+    context = {
+        "asker": publish.requested_by.get_username(),
+        "agent": " ".join(publish.agent.name.split()),
+        "number": publish.version.number,
+        "live": " and make it live" if publish.live else "",
+        "reason": publish.reason,
+        "team": publish.agent.team.name,
+        "url": f"{base.rstrip('/')}/agents/{publish.agent.slug}/rollout/",
+    }
+    messages = [
+        EmailMessage(
+            subject=PUBLISH_SUBJECT.format(**context),
+            body=PUBLISH_BODY.format(**context),
+            to=[person.email],
+        )
+        for person in second_admins(publish)
+    ]
+    if messages:
+        get_connection().send_messages(messages)
 
 
 def publish_request_approve(

@@ -379,3 +379,30 @@ def test_two_admins_approving_at_once_publish_once(make_agent: Any, world: Any) 
         ).count()
         == 1
     )
+
+
+def test_the_teams_other_admins_are_mailed_after_the_request_commits(
+    make_agent: Any, world: Any, mailoutbox: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    agent = make_agent("counter", PROGRAM, ALLOW_ALL_TESTS)
+    four_eyes(world)
+    abe = second_admin(world)
+    abe.email = "abe@example.com"
+    abe.save(update_fields=["email"])
+    world.admin.email = "ada@example.com"
+    world.admin.save(update_fields=["email"])
+    elsewhere = second_admin(world, name="bea", team=world.support)
+    elsewhere.email = "bea@example.com"
+    elsewhere.save(update_fields=["email"])
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        publish = open_request(agent, world)
+    assert mailoutbox == [], "nothing leaves before the commit"
+    for callback in callbacks:
+        callback()
+    [message] = mailoutbox  # not the asker, not another team's admin
+    assert message.to == ["abe@example.com"]
+    assert (
+        message.subject
+        == f"[Baton] Publish waiting for a second admin: Counter v{publish.version.number}"
+    )
+    assert f"/agents/{agent.slug}/rollout/" in message.body and "tighter" in message.body
