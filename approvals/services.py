@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.gateway import args_hash
+from agents.mcp.catalog import agent_tool
 from agents.models import Action, Agent, Run
 from agents.policy import (
     DEFAULT_APPROVAL_TIMEOUT,
@@ -19,7 +20,7 @@ from agents.policy import (
     Rule,
     policy_of,
 )
-from agents.registry import Tool, get_tool
+from agents.registry import Tool
 from agents.runtime import enqueue
 from agents.services import Conflict, ServiceError, storable
 from agents.stepwait import ring_run
@@ -325,7 +326,7 @@ def _check_edit(request: ApprovalRequest, edited: Any) -> dict[str, Any]:
     # `edited` is plain JSON already: approval_decide made it storable on the way in.
     if not isinstance(edited, dict):
         raise ServiceError(EDIT_INVALID.format(errors="arguments: must be an object"))
-    errors = get_tool(request.tool).argument_errors(edited)
+    errors = agent_tool(request.agent_id, request.tool).argument_errors(edited)
     if errors:
         raise ServiceError(EDIT_INVALID.format(errors="; ".join(errors)))
     return edited

@@ -11,7 +11,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
-from agents.registry import get_tool
+from agents.mcp.catalog import agent_tool
 from agents.services import Conflict, ServiceError
 from approvals import selectors
 from approvals.forms import DecisionForm, QueueFilter, edited_arguments
@@ -89,7 +89,7 @@ def _render_request(
         "ctx": selectors.request_context(request.user, approval),
         "form": form,
         "error": error,
-        "schema": get_tool(approval.tool).schema,
+        "schema": agent_tool(approval.agent_id, approval.tool).schema,
     }
     template = "approvals/request.html#panel" if request.htmx else "approvals/request.html"
     return render(request, template, context, status=status)
@@ -107,9 +107,8 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     if not form.is_valid():
         return _render_request(request, approval, form=form, status=400)
     data = form.cleaned_data
-    edited = (
-        edited_arguments(request.POST, get_tool(approval.tool).schema) if data["edit"] else None
-    )
+    schema = agent_tool(approval.agent_id, approval.tool).schema
+    edited = edited_arguments(request.POST, schema) if data["edit"] else None
     try:
         approval_decide(
             request_id=approval.pk,

@@ -21,7 +21,7 @@ from jsonschema.exceptions import SchemaError
 
 from agents.models import McpServer
 from agents.policy import Policy
-from agents.registry import Risk, Tool, ToolCall, UnknownTool
+from agents.registry import Risk, Tool, ToolCall, UnknownTool, get_tool
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,16 @@ def stored_tool(name: str) -> Tool | None:
         if found is not None:
             return found.tool
     return None
+
+
+def agent_tool(agent_id: int, name: str) -> Tool:
+    """The tool a call of this agent names, as the approval page shows it and checks an
+    edit against: the agent's own MCP tool of that name first (the one its MCP gateway
+    call was checked against), else the registry's. The registry alone is not enough: an
+    upstream tool may share its name with a hosted one (the demo's payments.pay), and an
+    edit would then be held to the other tool's schema."""
+    found = build(stored(agent_id)).get(name)
+    return found.tool if found is not None else get_tool(name)
 
 
 def lookup(catalogue: dict[str, McpTool]) -> Any:

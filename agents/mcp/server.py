@@ -218,7 +218,10 @@ async def _forward(
     with anyio.CancelScope(shield=True):
         try:
             result: types.CallToolResult | None = await upstream.call_tool(
-                entry.server, entry.upstream_name, decision["args"]
+                entry.server,
+                entry.upstream_name,
+                decision["args"],
+                idempotency_key=decision["idempotency_key"],
             )
             error = ""
         except Exception as exc:

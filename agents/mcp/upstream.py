@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import mcp_types as types
@@ -18,6 +18,10 @@ from mcp.client.streamable_http import streamable_http_client
 from agents.mcp.catalog import Upstream
 from agents.models import McpServer
 from agents.registry import Risk
+
+# The step's idempotency key travels in the forwarded call's `_meta`: an upstream that
+# honours it (as a payment provider does) runs a step once however often it is sent.
+IDEMPOTENCY_META: Final = "baton/idempotency-key"
 
 STDIO_NOT_ALLOWED = (
     "{command} is not among the commands this Baton may start (BATON_MCP_STDIO_COMMANDS)"
@@ -78,7 +82,11 @@ async def list_tools(server: Upstream) -> list[dict[str, Any]]:
                     return listed
 
 
-async def call_tool(server: Upstream, name: str, args: dict[str, Any]) -> types.CallToolResult:
+async def call_tool(
+    server: Upstream, name: str, args: dict[str, Any], *, idempotency_key: str
+) -> types.CallToolResult:
+    # An open map (PEP 728's extra_items, which mypy does not read yet).
+    meta: types.RequestParamsMeta = {IDEMPOTENCY_META: idempotency_key}  # type: ignore[typeddict-unknown-key]
     with anyio.fail_after(settings.BATON_MCP_UPSTREAM_TIMEOUT_SECONDS):
         async with connect(server) as session:
-            return await session.call_tool(name, args)
+            return await session.call_tool(name, args, meta=meta)

@@ -1,48 +1,82 @@
 """A small upstream MCP server for the MCP gateway tests, on the official SDK, spoken to
-over stdio. Every call it receives is appended to the ledger file named on its command
-line, so a test sees exactly which calls reached it.
+over stdio. Its tools act on the demo's sandbox tables in the test database (payments on
+agents.models.Payment, e-mails on SentEmail), so a test reads exactly which calls reached
+it from the tables the demo tools write.
 
-    python tests/support/mcp_upstream.py LEDGER
+    python tests/support/mcp_upstream.py DATABASE_URL
+
+The database is named on the command line: Baton starts a stdio server with only a safe
+subset of its environment (the SDK's default), and a registered command is all it has.
+Plain psycopg, not Django: the gateway starts the server for every call, and a bare
+connection starts in a blink.
+
+A write is keyed by the idempotency key Baton sends in the call's `_meta`
+(agents.mcp.upstream.IDEMPOTENCY_META), as a payment provider honours one: a call
+repeated with the same key pays once and answers the first payment.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
+import uuid
+from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+import psycopg
+from mcp.server.mcpserver import Context, MCPServer
 
-LEDGER = Path(sys.argv[1])
+IDEMPOTENCY_META = "baton/idempotency-key"  # agents.mcp.upstream.IDEMPOTENCY_META
+
+DATABASE = sys.argv[1] if len(sys.argv) > 1 else ""
 upstream = MCPServer("ledger")
 
 
-def _record(tool: str, **args: object) -> None:
-    with LEDGER.open("a") as ledger:
-        ledger.write(json.dumps({"tool": tool, **args}) + "\n")
+def _key(ctx: Context) -> str:
+    meta: Any = ctx.request_context.meta or {}
+    # No key (a call that did not come through Baton): every call is its own.
+    return str(meta.get(IDEMPOTENCY_META) or f"upstream-{uuid.uuid4()}")
+
+
+def _run(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    with psycopg.connect(DATABASE, autocommit=True) as db:
+        cursor = db.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
 
 
 @upstream.tool(name="payments.pay", description="Pay an amount to someone.")
-def pay(amount: int, to: str) -> str:
-    _record("payments.pay", amount=amount, to=to)
-    return f"paid {amount} to {to}"
+def pay(amount: int, to: str, ctx: Context) -> str:
+    key = _key(ctx)
+    _run(
+        "INSERT INTO agents_payment (idempotency_key, claim_id, payee, amount, currency,"
+        " created_at) VALUES (%s, 'mcp', %s, %s, 'EUR', now())"
+        " ON CONFLICT (idempotency_key) DO NOTHING",
+        (key, to, amount),
+    )
+    [(payment_id, paid, payee)] = _run(
+        "SELECT id, amount, payee FROM agents_payment WHERE idempotency_key = %s", (key,)
+    )
+    return f"paid {int(paid)} to {payee} (payment {payment_id})"
 
 
-@upstream.tool(name="lookup", description="Look a customer up.")
+@upstream.tool(name="lookup", description="Look a customer's payments up.")
 def lookup(q: str) -> str:
-    _record("lookup", q=q)
-    return f"found {q}"
+    [(count,)] = _run("SELECT count(*) FROM agents_payment WHERE payee = %s", (q,))
+    return f"found {q}: {count} payment(s)"
 
 
 @upstream.tool(name="email.send", description="Send an e-mail.")
-def send(to: str, body: str) -> str:
-    _record("email.send", to=to, body=body)
+def send(to: str, body: str, ctx: Context) -> str:
+    _run(
+        'INSERT INTO agents_sentemail (idempotency_key, "to", subject, body, created_at)'
+        " VALUES (%s, %s, '', %s, now()) ON CONFLICT (idempotency_key) DO NOTHING",
+        (_key(ctx), to, body),
+    )
     return "sent"
 
 
-@upstream.tool(name="admin.wipe", description="Wipe everything.")
+@upstream.tool(name="admin.wipe", description="Wipe every payment.")
 def wipe(confirm: bool) -> str:
-    _record("admin.wipe", confirm=confirm)
+    if confirm:
+        _run("DELETE FROM agents_payment", ())
     return "wiped"
 
 
