@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import Q, QuerySet
 from django.http import Http404
@@ -115,6 +115,14 @@ class Scope:
             condition |= branch
         return condition
 
+    def sees(self, event: AuditEvent) -> bool:
+        """Whether the person may see this event: condition() applied to one event in
+        memory, read from the very same branches (the live stream reads each new event
+        once per process and sorts it to the sockets by this)."""
+        if self.everything:
+            return True
+        return any(_holds(branch, event) for branch in self.branches())
+
     def branches(self) -> list[Q]:
         """One condition per grant; their union is what the person may see."""
         if self.everything or self.nothing:
@@ -125,6 +133,30 @@ class Scope:
             + [Q(team_id=t, agent_id__isnull=True) for t in self.team_level]
             + [EVERYONE_SEES]
         )
+
+
+def _holds(condition: Q, event: AuditEvent) -> bool:
+    """A condition of the rule above evaluated on one event: equality, `isnull` and `in`
+    on its own columns, AND and OR (all the rule uses; anything else is refused, not
+    guessed)."""
+    results = []
+    for child in condition.children:
+        if isinstance(child, Q):
+            results.append(_holds(child, event))
+            continue
+        lookup, value = cast("tuple[str, Any]", child)
+        column, _, op = lookup.partition("__")
+        actual = getattr(event, column)
+        if op == "":
+            results.append(actual == value)
+        elif op == "isnull":
+            results.append((actual is None) == bool(value))
+        elif op == "in":
+            results.append(actual in value)
+        else:
+            raise ValueError(f"the visibility rule uses a lookup sees() cannot read: {lookup}")
+    held = all(results) if condition.connector == Q.AND else any(results)
+    return not held if condition.negated else held
 
 
 def audit_scope(user: Any) -> Scope:

@@ -1,11 +1,13 @@
 """The live socket: one per open console page (DESIGN section 8).
 
-It joins the groups of what its person may see (the audit trail's one rule,
-audit.selectors.Scope), and on every doorbell sends, in order, every audit event it may
-see after the last one it sent — read from Postgres, rendered from the pages' partials.
-Every few seconds it reloads the person and their permissions from the database: it
-closes when the session ends or the person is deactivated (4401), and when what they may
-see has changed (4403; the page reloads and opens a socket under the new rule).
+It joins its class — the sockets whose people may see the same events (the audit
+trail's one rule, audit.selectors.Scope) — at this process's live renderer
+(console.fanout), which reads each new event once, renders it once per class and puts
+the frame in the outbox of every socket of the class; the socket's own task sends what
+is in its outbox, in order. Every few seconds that task also reloads the person and
+their permissions from the database: the socket closes when the session ends or the
+person is deactivated (4401), and when what they may see has changed (4403; the page
+reloads and opens a socket under the new rule).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http.request import validate_host
 
-from audit.selectors import Scope, latest_seq
-from console import frames, live
+from audit.selectors import Scope
+from console import fanout, frames, live
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,16 @@ def _db_parallel(func: Any) -> Any:
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403  # a foreign Origin, or the person's permissions changed
-# The re-check tasks of the sockets open in this process (each removes itself when it
-# ends), so a socket whose browser went away is seen to leave nothing behind.
+# The tasks of the sockets open in this process (each sends its socket's frames and
+# re-checks its person, and removes itself when it ends), so a socket whose browser went
+# away is seen to leave nothing behind.
 RECHECKS: set[asyncio.Task[None]] = set()
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
     groups_joined: list[str]
     recheck: asyncio.Task[None] | None = None
+    outbox: asyncio.Queue[str] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # However the socket ends — a close, a disconnect, a send to a browser that has
@@ -61,18 +65,17 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         live.register_web_loop(asyncio.get_running_loop())
         self.user = user
-        self.csrf = self.scope.get("cookies", {}).get("csrftoken", "")
         self.groups_joined = []
-        self.flushing = asyncio.Lock()
-        self.pending = False
         self.visible: Scope = await _db_parallel(frames.visible_scope)(user)
-        await self._join(frames.groups_for(self.visible) + [live.user_group(user.pk)])
+        # Only the person's own group (to be told to close on logout); the events come
+        # from the renderer, which hears the doorbells of every group of the class.
+        await self._join([live.user_group(user.pk)])
         await self.accept()
-        self.after = await _db_parallel(latest_seq)()
-        # The first frame says where this socket starts; the page fetches what came
-        # between its own render and this point over HTTP.
-        await self.send(text_data=frames.hello_frame(self.after))
-        self.recheck = asyncio.create_task(self._recheck_forever())
+        self.outbox = outbox = fanout.outbox()
+        # The first frame (in the outbox) says where this socket starts; the page
+        # fetches what came between its own render and this point over HTTP.
+        self.after = await fanout.renderer().join(self.visible, outbox)
+        self.recheck = asyncio.create_task(self._serve_forever(outbox))
         RECHECKS.add(self.recheck)
         self.recheck.add_done_callback(_forget)
         log.info("live socket opened (%d open in this process)", len(RECHECKS))
@@ -87,9 +90,15 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             log.info("live socket closed (%d open in this process)", len(RECHECKS - {task}))
+        await self._leave_renderer()
         joined, self.groups_joined = getattr(self, "groups_joined", []), []
         for group in joined:
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def _leave_renderer(self) -> None:
+        outbox, self.outbox = self.outbox, None
+        if outbox is not None:
+            await fanout.renderer().leave(self.visible, outbox)
 
     async def send(  # type: ignore[override]  # the websocket form of AsyncConsumer.send
         self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
@@ -110,9 +119,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         pass  # the socket only speaks; actions go through HTTP with CSRF
 
-    async def live_doorbell(self, message: dict[str, Any]) -> None:
-        await self._flush()
-
     async def live_logout(self, message: dict[str, Any]) -> None:
         await self.close(code=CLOSE_UNAUTHENTICATED)
 
@@ -121,37 +127,32 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined = wanted
 
-    async def _flush(self) -> None:
-        # Doorbells that ring while a flush runs are folded into one more flush.
-        if self.flushing.locked():
-            self.pending = True
-            return
-        async with self.flushing:
-            while True:
-                self.pending = False
-                html, last, more = await _db_parallel(self._render)()
-                if html:
-                    await self.send(text_data=html)
-                    self.after = last
-                if not self.pending and not more:
-                    break
-
-    def _render(self) -> tuple[str, int, bool]:
-        events = frames.visible_events(self.user, self.after, scope=self.visible)
-        html, last = frames.render_frames(self.user, events, self.after, self.csrf)
-        return html, last, len(events) == frames.BATCH
-
-    async def _recheck_forever(self) -> None:
+    async def _serve_forever(self, outbox: asyncio.Queue[str]) -> None:
+        """Send the frames the renderer puts in the outbox, in order; every few seconds
+        re-check the person."""
+        loop = asyncio.get_running_loop()
+        interval = settings.BATON_LIVE_RECHECK_SECONDS
+        check_at = loop.time() + interval
         while True:
-            await asyncio.sleep(settings.BATON_LIVE_RECHECK_SECONDS)
             try:
+                if loop.time() < check_at:  # (a busy outbox must not put the check off)
+                    try:
+                        async with asyncio.timeout_at(check_at):
+                            text = await outbox.get()
+                    except TimeoutError:
+                        continue
+                    await self.send(text_data=text)
+                    continue
+                check_at = loop.time() + interval
                 code = await self._recheck()
                 if code is not None:
                     await self.close(code=code)
                     return
-                await self._flush()  # also the safety net for a lost doorbell
-            except (StopConsumer, asyncio.CancelledError):
-                return  # the browser has gone, or the socket is closing: nothing to check
+            except StopConsumer:
+                await self._leave_renderer()  # the browser has gone: nothing more to send
+                return
+            except asyncio.CancelledError:
+                return  # the socket is closing
             except Exception:  # a failed check must not kill the socket silently
                 log.exception("live socket re-check failed")
 

@@ -1,17 +1,21 @@
 """Live frames: the HTML a socket (or the catch-up endpoint) sends for audit events —
-the same partials the pages render, marked for htmx out-of-band swaps. Every frame says
-which event it carries (data-seq) and which one came before it (data-after), so the
-browser can tell a gap and fetch what it missed."""
+the same partial the pages render for an event, marked for an htmx out-of-band swap.
+Every frame says which event it carries last (data-seq) and which one came before it
+(data-after), so the browser can tell a gap and fetch what it missed.
+
+A frame holds nothing of one person: it is rendered once per process for every socket
+of a visibility class (console.fanout). What does differ per person — the approvals
+badge, the agents' cards and the switch banners with their forms — the frame only names
+(data-changed, data-agents), and the page fetches it over HTTP (console.views.live_parts)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from django.http import HttpRequest
-from django.template.loader import render_to_string
+from django.template.loader import get_template
 
 from agents import selectors as agent_selectors
-from approvals.selectors import decidable_count
 from audit.models import AuditEvent
 from audit.selectors import Scope, audit_scope, events_for_user
 from console import live
@@ -38,14 +42,20 @@ def visible_events(
     return list(events.order_by("seq")[:BATCH])
 
 
+def new_events(after: int) -> list[AuditEvent]:
+    """Every event after `after`, oldest first, at most BATCH: what a process's live
+    renderer reads once per doorbell, for all its sockets (it sorts them by Scope.sees)."""
+    return list(AuditEvent.objects.filter(seq__gt=after).order_by("seq")[:BATCH])
+
+
 def recent_events(user: Any, count: int = 30) -> list[AuditEvent]:
     """The newest events the person may see, newest first (the page's starting stream)."""
     return list(events_for_user(user)[:count])
 
 
 def groups_for(scope: Scope) -> list[str]:
-    """The channel-layer groups a socket joins: every group a doorbell for an event it may
-    see rings (console.live.event_groups), and no other."""
+    """The channel-layer groups a doorbell for an event of this scope rings
+    (console.live.event_groups), and no other."""
     if scope.nothing:
         return []
     if scope.everything:
@@ -58,38 +68,48 @@ def groups_for(scope: Scope) -> list[str]:
     )
 
 
-def _stub_request(user: Any, csrf_cookie: str) -> HttpRequest:
-    # Fragments hold forms: render them with the person and the CSRF secret of their socket.
-    request = HttpRequest()
-    request.user = user
-    request.path = "/"
-    request.META["CSRF_COOKIE"] = csrf_cookie
-    return request
+def render_event(event: AuditEvent) -> str:
+    """One event's line of the stream, the partial the pages use (no person in it)."""
+    return get_template("console/event.html").render({"e": event})
 
 
-def render_frames(
-    user: Any, events: list[AuditEvent], after: int, csrf_cookie: str = ""
-) -> tuple[str, int]:
-    """HTML for the events, in order, and the last seq carried."""
+def changes(events: Iterable[AuditEvent]) -> tuple[list[str], list[int]]:
+    """What else on a page these events may have changed, for the page to fetch: the
+    approvals (badge and queue), the switch banners, and the cards of agents whose runs
+    moved (all cards on a kill switch)."""
+    kinds = {e.verb.split(".")[0] for e in events}
+    changed = []
+    if "approval" in kinds or "killswitch" in kinds:
+        changed.append("approvals")
+    if "killswitch" in kinds:
+        changed += ["switches", "agents"]
+        return changed, []
+    moved = sorted({e.agent_id for e in events if e.verb.startswith("run.") and e.agent_id})
+    if moved:
+        changed.append("agents")
+    return changed, moved
+
+
+def frame(events: list[AuditEvent], after: int, fragments: dict[int, str]) -> str:
+    """A frame for these events (oldest first, all of one visibility class), from their
+    rendered lines; the same bytes for everyone who may see exactly these events."""
+    changed, agents = changes(events)
+    hints = f' data-changed="{" ".join(changed)}"' if changed else ""
+    if agents:
+        hints += f' data-agents="{",".join(map(str, agents))}"'
+    lines = "".join(fragments[e.seq] for e in reversed(events))
+    return (
+        f'<div id="live-frame" hidden hx-swap-oob="outerHTML" data-seq="{events[-1].seq}" '
+        f'data-after="{after}"{hints}></div>'
+        f'<ol hx-swap-oob="afterbegin:#event-stream">{lines}</ol>'
+    )
+
+
+def render_frames(events: list[AuditEvent], after: int) -> tuple[str, int]:
+    """HTML for the events, in order, and the last seq carried (the catch-up endpoint)."""
     if not events:
         return "", after
-    # Only what these events change is rendered again: the stream always; the badge on
-    # approvals; the cards of agents whose runs moved; everything a switch touches.
-    request = _stub_request(user, csrf_cookie)
-    kinds = {e.verb.split(".")[0] for e in events}
-    context: dict[str, Any] = {"events": events, "after": after, "request": request, "user": user}
-    if "approval" in kinds or "killswitch" in kinds:
-        context["pending_count"] = decidable_count(user)
-    if "killswitch" in kinds:
-        context["agents"] = agent_selectors.agent_cards(user)
-        context["engaged_switches"] = switch_banners(user)
-        context["show_banners"] = True
-    else:
-        moved = {e.agent_id for e in events if e.verb.startswith("run.") and e.agent_id}
-        if moved:
-            context["agents"] = agent_selectors.agent_cards(user, moved)
-    html = render_to_string("console/frames.html", context, request=request)
-    return html, events[-1].seq
+    return frame(events, after, {e.seq: render_event(e) for e in events}), events[-1].seq
 
 
 def hello_frame(seq: int) -> str:
@@ -97,3 +117,15 @@ def hello_frame(seq: int) -> str:
         f'<div id="live-frame" hidden hx-swap-oob="outerHTML" data-seq="{seq}" '
         f'data-after="{seq}" data-hello="1"></div>'
     )
+
+
+def parts_context(
+    user: Any, agents: set[int] | None, cards: bool, switches: bool
+) -> dict[str, Any]:
+    """The per-person parts a frame said changed, for the page that asked: the cards of
+    these agents (of all it may see if None) and the switch banners, each if asked."""
+    context: dict[str, Any] = {"agents": agent_selectors.agent_cards(user, agents) if cards else []}
+    if switches:
+        context["engaged_switches"] = switch_banners(user)
+        context["show_banners"] = True
+    return context

@@ -1,7 +1,8 @@
 """Live events: after an audit event commits, ring a doorbell on the channel layer for the
 groups that may see it (per agent, per team, everyone). The doorbell carries no event:
-each socket's consumer reads what it may see from Postgres (DESIGN section 8), so a lost
-doorbell delays a frame and loses nothing.
+each web process's live renderer (console.fanout) reads the new events from Postgres once
+and sends each socket what its person may see (DESIGN section 8), so a lost doorbell
+delays a frame and loses nothing.
 
 Doorbells are rung from one event loop per process (a daemon thread), so the gateway's
 hot path only queues a tuple. The in-memory layer of the embedded console lives on the
@@ -64,9 +65,10 @@ def _loop() -> asyncio.AbstractEventLoop | None:
 
 
 def event_groups(agent_id: int | None, team_id: int | None) -> list[str]:
-    """Every group that may see an event of this agent and team: a socket joins the groups
-    of what its person may see (console.frames.groups_for), and reads the events themselves
-    from Postgres under the same rule, so a doorbell rung too widely shows nothing."""
+    """Every group that may see an event of this agent and team: a process's renderer
+    joins the groups of what its sockets' people may see (console.frames.groups_for), and
+    sorts the events it reads under the same rule, so a doorbell rung too widely shows
+    nothing."""
     groups = [EVERYTHING]
     if agent_id is not None:
         groups.append(agent_group(agent_id))

@@ -86,6 +86,7 @@ urlpatterns = [
     path("switches/engage", switch_views.engage, name="switch-engage"),
     path("switches/<int:switch_id>/release", switch_views.release, name="switch-release"),
     path("live/events", console_views.live_events, name="live-events"),
+    path("live/parts", console_views.live_parts, name="live-parts"),
     # People and their access (issue 11); the admin, for superusers only.
     path("admin/", admin.site.urls),
     path("people/", people_views.people_list, name="people"),

@@ -10,6 +10,7 @@ from console import frames
 from console.http import HtmxHttpRequest
 
 BAD_RANGE = "after and upto are event sequence numbers, after < upto"
+BAD_AGENTS = "agents is all, or agent ids separated by commas"
 
 
 @require_GET
@@ -38,7 +39,22 @@ def live_events(request: HttpRequest) -> HttpResponse:
     if after < 0 or (upto is not None and upto < after):
         return HttpResponseBadRequest(BAD_RANGE)
     events = frames.visible_events(request.user, after, upto)
-    html, _ = frames.render_frames(
-        request.user, events, after, request.COOKIES.get("csrftoken", "")
-    )
+    html, _ = frames.render_frames(events, after)
     return HttpResponse(html)
+
+
+@require_GET
+@login_required
+def live_parts(request: HttpRequest) -> HttpResponse:
+    """The parts of a page a live frame said changed that differ per person — the agents'
+    cards (with the stop forms this person may use) and the switch banners (with the
+    release forms) — fetched by the page itself, out-of-band swaps as a frame's were."""
+    wanted = request.GET.get("agents", "")
+    try:
+        agents = None if wanted == "all" else {int(a) for a in wanted.split(",") if a}
+    except ValueError:
+        return HttpResponseBadRequest(BAD_AGENTS)
+    context = frames.parts_context(
+        request.user, agents, cards=bool(wanted), switches=request.GET.get("switches") == "1"
+    )
+    return render(request, "console/parts.html", context)

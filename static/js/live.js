@@ -13,13 +13,61 @@
     return m ? { seq: Number(m[1]), after: Number(m[2]) } : null;
   }
 
+  // A frame is the same for everyone who may see its events, so it holds nothing of one
+  // person: it names what else changed (data-changed, data-agents) and the page fetches
+  // those parts for itself — the badge and the queue on "approvals-changed", the cards
+  // and the switch banners (with this person's forms) from /live/parts.
+  let want = null;
+  let fetching = false;
+  function fetchParts() {
+    if (fetching || !want) return;
+    const w = want;
+    want = null;
+    fetching = true;
+    const query = [];
+    if (w.switches) query.push("switches=1");
+    if (w.agents) query.push("agents=" + (w.agents === "all" ? "all" : Array.from(w.agents).join(",")));
+    htmx.ajax("GET", "/live/parts?" + query.join("&"), { target: "#live-frame", swap: "none" })
+      .finally(function () { fetching = false; fetchParts(); });
+  }
+
+  function refresh(changed, agents) {
+    const what = (changed || "").split(" ");
+    if (what.indexOf("approvals") >= 0) htmx.trigger(document.body, "approvals-changed");
+    const cards = what.indexOf("agents") >= 0 && document.querySelector("article.card.agent");
+    const banners = what.indexOf("switches") >= 0 && document.getElementById("switch-banners");
+    if (!cards && !banners) return;
+    want = want || { switches: false, agents: null };
+    if (banners) want.switches = true;
+    if (cards) {
+      if (!agents || want.agents === "all") {
+        want.agents = "all";
+      } else {
+        want.agents = want.agents || new Set();
+        agents.split(",").forEach(function (id) { want.agents.add(id); });
+      }
+    }
+    fetchParts();
+  }
+
+  function changesOf(message) {
+    const c = /id="live-frame"[^>]*data-changed="([^"]*)"/.exec(message);
+    const a = /id="live-frame"[^>]*data-agents="([^"]*)"/.exec(message);
+    return c ? { changed: c[1], agents: a ? a[1] : null } : null;
+  }
+
   function catchUp(upto) {
     wanted = Math.max(wanted, upto);
     if (busy || wanted <= last) return;
     busy = true;
     const target = wanted;
     htmx.ajax("GET", "/live/events?after=" + last + "&upto=" + target, { target: "#live-frame", swap: "none" })
-      .then(function () { last = Math.max(last, target); })
+      .then(function () {
+        last = Math.max(last, target);
+        // The catch-up's frame names what its events changed, as a socket's would.
+        const marker = document.getElementById("live-frame");
+        if (marker && marker.dataset.changed) refresh(marker.dataset.changed, marker.dataset.agents || null);
+      })
       .finally(function () { busy = false; if (wanted > last) catchUp(wanted); });
   }
 
@@ -37,6 +85,8 @@
       return;
     }
     last = frame.seq;
+    const changes = changesOf(event.detail.message);
+    if (changes) refresh(changes.changed, changes.agents);
   });
 
   document.addEventListener("htmx:oobAfterSwap", function () {

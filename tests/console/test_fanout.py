@@ -1,0 +1,213 @@
+"""Render once, fan out (DESIGN section 8): a web process reads each new event once,
+renders it once, and sends one frame per visibility class to every socket of the class;
+sockets on any process receive events committed by any other. Counted, never timed."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from asgiref.sync import sync_to_async
+from django.db import transaction
+from django.test import Client
+
+from audit.models import AuditEvent
+from audit.selectors import audit_scope
+from audit.services import SYSTEM, audit_record
+from audit.verbs import Verb
+from console import fanout
+from tests.conftest import ALLOW_ALL_TESTS, Server
+from tests.console.test_live import connect, seq_of, session_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STREAM_ITEM = re.compile(r'<li id="event-(\d+)"')
+
+
+@pytest_asyncio.fixture
+async def _close_thread_connections() -> Any:
+    yield
+    from django.db import connections
+
+    await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+
+def record(agent: Any = None, team: Any = None, label: str = "") -> int:
+    """One audit event, committed (its doorbell rings on commit)."""
+    with transaction.atomic():
+        return audit_record(
+            verb=Verb.RUN_QUEUED,
+            actor=SYSTEM,
+            subject_type="run",
+            subject_id=0,
+            agent=agent,
+            team=team,
+            payload={"label": label},
+        )
+
+
+async def frame_with(socket: Any, seq: int) -> str:
+    """The first frame a socket is sent that carries event `seq` (or a later one)."""
+    while True:
+        frame = await socket.receive_from(timeout=10)
+        if seq_of(frame)[0] >= seq:
+            return frame
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_many_sockets_of_one_class_cost_one_read_and_one_render_per_event(
+    world: Any, make_agent: Any
+) -> None:
+    claims = await sync_to_async(make_agent)(
+        "claims-bot", "tests.support.agents.counter", ALLOW_ALL_TESTS
+    )
+    # Two people with the same grants are one class: five pages each.
+    people = [world.supervisor, world.second_supervisor] * 5
+    sockets = [await connect(person) for person in people]
+    for socket in sockets:
+        await socket.receive_from()  # hello
+    stats = fanout.renderer().stats
+    before = (stats.events_read, stats.renders, stats.frames)
+
+    seq = await sync_to_async(record)(agent=claims, label="one")
+    frames = [await frame_with(socket, seq) for socket in sockets]
+
+    assert STREAM_ITEM.findall(frames[0]) == [str(seq)]
+    assert len(set(frames)) == 1, "every socket of the class is sent the same bytes"
+    after = (stats.events_read, stats.renders, stats.frames)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+    assert len(fanout.renderer().audiences) == 1
+    for socket in sockets:
+        await socket.disconnect()
+    assert not fanout.renderer().audiences, "closed sockets leave their class"
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_each_class_is_sent_what_the_rule_lets_it_see(world: Any, make_agent: Any) -> None:
+    claims = await sync_to_async(make_agent)(
+        "claims-bot", "tests.support.agents.counter", ALLOW_ALL_TESTS
+    )
+    helpdesk = await sync_to_async(make_agent)(
+        "helpdesk", "tests.support.agents.counter", ALLOW_ALL_TESTS, team=world.support
+    )
+    sam, sue, cora = (
+        await connect(world.supervisor),
+        await connect(world.support_supervisor),
+        await connect(world.compliance),
+    )
+    for socket in (sam, sue, cora):
+        await socket.receive_from()
+    stats = fanout.renderer().stats
+    renders = stats.renders
+
+    def both() -> tuple[int, int]:
+        with transaction.atomic():  # one commit, one doorbell batch for all classes
+            return record(agent=claims, label="c"), record(agent=helpdesk, label="h")
+
+    c, h = await sync_to_async(both)()
+    seen = {
+        name: STREAM_ITEM.findall(await frame_with(socket, seq))
+        for name, socket, seq in (("sam", sam, c), ("sue", sue, h), ("cora", cora, h))
+    }
+    assert seen == {"sam": [str(c)], "sue": [str(h)], "cora": [str(h), str(c)]}
+    assert stats.renders - renders == 2, "each event rendered once, for every class"
+    assert await sam.receive_nothing(timeout=0.3) and await sue.receive_nothing(timeout=0.3)
+    for socket in (sam, sue, cora):
+        await socket.disconnect()
+
+
+def test_the_rule_in_memory_is_the_rule_in_sql(world: Any, make_agent: Any) -> None:
+    """Scope.sees (how the renderer sorts events to classes) picks exactly the events
+    Scope.condition() (the pages, the catch-up, the export) selects, for every person."""
+    from tests.console.visibility import Cast
+
+    cast = Cast(world, make_agent)
+    record(agent=cast.claims_bot)
+    record(agent=cast.helpdesk)
+    record(team=world.claims)  # about the team as a whole
+    record(team=world.support)
+    from agents.services import killswitch_engage
+
+    killswitch_engage(scope="global", mode="pause", reason="drill", user=world.supervisor)
+    events = list(AuditEvent.objects.all())
+    for role in Cast.ROLES:
+        scope = audit_scope(type(cast.person(role)).objects.get(pk=cast.person(role).pk))
+        by_sql = set(AuditEvent.objects.filter(scope.condition()).values_list("seq", flat=True))
+        in_memory = {e.seq for e in events if scope.sees(e)}
+        assert in_memory == by_sql, role
+
+
+# --- two web processes ------------------------------------------------------------------
+
+
+def test_sockets_on_two_web_processes_receive_an_event_committed_by_a_third(
+    task_queue: str, tmp_path: Any, world: Any, make_agent: Any
+) -> None:
+    """Two real console servers (uvicorn processes), a socket on each, and an event
+    committed here, in the test's own process: each server's renderer hears the doorbell
+    over the Redis channel layer and sends the frame to its socket."""
+    from websockets.sync.client import connect as ws_connect
+
+    claims = make_agent("claims-bot", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    a = Server(task_queue, tmp_path / "a")
+    b = Server(task_queue, tmp_path / "b")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a.start()
+    try:
+        b.start()
+        cookie = session_cookie(world.supervisor).decode()
+        sockets = [
+            ws_connect(
+                f"ws://127.0.0.1:{server.port}/ws/live/",
+                additional_headers={"Cookie": cookie, "Origin": server.url},
+            )
+            for server in (a, b)
+        ]
+        try:
+            for socket in sockets:
+                assert 'data-hello="1"' in str(socket.recv(timeout=10))
+            seq = record(agent=claims, label="from elsewhere")
+            for socket in sockets:
+                frame = str(socket.recv(timeout=10))
+                while seq_of(frame)[0] < seq:
+                    frame = str(socket.recv(timeout=10))
+                assert STREAM_ITEM.findall(frame) == [str(seq)]
+        finally:
+            for socket in sockets:
+                socket.close()
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_the_catch_up_frame_is_the_socket_frame(world: Any, make_agent: Any) -> None:
+    """What a page fetches after a gap is what the socket would have sent: the same
+    lines, nothing of one person in it."""
+    claims = make_agent("claims-bot", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    seq = record(agent=claims)
+    client = Client()
+    client.force_login(world.supervisor)
+    body = client.get(f"/live/events?after={seq - 1}").content.decode()
+    assert STREAM_ITEM.findall(body) == [str(seq)] and "csrf" not in body
+
+
+def test_the_parts_a_frame_names_are_fetched_per_person(world: Any, make_agent: Any) -> None:
+    claims = make_agent("claims-bot", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    helpdesk = make_agent(
+        "helpdesk", "tests.support.agents.counter", ALLOW_ALL_TESTS, team=world.support
+    )
+    sam = Client()
+    sam.force_login(world.supervisor)
+    body = sam.get(f"/live/parts?agents={claims.pk},{helpdesk.pk}").content.decode()
+    assert 'id="agent-claims-bot"' in body and "helpdesk" not in body
+    assert "csrfmiddlewaretoken" in body  # sam may stop claims-bot: his own form
+    assert sam.get("/live/parts?agents=x").status_code == 400
+    sue = Client()
+    sue.force_login(world.support_supervisor)
+    body = sue.get(f"/live/parts?agents={claims.pk}&switches=1").content.decode()
+    assert "claims-bot" not in body and 'id="switch-banners"' in body
