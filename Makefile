@@ -61,6 +61,8 @@ bench: install
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.live
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.killswitch
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.audit
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.remote_api
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.mcp
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
