@@ -63,6 +63,7 @@ bench: install
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.audit
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.remote_api
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.mcp
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.remote_longpoll
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
