@@ -4,6 +4,7 @@ sockets on any process receive events committed by any other. Counted, never tim
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -161,14 +162,16 @@ def test_sockets_on_two_web_processes_receive_an_event_committed_by_a_third(
     try:
         b.start()
         cookie = session_cookie(world.supervisor).decode()
-        sockets = [
-            ws_connect(
-                f"ws://127.0.0.1:{server.port}/ws/live/",
-                additional_headers={"Cookie": cookie, "Origin": server.url},
-            )
-            for server in (a, b)
-        ]
-        try:
+        with contextlib.ExitStack() as stack:
+            sockets = [
+                stack.enter_context(
+                    ws_connect(
+                        f"ws://127.0.0.1:{server.port}/ws/live/",
+                        additional_headers={"Cookie": cookie, "Origin": server.url},
+                    )
+                )
+                for server in (a, b)
+            ]
             for socket in sockets:
                 assert 'data-hello="1"' in str(socket.recv(timeout=10))
             seq = record(agent=claims, label="from elsewhere")
@@ -177,9 +180,6 @@ def test_sockets_on_two_web_processes_receive_an_event_committed_by_a_third(
                 while seq_of(frame)[0] < seq:
                     frame = str(socket.recv(timeout=10))
                 assert STREAM_ITEM.findall(frame) == [str(seq)]
-        finally:
-            for socket in sockets:
-                socket.close()
     finally:
         b.stop()
         a.stop()
