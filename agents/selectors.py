@@ -49,7 +49,9 @@ def agent_state(agent: Agent, switches: list[KillSwitch]) -> str:
 
 
 def agent_cards(
-    user: Any, agent_ids: set[int] | list[int] | None = None, switches: list[KillSwitch] | None = None
+    user: Any,
+    agent_ids: set[int] | list[int] | None = None,
+    switches: list[KillSwitch] | None = None,
 ) -> list[Any]:
     """Agents with what their cards show: state, run counts, whether the person may stop
     them. All the person may see, or only those of `agent_ids`; never an archived one
@@ -204,9 +206,7 @@ def team_summaries(user: Any, switches: list[KillSwitch], since: Any) -> list[Te
     }
     runs = (
         Run.objects.filter(agent__in=visible.values("pk"))
-        .filter(
-            Q(status=Run.Status.WAITING) | Q(status=Run.Status.FAILED, finished_at__gte=since)
-        )
+        .filter(Q(status=Run.Status.WAITING) | Q(status=Run.Status.FAILED, finished_at__gte=since))
         .order_by()
         .values("agent__team_id")
         .annotate(
@@ -255,9 +255,7 @@ def overview(
         ]
     )
     first_attention = attention_ids[:ATTENTION_CARDS]
-    cards = {
-        a.pk: a for a in agent_cards(user, set(page_ids) | set(first_attention), switches)
-    }
+    cards = {a.pk: a for a in agent_cards(user, set(page_ids) | set(first_attention), switches)}
     recent_runs = (
         Run.objects.filter(agent__in=visible.values("pk"))
         .select_related("agent", "version")

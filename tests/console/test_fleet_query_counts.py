@@ -75,7 +75,5 @@ def counts(world: Any) -> Any:
 
 
 @pytest.mark.parametrize("size", list(SIZES))
-def test_the_pages_cost_a_fixed_number_of_queries_at_any_fleet_size(
-    size: str, counts: Any
-) -> None:
+def test_the_pages_cost_a_fixed_number_of_queries_at_any_fleet_size(size: str, counts: Any) -> None:
     assert counts(size) == EXPECTED
