@@ -256,10 +256,12 @@ def overview(
     )
     first_attention = attention_ids[:ATTENTION_CARDS]
     cards = {a.pk: a for a in agent_cards(user, set(page_ids) | set(first_attention), switches)}
+    # Newest first by id (runs are numbered as they are created): the primary key's index
+    # serves it, where ordering by created_at sorted every visible run.
     recent_runs = (
         Run.objects.filter(agent__in=visible.values("pk"))
         .select_related("agent", "version")
-        .order_by("-created_at")[:15]
+        .order_by("-pk")[:15]
     )
     return {
         "teams": teams,

@@ -35,7 +35,7 @@ def build_fleet(
     `steps` tool steps (every other one failed, within the last day), and one run waiting
     on a pending approval request (so as many requests as agents). With `switches`, the
     first team is paused and the second team's first agent halted."""
-    from django.db import transaction
+    from django.db import connection, transaction
     from django.utils import timezone
 
     from agents.models import Action, Agent, AgentVersion, KillSwitch, Run, Team
@@ -137,6 +137,17 @@ def build_fleet(
             ],
             batch_size=5000,
         )
+        # A history happens over time: each finished run and its steps at the run's start
+        # (bulk_create stamps them all now, which would put every step of the fleet in
+        # the overview's last quarter of an hour).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE agents_run SET created_at = started_at WHERE started_at IS NOT NULL"
+            )
+            cursor.execute(
+                "UPDATE agents_action a SET created_at = r.started_at FROM agents_run r "
+                "WHERE a.run_id = r.id AND r.status <> 'waiting'"
+            )
         if switches and teams >= 2:
             KillSwitch.objects.create(
                 scope=KillSwitch.Scope.TEAM,
