@@ -125,17 +125,20 @@ def _checker(user: Any) -> ObjectPermissionChecker:
     )
 
 
-def grants_prefetch(user: Any, agents: Sequence[Agent]) -> None:
-    """Load a person's grants on these agents and on their teams up front, in a few
-    queries whatever their number, so a page that asks `user_can` and `team_can` about
-    every agent it lists costs no query per agent."""
-    if not agents or not user.is_authenticated or not user.is_active or user.is_superuser:
+def grants_prefetch(user: Any, agents: Sequence[Agent], teams: Sequence[Team] = ()) -> None:
+    """Load a person's grants on these agents, on their teams and on `teams` up front, in
+    a few queries whatever their number, so a page that asks `user_can` and `team_can`
+    about every agent (or switch) it lists costs no query per agent."""
+    if not (agents or teams) or not user.is_authenticated or not user.is_active:
+        return
+    if user.is_superuser:
         return
     checker = _checker(user)
-    teams = list({agent.team_id: agent.team for agent in agents}.values())
+    all_teams = list({t.pk: t for t in [*(a.team for a in agents), *teams]}.values())
     # guardian takes any sequence of one model's objects; its stubs say only QuerySet.
-    checker.prefetch_perms(cast(Any, list(agents)))
-    checker.prefetch_perms(cast(Any, teams))
+    if agents:
+        checker.prefetch_perms(cast(Any, list(agents)))
+    checker.prefetch_perms(cast(Any, all_teams))
 
 
 def team_for_user(user: Any, slug: str, capability: str = "view") -> Team:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, FloatField, Min, Q, QuerySet, Sum
+from django.db.models import Count, Exists, FloatField, Min, OuterRef, Q, QuerySet, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, TruncMinute
 from django.http import Http404
@@ -48,10 +48,14 @@ def agent_state(agent: Agent, switches: list[KillSwitch]) -> str:
     return "paused" if covering else "active"
 
 
-def agent_cards(user: Any, agent_ids: set[int] | None = None) -> list[Any]:
+def agent_cards(
+    user: Any,
+    agent_ids: set[int] | list[int] | None = None,
+    switches: list[KillSwitch] | None = None,
+) -> list[Any]:
     """Agents with what their cards show: state, run counts, whether the person may stop
     them. All the person may see, or only those of `agent_ids`; never an archived one
-    (its team's page lists it)."""
+    (its team's page lists it). Ordered by team, then name (the overview's order)."""
     open_runs = Q(runs__status__in=Run.ACTIVE)
     visible = agents_for_user(user).filter(archived_at__isnull=True)
     if agent_ids is not None:
@@ -61,10 +65,10 @@ def agent_cards(user: Any, agent_ids: set[int] | None = None) -> list[Any]:
             active_runs=Count("runs", filter=open_runs),
             waiting_runs=Count("runs", filter=Q(runs__status=Run.Status.WAITING)),
             failed_runs=Count("runs", filter=Q(runs__status=Run.Status.FAILED)),
-        )
+        ).order_by("team__name", "team_id", "name", "pk")
     )
     grants_prefetch(user, agents)
-    switches = engaged_switches()
+    switches = engaged_switches() if switches is None else switches
     pace = actions_per_minute([a.pk for a in agents])
     current = _current_runs([a.pk for a in agents])
     for agent in agents:
@@ -107,17 +111,167 @@ def _current_runs(agent_ids: list[int]) -> dict[int, Run]:
     return current
 
 
-def overview(user: Any) -> dict[str, Any]:
-    agents = agent_cards(user)
-    switches = engaged_switches()
-    visible = [a.pk for a in agents]
-    recent_runs = (
-        Run.objects.filter(agent_id__in=visible)
-        .select_related("agent", "version")
-        .order_by("-created_at")[:15]
+# --- the overview at fleet size: teams summed up, one page of cards -----------------------
+
+CARDS_PAGE_SIZE = 48
+ATTENTION_CARDS = 12
+# A failed run asks for attention this long after it failed (the card counts them all).
+ATTENTION_WINDOW = timedelta(hours=24)
+OVERVIEW_STATES = ("attention", "active", "paused", "halted", "waiting", "failed")
+
+
+def _switch_conditions(switches: list[KillSwitch]) -> tuple[Q, Q]:
+    """Conditions on agents, from the engaged switches (agent_state's rule in SQL): a halt
+    covers it, and any switch covers it."""
+    nothing = Q(pk__in=[])
+
+    def covered(found: list[KillSwitch]) -> Q:
+        if any(s.scope == KillSwitch.Scope.GLOBAL for s in found):
+            return ~nothing
+        teams = [s.team_id for s in found if s.scope == KillSwitch.Scope.TEAM]
+        agents = [s.agent_id for s in found if s.scope == KillSwitch.Scope.AGENT]
+        return Q(team_id__in=teams) | Q(pk__in=agents) if teams or agents else nothing
+
+    halts = [s for s in switches if s.mode == KillSwitch.Mode.HALT]
+    return covered(halts), covered(switches)
+
+
+def _state_condition(state: str, switches: list[KillSwitch], since: Any) -> Q:
+    halted, stopped = _switch_conditions(switches)
+    waiting = Q(Exists(Run.objects.filter(agent=OuterRef("pk"), status=Run.Status.WAITING)))
+    failed = Q(
+        Exists(
+            Run.objects.filter(
+                agent=OuterRef("pk"), status=Run.Status.FAILED, finished_at__gte=since
+            )
+        )
     )
     return {
-        "agents": agents,
+        "attention": stopped | waiting | failed,
+        "active": ~stopped,
+        "paused": stopped & ~halted,
+        "halted": halted,
+        "waiting": waiting,
+        "failed": failed,
+    }[state]
+
+
+@dataclass
+class TeamSummary:
+    """One team's line on the overview: its visible agents by state, and its runs that
+    wait or failed lately."""
+
+    id: int
+    slug: str
+    name: str
+    agents: int = 0
+    paused: int = 0
+    halted: int = 0
+    waiting_runs: int = 0
+    failed_runs: int = 0
+
+    @property
+    def active(self) -> int:
+        return self.agents - self.paused - self.halted
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.paused or self.halted or self.waiting_runs or self.failed_runs)
+
+
+def team_summaries(user: Any, switches: list[KillSwitch], since: Any) -> list[TeamSummary]:
+    """The teams of the agents the person sees, each summed up: two queries whatever the
+    number of agents and teams."""
+    visible = agents_for_user(user).filter(archived_at__isnull=True)
+    halted, stopped = _switch_conditions(switches)
+    rows = (
+        visible.order_by()
+        .values("team_id", "team__slug", "team__name")
+        .annotate(
+            n=Count("pk"),
+            n_halted=Count("pk", filter=halted),
+            n_stopped=Count("pk", filter=stopped),
+        )
+    )
+    teams = {
+        r["team_id"]: TeamSummary(
+            r["team_id"],
+            r["team__slug"],
+            r["team__name"],
+            agents=r["n"],
+            paused=r["n_stopped"] - r["n_halted"],
+            halted=r["n_halted"],
+        )
+        for r in rows
+    }
+    runs = (
+        Run.objects.filter(agent__in=visible.values("pk"))
+        .filter(Q(status=Run.Status.WAITING) | Q(status=Run.Status.FAILED, finished_at__gte=since))
+        .order_by()
+        .values("agent__team_id")
+        .annotate(
+            waiting=Count("pk", filter=Q(status=Run.Status.WAITING)),
+            failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
+        )
+    )
+    for r in runs:
+        team = teams.get(r["agent__team_id"])
+        if team is not None:
+            team.waiting_runs, team.failed_runs = r["waiting"], r["failed"]
+    return sorted(teams.values(), key=lambda t: (t.name, t.id))
+
+
+def overview(
+    user: Any, *, q: str = "", team: str = "", state: str = "", page: int = 1
+) -> dict[str, Any]:
+    """The overview at any fleet size: the person's teams summed up; the agents that need
+    attention (stopped, a run waiting, a run failed lately), the first few as cards; and
+    one page of cards of the agents the filter keeps (a name, a team, a state), by team.
+    A bounded number of queries, whatever the number of agents (tests/console/
+    test_query_counts.py)."""
+    switches = engaged_switches()
+    since = timezone.now() - ATTENTION_WINDOW
+    teams = team_summaries(user, switches, since)
+    visible = agents_for_user(user).filter(archived_at__isnull=True).order_by()
+    attention_ids = list(
+        visible.filter(_state_condition("attention", switches, since))
+        .order_by("team__name", "team_id", "name", "pk")
+        .values_list("pk", flat=True)
+    )
+    chosen = visible
+    if q:
+        chosen = chosen.filter(Q(name__icontains=q) | Q(slug__icontains=q))
+    if team:
+        chosen = chosen.filter(team__slug=team)
+    if state:
+        chosen = chosen.filter(_state_condition(state, switches, since))
+    total = chosen.count()
+    pages = max(1, -(-total // CARDS_PAGE_SIZE))
+    page = min(max(page, 1), pages)
+    start = (page - 1) * CARDS_PAGE_SIZE
+    page_ids = list(
+        chosen.order_by("team__name", "team_id", "name", "pk").values_list("pk", flat=True)[
+            start : start + CARDS_PAGE_SIZE
+        ]
+    )
+    first_attention = attention_ids[:ATTENTION_CARDS]
+    cards = {a.pk: a for a in agent_cards(user, set(page_ids) | set(first_attention), switches)}
+    # Newest first by id (runs are numbered as they are created): the primary key's index
+    # serves it, where ordering by created_at sorted every visible run.
+    recent_runs = (
+        Run.objects.filter(agent__in=visible.values("pk"))
+        .select_related("agent", "version")
+        .order_by("-pk")[:15]
+    )
+    return {
+        "teams": teams,
+        "agents": [cards[pk] for pk in page_ids if pk in cards],
+        "attention": [cards[pk] for pk in first_attention if pk in cards],
+        "attention_total": len(attention_ids),
+        "total": total,
+        "page": page,
+        "pages": pages,
+        "filtered": bool(q or team or state),
         "recent_runs": recent_runs,
         "switches": switches,
     }

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from agents.models import KillSwitch
-from agents.permissions import team_can, user_can
+from agents.permissions import grants_prefetch, team_can, user_can
 from audit.selectors import audit_scope, latest_seq
 
 
@@ -25,6 +25,12 @@ def switch_banners(user: Any) -> list[Any]:
             switch.agent_id, switch.agent.team_id if switch.agent else switch.team_id
         )
     ]
+    # The grants on every switch's agent and team at once: no query per switch.
+    grants_prefetch(
+        user,
+        [s.agent for s in switches if s.agent is not None],
+        [s.team for s in switches if s.team is not None],
+    )
     for switch in switches:
         if switch.agent is not None:
             switch.can_release = user_can(user, "supervise", switch.agent)

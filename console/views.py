@@ -6,24 +6,47 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from agents import selectors as agent_selectors
+from agents.forms import OverviewFilter
 from console import frames
 from console.http import HtmxHttpRequest
 
 BAD_RANGE = "after and upto are event sequence numbers, after < upto"
 BAD_AGENTS = "agents is all, or agent ids separated by commas"
+NO_SUCH_TEAM = "None of your agents is in a team {slug!r}."
 
 
 @require_GET
 @login_required
 def overview(request: HtmxHttpRequest) -> HttpResponse:
-    """The first page: the agents' cards, the approvals badge and the live audit stream
-    (a console page, as it reads every app below it)."""
-    context = agent_selectors.overview(request.user)
+    """The first page: the person's teams summed up, the agents that need attention, one
+    page of cards (searched by name, team or state), the approvals badge and the live
+    audit stream (a console page, as it reads every app below it)."""
+    form = OverviewFilter(request.GET)
+    valid = form.is_valid()
+    filters = form.cleaned_data if valid else {}
+    context = agent_selectors.overview(
+        request.user,
+        q=filters.get("q", ""),
+        team=filters.get("team", ""),
+        state=filters.get("state", ""),
+        page=filters.get("page") or 1,
+    )
+    context["form"] = form
+    team = filters.get("team", "")
+    if team and all(t.slug != team for t in context["teams"]):
+        form.add_error("team", NO_SUCH_TEAM.format(slug=team))
+    context["query"] = _query_without_page(request)
     context["recent_events"] = frames.recent_events(request.user)
     template = "agents/overview.html"
     if request.htmx:
-        template += "#live"
+        template += "#fleet" if request.htmx.target == "fleet" else "#live"
     return render(request, template, context)
+
+
+def _query_without_page(request: HttpRequest) -> str:
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
 
 
 @require_GET

@@ -1,0 +1,207 @@
+"""Pages at fleet size (issue 13, DESIGN section 11 "pages"): with 1,000 agents in 50
+teams, 1,000 pending approval requests, a history of runs and their steps and millions of
+audit events, the overview, the approval queue (first page), an agent page and a run page
+answer in p95 <= 100 ms server time.
+
+Server time is measured in-process: Django's test Client calls the whole stack
+(middleware, session, view, queries, template) without a network or a web server, on the
+benchmark's Postgres. Two people: a supervisor of 5 teams and a compliance officer (sees
+all). The floor, from the same run: the login page (a trivial page through the same
+stack) and a bare `SELECT 1` round trip.
+
+The fleet goes in with bulk_create (bench/fleet.py: the rows the query-count tests build,
+at scale) and the events with bench/audit.py's loader (COPY, hashes chained, checkpoints
+signed). Run: python -m bench.pages. BENCH_PAGES_EVENTS sets the number of events
+(3,000,000; the issue asks for 10M, which bench/audit.py loads in about 6 minutes),
+BENCH_PAGES_HISTORY the finished runs per agent (30), BENCH_PAGES_SAMPLES the samples a
+page (100); BENCH_PAGES_REUSE=1 measures the database `bench_fleet` of an earlier run
+again without building it (it is kept after each run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+EVENTS = int(os.environ.get("BENCH_PAGES_EVENTS", "3000000"))
+HISTORY = int(os.environ.get("BENCH_PAGES_HISTORY", "30"))
+SAMPLES = int(os.environ.get("BENCH_PAGES_SAMPLES", "100"))
+DB_NAME = "bench_fleet"
+WORK = Path(tempfile.gettempdir()) / DB_NAME
+BUDGET_P95 = 0.100
+REUSE = os.environ.get("BENCH_PAGES_REUSE") == "1"
+# bench.audit reads its number of rows when imported.
+os.environ["BENCH_AUDIT_ROWS"] = str(EVENTS)
+
+from bench.common import pct, report, use_bench_database  # noqa: E402
+
+
+def setup() -> str:
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    os.environ.pop("BATON_AUDIT_SIGNING_KEY", None)
+    os.environ.pop("BATON_AUDIT_TRUSTED_KEYS_FILE", None)
+    os.environ["BATON_AUDIT_SIGNING_KEY_FILE"] = str(WORK / "key.pem")
+    os.environ["BATON_AUDIT_CHECKPOINT_DIR"] = str(WORK / "checkpoints")
+    return use_bench_database(DB_NAME)
+
+
+def reuse() -> str:
+    """Django on the kept database of an earlier run (BENCH_PAGES_REUSE=1)."""
+    from urllib.parse import urlparse, urlunparse
+
+    os.environ["BATON_AUDIT_SIGNING_KEY_FILE"] = str(WORK / "key.pem")
+    os.environ["BATON_AUDIT_CHECKPOINT_DIR"] = str(WORK / "checkpoints")
+    parts = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"))
+    url = urlunparse(parts._replace(path=f"/{DB_NAME}"))
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    import django
+
+    django.setup()
+    return url
+
+
+def people(teams: list[Any]) -> tuple[Any, Any]:
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from agents import roles
+
+    roles.roles_ensure()
+    users = get_user_model().objects
+    supervisor = users.create_user("bench-supervisor")
+    for team in teams[-5:]:
+        roles.role_grant(user=supervisor, role=roles.SUPERVISOR, target=team)
+    compliance = users.create_user("bench-compliance")
+    compliance.groups.add(Group.objects.get(name=roles.COMPLIANCE))
+    return supervisor, compliance
+
+
+def measure(client: Any, url: str) -> tuple[list[float], int, float, str]:
+    """Server times of `url` (after a few to warm up), its queries, the SQL share of its
+    time and its slowest query."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for _ in range(3):
+        assert client.get(url).status_code == 200, url
+    times = []
+    for _ in range(SAMPLES):
+        began = time.perf_counter()
+        response = client.get(url)
+        times.append(time.perf_counter() - began)
+        assert response.status_code == 200, url
+    with CaptureQueriesContext(connection) as queries:
+        began = time.perf_counter()
+        client.get(url)
+        total = time.perf_counter() - began
+    sql = sum(float(q["time"]) for q in queries.captured_queries)
+    slowest = max(queries.captured_queries, key=lambda q: float(q["time"]), default=None)
+    what = f"{float(slowest['time']) * 1000:.1f} ms: {slowest['sql'][:90]}" if slowest else ""
+    return times, len(queries), sql / total if total else 0.0, what
+
+
+def main() -> None:
+    print(f"pages benchmark: 1,000 agents in 50 teams, {EVENTS:,} events; uptime:")
+    os.system("uptime")  # noqa: S605, S607  (the load beside the figures)
+    from django.conf import settings
+
+    url = reuse() if REUSE else setup()
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test import Client
+
+    from agents.models import Agent, Run
+    from bench.audit import TEAMS, AgentRef, load
+    from bench.fleet import build_fleet
+
+    # Not setup_test_environment(): it instruments every template render for the test
+    # Client (a signal and a copy of the context per included template), which is no part
+    # of a server's time. Only the Client's host is allowed.
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    if REUSE:
+        print("  reusing the kept fleet and trail (BENCH_PAGES_REUSE=1)")
+        users = get_user_model().objects
+        supervisor = users.get(username="bench-supervisor")
+        compliance = users.get(username="bench-compliance")
+        agents = list(Agent.objects.filter(slug__startswith="fleet-").order_by("slug"))
+    else:
+        began = time.perf_counter()
+        fleet = build_fleet(teams=50, per_team=20, history=HISTORY, steps=3, prefix="fleet")
+        print(
+            f"  fleet: {len(fleet.agents):,} agents, {fleet.runs:,} runs, "
+            f"{fleet.actions:,} steps, {len(fleet.requests):,} pending requests "
+            f"in {time.perf_counter() - began:.1f} s"
+        )
+        agents = fleet.agents
+        supervisor, compliance = people(fleet.teams)
+        # The trail's kinds of team (bench.audit.TEAMS: their tools and prompts) in turn;
+        # the team ids are the fleet's.
+        kinds = list(TEAMS)
+        refs = [AgentRef(a.pk, a.slug, a.team_id, kinds[a.team_id % len(kinds)]) for a in agents]
+        began = time.perf_counter()
+        loaded = load(url, refs)
+        print(f"  events: {loaded.rows:,} in {time.perf_counter() - began:.1f} s (COPY + indexes)")
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
+    agent = agents[-1]  # in the supervisor's last team
+    run = Run.objects.filter(agent=agent, status=Run.Status.SUCCEEDED).order_by("-pk").first()
+    assert run is not None
+    pages = {
+        "overview": "/",
+        "queue (first page)": "/approvals/",
+        "agent": f"/agents/{agent.slug}/",
+        "run": f"/runs/{run.pk}/",
+    }
+    # The floor: a bare round trip, and a trivial page through the same stack.
+    with connection.cursor() as cursor:
+        trips = []
+        for _ in range(SAMPLES * 5):
+            t = time.perf_counter()
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+            trips.append(time.perf_counter() - t)
+    trivial, _, _, _ = measure(Client(), "/login/")
+    floor = pct(trivial, 0.95)
+    rows = [
+        (
+            "floor: SELECT 1 p50 / p95",
+            f"{pct(trips, 0.5) * 1000:.3f} ms",
+            f"/ {pct(trips, 0.95) * 1000:.3f} ms",
+        ),
+        (
+            "floor: login page p50 / p95",
+            f"{pct(trivial, 0.5) * 1000:.2f} ms",
+            f"/ {floor * 1000:.2f} ms",
+        ),
+    ]
+    slowest = []
+    for who, user in (("supervisor (5 teams)", supervisor), ("compliance (all)", compliance)):
+        client = Client()
+        client.force_login(user)
+        for name, page in pages.items():
+            times, queries, sql_share, what = measure(client, page)
+            p95 = pct(times, 0.95)
+            verdict = "met" if p95 <= BUDGET_P95 else "NOT MET"
+            rows.append(
+                (
+                    f"{name}, {who}",
+                    f"{pct(times, 0.5) * 1000:.1f} / {p95 * 1000:.1f} ms",
+                    f"p95 {p95 / floor:.1f}x the login page; {queries} queries, "
+                    f"SQL {sql_share:.0%}; budget 100 ms: {verdict}",
+                )
+            )
+            slowest.append(f"  {name}, {who}: slowest query {what}")
+    print("  p50 / p95 server time (test Client, in-process):")
+    report(rows)
+    print("\n".join(slowest))
+    os.system("uptime")  # noqa: S605, S607
+
+
+if __name__ == "__main__":
+    main()
