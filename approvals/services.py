@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.gateway import args_hash
@@ -27,7 +29,7 @@ from agents.stepwait import ring_run
 from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
-from approvals.selectors import NOT_YOURS, may_decide, refusal
+from approvals.selectors import NOT_YOURS, decidable_by, may_decide, refusal
 from audit.services import SYSTEM, Actor, audit_record, audit_run
 from audit.verbs import Verb
 
@@ -103,6 +105,7 @@ def _release(
     wake its long poll)."""
     now = timezone.now()
     ApprovalRequest.objects.filter(pk=request.pk).update(status=status, decided_at=now)
+    request.status, request.decided_at = status, now
     # The rule the action is decided under: after an edit, the one its new arguments match.
     rule = {"rule_index": request.rule_index, "rule": request.rule} if request.rule else {}
     Action.objects.filter(pk=request.action_id, status__in=Action.UNDECIDED).update(
@@ -130,17 +133,27 @@ def _release(
 def _lock_request(request_id: int) -> ApprovalRequest:
     """Lock what settling a request changes, in agents.store.LOCK_ORDER: its run, its
     action, then the request; each row alone and FOR NO KEY UPDATE, so a run or step that
-    holds the chain head can still check its foreign keys. The audit events come after."""
-    ids = ApprovalRequest.objects.filter(pk=request_id).values_list("run_id", "action_id").first()
-    if ids is None:
-        raise ApprovalRequest.DoesNotExist(f"no approval request {request_id}")
-    list(Run.objects.select_for_update(no_key=True).filter(pk=ids[0]).values_list("pk"))
-    list(Action.objects.select_for_update(no_key=True).filter(pk=ids[1]).values_list("pk"))
-    return (
+    holds the chain head can still check its foreign keys. The audit events come after.
+    The run and the action are found through the request in the locking statement itself
+    (a request's run and action never change), not by a read of their ids first."""
+    ids = ApprovalRequest.objects.filter(pk=request_id)
+    run_id = Subquery(ids.values("run_id")[:1])
+    list(Run.objects.select_for_update(no_key=True).filter(pk=run_id).values_list("pk"))
+    action_id = Subquery(ids.values("action_id")[:1])
+    list(Action.objects.select_for_update(no_key=True).filter(pk=action_id).values_list("pk"))
+    request = (
         ApprovalRequest.objects.select_for_update(of=("self",), no_key=True)
         .select_related("agent__team", "run", "version")
-        .get(pk=request_id)
+        .filter(pk=request_id)
+        .first()
     )
+    if request is None:
+        raise ApprovalRequest.DoesNotExist(f"no approval request {request_id}")
+    # The run's agent is the request's (both are the action's): its audit events need it,
+    # and it is loaded already.
+    if request.run.agent_id == request.agent_id:
+        request.run.agent = request.agent
+    return request
 
 
 def approval_decide(
@@ -166,13 +179,19 @@ def approval_decide(
     comment, edited_args = _decision_input(verdict, comment, edited_args)
     with transaction.atomic(durable=True):
         request = _lock_request(request_id)
-        _decider_check(user, request, seen_args_hash)
+        approved = _decider_check(user, request, seen_args_hash)
         before = args = request.args
         allowed = False
         if edited_args is not None and verdict == ApprovalDecision.Verdict.APPROVE:
             args, allowed = _edit_apply(request, user, edited_args)
         approvals = _decision_record(
-            request, user=user, verdict=verdict, comment=comment, edited_args=edited_args, args=args
+            request,
+            user=user,
+            verdict=verdict,
+            comment=comment,
+            edited_args=edited_args,
+            args=args,
+            approved=approved if args == before else None,
         )
         verb, release = _outcome(
             request,
@@ -198,7 +217,7 @@ def approval_decide(
         )
         if release is not None:
             _release(request, **release)
-    request.refresh_from_db()
+    # What the transaction changed is set on the instance as it was written: no re-read.
     return request
 
 
@@ -217,12 +236,32 @@ def _decision_input(
     return comment, edited_args
 
 
-def _decider_check(user: User, request: ApprovalRequest, seen_args_hash: str) -> None:
-    """The person may decide this request, and decides what it holds now."""
-    if not may_decide(user, request):
+def _decider_check(user: User, request: ApprovalRequest, seen_args_hash: str) -> int:
+    """The person may decide this request, and decides what it holds now. Returns how many
+    approvals its current arguments have already: one query asks both, after the locks
+    (a statement of its own, so it sees every decision committed before them)."""
+    approved = (
+        ApprovalDecision.objects.filter(
+            request=OuterRef("pk"),
+            verdict=ApprovalDecision.Verdict.APPROVE,
+            args_hash=OuterRef("args_hash"),
+        )
+        .order_by()
+        .values("request")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    row = (
+        ApprovalRequest.objects.filter(decidable_by(user), pk=request.pk)
+        .annotate(approved=Coalesce(Subquery(approved), 0))
+        .values_list("approved", flat=True)
+        .first()
+    )
+    if row is None:
         raise _refusal(user, request)
     if seen_args_hash != request.args_hash:
         raise Conflict(STALE_DECISION)
+    return row
 
 
 def _edit_apply(
@@ -252,9 +291,11 @@ def _decision_record(
     comment: str,
     edited_args: dict[str, Any] | None,
     args: dict[str, Any],
+    approved: int | None,
 ) -> int:
     """Store the decision; returns how many approvals the arguments it runs with now have
-    (only approvals of those arguments count)."""
+    (only approvals of those arguments count). `approved`: how many they had before this
+    decision, when the decider check counted them (the arguments were not edited)."""
     ApprovalDecision.objects.create(
         request=request,
         user=user,
@@ -265,6 +306,8 @@ def _decision_record(
         launched_by_id=request.launched_by_id,
         policy_author_id=request.policy_author_id,
     )
+    if approved is not None:
+        return approved + 1 if verdict == ApprovalDecision.Verdict.APPROVE else approved
     return request.decisions.filter(
         verdict=ApprovalDecision.Verdict.APPROVE, args_hash=args_hash(args)
     ).count()

@@ -99,16 +99,17 @@ def _render_request(
 @login_required
 def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     approval = selectors.request_for_user(request.user, request_id)
-    if not selectors.may_decide(request.user, approval):
-        why = selectors.refusal(request.user, approval)
-        if why == selectors.NOT_YOURS:
-            raise PermissionDenied(why)  # others get the service's own answer and status
     form = DecisionForm(request.POST)
     if not form.is_valid():
+        _refuse_if_not_yours(request, approval)
         return _render_request(request, approval, form=form, status=400)
     data = form.cleaned_data
-    schema = agent_tool(approval.agent_id, approval.tool).schema
-    edited = edited_arguments(request.POST, schema) if data["edit"] else None
+    edited = None
+    if data["edit"]:
+        schema = agent_tool(approval.agent_id, approval.tool).schema
+        edited = edited_arguments(request.POST, schema)
+    # Who may decide is checked once, by the service under its locks: someone who may not
+    # gets its PermissionDenied (403), as from the check above for a form that is invalid.
     try:
         approval_decide(
             request_id=approval.pk,
@@ -128,6 +129,13 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
         return trigger_client_event(_render_request(request, _fresh(approval)), "approvals-changed")
     messages.success(request, f"Request {approval.pk}: {data['verdict']} recorded.")
     return redirect("approvals")
+
+
+def _refuse_if_not_yours(request: HtmxHttpRequest, approval: ApprovalRequest) -> None:
+    if not selectors.may_decide(request.user, approval):
+        why = selectors.refusal(request.user, approval)
+        if why == selectors.NOT_YOURS:
+            raise PermissionDenied(why)  # others get the service's own answer and status
 
 
 def _fresh(approval: ApprovalRequest) -> ApprovalRequest:

@@ -17,7 +17,7 @@ from approvals.services import approval_decide
 pytestmark = pytest.mark.django_db
 
 
-def test_an_approval_that_releases_the_run_costs_nineteen_queries(
+def test_an_approval_that_releases_the_run_costs_fifteen_queries(
     held: Any, world: Any, django_assert_num_queries: Any
 ) -> None:
     request = held(amount=500, claim="c1")
@@ -31,22 +31,23 @@ def test_an_approval_that_releases_the_run_costs_nineteen_queries(
     # A person as a request loads them: no permission cached on the instance yet.
     supervisor = get_user_model().objects.get(pk=world.supervisor.pk)
 
-    with django_assert_num_queries(19):
+    with django_assert_num_queries(15):
         # The test runs in a transaction: the service's own shows as SAVEPOINT ... RELEASE.
         #  1. SAVEPOINT
-        #  2-5. _lock_request: the request's run and action ids; the run, then the action,
-        #     FOR NO KEY UPDATE (store.LOCK_ORDER); the request row itself
-        #  6. may_decide: the person's group names (approver groups)
-        #  7-8. agents_for_user: the person's global permissions (user's, then groups')
-        #  9. may_decide: the request among those this person may decide (EXISTS)
-        # 10. INSERT the decision
-        # 11. COUNT the approvals of these arguments
-        # 12. baton_audit_append: approval.approved
-        # 13-15. _release: UPDATE the request, the action, the run (re-queued)
-        # 16. the run's agent, loaded for audit_run (not selected with the request)
-        # 17. baton_audit_append: run.queued
-        # 18. RELEASE SAVEPOINT
-        # 19. the request read again for the caller (refresh_from_db)
+        #  2-4. _lock_request: the run, then the action (each found through the request in
+        #     the same statement), FOR NO KEY UPDATE (store.LOCK_ORDER); the request row
+        #     itself with its agent, team, run and version
+        #  5. decidable_by: the person's group names (approver groups)
+        #  6-7. agents_for_user: the person's global permissions (user's, then groups'; a
+        #     request that checked a permission before has them cached on the person)
+        #  8. _decider_check: the request among those this person may decide, with how many
+        #     approvals its arguments have already (one query)
+        #  9. INSERT the decision
+        # 10. baton_audit_append: approval.approved
+        # 11-13. _release: UPDATE the request, the action, the run (re-queued)
+        # 14. baton_audit_append: run.queued (the run's agent is the request's, loaded)
+        # 15. RELEASE SAVEPOINT
+        # Not read again afterwards: the returned request carries what was written.
         decided = approval_decide(
             request_id=request.pk,
             user=supervisor,
@@ -54,6 +55,9 @@ def test_an_approval_that_releases_the_run_costs_nineteen_queries(
             seen_args_hash=request.args_hash,
         )
     assert decided.status == "approved"
+    decided_at = decided.decided_at
+    decided.refresh_from_db()
+    assert (decided.status, decided.decided_at) == ("approved", decided_at)
     run = Run.objects.get(pk=request.run_id)
     assert (run.status, run.wait_reason) == (Run.Status.QUEUED, "")
     assert Action.objects.get(pk=request.action_id).status == Action.Status.APPROVED
