@@ -23,7 +23,7 @@ from agents.registry import UnknownProgram, get_program
 from agents.runtime import enqueue
 from agents.stepwait import ring_runs
 from audit import jsonsafe
-from audit.services import SYSTEM, Actor, audit_record, audit_run
+from audit.services import SYSTEM, Actor, audit_append_many, audit_record, audit_run, run_content
 from audit.verbs import Verb
 
 if TYPE_CHECKING:
@@ -342,7 +342,7 @@ def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) 
 def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
     """Cancel the given unfinished runs, their held actions and pending approvals: one
     statement each for all of them (an engage may stop many runs, and every statement it
-    makes holds the switch lock longer), then an audit event per run."""
+    makes holds the switch lock longer), then an audit event per run, all in one."""
 
     # Locked first, so the set updated is exactly the set audited.
     locked = list(
@@ -367,13 +367,12 @@ def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
         status__in=Action.AWAITING,
     ).update(status=Action.Status.CANCELLED, error=reason)
     approvals().cancel_for_runs(run_ids=ids, reason=reason, actor=actor)
-    for run in locked:
-        audit_run(
-            Verb.RUN_CANCELLED,
-            actor=actor,
-            run=run,
-            payload={"reason": reason},
-        )
+    audit_append_many(
+        [
+            run_content(Verb.RUN_CANCELLED, actor=actor, run=run, payload={"reason": reason})
+            for run in locked
+        ]
+    )
     return len(locked)
 
 

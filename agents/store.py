@@ -32,9 +32,9 @@ from agents.errors import LeaseLost, Stopped
 from agents.killswitches import engaged_for
 from agents.models import Action, Agent, Run
 from audit.chain import canonical_content
+from audit.sequencer import after_append
 from audit.services import Actor, audit_append, event_content
 from audit.verbs import Verb
-from console.live import ring_on_commit
 
 LOCK_ORDER = (
     "kill-switch advisory locks: global, team, agent (baton_admit shared, engage exclusive)",
@@ -196,7 +196,8 @@ def _admit_record_audit(
 
 
 def _ring(agent: Agent) -> None:
-    ring_on_commit(agent_id=agent.pk, team_id=agent.team_id)
+    # The step's event is committed: chained already (inline), or queued for the sequencer.
+    after_append(agent_id=agent.pk, team_id=agent.team_id)
 
 
 _FINISH = """SELECT baton_step_finish(

@@ -30,7 +30,14 @@ from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
 from approvals.selectors import NOT_YOURS, decidable_by, may_decide, refusal
-from audit.services import SYSTEM, Actor, audit_record, audit_run
+from audit.services import (
+    SYSTEM,
+    Actor,
+    audit_append_many,
+    audit_record,
+    audit_run,
+    record_content,
+)
 from audit.verbs import Verb
 
 if TYPE_CHECKING:
@@ -419,21 +426,30 @@ def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) 
     pending = ApprovalRequest.objects.filter(
         run_id__in=run_ids, status=ApprovalRequest.Status.PENDING
     ).select_for_update(of=("self",), no_key=True)
-    for request in list(pending.select_related("agent", "run").order_by("pk")):
+    requests = list(pending.select_related("agent", "run").order_by("pk"))
+    if not requests:
+        return
+    for request in requests:
         if request.agent.kind == Agent.Kind.REMOTE:
             ring_run(request.run_id)  # a waiting poll hears of the cancel
-        ApprovalRequest.objects.filter(pk=request.pk).update(
-            status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
-        )
-        audit_record(
-            verb=Verb.APPROVAL_CANCELLED,
-            actor=actor,
-            subject_type="approval",
-            subject_id=request.pk,
-            agent=request.agent,
-            run=request.run,
-            payload={"reason": reason},
-        )
+    # One statement for the requests and one for their events, however many there are.
+    ApprovalRequest.objects.filter(pk__in=[r.pk for r in requests]).update(
+        status=ApprovalRequest.Status.CANCELLED, decided_at=timezone.now()
+    )
+    audit_append_many(
+        [
+            record_content(
+                verb=Verb.APPROVAL_CANCELLED,
+                actor=actor,
+                subject_type="approval",
+                subject_id=request.pk,
+                agent=request.agent,
+                run=request.run,
+                payload={"reason": reason},
+            )
+            for request in requests
+        ]
+    )
 
 
 def approvals_expire() -> int:

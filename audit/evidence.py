@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -24,7 +25,8 @@ from audit.chain import format_time
 from audit.export import csv_chunks, export_plan, jsonl_chunks
 from audit.filters import AuditFilter
 from audit.selectors import audit_scope, filter_q
-from audit.services import Actor, audit_record
+from audit.sequencer import sequencing_lag
+from audit.services import Actor, audit_flush, audit_record
 from audit.signing import (
     NO_SIGNING_KEY,
     SigningKeyError,
@@ -54,12 +56,17 @@ def integrity() -> dict[str, Any]:
         signing = signing_key() is not None
     except SigningKeyError:
         signing = False  # the badge says no key signs; verification names the error
+    lag = sequencing_lag()
     return {
         "state": shown.state,
         "verification": shown.verification,
         "note": shown.note,
         "checkpoint": shown.checkpoint,
         "signing": signing,
+        # Events committed and not chained yet (audit.sequencer): how many, for how long.
+        "waiting": lag.waiting,
+        "waiting_seconds": round(lag.age().total_seconds(), 1),
+        "waiting_late": lag.age().total_seconds() > settings.BATON_AUDIT_SEQUENCER_LATE_SECONDS,
     }
 
 
@@ -94,14 +101,17 @@ def export(request: HttpRequest) -> HttpResponseBase:
     filters = {k: v for k, v in request.POST.items() if k in form.fields and k != "before" and v}
     with transaction.atomic():
         # The export is evidence of its own: who took what, recorded before it is taken.
-        seq = audit_record(
+        audit_record(
             verb=Verb.AUDIT_EXPORTED,
             actor=Actor.user(user),
             subject_type="export",
             subject_id=format_time(timezone.now()),
             payload={"filter": filters, "format": fmt},
         )
-    checkpoint_sign()  # so the export ends on a signed checkpoint, its own event included
+    # Its own event chained (a deployment's sequencer may not have come to it yet), then
+    # signed, so the export ends on a signed checkpoint with its own event included.
+    seq = audit_flush()
+    checkpoint_sign()
     matched = visible & filter_q(cleaned)
     plan = export_plan(matched, up_to=seq)
     chunks = (jsonl_chunks if fmt == "jsonl" else csv_chunks)(

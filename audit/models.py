@@ -96,8 +96,25 @@ class AuditEvent(models.Model):
         return datetime.fromisoformat(self.occurred_at)
 
 
+class PendingEvent(models.Model):
+    """An event written in its state change's transaction and not yet chained.
+
+    The sequencer (audit.sequencer) takes committed rows in batches, in the order they
+    were queued, gives each the next sequence number and hash, moves it into the trail
+    and deletes it here, in one transaction: a crash leaves the batch queued. The body is
+    the canonical bytes the hash will cover. Postgres refuses UPDATE and TRUNCATE here,
+    and DELETE outside the sequencer's function (audit migration 0009)."""
+
+    body = models.TextField()
+    queued_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"pending event {self.pk}"
+
+
 class ChainHead(models.Model):
-    """The single row every audit writer locks to take the next sequence number."""
+    """The single row whoever chains events locks to take the next sequence numbers: the
+    sequencer, or the writer itself when events are chained inline."""
 
     seq = models.BigIntegerField(default=0)
     hash = models.CharField(max_length=64)

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.chain import GENESIS, canonical_content, chain_hash
+from audit.chain import canonical_content
 from audit.jsonsafe import check_text, plain_json
-from audit.models import AuditEvent, ChainHead
+from audit.models import AuditEvent, PendingEvent
+from audit.sequencer import after_append, chain_queued, inline
 from audit.verbs import Verb
-from console.live import ring_on_commit
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -92,31 +92,63 @@ def event_content(
     }
 
 
-# One round trip on Postgres (audit migration 0008): the function stores the canonical
-# bytes and hashes them as audit.chain does, under the same lock on the chain head.
+# One round trip on Postgres (audit migrations 0008, 0009): the function queues the
+# canonical bytes for the sequencer, or chains them at once when the session chains inline.
 APPEND_SQL = "SELECT * FROM baton_audit_append(p_canonical => %(canonical)s)"
 
 
-def audit_append(content: dict[str, Any]) -> int:
-    """Append prepared content to the chain; returns its sequence number. Call it last in
-    the transaction of the change it records: it holds the chain head until commit."""
+def audit_append(content: dict[str, Any]) -> int | None:
+    """Write prepared content to the trail in the current transaction: queued for the
+    sequencer (audit.sequencer), which chains it after commit — returns None — or, where
+    writers chain inline, chained at once: returns its sequence number, and the writer
+    holds the chain head until commit, so call it last in the transaction."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("an audit event is written inside the transaction of its change")
-    ring_on_commit(agent_id=content["agent_id"], team_id=content["team_id"])
+    after_append(agent_id=content["agent_id"], team_id=content["team_id"])
+    body = canonical_content(content)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(APPEND_SQL, {"canonical": canonical_content(content)})
-            return int(cursor.fetchone()[1])
-    head = ChainHead.objects.select_for_update().filter(pk=1).first()
-    if head is None:
-        ChainHead.objects.create(pk=1, seq=0, hash=GENESIS)
-        head = ChainHead.objects.select_for_update().get(pk=1)
-    seq = head.seq + 1
-    body = canonical_content(content)
-    digest = chain_hash(head.hash, seq, body)
-    AuditEvent.objects.create(seq=seq, body=body.decode("utf-8"), prev_hash=head.hash, hash=digest)
-    ChainHead.objects.filter(pk=1).update(seq=seq, hash=digest)
-    return seq
+            cursor.execute(APPEND_SQL, {"canonical": body})
+            seq = cursor.fetchone()[1]
+        return None if seq is None else int(seq)
+    PendingEvent.objects.create(body=body.decode("utf-8"), queued_at=timezone.now())
+    if inline():
+        return chain_queued(limit=None).last_seq
+    return None
+
+
+def audit_flush() -> int:
+    """Chain every committed queued event now, and return the head's sequence number: for
+    a reader that must see its own event in the chain (an export ends on it). Serialised
+    with the sequencer by the chain head's lock."""
+    with transaction.atomic():
+        batch = chain_queued(limit=None)
+    return batch.last_seq
+
+
+def record_content(
+    *,
+    verb: Verb,
+    actor: Actor,
+    subject_type: str,
+    subject_id: object,
+    agent: Any = None,
+    team: Any = None,
+    run: Any = None,
+    payload: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The content of one state change's event. It belongs to the agent's team, or to
+    `team` for changes to a team itself (that is whose supervisors see it)."""
+    return event_content(
+        verb=verb,
+        actor=actor,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        agent_id=agent.pk if agent is not None else None,
+        team_id=agent.team_id if agent is not None else (team.pk if team else None),
+        run_id=run.pk if run is not None else None,
+        payload=payload,
+    )
 
 
 def audit_record(
@@ -129,28 +161,29 @@ def audit_record(
     team: Any = None,
     run: Any = None,
     payload: dict[str, Any] | None = None,
-) -> int:
-    """Record one state change in the audit trail; returns the event's sequence number.
-    The event belongs to the agent's team, or to `team` for changes to a team itself
-    (that is whose supervisors see it)."""
+) -> int | None:
+    """Record one state change in the audit trail; returns the event's sequence number
+    when it is chained at once (see audit_append)."""
     return audit_append(
-        event_content(
+        record_content(
             verb=verb,
             actor=actor,
             subject_type=subject_type,
             subject_id=subject_id,
-            agent_id=agent.pk if agent is not None else None,
-            team_id=agent.team_id if agent is not None else (team.pk if team else None),
-            run_id=run.pk if run is not None else None,
+            agent=agent,
+            team=team,
+            run=run,
             payload=payload,
         )
     )
 
 
-def audit_run(verb: Verb, *, actor: Actor, run: Any, payload: dict[str, Any] | None = None) -> int:
-    """Record a change of a run (queued, started, waiting, finished, …): the run is the
-    subject and its agent's team sees it."""
-    return audit_record(
+def run_content(
+    verb: Verb, *, actor: Actor, run: Any, payload: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The content of a change of a run (queued, started, waiting, finished, …): the run
+    is the subject and its agent's team sees it."""
+    return record_content(
         verb=verb,
         actor=actor,
         subject_type="run",
@@ -159,3 +192,33 @@ def audit_run(verb: Verb, *, actor: Actor, run: Any, payload: dict[str, Any] | N
         run=run,
         payload=payload,
     )
+
+
+def audit_run(
+    verb: Verb, *, actor: Actor, run: Any, payload: dict[str, Any] | None = None
+) -> int | None:
+    """Record a change of a run."""
+    return audit_append(run_content(verb, actor=actor, run=run, payload=payload))
+
+
+# Many events in one round trip, in order (a halt cancels hundreds of runs at once).
+APPEND_MANY_SQL = """SELECT (baton_audit_append(p_canonical => u.body)).o_id
+    FROM unnest(%(bodies)s::bytea[]) WITH ORDINALITY AS u(body, n) ORDER BY u.n"""
+
+
+def audit_append_many(contents: list[dict[str, Any]]) -> None:
+    """audit_append for many events of one transaction, in their order: one statement on
+    Postgres however many there are."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("an audit event is written inside the transaction of its change")
+    if not contents:
+        return
+    bodies = [canonical_content(content) for content in contents]
+    for agent_id, team_id in dict.fromkeys((c["agent_id"], c["team_id"]) for c in contents):
+        after_append(agent_id=agent_id, team_id=team_id)
+    if connection.vendor != "postgresql":
+        for content in contents:
+            audit_append(content)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(APPEND_MANY_SQL, {"bodies": bodies})

@@ -36,7 +36,30 @@ def use_bench_database(name: str = "baton_bench") -> str:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    sequencer_start(bench_url)
     return bench_url
+
+
+def sequencer_start(db_url: str) -> None:
+    """A deployment chains audit events with a sequencer (audit.sequencer): each benchmark
+    runs one candidate in a process of its own (workers it starts run candidates too; one
+    holds), so what it measures includes chaining, as in production."""
+    import atexit
+
+    from audit.sequencer import inline
+
+    if inline():
+        return
+    env = {**os.environ, "DATABASE_URL": db_url}
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "audit_sequencer"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_path("bench-sequencer.log"), "wb"),  # noqa: SIM115
+    )
+    atexit.register(proc.terminate)
 
 
 def pct(values: list[float], q: float) -> float:

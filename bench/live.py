@@ -90,7 +90,8 @@ def clients(
 def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dict[str, Any]:
     from django.db import transaction
 
-    from audit.services import SYSTEM, audit_record
+    from audit.models import AuditEvent
+    from audit.services import SYSTEM, audit_flush, audit_record
     from audit.verbs import Verb
 
     # Sockets alternate between the web processes and between the people (classes).
@@ -112,6 +113,7 @@ def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dic
     for _ in procs:
         assert ready.acquire(timeout=120), "the sockets did not all open"
 
+    written: dict[int, tuple[int, int]] = {}  # event i -> (commit time, team index)
     committed: dict[int, tuple[int, int]] = {}  # seq -> (commit time, team index)
     start = time.monotonic()
     for i in range(EVENTS):
@@ -121,7 +123,7 @@ def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dic
             time.sleep(wait)
         agent = agents[i % len(agents)]
         with transaction.atomic():
-            seq = audit_record(
+            audit_record(
                 verb=Verb.RUN_QUEUED,
                 actor=SYSTEM,
                 subject_type="run",
@@ -129,8 +131,14 @@ def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dic
                 agent=agent,
                 payload={"bench": i},
             )
-        committed[seq] = (time.monotonic_ns(), i % len(agents))
+        written[i] = (time.monotonic_ns(), i % len(agents))
     elapsed = time.monotonic() - start
+    # The sequencer gives the numbers (a frame carries its event's); find each event's.
+    audit_flush()
+    for seq, subject in AuditEvent.objects.filter(
+        verb="run.queued", subject_id__in=[str(i) for i in written]
+    ).values_list("seq", "subject_id"):
+        committed[seq] = written[int(subject)]
     newest.value = max(committed)
     received: list[Frames] = [[] for _ in range(count)]
     for _ in procs:

@@ -20,6 +20,14 @@ def _heartbeat_start(sender: object, **kwargs: object) -> None:
     heartbeat.start(sender, **kwargs)
 
 
+@worker_ready.connect
+def _audit_sequencer_start(sender: object, **kwargs: object) -> None:
+    # Every worker process is a candidate; one at a time holds (audit.sequencer).
+    from audit import sequencer
+
+    sequencer.start_candidate()
+
+
 @worker_shutdown.connect
 def _heartbeat_stop(sender: object, **kwargs: object) -> None:
     from agents import heartbeat

@@ -133,6 +133,11 @@ def ring_on_commit(*, agent_id: int | None, team_id: int | None) -> None:
     transaction.on_commit(lambda: _send(groups, {"type": DOORBELL}), robust=True)
 
 
+def ring_groups(groups: list[str]) -> None:
+    """Ring these groups' doorbells now: the audit sequencer, after a batch commits."""
+    _send(groups, {"type": DOORBELL})
+
+
 def ring_group_on_commit(group: str) -> None:
     """After the current transaction commits, ring one group's doorbell (agents.stepwait)."""
     transaction.on_commit(lambda: _send([group], {"type": DOORBELL}), robust=True)

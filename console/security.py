@@ -33,7 +33,7 @@ def _printable(text: str, limit: int) -> str:
     return "".join(ch for ch in text if ch.isprintable())[:limit]
 
 
-def lockout_record(*, username: str, ip_address: str, path: str) -> int:
+def lockout_record(*, username: str, ip_address: str, path: str) -> int | None:
     """Audit that an account was locked out after repeated failed password checks."""
     username = _printable(username or "", 150)
     person = get_user_model().objects.filter(username=username).only("pk").first()

@@ -361,6 +361,22 @@ BATON_AUDIT_TRUSTED_KEYS_FILE = env_str("BATON_AUDIT_TRUSTED_KEYS_FILE")
 BATON_AUDIT_CHECKPOINT_DIR = env_str("BATON_AUDIT_CHECKPOINT_DIR", str(DATA_DIR / "checkpoints"))
 BATON_AUDIT_CHECKPOINT_EVERY_SECONDS = env_float("BATON_AUDIT_CHECKPOINT_EVERY_SECONDS", 300.0)
 BATON_AUDIT_VERIFY_EVERY_SECONDS = env_float("BATON_AUDIT_VERIFY_EVERY_SECONDS", 900.0)
+# Who chains audit events (audit.sequencer): "sequencer" — writers queue them and one
+# elected holder chains them in batches (Postgres; a candidate runs in every worker
+# process) — or "inline": each writer chains its own in its transaction (the embedded
+# console on SQLite, always; the test suite). How often the holder looks without a wake.
+BATON_AUDIT_SEQUENCING = env_str("BATON_AUDIT_SEQUENCING", "inline" if EMBEDDED else "sequencer")
+if BATON_AUDIT_SEQUENCING not in ("inline", "sequencer"):
+    raise ImproperlyConfigured('BATON_AUDIT_SEQUENCING must be "inline" or "sequencer"')
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    BATON_AUDIT_SEQUENCING = "inline"
+elif BATON_AUDIT_SEQUENCING == "inline":
+    # baton_audit_append chains at once in sessions that say so (audit migration 0009).
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options["options"] = (_options.get("options", "") + " -c baton.audit_inline=on").strip()
+BATON_AUDIT_SEQUENCER_POLL_SECONDS = env_float("BATON_AUDIT_SEQUENCER_POLL_SECONDS", 1.0)
+# The audit page warns when a committed event has waited longer than this to be chained.
+BATON_AUDIT_SEQUENCER_LATE_SECONDS = env_float("BATON_AUDIT_SEQUENCER_LATE_SECONDS", 5.0)
 
 # --- Timers (Celery beat) -------------------------------------------------------------
 # Every periodic task, for every layout: `make run`'s beat thread, `celery beat` and

@@ -89,7 +89,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
     if ON_SQLITE:
         return
     options = settings.DATABASES["default"].setdefault("OPTIONS", {})
-    options["options"] = "-c baton.test_flush=on"
+    options["options"] = (options.get("options", "") + " -c baton.test_flush=on").strip()
 
 
 @pytest.fixture(autouse=True)
@@ -246,6 +246,13 @@ def start_worker(task_queue: str, tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def worker(start_worker: Any) -> Worker:
     return start_worker()
+
+
+def chained(seq: int | None) -> int:
+    """The sequence number of an event written in this suite, whose writers chain their
+    events inline (tests/settings.py); a deployment's writers queue them (None)."""
+    assert seq is not None, "the suite chains audit events inline"
+    return seq
 
 
 def wait_for(predicate: Any, timeout: float = 20, message: str = "condition") -> Any:

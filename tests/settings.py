@@ -26,6 +26,9 @@ DEFAULTS = {
     "BATON_CHROMIUM": "/usr/bin/chromium",
     # The MCP tests' upstream servers are Python scripts (tests/support/mcp_upstream.py).
     "BATON_MCP_STDIO_COMMANDS": sys.executable,
+    # Tests read the trail in the transaction that wrote it: each writer chains its own
+    # events. tests/audit/test_sequencer.py runs the sequencer itself, in its own processes.
+    "BATON_AUDIT_SEQUENCING": "inline",
 }
 
 # The store contract's second run (tests/agents/test_store_contract.py) is on the

@@ -34,7 +34,7 @@ from audit.models import AuditEvent
 from audit.selectors import PAGE_SIZE
 from audit.services import SYSTEM, Actor, audit_append, event_content
 from audit.verbs import Verb
-from tests.conftest import ALLOW_ALL_TESTS
+from tests.conftest import ALLOW_ALL_TESTS, chained
 
 pytestmark = pytest.mark.django_db
 
@@ -62,17 +62,19 @@ def record(
     at: datetime | None = None,
 ) -> int:
     with transaction.atomic():
-        return audit_append(
-            event_content(
-                verb=verb,
-                actor=actor,
-                subject_type="run" if run_id else "agent",
-                subject_id=run_id or agent.pk,
-                agent_id=agent.pk,
-                team_id=agent.team_id,
-                run_id=run_id,
-                payload=payload or {},
-                occurred_at=at,
+        return chained(
+            audit_append(
+                event_content(
+                    verb=verb,
+                    actor=actor,
+                    subject_type="run" if run_id else "agent",
+                    subject_id=run_id or agent.pk,
+                    agent_id=agent.pk,
+                    team_id=agent.team_id,
+                    run_id=run_id,
+                    payload=payload or {},
+                    occurred_at=at,
+                )
             )
         )
 

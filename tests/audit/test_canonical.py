@@ -36,7 +36,7 @@ from audit.services import SYSTEM, Actor, audit_record, event_content
 from audit.signing import checkpoint_sign, key_id, public_pem, signing_key
 from audit.verbs import Verb
 from audit.verify import chain_verify
-from tests.conftest import ALLOW_ALL_TESTS
+from tests.conftest import ALLOW_ALL_TESTS, chained
 
 pytestmark = pytest.mark.django_db
 
@@ -86,12 +86,14 @@ def node(*args: str) -> subprocess.CompletedProcess[str]:
 
 def record(payload: dict[str, Any], **fields: Any) -> int:
     with transaction.atomic():
-        return audit_record(
-            verb=Verb.RUN_QUEUED,
-            actor=fields.pop("actor", SYSTEM),
-            subject_type="run",
-            subject_id=fields.pop("subject_id", 1),
-            payload=payload,
+        return chained(
+            audit_record(
+                verb=Verb.RUN_QUEUED,
+                actor=fields.pop("actor", SYSTEM),
+                subject_type="run",
+                subject_id=fields.pop("subject_id", 1),
+                payload=payload,
+            )
         )
 
 

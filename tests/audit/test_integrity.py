@@ -24,7 +24,7 @@ from audit.services import SYSTEM, audit_record
 from audit.signing import checkpoint_sign, key_id, outside_checkpoints, public_pem
 from audit.verbs import Verb
 from audit.verify import chain_verify
-from tests.conftest import ROOT, child_env, db_url
+from tests.conftest import ROOT, chained, child_env, db_url
 
 
 def record(n: int, *, what: str = "x") -> list[int]:
@@ -32,12 +32,14 @@ def record(n: int, *, what: str = "x") -> list[int]:
     for i in range(n):
         with transaction.atomic():
             seqs.append(
-                audit_record(
-                    verb=Verb.RUN_QUEUED,
-                    actor=SYSTEM,
-                    subject_type="run",
-                    subject_id=i,
-                    payload={"what": what, "i": i, "amount": 1e20, "note": "naïve ✓"},
+                chained(
+                    audit_record(
+                        verb=Verb.RUN_QUEUED,
+                        actor=SYSTEM,
+                        subject_type="run",
+                        subject_id=i,
+                        payload={"what": what, "i": i, "amount": 1e20, "note": "naïve ✓"},
+                    )
                 )
             )
     return seqs
@@ -224,12 +226,14 @@ def test_eight_concurrent_writers_leave_no_fork_and_no_gap() -> None:
             while time.monotonic() < stop:
                 with transaction.atomic():
                     mine.append(
-                        audit_record(
-                            verb=Verb.RUN_QUEUED,
-                            actor=SYSTEM,
-                            subject_type="run",
-                            subject_id=n,
-                            payload={"writer": n},
+                        chained(
+                            audit_record(
+                                verb=Verb.RUN_QUEUED,
+                                actor=SYSTEM,
+                                subject_type="run",
+                                subject_id=n,
+                                payload={"writer": n},
+                            )
                         )
                     )
             with lock:
@@ -301,6 +305,7 @@ def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> No
             app = psycopg.connect(db_url().replace("postgres@", f"{role}:pw@", 1), autocommit=True)
             with app:
                 from audit.chain import canonical_content
+                from audit.sequencer import SEQUENCE_SQL
                 from audit.services import APPEND_SQL, event_content
 
                 content = event_content(
@@ -308,6 +313,9 @@ def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> No
                 )
                 with app.transaction():
                     app.execute(APPEND_SQL, {"canonical": canonical_content(content)})
+                # Queued; chained by the sequencer's function, which runs as the owner.
+                with app.transaction():
+                    app.execute(SEQUENCE_SQL, {"limit": 10})
                 counted = app.execute("SELECT count(*) FROM audit_auditevent").fetchone()
                 assert counted is not None and counted[0] == 2
                 for attempt in (
@@ -318,6 +326,11 @@ def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> No
                     "DELETE FROM audit_verification",
                     "DELETE FROM audit_chainhead",
                     "TRUNCATE audit_chainhead",
+                    "INSERT INTO audit_auditevent (seq, body, prev_hash, hash)"
+                    " VALUES (99, '{}', '', '')",
+                    "UPDATE audit_pendingevent SET body = body",
+                    "DELETE FROM audit_pendingevent",
+                    "TRUNCATE audit_pendingevent",
                     "SET session_replication_role = replica",
                     "ALTER TABLE audit_auditevent DISABLE TRIGGER USER",
                 ):

@@ -12,7 +12,7 @@ from django.test import Client
 from audit.models import AuditEvent, Checkpoint, Verification
 from audit.services import SYSTEM, audit_record
 from audit.verbs import Verb
-from tests.conftest import wait_for
+from tests.conftest import chained, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +28,9 @@ def record(n: int) -> int:
     seq = 0
     for i in range(n):
         with transaction.atomic():
-            seq = audit_record(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=i)
+            seq = chained(
+                audit_record(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=i)
+            )
     return seq
 
 

@@ -19,6 +19,7 @@ from audit.services import Actor, audit_append, event_content
 from audit.verbs import Verb
 from audit.views import BODY_CUT
 from console.frames import recent_events
+from tests.conftest import chained
 
 pytestmark = pytest.mark.django_db
 
@@ -53,7 +54,7 @@ def plant(run: Run, payload: dict[str, Any], verb: str = Verb.ACTION_SUCCEEDED) 
     )
     content["payload"] = payload
     with transaction.atomic():
-        return audit_append(content)
+        return chained(audit_append(content))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from audit.chain import CONTENT_FIELDS, canonical_content, canonical_json, event
 from audit.models import AuditEvent
 from audit.services import SYSTEM, audit_record, event_content
 from audit.verbs import Verb
+from tests.conftest import chained
 
 pytestmark = pytest.mark.django_db
 
@@ -113,8 +114,8 @@ def test_event_content_holds_the_plain_string() -> None:
 
 def test_an_event_recorded_with_a_member_verifies_as_text(world: Any) -> None:
     with transaction.atomic():
-        seq = audit_record(
-            verb=Verb.KILLSWITCH_ENGAGED, actor=SYSTEM, subject_type="x", subject_id=7
+        seq = chained(
+            audit_record(verb=Verb.KILLSWITCH_ENGAGED, actor=SYSTEM, subject_type="x", subject_id=7)
         )
     event = AuditEvent.objects.get(seq=seq)
     assert '"verb":"killswitch.engaged"' in event.body

@@ -31,19 +31,21 @@ from audit.verify import (
     chain_verify,
     chain_verify_and_record,
 )
-from tests.conftest import ROOT, child_env, db_url, wait_for
+from tests.conftest import ROOT, chained, child_env, db_url, wait_for
 
 
 def record(n: int, *, what: str = "x") -> int:
     seq = 0
     for i in range(n):
         with transaction.atomic():
-            seq = audit_record(
-                verb=Verb.RUN_QUEUED,
-                actor=SYSTEM,
-                subject_type="run",
-                subject_id=i,
-                payload={"what": what, "i": i},
+            seq = chained(
+                audit_record(
+                    verb=Verb.RUN_QUEUED,
+                    actor=SYSTEM,
+                    subject_type="run",
+                    subject_id=i,
+                    payload={"what": what, "i": i},
+                )
             )
     return seq
 
@@ -102,7 +104,9 @@ def test_a_writer_committing_while_verification_reads_is_no_false_alarm() -> Non
 
     def writer() -> int:
         with transaction.atomic():
-            seq = audit_record(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9)
+            seq = chained(
+                audit_record(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=9)
+            )
             with connection.cursor() as cursor:
                 cursor.execute("LOCK TABLE audit_chainhead IN ACCESS EXCLUSIVE MODE")
             holding.set()

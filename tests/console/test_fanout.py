@@ -19,7 +19,7 @@ from audit.selectors import audit_scope
 from audit.services import SYSTEM, audit_record
 from audit.verbs import Verb
 from console import fanout
-from tests.conftest import ALLOW_ALL_TESTS, Server
+from tests.conftest import ALLOW_ALL_TESTS, Server, chained
 from tests.console.test_live import connect, seq_of, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,14 +38,16 @@ async def _close_thread_connections() -> Any:
 def record(agent: Any = None, team: Any = None, label: str = "") -> int:
     """One audit event, committed (its doorbell rings on commit)."""
     with transaction.atomic():
-        return audit_record(
-            verb=Verb.RUN_QUEUED,
-            actor=SYSTEM,
-            subject_type="run",
-            subject_id=0,
-            agent=agent,
-            team=team,
-            payload={"label": label},
+        return chained(
+            audit_record(
+                verb=Verb.RUN_QUEUED,
+                actor=SYSTEM,
+                subject_type="run",
+                subject_id=0,
+                agent=agent,
+                team=team,
+                payload={"label": label},
+            )
         )
 
 
