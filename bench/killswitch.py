@@ -4,8 +4,9 @@ is engaged from this process. Two figures:
 
 - actions admitted after the engage committed (budget 0), checked two ways: new journal
   rows for the halted runs after killswitch_engage returned, and `action.allowed` audit
-  events of those runs placed after the `killswitch.engaged` event in the chain (the
-  chain head is locked until commit, so chain order is commit order);
+  events of those runs placed after the `killswitch.engaged` event in the chain (an
+  admission holds the switch lock the engage takes exclusively, so its event is queued
+  wholly before or wholly after the engage's, and the sequencer chains in queue order);
 - time until all 20 have stopped (budget p99 <= 100 ms): from just before the engage call
   to the later of the engage's commit and the end of the last step admitted before it.
   The tool writes its own start and end (CLOCK_MONOTONIC, shared by processes on one
@@ -68,6 +69,7 @@ def trial(agents: list[Any], team: Any, client: Any) -> dict[str, Any]:
     from agents.models import Action
     from agents.services import killswitch_engage, killswitch_release, run_start
     from audit.models import AuditEvent
+    from audit.services import audit_flush
 
     runs = [
         run_start(agent=agents[i % len(agents)], input={"work_ms": WORK_MS}) for i in range(RUNS)
@@ -132,6 +134,7 @@ def trial(agents: list[Any], team: Any, client: Any) -> dict[str, Any]:
 
     after = set(Action.objects.filter(run_id__in=ids).values_list("pk", "run_id", "seq"))
     admitted_after = after - snapshot
+    audit_flush()  # the sequencer may not have come to the last events yet
     engage_seq = AuditEvent.objects.get(verb="killswitch.engaged", subject_id=str(switch.pk)).seq
     audit_after = AuditEvent.objects.filter(
         verb="action.allowed", run_id__in=ids, seq__gt=engage_seq

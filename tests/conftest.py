@@ -248,6 +248,54 @@ def worker(start_worker: Any) -> Worker:
     return start_worker()
 
 
+@pytest.fixture
+def audit_queued(settings: Any) -> Iterator[None]:
+    """This process writes as a deployment does: audit events queued, chained by the
+    sequencer (audit.sequencer), not inline as the rest of the suite."""
+    from django.db import connection
+
+    settings.BATON_AUDIT_SEQUENCING = "sequencer"
+    with connection.cursor() as cursor:
+        cursor.execute("SET baton.audit_inline = off")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("RESET baton.audit_inline")
+
+
+class AuditSequencer:
+    """`manage.py audit_sequencer`: a candidate in a process of its own, as in production."""
+
+    def __init__(self, tmp: Path, poll: str = "0.2") -> None:
+        self.log = tmp / f"sequencer-{time.monotonic_ns()}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "manage.py", "audit_sequencer", "--poll", poll],
+                cwd=ROOT,
+                env=child_env(DATABASE_URL=db_url(), BATON_AUDIT_SEQUENCING="sequencer"),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def audit_sequencer(tmp_path: Path) -> Iterator[Any]:
+    """Starts sequencer candidates; each is killed at the end of the test."""
+    started: list[AuditSequencer] = []
+
+    def start() -> AuditSequencer:
+        started.append(AuditSequencer(tmp_path))
+        return started[-1]
+
+    yield start
+    for candidate in started:
+        candidate.stop()
+
+
 def chained(seq: int | None) -> int:
     """The sequence number of an event written in this suite, whose writers chain their
     events inline (tests/settings.py); a deployment's writers queue them (None)."""

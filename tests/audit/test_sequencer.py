@@ -8,9 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -31,17 +28,6 @@ from console.live import EVERYTHING
 from tests.conftest import ALLOW_ALL_TESTS, ROOT, child_env, db_url, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def queued(settings: Any) -> Iterator[None]:
-    """This process writes as a deployment does: events queued, chained by the sequencer."""
-    settings.BATON_AUDIT_SEQUENCING = "sequencer"
-    with connection.cursor() as cursor:
-        cursor.execute("SET baton.audit_inline = off")
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute("RESET baton.audit_inline")
 
 
 def queue_raw(conn: psycopg.Connection[Any], label: str) -> None:
@@ -71,39 +57,6 @@ def assert_one_chain(expected: int) -> None:
     assert chain_verify().ok
 
 
-class Candidate:
-    """`manage.py audit_sequencer`: a process of its own, as in production."""
-
-    def __init__(self, tmp: Path, poll: str = "0.2") -> None:
-        self.log = tmp / f"sequencer-{time.monotonic_ns()}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "manage.py", "audit_sequencer", "--poll", poll],
-                cwd=ROOT,
-                env=child_env(DATABASE_URL=db_url(), BATON_AUDIT_SEQUENCING="sequencer"),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def candidates(tmp_path: Path) -> Iterator[Any]:
-    started: list[Candidate] = []
-
-    def start() -> Candidate:
-        started.append(Candidate(tmp_path))
-        return started[-1]
-
-    yield start
-    for candidate in started:
-        candidate.stop()
-
-
 def holders() -> list[int]:
     """The backends holding (granted) and waiting for the sequencer's lock."""
     with connection.cursor() as cursor:
@@ -125,7 +78,7 @@ def waiting_for_lock() -> int:
         return int(cursor.fetchone()[0])
 
 
-def test_an_event_waits_queued_and_shown_until_it_is_chained(queued: None) -> None:
+def test_an_event_waits_queued_and_shown_until_it_is_chained(audit_queued: None) -> None:
     with transaction.atomic():
         seq = audit_record(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=1)
     assert seq is None, "a queued event has no sequence number yet"
@@ -141,7 +94,7 @@ def test_an_event_waits_queued_and_shown_until_it_is_chained(queued: None) -> No
 
 
 def test_a_flush_chains_what_is_queued_for_a_reader_that_needs_its_own_event(
-    queued: None,
+    audit_queued: None,
 ) -> None:
     for i in range(3):
         with transaction.atomic():
@@ -150,7 +103,9 @@ def test_a_flush_chains_what_is_queued_for_a_reader_that_needs_its_own_event(
     assert_one_chain(3)
 
 
-def test_queued_events_cannot_be_changed_or_removed_outside_the_sequencer(queued: None) -> None:
+def test_queued_events_cannot_be_changed_or_removed_outside_the_sequencer(
+    audit_queued: None,
+) -> None:
     with transaction.atomic():
         audit_record(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=1)
     with psycopg.connect(db_url(), autocommit=True) as conn:
@@ -165,12 +120,12 @@ def test_queued_events_cannot_be_changed_or_removed_outside_the_sequencer(queued
 
 
 def test_writers_in_parallel_end_in_one_chain_and_the_live_view_rings_after_chaining(
-    queued: None, candidates: Any
+    audit_queued: None, audit_sequencer: Any
 ) -> None:
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(EVERYTHING, channel)
-    candidates()
+    audit_sequencer()
     wait_for(lambda: len(holders()) == 1, message="the candidate to hold the lock")
 
     def write(n: int) -> None:
@@ -192,7 +147,7 @@ def test_writers_in_parallel_end_in_one_chain_and_the_live_view_rings_after_chai
 
 
 def test_a_holder_killed_mid_batch_loses_nothing_and_the_next_takes_over(
-    queued: None, candidates: Any
+    audit_queued: None, audit_sequencer: Any
 ) -> None:
     with psycopg.connect(db_url(), autocommit=True) as conn:
         for i in range(10):
@@ -210,7 +165,7 @@ def test_a_holder_killed_mid_batch_loses_nothing_and_the_next_takes_over(
             ).decode()
         ],
     )
-    first = candidates()
+    first = audit_sequencer()
     wait_for(lambda: len(holders()) == 1, message="the first candidate to hold the lock")
     with connection.cursor() as cursor:
 
@@ -222,7 +177,7 @@ def test_a_holder_killed_mid_batch_loses_nothing_and_the_next_takes_over(
             return bool(cursor.fetchone()[0])
 
         wait_for(holder_waits_mid_batch, message="the holder to be inside its batch")
-    second = candidates()
+    second = audit_sequencer()
     wait_for(lambda: waiting_for_lock() == 1, message="the second candidate to wait")
     assert len(holders()) == 1, "two sequencers never hold at once"
 
@@ -240,7 +195,7 @@ def test_a_holder_killed_mid_batch_loses_nothing_and_the_next_takes_over(
 
 
 def test_a_run_in_a_worker_is_chained_by_the_candidate_every_worker_runs(
-    queued: None, make_agent: Any, start_worker: Any
+    audit_queued: None, make_agent: Any, start_worker: Any
 ) -> None:
     agent = make_agent("counter", "tests.support.agents.counter", ALLOW_ALL_TESTS)
     start_worker(BATON_AUDIT_SEQUENCING="sequencer")
@@ -274,7 +229,7 @@ def test_the_command_refuses_where_writers_chain_inline() -> None:
 
 
 def test_the_audit_page_shows_events_waiting_and_warns_when_they_are_late(
-    queued: None, settings: Any
+    audit_queued: None, settings: Any
 ) -> None:
     from django.template.loader import render_to_string
 
@@ -302,7 +257,7 @@ def test_many_events_of_one_change_go_in_one_statement_in_their_order(
     from audit.services import audit_append_many
 
     if mode == "queued":
-        request.getfixturevalue("queued")
+        request.getfixturevalue("audit_queued")
     contents = [
         event_content(verb=Verb.RUN_CANCELLED, actor=SYSTEM, subject_type="run", subject_id=i)
         for i in range(7)

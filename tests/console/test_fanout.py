@@ -19,7 +19,7 @@ from audit.selectors import audit_scope
 from audit.services import SYSTEM, audit_record
 from audit.verbs import Verb
 from console import fanout
-from tests.conftest import ALLOW_ALL_TESTS, Server, chained
+from tests.conftest import ALLOW_ALL_TESTS, Server, chained, wait_for
 from tests.console.test_live import connect, seq_of, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -147,13 +147,19 @@ def test_the_rule_in_memory_is_the_rule_in_sql(world: Any, make_agent: Any) -> N
 # --- two web processes ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("chaining", ["inline", "sequencer"])
 def test_sockets_on_two_web_processes_receive_an_event_committed_by_a_third(
-    task_queue: str, tmp_path: Any, world: Any, make_agent: Any
+    chaining: str, task_queue: str, tmp_path: Any, world: Any, make_agent: Any, request: Any
 ) -> None:
     """Two real console servers (uvicorn processes), a socket on each, and an event
     committed here, in the test's own process: each server's renderer hears the doorbell
-    over the Redis channel layer and sends the frame to its socket."""
+    over the Redis channel layer and sends the frame to its socket. With a sequencer (a
+    fourth process, as deployed), the doorbell rings once the event is chained."""
     from websockets.sync.client import connect as ws_connect
+
+    if chaining == "sequencer":
+        request.getfixturevalue("audit_queued")
+        request.getfixturevalue("audit_sequencer")()
 
     claims = make_agent("claims-bot", "tests.support.agents.counter", ALLOW_ALL_TESTS)
     a = Server(task_queue, tmp_path / "a")
@@ -176,7 +182,26 @@ def test_sockets_on_two_web_processes_receive_an_event_committed_by_a_third(
             ]
             for socket in sockets:
                 assert 'data-hello="1"' in str(socket.recv(timeout=10))
-            seq = record(agent=claims, label="from elsewhere")
+            if chaining == "inline":
+                seq = record(agent=claims, label="from elsewhere")
+            else:
+                with transaction.atomic():
+                    audit_record(
+                        verb=Verb.RUN_QUEUED,
+                        actor=SYSTEM,
+                        subject_type="run",
+                        subject_id=0,
+                        agent=claims,
+                        payload={"label": "from elsewhere"},
+                    )
+                seq = wait_for(
+                    lambda: (
+                        AuditEvent.objects.filter(body__contains="from elsewhere")
+                        .values_list("seq", flat=True)
+                        .first()
+                    ),
+                    message="the sequencer to chain the event",
+                )
             for socket in sockets:
                 frame = str(socket.recv(timeout=10))
                 while seq_of(frame)[0] < seq:
