@@ -361,6 +361,9 @@ BATON_AUDIT_TRUSTED_KEYS_FILE = env_str("BATON_AUDIT_TRUSTED_KEYS_FILE")
 BATON_AUDIT_CHECKPOINT_DIR = env_str("BATON_AUDIT_CHECKPOINT_DIR", str(DATA_DIR / "checkpoints"))
 BATON_AUDIT_CHECKPOINT_EVERY_SECONDS = env_float("BATON_AUDIT_CHECKPOINT_EVERY_SECONDS", 300.0)
 BATON_AUDIT_VERIFY_EVERY_SECONDS = env_float("BATON_AUDIT_VERIFY_EVERY_SECONDS", 900.0)
+# The scheduled verification goes on from the last signed outcome (it reads only the new
+# events); once this long after the last signed full run it walks the whole trail instead.
+BATON_AUDIT_FULL_VERIFY_EVERY_SECONDS = env_float("BATON_AUDIT_FULL_VERIFY_EVERY_SECONDS", 86400.0)
 
 # --- Timers (Celery beat) -------------------------------------------------------------
 # Every periodic task, for every layout: `make run`'s beat thread, `celery beat` and
