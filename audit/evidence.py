@@ -205,7 +205,7 @@ def verify(request: HttpRequest) -> HttpResponse:
     from audit.tasks import verify as verify_task
 
     _allowed(request, "audit.sign_checkpoint", SIGNING_FORBIDDEN)
-    transaction.on_commit(verify_task.delay)
+    transaction.on_commit(lambda: verify_task.delay(full=True))  # the whole trail
     messages.info(
         request, "Verification queued; the badge shows its outcome once a worker has run it."
     )

@@ -164,9 +164,16 @@ class Verification(models.Model):
     message = models.TextField(blank=True)
     key_id = models.CharField(max_length=16, blank=True, db_default="")
     signature = models.CharField(max_length=128, blank=True, db_default="")
+    # Where this run began: NULL for a full run from the genesis; otherwise the head an
+    # earlier signed outcome verified, re-read here and walked on from (so #from_seq..
+    # #up_to_seq were recomputed, and what lies before rests on that outcome). Signed.
+    # Nullable so that adding it keeps SQLite's append-only triggers (no table rebuild).
+    from_seq = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-finished_at"]
+        # The badge and the scheduled run read the newest outcomes; the table only grows.
+        indexes = [models.Index(fields=["-finished_at", "-id"], name="audit_verification_newest")]
 
     def __str__(self) -> str:
         return f"verification up to #{self.up_to_seq}: {'ok' if self.ok else 'broken'}"

@@ -166,7 +166,8 @@ class _Waker:
                         target=self._run, name="audit-wake", daemon=True
                     )
                     self._thread.start()
-        self._due.set()
+        if not self._due.is_set():  # a wake on its way serves this commit too
+            self._due.set()
 
     def _run(self) -> None:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)

@@ -157,9 +157,12 @@ def verification_message(
     checkpoints: int,
     finished_at: str,
     message: str,
+    from_seq: int | None = None,
 ) -> bytes:
     """What a verification's signature covers: its whole outcome, the time it finished
-    (the badge's freshness) and the hash it verified up to."""
+    (the badge's freshness), the hash it verified up to and, for a run that went on from
+    an earlier outcome, where it began (format 2; a full run keeps format 1, so every
+    outcome signed before format 2 still verifies)."""
     fields = [
         "ok" if ok else "broken",
         str(up_to_seq),
@@ -169,7 +172,10 @@ def verification_message(
         finished_at,
         hashlib.sha256(message.encode()).hexdigest(),
     ]
-    return ("baton-verification/1\n" + "\n".join(fields) + "\n").encode()
+    if from_seq is None:
+        return ("baton-verification/1\n" + "\n".join(fields) + "\n").encode()
+    fields.append(str(from_seq))
+    return ("baton-verification/2\n" + "\n".join(fields) + "\n").encode()
 
 
 def head_trusted(signed: SignedHead, keys: dict[str, Ed25519PublicKey]) -> str | None:

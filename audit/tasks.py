@@ -3,7 +3,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from audit.signing import checkpoint_sign
-from audit.verify import chain_verify_and_record
+from audit.verify import chain_verify_and_record, chain_verify_scheduled
 
 
 @shared_task(name="audit.checkpoint")
@@ -13,6 +13,8 @@ def checkpoint() -> int | None:
 
 
 @shared_task(name="audit.verify")
-def verify() -> bool:
-    outcome, _ = chain_verify_and_record()
+def verify(full: bool = False) -> bool:
+    """Beat's run (full=False): on from the last signed outcome, in full when one is due.
+    On demand (full=True): the whole trail."""
+    outcome, _ = chain_verify_and_record() if full else chain_verify_scheduled()
     return outcome.ok

@@ -4,6 +4,22 @@ Recomputes every event's hash from its stored canonical bytes, checks each link 
 sequence numbers have no gap, checks every checkpoint's signature with a trusted key and
 that the chain passes through the signed (seq, hash), and names the first bad sequence
 number. Tamper-evident, not tamper-proof: it tells that and where history was changed.
+
+Two extents. A full run walks from the genesis: its cost grows with the trail. An
+incremental run (the scheduled one, `chain_verify_scheduled`) goes on from the head that
+the newest signed outcome proved intact, (up_to_seq, up_to_hash), so it costs what the
+new events cost: it re-reads that one event and requires its recomputed hash to be the
+proven one, walks from there to the head checking every link, every new checkpoint's
+signature, the chain head, a cut tail and the shown columns of the new rows; and it looks
+up, one indexed read each, whether every earlier checkpoint still names its event's hash.
+
+What an incremental run cannot see: it does not re-read the verified stretch. Someone who
+holds the database (but not the signing key) and edits an old event's bytes, leaving the
+stored hashes alone, or rewrites a stretch of hashes that ends before the next checkpoint,
+is caught only by the next full run; a rewrite that passes a checkpoint or reaches the
+start event is caught by the next incremental run. So the scheduled task runs in full once
+every BATON_AUDIT_FULL_VERIFY_EVERY_SECONDS (a day by default), decided by the signed
+outcomes themselves, and `audit_verify` and the page's *Verify now* always run in full.
 """
 
 from __future__ import annotations
@@ -11,8 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,6 +59,11 @@ VERIFICATION_UNPROVEN = "Unverified: the latest verification record is not signe
 VERIFICATION_STALE = "Not verified recently: the last verification is older than {age}."
 VERIFICATION_MOVED = "Unverified: the chain no longer holds the head that was verified."
 BADGE_CHECKPOINTS = 50  # the newest checkpoints the badge looks through for a signed one
+# The newest outcomes a run looks through for a signed one to start from: anyone who can
+# write the table can add unsigned rows, and they must not make the search grow. Past
+# this many, the run starts from the genesis (slower, never wrong).
+START_CANDIDATES = 50
+LOOKUP_CHUNK = 5000  # seqs per query when the checkpoint file's are looked up
 
 
 @dataclass
@@ -53,6 +74,10 @@ class Outcome:
     first_bad_seq: int | None = None
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
+    # None for a full run; else the seq it went on from, proven by the outcome signed at
+    # `since`, so #from_seq..#up_to_seq were recomputed by this run.
+    from_seq: int | None = None
+    since: str = ""
 
     def fail(self, seq: int | None, problem: str) -> None:
         earlier = seq is not None and (self.first_bad_seq is None or seq < self.first_bad_seq)
@@ -63,8 +88,15 @@ class Outcome:
 
     @property
     def message(self) -> str:
-        if self.ok:
+        if self.ok and self.from_seq is None:
             return f"chain intact up to #{self.up_to_seq}; {self.checkpoints} checkpoints verified"
+        if self.ok:
+            return (
+                f"chain intact up to #{self.up_to_seq}; #{self.from_seq}..#{self.up_to_seq} "
+                f"recomputed, going on from the signed verification of {self.since}; "
+                f"{self.checkpoints} new checkpoints verified, every earlier one still "
+                "matches its event"
+            )
         where = f"first bad seq {self.first_bad_seq}: " if self.first_bad_seq else ""
         return where + "; ".join(self.problems[:5])
 
@@ -114,22 +146,24 @@ def _as_text(value: Any) -> str | None:
     return json.dumps(value)
 
 
-def _rows() -> Iterator[tuple[int, str, str, str, str | None]]:
+def _rows(begin: int = 0) -> Generator[tuple[int, str, str, str, str | None], None, None]:
     """(seq, prev_hash, hash, body, the first shown column that disagrees with the body or
-    None) in seq order, streamed."""
+    None) in seq order from #begin, streamed."""
     if connection.vendor == "postgresql":
         # psycopg's own COPY: streamed, never a result set held in memory. The server
         # reads the columns against the body while this process hashes.
+        where = f" WHERE e.seq >= {int(begin)}" if begin else ""
         copy_sql = (
             "COPY (SELECT e.seq, e.prev_hash, e.hash, e.body, "
-            f"{_disagreeing_column_sql()} ORDER BY e.seq) TO STDOUT (FORMAT BINARY)"
+            f"{_disagreeing_column_sql()}{where} ORDER BY e.seq) TO STDOUT (FORMAT BINARY)"
         )
         with connection.cursor() as cursor, cursor.cursor.copy(copy_sql) as copy:
             copy.set_types(["int8", "text", "text", "text", "text"])
             yield from copy.rows()
         return
     rows = (
-        AuditEvent.objects.order_by("seq")
+        AuditEvent.objects.filter(seq__gte=begin)
+        .order_by("seq")
         .values_list("seq", "prev_hash", "hash", "body", *SHOWN_COLUMNS)
         .iterator(chunk_size=5000)
     )
@@ -168,7 +202,10 @@ def chain_verify(
     *,
     keys: dict[str, Ed25519PublicKey] | None = None,
     extra_checkpoints: Iterable[SignedHead] = (),
+    incremental: bool = False,
 ) -> Outcome:
+    """Verify the chain, in full (from the genesis) or, with `incremental`, on from the
+    head the newest signed outcome proved (from the genesis when there is none to trust)."""
     outcome = Outcome()
     if keys is None:
         try:
@@ -182,11 +219,49 @@ def chain_verify(
     for problem in problems:
         outcome.fail(None, problem)
     with verification_snapshot():
-        return _verify(outcome, keys, [*outside, *extra_checkpoints])
+        start = verification_start(keys) if incremental else None
+        return _verify(outcome, keys, [*outside, *extra_checkpoints], start)
 
 
-def _verify(outcome: Outcome, keys: dict[str, Ed25519PublicKey], more: list[SignedHead]) -> Outcome:
-    signed = [SignedHead.of(c) for c in Checkpoint.objects.order_by("seq")]
+def verification_start(keys: dict[str, Ed25519PublicKey]) -> Verification | None:
+    """Where an incremental run may begin: the newest outcome a trusted key signed, when
+    it found the chain intact up to a head other than the genesis. None when that newest
+    signed outcome is a failure (a run must not go on past a known break as if it had
+    not been found) or when none of the newest START_CANDIDATES rows is signed."""
+    return _newest_proven(
+        Verification.objects.all(),
+        keys,
+        lambda row: bool(row.ok and row.up_to_seq > 0 and row.up_to_hash),
+    )
+
+
+def _newest_proven(
+    rows: models.QuerySet[Verification],
+    keys: dict[str, Ed25519PublicKey],
+    usable: Callable[[Verification], bool] = lambda row: True,
+) -> Verification | None:
+    newest = rows.filter(key_id__in=list(keys)).exclude(signature="")
+    for row in newest.order_by("-finished_at", "-id")[:START_CANDIDATES]:
+        if verification_proven(row, keys):
+            return row if usable(row) else None
+    return None
+
+
+def _verify(
+    outcome: Outcome,
+    keys: dict[str, Ed25519PublicKey],
+    more: list[SignedHead],
+    start: Verification | None = None,
+) -> Outcome:
+    begin = start.up_to_seq if start is not None else 0
+    stored = Checkpoint.objects.order_by("seq")
+    if start is not None:
+        outcome.from_seq, outcome.since = begin, format_time(start.finished_at)
+        # The earlier ones had their signatures checked by the runs that covered them.
+        _earlier_checkpoints_hold(outcome, keys, begin, [c for c in more if c.seq <= begin])
+        stored = stored.filter(seq__gt=begin)
+        more = [c for c in more if c.seq > begin]
+    signed = [SignedHead.of(c) for c in stored]
     # The copies outside the database repeat those inside; each checkpoint counts once.
     signed = list(dict.fromkeys([*signed, *more]))
     expected: dict[int, str] = {}
@@ -201,27 +276,17 @@ def _verify(outcome: Outcome, keys: dict[str, Ed25519PublicKey], more: list[Sign
     if 0 in expected and expected[0] != GENESIS:
         outcome.fail(1, "a checkpoint of the empty chain does not hold the genesis hash")
 
-    sha256 = hashlib.sha256
     prev, want = GENESIS, 1
     bad: tuple[int, str] | None = None
-    # The walk stops at its own first break, whatever else was found before it.
-    for seq, prev_hash, stored, body, disagreeing in _rows():
-        if seq != want:
-            bad = (want, f"events #{want}..#{seq - 1} are missing")
-        elif prev_hash != prev:
-            bad = (seq, f"#{seq} does not link to the event before it")
-        else:
-            content_digest = sha256(body.encode()).hexdigest()
-            if sha256(f"{prev}\n{seq}\n{content_digest}".encode()).hexdigest() != stored:
-                bad = (seq, f"#{seq} does not match its hash: its content was changed")
-            elif seq in expected and expected[seq] != stored:
-                bad = (seq, f"#{seq} differs from the checkpoint signed at #{seq}")
-            elif disagreeing:
-                bad = (seq, f"#{seq} shows a {disagreeing} its canonical bytes do not hold")
-        if bad:
-            outcome.fail(*bad)
-            break
-        prev, want = stored, seq + 1
+    with closing(_rows(begin)) as rows:
+        if start is not None:
+            bad = _start_holds(next(rows, None), start)
+            prev, want = start.up_to_hash, begin + 1
+        if bad is None:
+            prev, want, bad = _walk(rows, prev, want, expected)
+    if bad:
+        outcome.fail(*bad)
+        want = min(want, bad[0])
     last = want - 1
     if bad is None:
         beyond = [s for s in expected if s > last]
@@ -246,6 +311,91 @@ def _verify(outcome: Outcome, keys: dict[str, Ed25519PublicKey], more: list[Sign
     return outcome
 
 
+def _walk(
+    rows: Iterator[tuple[int, str, str, str, str | None]],
+    prev: str,
+    want: int,
+    expected: dict[int, str],
+) -> tuple[str, int, tuple[int, str] | None]:
+    """Walk on from #want (whose predecessor's hash is prev) to the last row; stop at the
+    first break, whatever else was found before it. Returns the last hash, the seq after
+    it, and the break."""
+    sha256 = hashlib.sha256  # the hot loop: _link's work, inlined
+    for seq, prev_hash, held, body, disagreeing in rows:
+        if seq != want:
+            return prev, want, (want, f"events #{want}..#{seq - 1} are missing")
+        if prev_hash != prev:
+            return prev, want, (seq, f"#{seq} does not link to the event before it")
+        content_digest = sha256(body.encode()).hexdigest()
+        if sha256(f"{prev}\n{seq}\n{content_digest}".encode()).hexdigest() != held:
+            return prev, want, (seq, f"#{seq} does not match its hash: its content was changed")
+        if seq in expected and expected[seq] != held:
+            return prev, want, (seq, f"#{seq} differs from the checkpoint signed at #{seq}")
+        if disagreeing:
+            return (
+                prev,
+                want,
+                (seq, f"#{seq} shows a {disagreeing} its canonical bytes do not hold"),
+            )
+        prev, want = held, seq + 1
+    return prev, want, None
+
+
+def _link(prev: str, seq: int, body: str) -> str:
+    sha256 = hashlib.sha256
+    return sha256(f"{prev}\n{seq}\n{sha256(body.encode()).hexdigest()}".encode()).hexdigest()
+
+
+def _start_holds(
+    row: tuple[int, str, str, str, str | None] | None, start: Verification
+) -> tuple[int, str] | None:
+    """The event an incremental run goes on from must still be the one the earlier outcome
+    proved: its bytes hash, with its own link, to the signed up_to_hash (which covers that
+    link, so the chain before it is the one that was verified)."""
+    seq = start.up_to_seq
+    proven = f"the verification of {format_time(start.finished_at)} proved"
+    if row is None or row[0] != seq:
+        return seq, f"#{seq}, which {proven} intact, is missing"
+    _, prev_hash, held, body, disagreeing = row
+    if held != start.up_to_hash or _link(prev_hash, seq, body) != held:
+        return seq, f"#{seq} no longer holds the hash {proven}: it was changed"
+    if disagreeing:
+        return seq, f"#{seq} shows a {disagreeing} its canonical bytes do not hold"
+    return None
+
+
+def _earlier_checkpoints_hold(
+    outcome: Outcome, keys: dict[str, Ed25519PublicKey], begin: int, outside: list[SignedHead]
+) -> None:
+    """Every checkpoint at or before #begin still names its event's stored hash: one
+    indexed look-up each, in one query for the table's (the checkpoint file's are looked
+    up by seq). A rewrite of the verified stretch that recomputed hashes changes the hash
+    at every checkpoint it passes; one that only edits bytes does not (the full run)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # A correlated look-up, not a join: a join may be planned as a scan of the
+            # whole trail, which is what this run exists not to do.
+            "SELECT c.seq, c.hash, c.signed_at, c.key_id, c.signature FROM audit_checkpoint c "
+            "WHERE c.seq <= %s AND COALESCE((SELECT e.hash FROM audit_auditevent e "
+            "WHERE e.seq = c.seq), CASE WHEN c.seq = 0 THEN %s END, '') <> c.hash",
+            [begin, GENESIS],
+        )
+        off = [SignedHead(*row) for row in cursor.fetchall()]
+    seqs = sorted({c.seq for c in outside})
+    held: dict[int, str] = {0: GENESIS}
+    for i in range(0, len(seqs), LOOKUP_CHUNK):
+        chunk = seqs[i : i + LOOKUP_CHUNK]
+        held.update(AuditEvent.objects.filter(seq__in=chunk).values_list("seq", "hash"))
+    off += [c for c in outside if held.get(c.seq) != c.hash]
+    for checkpoint in dict.fromkeys(off):
+        # A planted one is named as such, as the full run names it; a signed one that the
+        # chain no longer passes through means the verified stretch was rewritten.
+        problem = head_trusted(checkpoint, keys) or (
+            f"#{checkpoint.seq} differs from the checkpoint signed at #{checkpoint.seq}"
+        )
+        outcome.fail(checkpoint.seq or None, problem)
+
+
 def verification_record(outcome: Outcome, started_at: datetime) -> Verification:
     """Keep the outcome for the integrity badge (not part of the trail itself), signed with
     the audit signing key when there is one: an unsigned row is never shown as an outcome."""
@@ -258,6 +408,7 @@ def verification_record(outcome: Outcome, started_at: datetime) -> Verification:
         first_bad_seq=outcome.first_bad_seq,
         checkpoints=outcome.checkpoints,
         message=outcome.message,
+        from_seq=outcome.from_seq,
     )
     try:
         private = signing_key()
@@ -279,20 +430,38 @@ def _signed_text(row: Verification) -> bytes:
         checkpoints=row.checkpoints,
         finished_at=format_time(row.finished_at),
         message=row.message,
+        from_seq=row.from_seq,
     )
 
 
 def chain_verify_and_record(
-    *, keys: dict[str, Ed25519PublicKey] | None = None
+    *, keys: dict[str, Ed25519PublicKey] | None = None, incremental: bool = False
 ) -> tuple[Outcome, Verification]:
     started_at = timezone.now()
     try:
-        outcome = chain_verify(keys=keys)
+        outcome = chain_verify(keys=keys, incremental=incremental)
     except Exception as exc:  # noqa: BLE001 - whatever stops it, the outcome is recorded
         log.exception("audit verification could not complete")
         outcome = Outcome()
         outcome.fail(None, f"verification could not complete: {type(exc).__name__}: {exc}")
     return outcome, verification_record(outcome, started_at)
+
+
+def chain_verify_scheduled() -> tuple[Outcome, Verification]:
+    """What beat runs: incremental, in full when a full run is due."""
+    return chain_verify_and_record(incremental=not full_verification_due())
+
+
+def full_verification_due() -> bool:
+    """Whether no signed full run finished within BATON_AUDIT_FULL_VERIFY_EVERY_SECONDS.
+    Decided by signed outcomes only: rows anyone can insert cannot put the full run off."""
+    try:
+        keys = trusted_keys()
+    except (SigningKeyError, OSError, ValueError):
+        return True  # the run names the error
+    newest = _newest_proven(Verification.objects.filter(from_seq__isnull=True), keys)
+    every = timedelta(seconds=settings.BATON_AUDIT_FULL_VERIFY_EVERY_SECONDS)
+    return newest is None or timezone.now() - newest.finished_at >= every
 
 
 def verification_proven(row: Verification, keys: dict[str, Ed25519PublicKey]) -> bool:

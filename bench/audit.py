@@ -10,12 +10,15 @@ audit budgets:
 - export (`export_plan` + `jsonl_chunks`, consumed in-process): >= 150k rows/s, memory
   flat; beside it, the floor: the whole table through `COPY ... TO STDOUT` and psycopg;
 - verification (`chain_verify`): >= 200k rows/s; and the offline verifier on a 1M-row
-  export.
+  export;
+- the scheduled verification (`chain_verify_scheduled`, what beat runs: on from the last
+  signed outcome) after 10,000 new events: < 1 s; beside it, a full run from the same run.
 
 Run: make bench. BENCH_AUDIT_ROWS overrides the 10,000,000 events (e.g. 200000 for a quick
 run); BENCH_AUDIT_SAMPLES the 200 samples a page; BENCH_KEEP=1 keeps the database
 `baton_bench_audit` (dropped otherwise) and BENCH_AUDIT_REUSE=1 measures a kept one again
-without loading it.
+without loading it. BENCH_AUDIT_DB names the database (and its work folder) instead of
+`baton_bench_audit`, so two runs on one machine do not share one.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ ROWS = int(os.environ.get("BENCH_AUDIT_ROWS", "10000000"))
 KEEP = os.environ.get("BENCH_KEEP") == "1"
 REUSE = os.environ.get("BENCH_AUDIT_REUSE") == "1"
 SAMPLES = int(os.environ.get("BENCH_AUDIT_SAMPLES", "200"))
-DB_NAME = "baton_bench_audit"
+DB_NAME = os.environ.get("BENCH_AUDIT_DB", "baton_bench_audit")
 WORK = Path(tempfile.gettempdir()) / DB_NAME  # the signing key and the checkpoint file
 CHECKPOINTS = 10  # one signed checkpoint every tenth of the trail, the last at the head
 DEEP_PAGE = 10_000
@@ -1014,6 +1017,7 @@ def main() -> None:
 
     print("\n  verification:")
     verify(first_slice, floor[0])
+    scheduled_verification(floor[0])
 
     if KEEP:
         print(f"\n  kept {DB_NAME} and {WORK} (BENCH_KEEP=1)")
@@ -1161,6 +1165,93 @@ def verify(first_slice: int, floor: float) -> None:
         )
     )
     report(rows)
+
+
+SCHEDULED_NEW = 10_000  # new events between two scheduled verifications
+SCHEDULED_ROUNDS = 3
+SCHEDULED_BUDGET = 1.0  # seconds (DESIGN section 11)
+
+
+def scheduled_verification(copy_rate: float) -> None:
+    """The scheduled verification as beat runs it (`chain_verify_scheduled`: on from the
+    newest signed outcome) after SCHEDULED_NEW events appended through the real
+    `audit_record` and a checkpoint signed, SCHEDULED_ROUNDS times; beside it the full run
+    (`chain_verify_and_record`, which also signs the outcome the first round goes on from)
+    and the raw COPY floor, both from this run."""
+    from django.db import transaction
+
+    from audit.services import SYSTEM, audit_record
+    from audit.signing import checkpoint_sign
+    from audit.verbs import Verb
+    from audit.verify import chain_verify_and_record, chain_verify_scheduled
+
+    began = time.perf_counter()
+    full, _ = chain_verify_and_record()
+    full_seconds = time.perf_counter() - began
+    assert full.ok and full.from_seq is None, full.message
+    full_rate = full.up_to_seq / full_seconds
+
+    timings: list[float] = []
+    appended = 0.0
+    for _ in range(SCHEDULED_ROUNDS):
+        began = time.perf_counter()
+        for start in range(0, SCHEDULED_NEW, 100):
+            with transaction.atomic():
+                for i in range(start, min(start + 100, SCHEDULED_NEW)):
+                    audit_record(
+                        verb=Verb.RUN_QUEUED,
+                        actor=SYSTEM,
+                        subject_type="run",
+                        subject_id=i,
+                        payload={"bench": "scheduled verification", "i": i},
+                    )
+        assert checkpoint_sign() is not None
+        appended += time.perf_counter() - began
+        began = time.perf_counter()
+        outcome, _ = chain_verify_scheduled()
+        timings.append(time.perf_counter() - began)
+        assert outcome.ok and outcome.from_seq is not None, outcome.message
+        assert outcome.up_to_seq - outcome.from_seq == SCHEDULED_NEW, outcome.message
+    began = time.perf_counter()
+    idle, _ = chain_verify_scheduled()
+    idle_seconds = time.perf_counter() - began
+    assert idle.ok and idle.from_seq == idle.up_to_seq, idle.message
+
+    typical = sorted(timings)[len(timings) // 2]
+    verdict = "met" if max(timings) < SCHEDULED_BUDGET else "NOT MET"
+    floor = SCHEDULED_NEW / copy_rate  # reading that many rows with the raw COPY
+    report(
+        [
+            (
+                "full run (chain_verify_and_record)",
+                f"{full_rate:,.0f} rows/s",
+                f"{full.up_to_seq:,} rows in {full_seconds:,.1f} s; signs the outcome the "
+                "scheduled run goes on from",
+            ),
+            (
+                f"scheduled run, {SCHEDULED_NEW:,} new events",
+                f"{typical * 1000:,.0f} ms",
+                f"median of {SCHEDULED_ROUNDS} (worst {max(timings) * 1000:,.0f} ms) = "
+                f"{max(timings) / SCHEDULED_BUDGET:.2f}x budget 1 s ({verdict}); "
+                f"{typical / full_seconds:.2%} of the full run's time; "
+                f"{SCHEDULED_NEW / typical:,.0f} new rows/s = "
+                f"{SCHEDULED_NEW / typical / full_rate:.2f}x the full run's rate; "
+                f"{typical / floor:.1f}x the COPY floor for {SCHEDULED_NEW:,} rows "
+                f"({floor * 1000:.1f} ms)",
+            ),
+            (
+                "scheduled run, nothing new",
+                f"{idle_seconds * 1000:,.1f} ms",
+                "what does not depend on the new events: finding the signed outcome, the "
+                "earlier checkpoints looked up, the checkpoint file, the chain head",
+            ),
+            (
+                "  (appending them, audit_record)",
+                f"{SCHEDULED_NEW * SCHEDULED_ROUNDS / appended:,.0f} events/s",
+                "100 to a transaction; not a budget here",
+            ),
+        ]
+    )
 
 
 def drop(url: str) -> None:

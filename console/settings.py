@@ -377,6 +377,9 @@ elif BATON_AUDIT_SEQUENCING == "inline":
 BATON_AUDIT_SEQUENCER_POLL_SECONDS = env_float("BATON_AUDIT_SEQUENCER_POLL_SECONDS", 1.0)
 # The audit page warns when a committed event has waited longer than this to be chained.
 BATON_AUDIT_SEQUENCER_LATE_SECONDS = env_float("BATON_AUDIT_SEQUENCER_LATE_SECONDS", 5.0)
+# The scheduled verification goes on from the last signed outcome (it reads only the new
+# events); once this long after the last signed full run it walks the whole trail instead.
+BATON_AUDIT_FULL_VERIFY_EVERY_SECONDS = env_float("BATON_AUDIT_FULL_VERIFY_EVERY_SECONDS", 86400.0)
 
 # --- Timers (Celery beat) -------------------------------------------------------------
 # Every periodic task, for every layout: `make run`'s beat thread, `celery beat` and

@@ -79,6 +79,14 @@ def test_verification_on_demand_runs_in_a_worker_and_records_its_outcome(
     assert response.status_code == 302
     done = wait_for(lambda: Verification.objects.first(), message="the verification to run")
     assert done.ok and done.up_to_seq == head
+    # With a signed outcome to go on from, on demand is still the whole trail.
+    head = record(2)
+    assert client_for(world.compliance).post("/audit/verify").status_code == 302
+    again = wait_for(
+        lambda: Verification.objects.exclude(pk=done.pk).first(),
+        message="the second verification to run",
+    )
+    assert again.ok and (again.up_to_seq, again.from_seq) == (head, None)
 
 
 def test_supervisors_and_outsiders_may_not_sign_or_start_verification(world: Any) -> None:
