@@ -57,25 +57,27 @@ def assert_one_chain(expected: int) -> None:
     assert chain_verify().ok
 
 
-def holders() -> list[int]:
-    """The backends holding (granted) and waiting for the sequencer's lock."""
+# Advisory locks are per database; other databases on the server may have sequencers too.
+SEQUENCER_LOCKS = (
+    "SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory'"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND ((classid::bigint << 32) | objid::bigint) = %s"
+)
+
+
+def _locks() -> list[tuple[int, bool]]:
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory'"
-            " AND ((classid::bigint << 32) | objid::bigint) = %s",
-            [LOCK_KEY],
-        )
-        return [pid for pid, granted in cursor.fetchall() if granted]
+        cursor.execute(SEQUENCER_LOCKS, [LOCK_KEY])
+        return list(cursor.fetchall())
+
+
+def holders() -> list[int]:
+    """The backends holding the sequencer's lock in this database."""
+    return [pid for pid, granted in _locks() if granted]
 
 
 def waiting_for_lock() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            " AND ((classid::bigint << 32) | objid::bigint) = %s",
-            [LOCK_KEY],
-        )
-        return int(cursor.fetchone()[0])
+    return sum(1 for _, granted in _locks() if not granted)
 
 
 def test_an_event_waits_queued_and_shown_until_it_is_chained(audit_queued: None) -> None:
@@ -146,15 +148,9 @@ def test_writers_in_parallel_end_in_one_chain_and_the_live_view_rings_after_chai
     assert doorbell["type"] == "live.doorbell"
 
 
-def test_a_holder_killed_mid_batch_loses_nothing_and_the_next_takes_over(
-    audit_queued: None, audit_sequencer: Any
-) -> None:
-    with psycopg.connect(db_url(), autocommit=True) as conn:
-        for i in range(10):
-            queue_raw(conn, f"k{i}")
-    # An uncommitted event at #4 (another session's): the holder's batch takes #1..#10,
-    # writes #1..#3 and waits on #4's unique key — in the middle of its transaction.
-    blocker = psycopg.connect(db_url())
+def kill_the_holder_mid_batch(blocker: psycopg.Connection[Any], start: Any) -> Any:
+    """Start a holder, catch it inside its batch (waiting on the blocker's uncommitted
+    event at #4), start a second candidate, kill the holder: returns the second."""
     blocker.execute(
         "INSERT INTO audit_auditevent (seq, body, prev_hash, hash) VALUES (4, %s, '', '')",
         [
@@ -165,7 +161,7 @@ def test_a_holder_killed_mid_batch_loses_nothing_and_the_next_takes_over(
             ).decode()
         ],
     )
-    first = audit_sequencer()
+    first = start()
     wait_for(lambda: len(holders()) == 1, message="the first candidate to hold the lock")
     with connection.cursor() as cursor:
 
@@ -173,18 +169,33 @@ def test_a_holder_killed_mid_batch_loses_nothing_and_the_next_takes_over(
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
                 " 'baton audit sequencer' AND wait_event_type = 'Lock'"
+                " AND datname = current_database()"
             )
             return bool(cursor.fetchone()[0])
 
         wait_for(holder_waits_mid_batch, message="the holder to be inside its batch")
-    second = audit_sequencer()
+    second = start()
     wait_for(lambda: waiting_for_lock() == 1, message="the second candidate to wait")
     assert len(holders()) == 1, "two sequencers never hold at once"
-
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(10)
-    blocker.rollback()
-    blocker.close()
+    return second
+
+
+def test_a_holder_killed_mid_batch_loses_nothing_and_the_next_takes_over(
+    audit_queued: None, audit_sequencer: Any
+) -> None:
+    with psycopg.connect(db_url(), autocommit=True) as conn:
+        for i in range(10):
+            queue_raw(conn, f"k{i}")
+    # An uncommitted event at #4 (another session's): the holder's batch takes #1..#10,
+    # writes #1..#3 and waits on #4's unique key — in the middle of its transaction.
+    blocker = psycopg.connect(db_url())
+    try:
+        second = kill_the_holder_mid_batch(blocker, audit_sequencer)
+    finally:
+        blocker.rollback()  # a failure above must not leave the blocker holding the table
+        blocker.close()
     assert second.proc.poll() is None
     wait_for(lambda: AuditEvent.objects.count() == 10, message="the next holder to chain")
     assert_one_chain(10)
