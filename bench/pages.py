@@ -14,7 +14,8 @@ at scale) and the events with bench/audit.py's loader (COPY, hashes chained, che
 signed). Run: python -m bench.pages. BENCH_PAGES_EVENTS sets the number of events
 (3,000,000; the issue asks for 10M, which bench/audit.py loads in about 6 minutes),
 BENCH_PAGES_HISTORY the finished runs per agent (30), BENCH_PAGES_SAMPLES the samples a
-page (100); BENCH_PAGES_REUSE=1 measures the database `bench_fleet` of an earlier run
+page (100); BENCH_PAGES_DB names the database (`bench_fleet`), so two people on one
+machine keep theirs apart; BENCH_PAGES_REUSE=1 measures that database of an earlier run
 again without building it (it is kept after each run).
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 EVENTS = int(os.environ.get("BENCH_PAGES_EVENTS", "3000000"))
 HISTORY = int(os.environ.get("BENCH_PAGES_HISTORY", "30"))
 SAMPLES = int(os.environ.get("BENCH_PAGES_SAMPLES", "100"))
-DB_NAME = "bench_fleet"
+DB_NAME = os.environ.get("BENCH_PAGES_DB", "bench_fleet")
 WORK = Path(tempfile.gettempdir()) / DB_NAME
 BUDGET_P95 = 0.100
 REUSE = os.environ.get("BENCH_PAGES_REUSE") == "1"
@@ -147,8 +148,10 @@ def main() -> None:
         began = time.perf_counter()
         loaded = load(url, refs)
         print(f"  events: {loaded.rows:,} in {time.perf_counter() - began:.1f} s (COPY + indexes)")
+        # VACUUM too: the fleet's build rewrites every run and step once (their times), and
+        # a live database's autovacuum would have cleared the dead rows it leaves.
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE")
+            cursor.execute("VACUUM ANALYZE")
     agent = agents[-1]  # in the supervisor's last team
     run = Run.objects.filter(agent=agent, status=Run.Status.SUCCEEDED).order_by("-pk").first()
     assert run is not None
