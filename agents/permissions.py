@@ -112,9 +112,9 @@ def _granted_agents(user: Any, capability: str) -> RawSQL:
         by_team = get_objects_for_user(
             user, f"agents.{capability}_team", Team, accept_global_perms=False, with_superuser=False
         ).values("pk")
-        granted = Agent.objects.filter(Q(pk__in=by_agent) | Q(team_id__in=by_team))
-        granted = granted.order_by().values("pk")  # a subquery: no order (Agent.Meta has one)
-        sql, params = granted.query.sql_with_params()
+        # A subquery: no order (Agent.Meta has one, which a nested queryset would drop).
+        granted = Agent.objects.filter(Q(pk__in=by_agent) | Q(team_id__in=by_team)).order_by()
+        sql, params = granted.values("pk").query.sql_with_params()
         # Django compiled it from querysets, with its parameters apart: nothing raw in it.
         memo[capability] = RawSQL(sql, params)  # noqa: S611
     return memo[capability]
