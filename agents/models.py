@@ -211,6 +211,11 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["agent", "-created_at"], name="run_agent_recent"),
             models.Index(fields=["status", "enqueued_at"], name="run_status_enqueued"),
+            # The overview's team lines: runs waiting, and runs failed since a time, by
+            # agent, read from the index alone (Postgres; other databases skip `include`).
+            models.Index(
+                fields=["status", "finished_at"], include=["agent"], name="run_status_finished"
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -113,7 +113,7 @@ def _current_runs(agent_ids: list[int]) -> dict[int, Run]:
 
 # --- the overview at fleet size: teams summed up, one page of cards -----------------------
 
-CARDS_PAGE_SIZE = 48
+CARDS_PAGE_SIZE = 24
 ATTENTION_CARDS = 12
 # A failed run asks for attention this long after it failed (the card counts them all).
 ATTENTION_WINDOW = timedelta(hours=24)
@@ -209,9 +209,11 @@ def team_summaries(user: Any, switches: list[KillSwitch], since: Any) -> list[Te
         .filter(Q(status=Run.Status.WAITING) | Q(status=Run.Status.FAILED, finished_at__gte=since))
         .order_by()
         .values("agent__team_id")
+        # Counted by agent, not by id: the columns of run_status_finished, so Postgres
+        # reads the index and not the runs.
         .annotate(
-            waiting=Count("pk", filter=Q(status=Run.Status.WAITING)),
-            failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
+            waiting=Count("agent", filter=Q(status=Run.Status.WAITING)),
+            failed=Count("agent", filter=Q(status=Run.Status.FAILED)),
         )
     )
     for r in runs:
@@ -219,6 +221,47 @@ def team_summaries(user: Any, switches: list[KillSwitch], since: Any) -> list[Te
         if team is not None:
             team.waiting_runs, team.failed_runs = r["waiting"], r["failed"]
     return sorted(teams.values(), key=lambda t: (t.name, t.id))
+
+
+def _cards_page(
+    visible: QuerySet[Agent],
+    switches: list[KillSwitch],
+    since: Any,
+    q: str,
+    team: str,
+    state: str,
+    page: int,
+) -> tuple[int, int, int, list[int]]:
+    """One page of the agents the filter keeps: how many it keeps, the page (within
+    range), the number of pages and the ids of this page's agents, in the cards' order."""
+    chosen = visible
+    if q:
+        chosen = chosen.filter(Q(name__icontains=q) | Q(slug__icontains=q))
+    if team:
+        chosen = chosen.filter(team__slug=team)
+    if state:
+        chosen = chosen.filter(_state_condition(state, switches, since))
+    total = chosen.count()
+    pages = max(1, -(-total // CARDS_PAGE_SIZE))
+    page = min(max(page, 1), pages)
+    start = (page - 1) * CARDS_PAGE_SIZE
+    page_ids = list(
+        chosen.order_by("team__name", "team_id", "name", "pk").values_list("pk", flat=True)[
+            start : start + CARDS_PAGE_SIZE
+        ]
+    )
+    return total, page, pages, page_ids
+
+
+def overview_card_ids(
+    user: Any, *, q: str = "", team: str = "", state: str = "", page: int = 1
+) -> list[int]:
+    """The ids of the agents on one page of the overview's cards (the live parts of a
+    page that asked for all its cards)."""
+    switches = engaged_switches()
+    since = timezone.now() - ATTENTION_WINDOW
+    visible = agents_for_user(user).filter(archived_at__isnull=True).order_by()
+    return _cards_page(visible, switches, since, q, team, state, page)[3]
 
 
 def overview(
@@ -238,22 +281,7 @@ def overview(
         .order_by("team__name", "team_id", "name", "pk")
         .values_list("pk", flat=True)
     )
-    chosen = visible
-    if q:
-        chosen = chosen.filter(Q(name__icontains=q) | Q(slug__icontains=q))
-    if team:
-        chosen = chosen.filter(team__slug=team)
-    if state:
-        chosen = chosen.filter(_state_condition(state, switches, since))
-    total = chosen.count()
-    pages = max(1, -(-total // CARDS_PAGE_SIZE))
-    page = min(max(page, 1), pages)
-    start = (page - 1) * CARDS_PAGE_SIZE
-    page_ids = list(
-        chosen.order_by("team__name", "team_id", "name", "pk").values_list("pk", flat=True)[
-            start : start + CARDS_PAGE_SIZE
-        ]
-    )
+    total, page, pages, page_ids = _cards_page(visible, switches, since, q, team, state, page)
     first_attention = attention_ids[:ATTENTION_CARDS]
     cards = {a.pk: a for a in agent_cards(user, set(page_ids) | set(first_attention), switches)}
     # Newest first by id (runs are numbered as they are created): the primary key's index

@@ -119,11 +119,10 @@ def hello_frame(seq: int) -> str:
     )
 
 
-def parts_context(
-    user: Any, agents: set[int] | None, cards: bool, switches: bool
-) -> dict[str, Any]:
+def parts_context(user: Any, agents: set[int], cards: bool, switches: bool) -> dict[str, Any]:
     """The per-person parts a frame said changed, for the page that asked: the cards of
-    these agents (of all it may see if None) and the switch banners, each if asked."""
+    these agents (those of them the person may see) and the switch banners, each if
+    asked."""
     context: dict[str, Any] = {"agents": agent_selectors.agent_cards(user, agents) if cards else []}
     if switches:
         context["engaged_switches"] = switch_banners(user)

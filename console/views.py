@@ -11,7 +11,10 @@ from console import frames
 from console.http import HtmxHttpRequest
 
 BAD_RANGE = "after and upto are event sequence numbers, after < upto"
-BAD_AGENTS = "agents is all, or agent ids separated by commas"
+BAD_AGENTS = (
+    f"agents is all (the cards of one page of the overview), or at most "
+    f"{agent_selectors.CARDS_PAGE_SIZE} agent ids separated by commas"
+)
 NO_SUCH_TEAM = "None of your agents is in a team {slug!r}."
 
 
@@ -71,12 +74,33 @@ def live_events(request: HttpRequest) -> HttpResponse:
 def live_parts(request: HttpRequest) -> HttpResponse:
     """The parts of a page a live frame said changed that differ per person — the agents'
     cards (with the stop forms this person may use) and the switch banners (with the
-    release forms) — fetched by the page itself, out-of-band swaps as a frame's were."""
+    release forms) — fetched by the page itself, out-of-band swaps as a frame's were.
+    Never more cards than one page of the overview holds: the page names the cards it
+    shows (or asks for all of its page), whatever the size of the fleet."""
     wanted = request.GET.get("agents", "")
-    try:
-        agents = None if wanted == "all" else {int(a) for a in wanted.split(",") if a}
-    except ValueError:
-        return HttpResponseBadRequest(BAD_AGENTS)
+    if wanted == "all":
+        # Every card a page shows is at most one page of the overview: that page (the
+        # overview's own filter and page number), not every agent the person sees.
+        form = OverviewFilter(request.GET)
+        if not form.is_valid():
+            return HttpResponseBadRequest(BAD_AGENTS)
+        filters = form.cleaned_data
+        agents = set(
+            agent_selectors.overview_card_ids(
+                request.user,
+                q=filters["q"],
+                team=filters["team"],
+                state=filters["state"],
+                page=filters["page"] or 1,
+            )
+        )
+    else:
+        try:
+            agents = {int(a) for a in wanted.split(",") if a}
+        except ValueError:
+            return HttpResponseBadRequest(BAD_AGENTS)
+        if len(agents) > agent_selectors.CARDS_PAGE_SIZE:
+            return HttpResponseBadRequest(BAD_AGENTS)
     context = frames.parts_context(
         request.user, agents, cards=bool(wanted), switches=request.GET.get("switches") == "1"
     )

@@ -26,7 +26,14 @@
     fetching = true;
     const query = [];
     if (w.switches) query.push("switches=1");
-    if (w.agents) query.push("agents=" + (w.agents === "all" ? "all" : Array.from(w.agents).join(",")));
+    // Only the cards this page shows (one page of the overview at most), never every
+    // agent the person may see: at fleet size that is a thousand cards.
+    const shown = Array.from(document.querySelectorAll("article.card.agent[data-agent]"), function (card) {
+      return card.dataset.agent;
+    });
+    const ids = w.agents === "all" ? shown : shown.filter(function (id) { return w.agents && w.agents.has(id); });
+    if (ids.length) query.push("agents=" + ids.join(","));
+    if (!query.length) { fetching = false; return; }
     htmx.ajax("GET", "/live/parts?" + query.join("&"), { target: "#live-frame", swap: "none" })
       .finally(function () { fetching = false; fetchParts(); });
   }

@@ -238,3 +238,37 @@ def test_the_parts_a_frame_names_are_fetched_per_person(world: Any, make_agent: 
     sue.force_login(world.support_supervisor)
     body = sue.get(f"/live/parts?agents={claims.pk}&switches=1").content.decode()
     assert "claims-bot" not in body and 'id="switch-banners"' in body
+
+
+def test_the_live_parts_of_a_fleet_are_one_page_of_cards_at_most(world: Any) -> None:
+    """At fleet size a frame that changes every card (a kill switch) makes a page fetch
+    the cards it shows, not the hundreds its person may see: `all` is one page of the
+    overview (the page's own filter and number), and a list is at most a page long."""
+    from agents import roles
+    from agents.selectors import CARDS_PAGE_SIZE, overview_card_ids
+    from bench.fleet import build_fleet
+
+    fleet = build_fleet(teams=3, per_team=20, history=0, prefix="parts")
+    for team in fleet.teams:
+        roles.role_grant(user=world.supervisor, role=roles.SUPERVISOR, target=team)
+    sam = Client()
+    sam.force_login(world.supervisor)
+    overview = sam.get("/").content.decode()
+    shown = re.findall(r'class="card agent[^"]*" id="agent-([\w-]+)" data-agent="(\d+)"', overview)
+    assert len(shown) == CARDS_PAGE_SIZE < len(fleet.agents)
+
+    first = sam.get("/live/parts?agents=all").content.decode()
+    assert re.findall(r'id="agent-([\w-]+)" data-agent="(\d+)"', first) == shown
+    second = sam.get("/live/parts?agents=all&page=2").content.decode()
+    on_second = {int(pk) for _, pk in re.findall(r'id="agent-([\w-]+)" data-agent="(\d+)"', second)}
+    assert on_second == set(overview_card_ids(world.supervisor, page=2))
+    assert len(on_second) == CARDS_PAGE_SIZE and not on_second & {int(pk) for _, pk in shown}
+    team = fleet.teams[1].slug
+    by_team = sam.get(f"/live/parts?agents=all&team={team}").content.decode()
+    assert by_team.count('class="card agent') == 20 and by_team.count(f'id="agent-{team}-') == 20
+
+    ids = ",".join(pk for _, pk in shown)
+    assert sam.get(f"/live/parts?agents={ids}").content.decode().count("card agent") == len(shown)
+    too_many = ",".join(str(a.pk) for a in fleet.agents[: CARDS_PAGE_SIZE + 1])
+    assert sam.get(f"/live/parts?agents={too_many}").status_code == 400
+    assert sam.get("/live/parts?agents=all&page=0").status_code == 400

@@ -13,6 +13,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from agents import roles
+from agents.selectors import CARDS_PAGE_SIZE
 from bench.fleet import Fleet, build_fleet
 
 pytestmark = pytest.mark.django_db
@@ -68,7 +69,7 @@ def counts(world: Any) -> Any:
                 found.setdefault(page, {})[who], html = _count(client, url)
                 if page == "overview":
                     # One page of cards at most, whatever the fleet.
-                    assert html.count('class="card agent') <= 48
+                    assert html.count('class="card agent') <= CARDS_PAGE_SIZE
         return found
 
     return measure
