@@ -523,8 +523,11 @@ def load(url: str, agents: list[AgentRef]) -> Loaded:
             [list(LOAD_INDEXES)],
         ).fetchall()
     )
-    for name in definitions:
+    for name, definition in definitions.items():
         con.execute(f'DROP INDEX "{name}"')
+        # A partitioned index reads "ON ONLY" (the parent alone); built again on the parent,
+        # it is built on every partition.
+        definitions[name] = definition.replace(" ON ONLY ", " ON ")
     head = con.execute("SELECT seq, hash FROM audit_chainhead WHERE id = 1").fetchone()
     assert head is not None
     seq, prev = head
