@@ -31,12 +31,14 @@ TABLE = "audit_auditevent"
 
 # SECURITY DEFINER: it runs as the owner of the trail, so the application's role (which may
 # only insert and read, README) can keep partitions ahead without owning the table. It does
-# nothing else; a caller can make at most MAX_NEW partitions a call.
+# nothing else; a caller can make at most 64 partitions a call. Its locks are waited for
+# 200 ms at most: while ATTACH waits for the DEFAULT partition (a long export or
+# verification reads it), the pages queue behind it; it tries again at the next checkpoint.
 AHEAD = r"""
 CREATE FUNCTION baton_audit_partitions_ahead(p_size bigint DEFAULT 10000000,
                                              p_through bigint DEFAULT NULL)
 RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
-SET lock_timeout = '2s' AS $$
+SET lock_timeout = '200ms' AS $$
 -- Range partitions must cover every seq up to the head plus p_size (or p_through); the
 -- DEFAULT partition holds nothing. Returns how many partitions it made.
 DECLARE
@@ -103,6 +105,8 @@ BEGIN
     END LOOP;
     RETURN v_made;
 END $$;
+-- Only roles given it (the README's application role is) may call it, not every login.
+REVOKE ALL ON FUNCTION baton_audit_partitions_ahead(bigint, bigint) FROM PUBLIC;
 """
 
 TRIGGERS = r"""
