@@ -17,7 +17,7 @@ from audit.chain import canonical_content, chain_hash
 from audit.export import export_plan, jsonl_chunks
 from audit.models import AuditEvent, ChainHead
 from audit.partitions import PARTITION_SIZE, partitions_ahead
-from audit.services import SYSTEM, audit_record, event_content
+from audit.services import APPEND_SQL, SYSTEM, audit_record, event_content
 from audit.signing import checkpoint_sign, key_id, signing_key
 from audit.verbs import Verb
 from audit.verify import chain_verify
@@ -134,6 +134,20 @@ def test_an_orm_insert_returns_its_id_across_a_boundary(small_partitions: None) 
     ids = list(AuditEvent.objects.values_list("id", flat=True))
     assert len(set(ids)) == len(ids) == SMALL + 1
     assert chain_verify().ok
+
+
+def test_the_sql_append_returns_the_id_of_the_row_it_wrote_across_a_boundary(
+    small_partitions: None,
+) -> None:
+    record(SMALL)
+    partitions_ahead(size=SMALL)
+    content = event_content(verb=Verb.RUN_QUEUED, actor=SYSTEM, subject_type="run", subject_id=1)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(APPEND_SQL, {"canonical": canonical_content(content)})
+        event_id, seq, _ = cursor.fetchone()
+    assert seq == SMALL + 1
+    assert AuditEvent.objects.get(pk=event_id).seq == seq
+    assert where_events_are()[seq] == "audit_auditevent_p000000000006"
 
 
 def test_events_past_the_last_range_land_in_default_and_are_folded_into_a_range(
