@@ -15,7 +15,8 @@ audit budgets:
   signed outcome) after 10,000 new events: < 1 s; beside it, a full run from the same run.
 
 Run: make bench. BENCH_AUDIT_ROWS overrides the 10,000,000 events (e.g. 200000 for a quick
-run); BENCH_AUDIT_SAMPLES the 200 samples a page; BENCH_KEEP=1 keeps the database
+run); BENCH_AUDIT_PARTITION_ROWS the 10,000,000 events a partition of the trail;
+BENCH_AUDIT_SAMPLES the 200 samples a page; BENCH_KEEP=1 keeps the database
 `baton_bench_audit` (dropped otherwise) and BENCH_AUDIT_REUSE=1 measures a kept one again
 without loading it. BENCH_AUDIT_DB names the database (and its work folder) instead of
 `baton_bench_audit`, so two runs on one machine do not share one.
@@ -45,6 +46,8 @@ from urllib.parse import urlparse, urlunparse
 from bench.common import pct, report, use_bench_database
 
 ROWS = int(os.environ.get("BENCH_AUDIT_ROWS", "10000000"))
+# Events a range partition of the trail (audit/partitions.py has the production size).
+PARTITION_ROWS = int(os.environ.get("BENCH_AUDIT_PARTITION_ROWS", "10000000"))
 KEEP = os.environ.get("BENCH_KEEP") == "1"
 REUSE = os.environ.get("BENCH_AUDIT_REUSE") == "1"
 SAMPLES = int(os.environ.get("BENCH_AUDIT_SAMPLES", "200"))
@@ -489,6 +492,24 @@ def _clock(rows: int) -> Iterator[str]:
         yield f"{prefix}.{t % 1_000_000:06d}Z"
 
 
+def _partitions_laid(con: Any) -> None:
+    """The empty trail's range partitions laid out again in ranges of PARTITION_ROWS
+    (the migration made ranges of audit.partitions.PARTITION_SIZE)."""
+    from audit.partitions import PARTITION_SIZE
+
+    if PARTITION_ROWS == PARTITION_SIZE:
+        return
+    ranges = con.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'audit_auditevent'::regclass "
+        "AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'"
+    ).fetchall()
+    for (name,) in ranges:
+        con.execute(f'ALTER TABLE audit_auditevent DETACH PARTITION "{name}"')
+        con.execute(f'DROP TABLE "{name}"')
+    con.execute("SELECT baton_audit_partitions_ahead(%s)", [PARTITION_ROWS])
+
+
 def load(url: str, agents: list[AgentRef]) -> Loaded:
     import psycopg
     from django.db import close_old_connections
@@ -497,6 +518,7 @@ def load(url: str, agents: list[AgentRef]) -> Loaded:
     from audit.signing import checkpoint_sign
 
     con = psycopg.connect(url, autocommit=True)
+    _partitions_laid(con)
     definitions: dict[str, str] = dict(
         con.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'audit_auditevent' "
@@ -504,8 +526,11 @@ def load(url: str, agents: list[AgentRef]) -> Loaded:
             [list(LOAD_INDEXES)],
         ).fetchall()
     )
-    for name in definitions:
+    for name, definition in definitions.items():
         con.execute(f'DROP INDEX "{name}"')
+        # A partitioned index reads "ON ONLY" (the parent alone); built again on the parent,
+        # it is built on every partition.
+        definitions[name] = definition.replace(" ON ONLY ", " ON ")
     head = con.execute("SELECT seq, hash FROM audit_chainhead WHERE id = 1").fetchone()
     assert head is not None
     seq, prev = head
@@ -522,6 +547,11 @@ def load(url: str, agents: list[AgentRef]) -> Loaded:
     first_slice = 0
     while written < ROWS:
         target = min(ROWS, written + per_slice)
+        # The ranges this slice needs, made ahead as the checkpoint task makes them.
+        con.execute(
+            "SELECT baton_audit_partitions_ahead(%s, %s)",
+            [PARTITION_ROWS, seq + target - written],
+        )
         with con.transaction(), con.cursor() as cur:
             with cur.copy("COPY audit_auditevent (seq, body, prev_hash, hash) FROM STDIN") as copy:
                 lines: list[str] = []
@@ -891,12 +921,14 @@ def sizes(url: str) -> dict[str, int]:
     import psycopg
 
     with psycopg.connect(url) as con:
+        # The trail's partitions summed (the partitioned parent itself holds nothing).
         row = con.execute(
-            "SELECT pg_table_size('audit_auditevent'), pg_indexes_size('audit_auditevent'), "
-            "pg_database_size(current_database())"
+            "SELECT sum(pg_table_size(relid)), sum(pg_indexes_size(relid)), "
+            "pg_database_size(current_database()), count(*) FILTER (WHERE isleaf) "
+            "FROM pg_partition_tree('audit_auditevent')"
         ).fetchone()
     assert row is not None
-    return {"table": row[0], "indexes": row[1], "database": row[2]}
+    return {"table": row[0], "indexes": row[1], "database": row[2], "partitions": row[3]}
 
 
 def gb(n: float) -> str:
@@ -956,7 +988,7 @@ def main() -> None:
         [
             ("events (chain head)", f"{head.seq:,}", f"{Checkpoint.objects.count()} checkpoints"),
             ("table (heap + TOAST)", gb(size["table"]), f"{size['table'] / head.seq:,.0f} B/event"),
-            ("indexes", gb(size["indexes"]), ""),
+            ("indexes", gb(size["indexes"]), f"{size['partitions']} partitions"),
             ("database", gb(size["database"]), ""),
         ]
     )

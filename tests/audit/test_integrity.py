@@ -318,6 +318,8 @@ def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> No
                     app.execute(SEQUENCE_SQL, {"limit": 10})
                 counted = app.execute("SELECT count(*) FROM audit_auditevent").fetchone()
                 assert counted is not None and counted[0] == 2
+                # It keeps partitions ahead (the function runs as the trail's owner).
+                app.execute("SELECT baton_audit_partitions_ahead()")
                 for attempt in (
                     "UPDATE audit_auditevent SET body = body",
                     "DELETE FROM audit_auditevent",
@@ -333,6 +335,13 @@ def test_the_readme_role_can_append_and_read_but_never_rewrite_the_trail() -> No
                     "TRUNCATE audit_pendingevent",
                     "SET session_replication_role = replica",
                     "ALTER TABLE audit_auditevent DISABLE TRIGGER USER",
+                    # A partition named directly: its grants came with ALL TABLES, the
+                    # triggers refuse all the same, and it cannot be detached.
+                    "UPDATE audit_auditevent_p000000000001 SET body = body",
+                    "DELETE FROM audit_auditevent_p000000000001",
+                    "TRUNCATE audit_auditevent_p000000000001",
+                    "TRUNCATE audit_auditevent_default",
+                    "ALTER TABLE audit_auditevent DETACH PARTITION audit_auditevent_default",
                 ):
                     with pytest.raises(psycopg.errors.InsufficientPrivilege):
                         app.execute(attempt)
