@@ -451,10 +451,13 @@ class Server:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 30
+        # Generous: a loaded CI machine may take seconds over the first request.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
             try:
-                with urllib.request.urlopen(f"{self.url}/login/", timeout=1) as response:  # noqa: S310
+                with urllib.request.urlopen(f"{self.url}/login/", timeout=10) as response:  # noqa: S310
                     if response.status == 200:
                         return self
             except OSError:
