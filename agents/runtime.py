@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import structlog
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
@@ -111,11 +112,15 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
     run = _claim(run_id, token, worker)
     if run is None:
         return  # finished, waiting, owned by a live worker, or not due yet
-    try:
-        _drive(run, token)
-    except TRANSIENT_FAULTS as fault:
-        log.warning("run %s: transient fault, retrying: %r", run_id, fault)
-        _retry_later(run, token, fault)
+    # Every line logged while the run executes carries its ids (JSON logs: console.logs).
+    with structlog.contextvars.bound_contextvars(
+        run_id=run.pk, agent_id=run.agent_id, agent=run.agent.slug
+    ):
+        try:
+            _drive(run, token)
+        except TRANSIENT_FAULTS as fault:
+            log.warning("run %s: transient fault, retrying: %r", run_id, fault)
+            _retry_later(run, token, fault)
 
 
 def _retry_later(run: Run, token: uuid.UUID, fault: BaseException) -> None:
