@@ -209,3 +209,44 @@ def test_log_lines_of_a_run_carry_its_run_and_agent_ids_as_json(make_agent: Any)
     assert failed[0]["level"] == "error" and "KeyError" in failed[0]["exception"]
     # Bound only while the run executes.
     assert "run_id" not in lines[-1] and lines[-1]["event"] == "after the run"
+
+
+def test_a_run_and_its_steps_are_spans_of_one_trace(make_agent: Any, monkeypatch: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from agents import runtime
+    from agents.gateway import hosted
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # The deployment's provider, for these two modules only (no global state left behind).
+    tracer = provider.get_tracer("test")
+    monkeypatch.setattr(runtime, "_tracer", tracer)
+    monkeypatch.setattr(hosted, "_tracer", tracer)
+    agent = make_agent("held", "tests.support.agents.divergent", HOLD_HELD)
+    run = run_start(agent=agent, input={"label": "t"})
+    execute_run(run.pk)  # one step allowed, then one held: the run waits
+
+    spans = exporter.get_finished_spans()
+    (run_span,) = [s for s in spans if s.name == "baton.run"]
+    assert run_span.attributes is not None
+    assert run_span.attributes["baton.run_id"] == run.pk
+    assert run_span.attributes["baton.agent"] == "held"
+    steps = [s for s in spans if s.name == "baton.step"]
+    assert [
+        (
+            s.attributes["baton.step.seq"],
+            s.attributes["baton.step.name"],
+            s.attributes["baton.step.outcome"],
+        )
+        for s in steps
+        if s.attributes is not None
+    ] == [(1, "test.count", "allow"), (2, "test.held", "hold")]
+    for step in steps:
+        assert step.parent is not None and step.parent.span_id == run_span.context.span_id
+        assert step.context.trace_id == run_span.context.trace_id
+        assert step.status.status_code == StatusCode.UNSET  # held is an outcome, not an error
