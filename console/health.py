@@ -51,15 +51,16 @@ class NotReady(Exception):
     """A check's own verdict, with what it found (shown in the answer)."""
 
 
-def check_database() -> None:
+def check_database() -> str:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         cursor.fetchone()
+    return "ok"
 
 
-def check_redis() -> None:
+def check_redis() -> str:
     if not settings.REDIS_URL:
-        return  # the embedded console: no Redis to wait for
+        return "not used"  # the embedded console: no Redis to wait for
     client = redis.Redis.from_url(
         settings.REDIS_URL, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
     )
@@ -67,47 +68,52 @@ def check_redis() -> None:
         client.ping()
     finally:
         client.close()
+    return "ok"
 
 
-def check_broker() -> None:
+def check_broker() -> str:
     with celery_app.connection_for_write(connect_timeout=TIMEOUT) as conn:
         # Once, no retries: kombu would otherwise try again for as long as it takes.
         conn.ensure_connection(max_retries=0)
+    return "ok"
 
 
-def check_sequencer() -> None:
+def check_sequencer() -> str:
     from audit.sequencer import inline, sequencing_lag
 
     if inline():
-        return  # each writer chains its own events: nothing waits
+        return "not used"  # each writer chains its own events: nothing waits
     lag = sequencing_lag().age()
     late = timedelta(seconds=settings.BATON_AUDIT_SEQUENCER_LATE_SECONDS)
     if lag > late:
         raise NotReady(f"oldest event waits {lag.total_seconds():.0f}s to be chained")
+    return "ok"
 
 
-def check_beat() -> None:
+def check_beat() -> str:
     """Beat's timers run: its verification of the chain, which records a row each time,
     is within the bound. Before the first one, the trail must be younger than the bound."""
     from audit.models import AuditEvent
 
     bound = settings.BATON_READY_BEAT_SECONDS
     if bound <= 0:
-        return
+        return "not checked"
     age = telemetry.beat_age()
     if age is None:
         first = AuditEvent.objects.order_by("seq").values_list("occurred_at", flat=True).first()
         if first is None:
-            return
+            return "no trail yet"
         age = timezone.now() - datetime.fromisoformat(first)
         if age.total_seconds() > bound:
             raise NotReady(f"no verification recorded in {age.total_seconds():.0f}s")
-        return
+        return "no verification yet"
     if age.total_seconds() > bound:
         raise NotReady(f"last verification {age.total_seconds():.0f}s ago")
+    return "ok"
 
 
-CHECKS: dict[str, Callable[[], None]] = {
+# Each answers what it found ("ok", or why there was nothing to check), or raises.
+CHECKS: dict[str, Callable[[], str]] = {
     "database": check_database,
     "redis": check_redis,
     "broker": check_broker,
@@ -120,19 +126,19 @@ def readyz(request: HttpRequest) -> HttpResponse:
     """Ready: 200 when every check passes; 503 naming those that failed. What failed is
     told by kind only (the details, which name hosts, go to the log)."""
     results: dict[str, str] = {}
+    failed: list[str] = []
     for name, check in CHECKS.items():
         try:
-            check()
+            results[name] = check()
         except NotReady as exc:
             results[name] = str(exc)
+            failed.append(name)
         except Exception as exc:  # noqa: BLE001 - whatever the failure, the probe answers
             log.warning("readiness: %s failed: %r", name, exc)
             results[name] = f"unavailable ({type(exc).__name__})"
+            failed.append(name)
             if name == "database":
                 connection.close_if_unusable_or_obsolete()
-        else:
-            results[name] = "ok"
-    failed = [name for name, result in results.items() if result != "ok"]
     body = {"status": "failing" if failed else "ok", "failed": failed, "checks": results}
     return _response(503 if failed else 200, body)
 

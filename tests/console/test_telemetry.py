@@ -164,7 +164,10 @@ def test_probes_answer_without_session_allowed_host_or_https(settings: Any) -> N
     ready = client.get("/readyz", **pod)
     assert ready.status_code == 200, ready.content
     assert ready.json()["failed"] == []
-    assert set(ready.json()["checks"]) == {"database", "redis", "broker", "sequencer", "beat"}
+    checks = ready.json()["checks"]
+    assert set(checks) == {"database", "redis", "broker", "sequencer", "beat"}
+    assert (checks["database"], checks["redis"], checks["broker"]) == ("ok", "ok", "ok")
+    assert checks["sequencer"] == "not used"  # the suite's writers chain their own events
     assert client.get("/metrics", **pod).status_code == 200
 
 
@@ -176,7 +179,9 @@ def test_readyz_fails_when_beat_has_not_verified_the_chain_within_its_bound(
     make_agent("counter", "tests.support.agents.counter", ALLOW_ALL_TESTS)  # a trail begins
     settings.BATON_READY_BEAT_SECONDS = 60
     client = Client()
-    assert client.get("/readyz").status_code == 200  # the trail is younger than the bound
+    young = client.get("/readyz")  # the trail is younger than the bound
+    assert young.status_code == 200
+    assert young.json()["checks"]["beat"] == "no verification yet"
     settings.BATON_READY_BEAT_SECONDS = 0.001
     late = client.get("/readyz")
     assert late.status_code == 503
@@ -184,7 +189,8 @@ def test_readyz_fails_when_beat_has_not_verified_the_chain_within_its_bound(
     assert late.json()["checks"]["beat"].startswith("no verification recorded")
     chain_verify_and_record()
     settings.BATON_READY_BEAT_SECONDS = 60
-    assert client.get("/readyz").status_code == 200
+    verified = client.get("/readyz")
+    assert verified.status_code == 200 and verified.json()["checks"]["beat"] == "ok"
 
 
 def test_log_lines_of_a_run_carry_its_run_and_agent_ids_as_json(make_agent: Any) -> None:
@@ -250,3 +256,29 @@ def test_a_run_and_its_steps_are_spans_of_one_trace(make_agent: Any, monkeypatch
         assert step.parent is not None and step.parent.span_id == run_span.context.span_id
         assert step.context.trace_id == run_span.context.trace_id
         assert step.status.status_code == StatusCode.UNSET  # held is an outcome, not an error
+
+
+def test_readyz_and_metrics_show_events_waiting_for_the_sequencer(
+    audit_queued: None, make_agent: Any, settings: Any
+) -> None:
+    from django.db import transaction
+
+    from audit.models import PendingEvent
+    from audit.sequencer import chain_queued
+
+    make_agent("counter", "tests.support.agents.counter", ALLOW_ALL_TESTS)  # events queued
+    waiting = PendingEvent.objects.count()
+    assert waiting > 0
+    settings.BATON_AUDIT_SEQUENCER_LATE_SECONDS = 0  # any wait is too long
+    client = Client()
+    late = client.get("/readyz")
+    assert late.status_code == 503 and late.json()["failed"] == ["sequencer"]
+    assert late.json()["checks"]["sequencer"].startswith("oldest event waits")
+    figures = scrape(client)
+    assert one(figures, "baton_audit_sequencing_waiting") == waiting
+    assert one(figures, "baton_audit_sequencing_lag_seconds") > 0
+    with transaction.atomic():
+        chain_queued(None)  # as the holder would
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["sequencer"] == "ok"
+    assert one(scrape(client), "baton_audit_sequencing_waiting") == 0
