@@ -9,12 +9,14 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import structlog
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from opentelemetry import trace
 
 from agents.delivery import TASK as RUN_EXECUTE
 from agents.errors import (
@@ -36,6 +38,7 @@ from audit.services import SYSTEM, Actor, audit_run
 from audit.verbs import Verb
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("baton.runtime")
 
 
 def enqueue(run_id: int, *, countdown: float | None = None) -> None:
@@ -111,11 +114,24 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
     run = _claim(run_id, token, worker)
     if run is None:
         return  # finished, waiting, owned by a live worker, or not due yet
-    try:
-        _drive(run, token)
-    except TRANSIENT_FAULTS as fault:
-        log.warning("run %s: transient fault, retrying: %r", run_id, fault)
-        _retry_later(run, token, fault)
+    # Every line logged while the run executes carries its ids (JSON logs: console.logs),
+    # and its steps are spans of one trace (OpenTelemetry, where a provider is installed).
+    ids: dict[str, int | str] = {
+        "run_id": run.pk,
+        "agent_id": run.agent_id,
+        "agent": run.agent.slug,
+    }
+    with (
+        structlog.contextvars.bound_contextvars(**ids),
+        _tracer.start_as_current_span(
+            "baton.run", attributes={f"baton.{k}": v for k, v in ids.items()}
+        ),
+    ):
+        try:
+            _drive(run, token)
+        except TRANSIENT_FAULTS as fault:
+            log.warning("run %s: transient fault, retrying: %r", run_id, fault)
+            _retry_later(run, token, fault)
 
 
 def _retry_later(run: Run, token: uuid.UUID, fault: BaseException) -> None:

@@ -27,6 +27,7 @@ from django.http.request import validate_host
 
 from audit.selectors import Scope
 from console import fanout, frames, live
+from console.telemetry import LIVE_SOCKETS
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.after = await fanout.renderer().join(self.visible, outbox)
         self.recheck = asyncio.create_task(self._serve_forever(outbox))
         RECHECKS.add(self.recheck)
+        LIVE_SOCKETS.set(len(RECHECKS))
         self.recheck.add_done_callback(_forget)
         log.info("live socket opened (%d open in this process)", len(RECHECKS))
 
@@ -178,6 +180,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
 def _forget(task: asyncio.Task[None]) -> None:
     RECHECKS.discard(task)
+    LIVE_SOCKETS.set(len(RECHECKS))
 
 
 # --- Origin -----------------------------------------------------------------------------

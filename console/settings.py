@@ -9,6 +9,7 @@ Two shapes, one code path:
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from console.env import env_bool, env_float, env_int, env_list, env_str
+from console.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("BATON_DATA_DIR", str(BASE_DIR / "var")))
@@ -66,6 +68,8 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "channels",
+    # Request, response and process figures for /metrics (console.telemetry adds Baton's).
+    "django_prometheus",
     # django-ninja: the API's docs page (Swagger UI) from its own static files, no CDN.
     "ninja",
     "console",
@@ -75,6 +79,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: /healthz, /readyz and /metrics answer without host check, HTTPS redirect,
+    # session or sign-in (console.health), and are not counted as requests.
+    "console.health.ProbeMiddleware",
+    "console.logs.RequestIdMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -85,6 +94,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
     # Last, so it can turn the response of any page that checked a password into the
     # lock-out page (console.security).
     "axes.middleware.AxesMiddleware",
@@ -332,19 +342,22 @@ SILENCED_SYSTEM_CHECKS = [
     "axes.W006",
 ]
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {
-        "django.db.backends": {"level": "INFO"},
-        # django-axes says INFO for every start and every failed login; its warnings
-        # (a failure, a lock-out) are the lines worth reading.
-        "axes": {"level": "WARNING"},
-    },
-}
+# Plain lines for a terminal; BATON_LOG_JSON=true: one JSON object a line, with the
+# request, run and agent ids bound where the work happens (console.logs).
+BATON_LOG_JSON = env_bool("BATON_LOG_JSON", False)
+LOGGING = logging_config(json_lines=BATON_LOG_JSON, level=env_str("LOG_LEVEL", "INFO"))
+
+# --- Telemetry (console.telemetry, console.health) ------------------------------------
+# /metrics is served to these addresses (CIDR, comma-separated), or to anyone presenting
+# `Authorization: Bearer <BATON_METRICS_TOKEN>` when it is set; to others it is a 404.
+BATON_METRICS_ALLOW = env_list("BATON_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])
+try:
+    BATON_METRICS_NETWORKS = [ipaddress.ip_network(n, strict=False) for n in BATON_METRICS_ALLOW]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"BATON_METRICS_ALLOW: {exc}") from None
+BATON_METRICS_TOKEN = env_str("BATON_METRICS_TOKEN")
+# The journal's steps are counted over this recent window (baton_actions_recent).
+BATON_METRICS_WINDOW_SECONDS = env_float("BATON_METRICS_WINDOW_SECONDS", 300.0)
 
 # --- Audit trail (DESIGN section 7) -----------------------------------------------------
 # The Ed25519 key that signs checkpoints of the chain head: a PEM file (or the PEM itself
@@ -380,6 +393,12 @@ BATON_AUDIT_SEQUENCER_LATE_SECONDS = env_float("BATON_AUDIT_SEQUENCER_LATE_SECON
 # The scheduled verification goes on from the last signed outcome (it reads only the new
 # events); once this long after the last signed full run it walks the whole trail instead.
 BATON_AUDIT_FULL_VERIFY_EVERY_SECONDS = env_float("BATON_AUDIT_FULL_VERIFY_EVERY_SECONDS", 86400.0)
+
+# /readyz fails when beat's verification of the chain (a row every run) is older than this
+# (0: not checked); three missed runs by default.
+BATON_READY_BEAT_SECONDS = env_float(
+    "BATON_READY_BEAT_SECONDS", 3 * BATON_AUDIT_VERIFY_EVERY_SECONDS
+)
 
 # --- Timers (Celery beat) -------------------------------------------------------------
 # Every periodic task, for every layout: `make run`'s beat thread, `celery beat` and

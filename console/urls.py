@@ -10,6 +10,7 @@ from agents import api, catalog_views, editor_views, rollout_views, switch_views
 from agents import views as agent_views
 from agents.mcp import views as mcp_views
 from approvals import views as approval_views
+from console import health, telemetry
 from console import people as people_views
 from console import views as console_views
 
@@ -103,6 +104,11 @@ urlpatterns = [
     ),
     path("people/<int:user_id>/invite", people_views.person_invite, name="person-invite"),
     path("welcome/<uidb64>/<token>/", people_views.Welcome.as_view(), name="welcome"),
+    # Probes and metrics: answered by console.health.ProbeMiddleware before any other
+    # middleware; named here so they can be reversed and are walked by the tests.
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", telemetry.metrics, name="metrics"),
     # Browsers ask for /favicon.ico on their own; answer instead of logging a 404 each time.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("audit/", include("audit.urls")),

@@ -19,6 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from opentelemetry import trace
 
 from agents import store
 from agents.errors import (
@@ -160,6 +161,21 @@ class Hosted:
             self.heartbeat = None
 
 
+# OpenTelemetry spans of a run's steps: no-ops until the process installs an SDK tracer
+# provider (README "Operations"). A held or refused step is an outcome, not an error: only
+# a tool that raised marks its span failed.
+_tracer = trace.get_tracer("baton.runtime")
+
+
+def _step_span(seq: int, name: str) -> Any:
+    return _tracer.start_as_current_span(
+        "baton.step",
+        attributes={"baton.step.seq": seq, "baton.step.name": name},
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+
+
 class Context:
     """What a hosted agent program sees. Everything non-deterministic goes through it."""
 
@@ -180,12 +196,22 @@ class Context:
 
     def tool(self, name: str, /, **args: Any) -> Any:
         self._seq += 1
-        outcome = decide_step(self._gate, self._seq, name, args)
-        if type(outcome) is Allow:
-            return self._execute(outcome)
-        return _answer(outcome)
+        with _step_span(self._seq, name) as span:
+            outcome = decide_step(self._gate, self._seq, name, args)
+            span.set_attribute("baton.step.outcome", type(outcome).__name__.lower())
+            if type(outcome) is Allow:
+                try:
+                    return self._execute(outcome)
+                except Exception:
+                    span.set_status(trace.StatusCode.ERROR)
+                    raise
+            return _answer(outcome)
 
     def model(self, prompt: str, *, purpose: str = "") -> Any:
+        with _step_span(self._seq + 1, "model"):
+            return self._model(prompt, purpose)
+
+    def _model(self, prompt: str, purpose: str) -> Any:
         self._seq += 1
         seq = self._seq
         request = {"prompt": prompt, "purpose": purpose}
