@@ -42,7 +42,7 @@ from agents import remote, stepwait
 from agents.models import Action, ApiKey
 from agents.services import Conflict, NotFound, ServiceError, Unauthorized
 from agents.services import Unstorable as UnstorableInput
-from audit.jsonsafe import TOO_LONG, Unstorable, check_text, plain_json
+from audit.jsonsafe import MAX_DEPTH, TOO_DEEP, TOO_LONG, Unstorable, check_text, plain_json
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,30 @@ def _error(status: int, code: str, message: str, **headers: str) -> JsonResponse
 # --- the body, the key ---------------------------------------------------------------------
 
 
+def _deep_field(raw: bytes) -> str:
+    """The top-level field of a JSON object under which it nests deepest: what a body too
+    deep to parse is refused for (a scan of its brackets, strings skipped)."""
+    text = raw.decode("utf-8", errors="replace")
+    depth, deepest, key, field, i = 0, 0, "", "the body", 0
+    while i < len(text):
+        ch = text[i]
+        if ch == '"':
+            end = i + 1
+            while end < len(text) and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            if depth == 1:
+                key = text[i + 1 : end]
+            i = end
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, field = depth, key[:40] or "the body"
+        elif ch in "]}":
+            depth -= 1
+        i += 1
+    return field
+
+
 class JsonBody(Parser):
     """The request's JSON object, every value in it one the audit trail can store: 413
     past the limit, 415 unless it is sent as JSON, 400 `bad_json` or `unstorable`."""
@@ -121,8 +145,13 @@ class JsonBody(Parser):
             raise ApiError(415, Code.UNSUPPORTED_MEDIA_TYPE, BAD_CONTENT_TYPE)
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+        except (ValueError, UnicodeDecodeError):
             raise BadRequest(BAD_JSON, Code.BAD_JSON) from None
+        except RecursionError:
+            # Only a body nested far deeper than the trail holds exhausts the parser (how
+            # deep that is depends on the stack the request already runs in).
+            too_deep = TOO_DEEP.format(where=_deep_field(raw), limit=MAX_DEPTH)
+            raise BadRequest(too_deep, Code.UNSTORABLE) from None
         if not isinstance(body, dict):
             raise BadRequest(BAD_JSON, Code.BAD_JSON)
         try:
