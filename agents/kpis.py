@@ -11,6 +11,8 @@ The figures:
 - exception rate: the share of runs that failed (a divergence from the journal is a
   failure, counted apart too), had a tool step denied by policy, or had a held step
   rejected by people;
+- shadow: tool steps the shadow version's policy would have decided otherwise (shown
+  beside the exceptions, not counted in them: nothing went wrong in the run);
 - held share: tool steps held for people (an approval request, by policy or after an
   unknown outcome) over tool steps;
 - time to decide p50/p95 (held → approved or rejected by people) and SLA attainment:
@@ -142,6 +144,9 @@ class Figures:
     cycle_p95: float | None = None
     steps: int = 0  # tool steps
     denied: int = 0
+    # Tool steps the shadow version's policy would have decided otherwise (recorded beside
+    # the step, never executed: agents.rollout).
+    shadow_differs: int = 0
     held: int = 0
     rejected: int = 0  # by people
     decided: int = 0  # approved or rejected by people
@@ -332,6 +337,9 @@ def _steps(run_ids: Any, key: str, window: Window, of: Any) -> None:
         .annotate(
             steps=Count("pk", filter=tool),
             denied=Count("pk", filter=tool & Q(status=Action.Status.DENIED)),
+            shadow_differs=Count(
+                "pk", filter=tool & Q(shadow__isnull=False) & ~Q(shadow__effect=F("decision"))
+            ),
             model_calls=Count("pk", filter=model),
             tokens_in=Sum(Cast(KT("meta__tokens_in"), IntegerField()), filter=model),
             tokens_out=Sum(Cast(KT("meta__tokens_out"), IntegerField()), filter=model),
@@ -341,6 +349,7 @@ def _steps(run_ids: Any, key: str, window: Window, of: Any) -> None:
     for row in rows:
         f = of(row, "run__")
         f.steps, f.denied, f.model_calls = row["steps"], row["denied"], row["model_calls"]
+        f.shadow_differs = row["shadow_differs"]
         f.tokens_in, f.tokens_out = row["tokens_in"] or 0, row["tokens_out"] or 0
         f.cost_eur = float(row["cost"] or 0)
 
@@ -551,6 +560,7 @@ LINES: list[tuple[str, str, str, bool | None]] = [
     ("failed", "failed runs", "count", True),
     ("diverged", "diverged from the journal", "count", True),
     ("denied", "steps denied by policy", "count", True),
+    ("shadow_differs", "steps the shadow version would decide otherwise", "count", None),
     ("rejected", "held steps rejected by people", "count", True),
     ("held_share", "tool steps held for people", "share", None),
     ("decide_p50", "time to decide p50", "seconds", True),

@@ -26,7 +26,15 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from agents import kpis
-from agents.models import Action, Agent, AgentVersion, Payment, PurchaseOrder, Run
+from agents.models import (
+    Action,
+    Agent,
+    AgentVersion,
+    Payment,
+    PurchaseOrder,
+    Run,
+    ShadowDecision,
+)
 from agents.services import team_create
 from approvals.models import ApprovalRequest
 from tests.conftest import ALLOW_ALL_TESTS, ON_SQLITE, ROOT
@@ -46,6 +54,8 @@ class Step:
     request: tuple[str, float | None] | None = None  # (status, seconds to decide)
     paid: tuple[Decimal, str] | None = None
     ordered: Decimal | None = None
+    decision: str = "allow"
+    shadow: str | None = None  # what the shadow version's policy decided, if recorded
 
 
 @dataclass
@@ -70,7 +80,10 @@ def _wait(rng: random.Random) -> float:
 def _tool_step(rng: random.Random) -> Step:
     status = rng.choice([S.SUCCEEDED, S.SUCCEEDED, S.DENIED, S.HELD, S.REJECTED, S.FAILED])
     name = rng.choice(["payments.pay", "purchasing.create_po", "claims.flag"])
-    step = Step(Action.Kind.TOOL, name, status)
+    decision = {S.DENIED: "deny", S.HELD: "approve", S.REJECTED: "approve"}.get(status, "allow")
+    step = Step(Action.Kind.TOOL, name, status, decision=decision)
+    if rng.random() < 0.5:
+        step.shadow = rng.choice(["allow", "deny", "approve", "shadow"])
     if status == S.SUCCEEDED and name == "payments.pay":
         cents = rng.randint(100, 500_000)
         step.paid = (Decimal(cents) / 100, rng.choice(["EUR", "USD"]))
@@ -134,11 +147,15 @@ def store(history: list[BuiltRun]) -> None:
                 kind=step.kind,
                 name=step.name,
                 status=step.status,
-                decision="deny" if step.status == S.DENIED else "allow",
+                decision=step.decision,
                 args_hash="x",
                 idempotency_key=key,
                 meta=step.meta,
             )
+            if step.shadow:
+                ShadowDecision.objects.create(
+                    action=action, agent=b.agent, version=b.version, effect=step.shadow
+                )
             if step.paid:
                 Payment.objects.create(
                     idempotency_key=key,
@@ -223,6 +240,7 @@ def expected(runs: list[BuiltRun]) -> dict[str, Any]:
         "cycle_p95": quantile(cycles, 0.95),
         "steps": len(tool),
         "denied": sum(s.status == S.DENIED for s in tool),
+        "shadow_differs": sum(s.shadow is not None and s.shadow != s.decision for s in tool),
         "held": len(requests),
         "rejected": sum(st == AS.REJECTED for (st, _), _a in requests),
         "decided": len(decided),
@@ -329,7 +347,8 @@ def test_every_figure_agrees_with_a_computation_over_the_history_as_built(
     assert checked == 3 * totals["runs"] and totals["runs"] > 0
     if name == "24h":
         return
-    assert all(totals[k] for k in ("diverged", "denied", "rejected", "expired", "within_sla"))
+    rare = ("diverged", "denied", "shadow_differs", "rejected", "expired", "within_sla")
+    assert all(totals[k] for k in rare)
     assert totals["decided"] > totals["within_sla"] and totals["paid"] and totals["ordered"]
 
 
