@@ -47,6 +47,9 @@ SLUG_FIXED_AGENT = "The slug is fixed once the agent has a version: it names it 
 SLUG_FIXED_TEAM = "The slug is fixed once the team has agents."
 NAME_REQUIRED = "A name is required (at most 100 characters)."
 DESCRIPTION_TOO_LONG = "A description is at most 2000 characters."
+# The agent's decision target (Agent.decision_sla_minutes, read by the KPI pages).
+SLA_MAX_MINUTES = 7 * 24 * 60
+SLA_RANGE = "Decisions are due within a whole number of minutes, from 1 to 10080 (a week)."
 KIND_UNKNOWN = "An agent is hosted or remote."
 KIND_FIXED = "The kind is fixed once the agent has a version: create a new agent instead."
 OWNER_UNKNOWN = "No active person {owner!r} among the people you manage."
@@ -115,6 +118,15 @@ def _name(name: str) -> str:
     return name
 
 
+def _sla(minutes: int | str) -> int:
+    text = str(minutes).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise Invalid("decision_sla_minutes", SLA_RANGE)
+    if not 1 <= int(text) <= SLA_MAX_MINUTES:
+        raise Invalid("decision_sla_minutes", SLA_RANGE)
+    return int(text)
+
+
 def _description(description: str) -> str:
     description = storable(description, "description").strip()
     if len(description) > DESCRIPTION_MAX:
@@ -173,6 +185,7 @@ def _agent_state(agent: Agent) -> dict[str, Any]:
         "owner": owner.get_username() if owner else None,
         "kind": agent.kind,
         "archived_at": agent.archived_at,
+        "decision_sla_minutes": agent.decision_sla_minutes,
     }
 
 
@@ -337,9 +350,11 @@ def agent_update(
     kind: str,
     description: str = "",
     owner: str = "",
+    decision_sla_minutes: int | str | None = None,
 ) -> Agent:
-    """Change an agent's slug, name, team, owner, description or kind. The slug and the
-    kind are fixed once it has a version; a move needs administering both teams."""
+    """Change an agent's slug, name, team, owner, description, kind or decision target
+    (None: unchanged). The slug and the kind are fixed once it has a version; a move
+    needs administering both teams."""
     _agent_admin(user, agent)
     moving = team.pk != agent.team_id
     if moving and not (
@@ -349,6 +364,7 @@ def agent_update(
     slug, name = _slug(slug), _name(name)
     kind, description = _kind(kind), _description(description)
     owner_user = _owner(user, owner)
+    sla = agent.decision_sla_minutes if decision_sla_minutes is None else _sla(decision_sla_minutes)
     seen = _agent_state(agent)
     with transaction.atomic(durable=True):
         current = Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
@@ -368,10 +384,21 @@ def agent_update(
             _open_team(team.pk)
         current.slug, current.name, current.kind = slug, name, kind
         current.description, current.team, current.owner = description, team, owner_user
+        current.decision_sla_minutes = sla
         after = _agent_state(current)
         if after == before:
             return current
-        current.save(update_fields=["slug", "name", "kind", "description", "team", "owner"])
+        current.save(
+            update_fields=[
+                "slug",
+                "name",
+                "kind",
+                "description",
+                "team",
+                "owner",
+                "decision_sla_minutes",
+            ]
+        )
         audit_record(
             verb=Verb.AGENT_UPDATED,
             actor=Actor.of(user),

@@ -182,6 +182,7 @@ def agent_edit(request: HttpRequest, slug: str) -> HttpResponse:
             "kind": agent.kind,
             "description": agent.description,
             "owner": owner,
+            "decision_sla_minutes": agent.decision_sla_minutes,
         }
         return _agent_form(request, agent, values)
     form = request.POST
@@ -196,6 +197,7 @@ def agent_edit(request: HttpRequest, slug: str) -> HttpResponse:
             kind=form.get("kind", ""),
             description=form.get("description", ""),
             owner=form.get("owner", ""),
+            decision_sla_minutes=form.get("decision_sla_minutes"),
         )
     except ServiceError as exc:
         return _agent_form(request, agent, form, status=400, errors=_errors(exc))

@@ -63,6 +63,9 @@ class Agent(models.Model):
         "AgentVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # The time people should take to decide this agent's held actions: the KPI pages
+    # (agents.kpis) count the decisions taken within it as SLA attainment.
+    decision_sla_minutes = models.PositiveIntegerField(default=60)
     # Archived (agents.catalog): starts no new runs, its API keys answer 401, it leaves the
     # overview; its runs, versions and history stay readable.
     archived_at = models.DateTimeField(null=True, blank=True)

@@ -6,7 +6,15 @@ from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic.base import RedirectView
 
-from agents import api, catalog_views, editor_views, rollout_views, switch_views, version_views
+from agents import (
+    api,
+    catalog_views,
+    editor_views,
+    kpi_views,
+    rollout_views,
+    switch_views,
+    version_views,
+)
 from agents import views as agent_views
 from agents.mcp import views as mcp_views
 from approvals import views as approval_views
@@ -77,6 +85,8 @@ urlpatterns = [
         )
         for verdict in ("approve", "reject")
     ),
+    path("agents/<slug:slug>/kpis/", kpi_views.agent_kpis, name="agent-kpis"),
+    path("kpis/", kpi_views.fleet_kpis, name="kpis"),
     path("workers/", agent_views.workers, name="workers"),
     path("runs/<int:run_id>/", agent_views.run_detail, name="run"),
     path("approvals/", approval_views.queue, name="approvals"),

@@ -538,3 +538,31 @@ def test_a_new_hosted_agent_gets_its_first_version_from_its_admin_page(world: An
         'href="/agents/fresh-bot/versions/1/edit/"'
         in admin.get("/agents/fresh-bot/admin/").content.decode()
     )
+
+
+def test_an_admin_sets_the_agents_decision_target_and_a_bad_one_changes_nothing(
+    world: Any,
+) -> None:
+    agent = catalog.agent_create(user=world.admin, team=world.claims, slug="sla", name="Sla")
+    client = client_of(world.admin)
+    assert 'name="decision_sla_minutes" type="number" min="1" max="10080" value="60"' in (
+        client.get("/agents/sla/edit").content.decode()
+    )
+    form = {"team": "claims", "slug": "sla", "name": "Sla", "kind": "hosted"}
+    for bad in ("0", "10081", "1.5", "soon", ""):
+        response = client.post("/agents/sla/edit", {**form, "decision_sla_minutes": bad})
+        assert response.status_code == 400, bad
+        assert catalog.SLA_RANGE in response.content.decode()
+    agent.refresh_from_db()
+    assert agent.decision_sla_minutes == 60 and not events(Verb.AGENT_UPDATED)
+    response = client.post("/agents/sla/edit", {**form, "decision_sla_minutes": "15"})
+    assert response.status_code == 302
+    agent.refresh_from_db()
+    assert agent.decision_sla_minutes == 15
+    (updated,) = events(Verb.AGENT_UPDATED)
+    assert updated.payload["before"]["decision_sla_minutes"] == 60
+    assert updated.payload["after"]["decision_sla_minutes"] == 15
+    # A form without the field (an older page) leaves the target as it is.
+    assert client.post("/agents/sla/edit", {**form, "name": "Sla Two"}).status_code == 302
+    agent.refresh_from_db()
+    assert (agent.name, agent.decision_sla_minutes) == ("Sla Two", 15)

@@ -36,7 +36,15 @@ def pages(make_agent: Any, world: Any) -> list[str]:
     agent = make_agent("counter", "tests.support.agents.counter", ALLOW_ALL_TESTS)
     run = run_start(agent=agent, input={"label": "csp", "steps": 1})
     execute_run(run.pk)
-    return ["/", f"/agents/{agent.slug}/", f"/runs/{run.pk}/", "/approvals/", "/workers/"]
+    return [
+        "/",
+        f"/agents/{agent.slug}/",
+        f"/runs/{run.pk}/",
+        "/approvals/",
+        "/workers/",
+        f"/agents/{agent.slug}/kpis/",
+        "/kpis/",
+    ]
 
 
 def test_every_page_carries_a_strict_policy(pages: list[str], world: Any) -> None:

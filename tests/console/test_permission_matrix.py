@@ -208,6 +208,8 @@ class Hidden:
             "run": self.run.pk,
             "after": 0,
             "q": "Xylomarker",
+            # The KPI pages (issue 14): the longest window, which covers the hidden runs.
+            "window": "30d",
         }
 
     def leaks(self, text: str, typed: dict[str, Any] | None = None) -> list[str]:
@@ -355,6 +357,14 @@ def sweep(cast: Cast, hidden: Hidden, role: str) -> list[str]:
             if role != "compliance" and response.status_code == 200 and leaked:
                 problems.append(f"{where} shows {leaked}")
     return problems
+
+
+def test_the_matrix_walks_the_kpi_pages() -> None:
+    # The fleet's KPIs by team and an agent's (issue 14): the sweep below asks both for the
+    # hidden team's, whose name, agent and slug must appear to nobody but compliance.
+    walked = dict(url_patterns())
+    assert walked["kpis"] == "kpis/"
+    assert walked["agent-kpis"] == "agents/<slug:slug>/kpis/"
 
 
 async def test_no_person_reaches_a_team_they_do_not_work_in(world: Any, make_agent: Any) -> None:

@@ -1,0 +1,659 @@
+"""KPIs per agent, team and version, read from the journal (runs, their steps, the requests
+held for people) and the sandbox tables the tools write: no second source of truth.
+
+A window is the last 24 hours, 7 days or 30 days; every figure comes with the same
+figure over the window before it. A run counts in the window it was created in, and so
+does everything that belongs to it (its steps, its requests, the money its steps moved):
+per-run ratios then divide like with like.
+
+The figures:
+- runs, and cycle time p50/p95: created → finished, over the finished ones;
+- exception rate: the share of runs that failed (a divergence from the journal is a
+  failure, counted apart too), had a tool step denied by policy, or had a held step
+  rejected by people;
+- shadow: tool steps the shadow version's policy would have decided otherwise (shown
+  beside the exceptions, not counted in them: nothing went wrong in the run);
+- held share: tool steps held for people (an approval request, by policy or after an
+  unknown outcome) over tool steps;
+- time to decide p50/p95 (held → approved or rejected by people) and SLA attainment:
+  decisions within the agent's `decision_sla_minutes` over the requests that ended
+  (approved, rejected, expired: an expiry missed it; pending and cancelled are left out);
+- cost: model calls' tokens and cost (Action.meta, as the gateway records them), per run
+  and per business transaction (a run that succeeded: a claim paid, an order placed);
+- value moved: payments (per currency) and purchase orders the run's steps wrote.
+
+Each figure set is a few aggregate queries grouped by agent, team or version, whatever
+the number of agents or runs; percentiles are computed by Postgres (percentile_cont),
+and, on the embedded default's SQLite, from the durations in Python with the same
+definition (linear interpolation between the closest ranks).
+
+This module sits above the approvals app in the layers (pyproject.toml): it reads the
+approval requests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection
+from django.db.models import (
+    Aggregate,
+    Case,
+    Count,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Func,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, TruncDay, TruncHour
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from agents.models import Action, Agent, AgentVersion, Payment, PurchaseOrder, Run
+from agents.permissions import agents_for_user
+from approvals.models import ApprovalRequest
+
+WINDOWS: dict[str, timedelta] = {
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+DEFAULT_WINDOW = "7d"
+UNKNOWN_WINDOW = "Choose a window of 24h, 7d or 30d."
+
+# How the runtime words a run it failed because its program asked for another step than
+# the journal holds (agents.gateway.core.check_same; tests/agents/test_gateway.py).
+DIVERGED = "diverged at step"
+# The sandbox tables and the tools that write them, keyed by the step's idempotency key.
+PAY_TOOL = "payments.pay"
+ORDER_TOOL = "purchasing.create_po"
+
+KEYS = {"agent": "agent_id", "team": "agent__team_id", "version": "version_id"}
+DECIDED = (ApprovalRequest.Status.APPROVED, ApprovalRequest.Status.REJECTED)
+ENDED = (*DECIDED, ApprovalRequest.Status.EXPIRED)
+
+
+@dataclass(frozen=True)
+class Window:
+    name: str
+    end: datetime
+
+    @property
+    def length(self) -> timedelta:
+        return WINDOWS[self.name]
+
+    @property
+    def start(self) -> datetime:
+        return self.end - self.length
+
+    @property
+    def previous_start(self) -> datetime:
+        return self.start - self.length
+
+    @property
+    def hourly(self) -> bool:
+        return self.length <= timedelta(days=1)
+
+    @property
+    def buckets(self) -> list[datetime]:
+        """The starts of the sparkline's bars: hours for a day, days otherwise (UTC)."""
+        step = timedelta(hours=1) if self.hourly else timedelta(days=1)
+        first = self.start.replace(minute=0, second=0, microsecond=0)
+        if not self.hourly:
+            first = first.replace(hour=0)
+        out = []
+        at = first
+        while at < self.end:
+            out.append(at)
+            at += step
+        return out
+
+
+def window_named(name: str, now: datetime | None = None) -> Window:
+    """The window called `name` ending now; ValueError(UNKNOWN_WINDOW) for another name."""
+    if name not in WINDOWS:
+        raise ValueError(UNKNOWN_WINDOW)
+    return Window(name, now or timezone.now())
+
+
+@dataclass
+class Figures:
+    runs: int = 0
+    finished: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    diverged: int = 0
+    exceptions: int = 0
+    cycle_p50: float | None = None  # seconds
+    cycle_p95: float | None = None
+    steps: int = 0  # tool steps
+    denied: int = 0
+    # Tool steps the shadow version's policy would have decided otherwise (recorded beside
+    # the step, never executed: agents.rollout).
+    shadow_differs: int = 0
+    held: int = 0
+    rejected: int = 0  # by people
+    decided: int = 0  # approved or rejected by people
+    expired: int = 0
+    within_sla: int = 0
+    decide_p50: float | None = None  # seconds
+    decide_p95: float | None = None
+    model_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_eur: float = 0.0
+    paid: dict[str, Decimal] = field(default_factory=dict)  # per currency
+    ordered: Decimal = Decimal(0)
+    runs_per_bucket: list[int] = field(default_factory=list)
+    exceptions_per_bucket: list[int] = field(default_factory=list)
+
+    @property
+    def exception_rate(self) -> float | None:
+        return self.exceptions / self.runs if self.runs else None
+
+    @property
+    def held_share(self) -> float | None:
+        return self.held / self.steps if self.steps else None
+
+    @property
+    def sla_attainment(self) -> float | None:
+        ended = self.decided + self.expired
+        return self.within_sla / ended if ended else None
+
+    @property
+    def cost_per_run(self) -> float | None:
+        return self.cost_eur / self.runs if self.runs else None
+
+    @property
+    def cost_per_transaction(self) -> float | None:
+        return self.cost_eur / self.succeeded if self.succeeded else None
+
+    @property
+    def tokens_per_run(self) -> float | None:
+        return (self.tokens_in + self.tokens_out) / self.runs if self.runs else None
+
+
+@dataclass
+class Pair:
+    """A figure set over the window, and over the window before it."""
+
+    current: Figures = field(default_factory=Figures)
+    previous: Figures = field(default_factory=Figures)
+
+
+# --- SQL helpers ---------------------------------------------------------------------------
+
+
+class Seconds(Func):
+    """An interval in seconds (Postgres)."""
+
+    template = "EXTRACT(EPOCH FROM %(expressions)s)::double precision"
+    output_field = FloatField()
+
+
+class PercentileCont(Aggregate):
+    """Postgres' percentile_cont: the continuous percentile of the non-null values."""
+
+    function = "percentile_cont"
+    output_field = FloatField()
+
+    def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
+        # The fraction is a constant of this module, never input.
+        self.template = (
+            f"percentile_cont({float(fraction)!r}) WITHIN GROUP (ORDER BY %(expressions)s)"
+        )
+        super().__init__(expression, **extra)
+
+
+def percentile_cont(values: list[float], fraction: float) -> float | None:
+    """percentile_cont in Python: linear interpolation between the closest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    at = fraction * (len(ordered) - 1)
+    low, high = math.floor(at), math.ceil(at)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
+def _in_sql() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _between(prefix: str, window: Window) -> dict[str, Any]:
+    return {
+        f"{prefix}created_at__gte": window.previous_start,
+        f"{prefix}created_at__lt": window.end,
+    }
+
+
+def _current(prefix: str, window: Window) -> Case:
+    return Case(
+        When(**{f"{prefix}created_at__gte": window.start}, then=Value(True)),
+        default=Value(False),
+    )
+
+
+def _exception() -> Q:
+    denied = Action.objects.filter(
+        run=OuterRef("pk"), kind=Action.Kind.TOOL, status=Action.Status.DENIED
+    )
+    rejected = ApprovalRequest.objects.filter(
+        run=OuterRef("pk"), status=ApprovalRequest.Status.REJECTED
+    )
+    return Q(status=Run.Status.FAILED) | Q(Exists(denied)) | Q(Exists(rejected))
+
+
+def _duration(later: str, earlier: str) -> ExpressionWrapper:
+    return ExpressionWrapper(F(later) - F(earlier), output_field=DurationField())
+
+
+# --- the figures -------------------------------------------------------------------------
+
+
+def figures(
+    runs: QuerySet[Run], by: str, window: Window, *, sparklines: bool = True
+) -> dict[int, Pair]:
+    """The KPIs of `runs` (a queryset of the runs the person may see), grouped `by`
+    agent, team or version (KEYS): {group id: Pair}. A bounded number of queries."""
+    key = KEYS[by]
+    pairs: dict[int, Pair] = defaultdict(Pair)
+
+    def of(row: dict[str, Any], prefix: str = "") -> Figures:
+        pair = pairs[row[prefix + key]]
+        return pair.current if row["cur"] else pair.previous
+
+    base = runs.filter(**_between("", window)).order_by()
+    run_ids = base.values("pk")
+    _runs(base, key, window, of)
+    _steps(run_ids, key, window, of)
+    _requests(run_ids, key, window, of)
+    _value(run_ids, key, window, of)
+    if sparklines:
+        _sparklines(base, key, window, pairs)
+    return dict(pairs)
+
+
+def _runs(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
+    in_sql = _in_sql()
+    cycle = Seconds(_duration("finished_at", "created_at"))
+    extra = (
+        {"cycle_p50": PercentileCont(cycle, 0.5), "cycle_p95": PercentileCont(cycle, 0.95)}
+        if in_sql
+        else {}
+    )
+    rows = (
+        base.annotate(cur=_current("", window))
+        .values(key, "cur")
+        .annotate(
+            n=Count("pk"),
+            finished=Count("pk", filter=Q(finished_at__isnull=False)),
+            succeeded=Count("pk", filter=Q(status=Run.Status.SUCCEEDED)),
+            failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
+            diverged=Count("pk", filter=Q(status=Run.Status.FAILED, error__contains=DIVERGED)),
+            exceptions=Count("pk", filter=_exception()),
+            **extra,
+        )
+    )
+    for row in rows:
+        f = of(row)
+        f.runs, f.finished, f.succeeded = row["n"], row["finished"], row["succeeded"]
+        f.failed, f.diverged, f.exceptions = row["failed"], row["diverged"], row["exceptions"]
+        if in_sql:
+            f.cycle_p50, f.cycle_p95 = row["cycle_p50"], row["cycle_p95"]
+    if not in_sql:
+        durations: dict[tuple[int, bool], list[float]] = defaultdict(list)
+        finished = base.filter(finished_at__isnull=False).annotate(cur=_current("", window))
+        for group, cur, created, done in finished.values_list(
+            key, "cur", "created_at", "finished_at"
+        ):
+            durations[(group, cur)].append((done - created).total_seconds())
+        for (group, cur), values in durations.items():
+            f = of({key: group, "cur": cur})
+            f.cycle_p50, f.cycle_p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
+
+
+def _steps(run_ids: Any, key: str, window: Window, of: Any) -> None:
+    tool, model = Q(kind=Action.Kind.TOOL), Q(kind=Action.Kind.MODEL)
+    rows = (
+        Action.objects.filter(run__in=run_ids)
+        .annotate(cur=_current("run__", window))
+        .values("run__" + key, "cur")
+        .annotate(
+            steps=Count("pk", filter=tool),
+            denied=Count("pk", filter=tool & Q(status=Action.Status.DENIED)),
+            shadow_differs=Count(
+                "pk", filter=tool & Q(shadow__isnull=False) & ~Q(shadow__effect=F("decision"))
+            ),
+            model_calls=Count("pk", filter=model),
+            tokens_in=Sum(Cast(KT("meta__tokens_in"), IntegerField()), filter=model),
+            tokens_out=Sum(Cast(KT("meta__tokens_out"), IntegerField()), filter=model),
+            cost=Sum(Cast(KT("meta__cost_eur"), FloatField()), filter=model),
+        )
+    )
+    for row in rows:
+        f = of(row, "run__")
+        f.steps, f.denied, f.model_calls = row["steps"], row["denied"], row["model_calls"]
+        f.shadow_differs = row["shadow_differs"]
+        f.tokens_in, f.tokens_out = row["tokens_in"] or 0, row["tokens_out"] or 0
+        f.cost_eur = float(row["cost"] or 0)
+
+
+def _requests(run_ids: Any, key: str, window: Window, of: Any) -> None:
+    in_sql = _in_sql()
+    decided = Q(status__in=DECIDED)
+    requests = ApprovalRequest.objects.filter(run__in=run_ids).annotate(
+        cur=_current("run__", window)
+    )
+    extra: dict[str, Any] = {}
+    if in_sql:
+        wait = Case(
+            When(decided, then=Seconds(_duration("decided_at", "created_at"))),
+            default=None,
+            output_field=FloatField(),
+        )
+        requests = requests.annotate(wait=wait)
+        extra = {
+            "within": Count("pk", filter=Q(wait__lte=F("agent__decision_sla_minutes") * 60)),
+            "decide_p50": PercentileCont(F("wait"), 0.5),
+            "decide_p95": PercentileCont(F("wait"), 0.95),
+        }
+    rows = requests.values("run__" + key, "cur").annotate(
+        held=Count("pk"),
+        decided=Count("pk", filter=decided),
+        rejected=Count("pk", filter=Q(status=ApprovalRequest.Status.REJECTED)),
+        expired=Count("pk", filter=Q(status=ApprovalRequest.Status.EXPIRED)),
+        **extra,
+    )
+    for row in rows:
+        f = of(row, "run__")
+        f.held, f.decided, f.rejected, f.expired = (
+            row["held"],
+            row["decided"],
+            row["rejected"],
+            row["expired"],
+        )
+        if in_sql:
+            f.within_sla, f.decide_p50, f.decide_p95 = (
+                row["within"],
+                row["decide_p50"],
+                row["decide_p95"],
+            )
+    if not in_sql:
+        waits: dict[tuple[int, bool], list[float]] = defaultdict(list)
+        targets: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        for group, cur, created, done, sla in requests.filter(decided).values_list(
+            "run__" + key, "cur", "created_at", "decided_at", "agent__decision_sla_minutes"
+        ):
+            seconds = (done - created).total_seconds()
+            waits[(group, cur)].append(seconds)
+            targets[(group, cur)].append(seconds <= sla * 60)
+        for (group, cur), values in waits.items():
+            f = of({"run__" + key: group, "cur": cur}, "run__")
+            f.decide_p50, f.decide_p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
+            f.within_sla = sum(targets[(group, cur)])
+
+
+def _value(run_ids: Any, key: str, window: Window, of: Any) -> None:
+    """Payments and purchase orders the runs' steps wrote: each sandbox row is found by
+    its step's idempotency key (unique in its table)."""
+    steps = Action.objects.filter(
+        run__in=run_ids, kind=Action.Kind.TOOL, status=Action.Status.SUCCEEDED
+    ).annotate(cur=_current("run__", window))
+    payment = Payment.objects.filter(idempotency_key=OuterRef("idempotency_key"))
+    paid = (
+        steps.filter(name=PAY_TOOL)
+        .annotate(currency=Subquery(payment.values("currency")[:1]))
+        .values("run__" + key, "cur", "currency")
+        .annotate(total=Sum(Subquery(payment.values("amount")[:1])))
+    )
+    for row in paid:
+        if row["currency"] is not None and row["total"] is not None:
+            f = of(row, "run__")
+            f.paid[row["currency"]] = f.paid.get(row["currency"], Decimal(0)) + Decimal(
+                str(row["total"])
+            )
+    order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("idempotency_key"))
+    ordered = (
+        steps.filter(name=ORDER_TOOL)
+        .values("run__" + key, "cur")
+        .annotate(total=Sum(Subquery(order.values("total")[:1])))
+    )
+    for row in ordered:
+        if row["total"] is not None:
+            of(row, "run__").ordered = Decimal(str(row["total"]))
+
+
+def _sparklines(base: QuerySet[Run], key: str, window: Window, pairs: dict[int, Pair]) -> None:
+    """Runs and exceptions per hour (a day's window) or per day, over the window."""
+    buckets = window.buckets
+    index = {at: i for i, at in enumerate(buckets)}
+    trunc = TruncHour if window.hourly else TruncDay
+    rows = (
+        base.filter(created_at__gte=window.start)
+        .annotate(bucket=trunc("created_at", tzinfo=UTC))
+        .values(key, "bucket")
+        .annotate(n=Count("pk"), exceptions=Count("pk", filter=_exception()))
+    )
+    for pair in pairs.values():
+        pair.current.runs_per_bucket = [0] * len(buckets)
+        pair.current.exceptions_per_bucket = [0] * len(buckets)
+    for row in rows:
+        slot = index.get(row["bucket"])
+        if slot is None:
+            continue
+        current = pairs[row[key]].current
+        if not current.runs_per_bucket:
+            current.runs_per_bucket = [0] * len(buckets)
+            current.exceptions_per_bucket = [0] * len(buckets)
+        current.runs_per_bucket[slot] += row["n"]
+        current.exceptions_per_bucket[slot] += row["exceptions"]
+
+
+# --- what the pages show -------------------------------------------------------------------
+
+
+def agent_page(agent: Agent, window: Window) -> dict[str, Any]:
+    """An agent's KPIs (for an agent the caller may see: agents.permissions), its
+    versions' beside them, and during a canary the canary beside the live version."""
+    runs = Run.objects.filter(agent=agent)
+    pair = figures(runs, "agent", window).get(agent.pk, Pair())
+    _fill_buckets(pair, window)
+    by_version = figures(runs, "version", window, sparklines=False)
+    versions = {v.pk: v for v in AgentVersion.objects.filter(pk__in=list(by_version))}
+    canary = None
+    live_id, canary_id = agent.live_version_id or 0, agent.canary_version_id
+    if canary_id is not None:
+        names = dict(
+            AgentVersion.objects.filter(pk__in=[live_id, canary_id]).values_list("pk", "number")
+        )
+        canary = {
+            "live": names.get(live_id),
+            "canary": names.get(canary_id),
+            "lines": compare(
+                by_version.get(live_id, Pair()).current,
+                by_version.get(canary_id, Pair()).current,
+            ),
+        }
+    return {
+        "agent": agent,
+        "pair": pair,
+        "lines": lines(pair),
+        "chart": sparkline(pair.current, window),
+        "versions": [
+            {"version": versions[pk], "lines": lines(by_version[pk])}
+            for pk in sorted(by_version, key=lambda pk: -versions[pk].number)
+        ],
+        "canary": canary,
+    }
+
+
+def fleet_page(user: Any, window: Window) -> dict[str, Any]:
+    """The KPIs of the teams and agents the person may see (agents.permissions): a team's
+    figures cover only its agents the person sees."""
+    visible = agents_for_user(user)
+    runs = Run.objects.filter(agent__in=visible.values("pk"))
+    by_team = figures(runs, "team", window)
+    by_agent = figures(runs, "agent", window, sparklines=False)
+    agents = [
+        a
+        for a in visible.order_by("team__name", "team_id", "name", "pk")
+        if a.archived_at is None or a.pk in by_agent
+    ]
+    teams: dict[int, dict[str, Any]] = {}
+    for agent in agents:
+        team = teams.get(agent.team_id)
+        if team is None:
+            pair = by_team.get(agent.team_id, Pair())
+            _fill_buckets(pair, window)
+            team = teams[agent.team_id] = {
+                "team": agent.team,
+                "lines": lines(pair),
+                "chart": sparkline(pair.current, window),
+                "agents": [],
+            }
+        pair = by_agent.get(agent.pk, Pair())
+        team["agents"].append({"agent": agent, "f": pair.current, "before": pair.previous})
+    return {"teams": list(teams.values())}
+
+
+def _fill_buckets(pair: Pair, window: Window) -> None:
+    if not pair.current.runs_per_bucket:
+        pair.current.runs_per_bucket = [0] * len(window.buckets)
+        pair.current.exceptions_per_bucket = [0] * len(window.buckets)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One figure as a page shows it: now, in the window before, and which way it went
+    (`worse` when it moved the way a manager would not want)."""
+
+    name: str
+    label: str
+    now: str
+    before: str
+    trend: str  # "up", "down" or "" (unchanged, or nothing to compare)
+    worse: bool
+
+
+# name, label, how to show it, whether a rise is bad (None: neither)
+LINES: list[tuple[str, str, str, bool | None]] = [
+    ("runs", "runs", "count", None),
+    ("cycle_p50", "cycle time p50", "seconds", True),
+    ("cycle_p95", "cycle time p95", "seconds", True),
+    ("exception_rate", "exception rate", "share", True),
+    ("failed", "failed runs", "count", True),
+    ("diverged", "diverged from the journal", "count", True),
+    ("denied", "steps denied by policy", "count", True),
+    ("shadow_differs", "steps the shadow version would decide otherwise", "count", None),
+    ("rejected", "held steps rejected by people", "count", True),
+    ("held_share", "tool steps held for people", "share", None),
+    ("decide_p50", "time to decide p50", "seconds", True),
+    ("decide_p95", "time to decide p95", "seconds", True),
+    ("sla_attainment", "decided within the SLA", "share", False),
+    ("tokens_per_run", "model tokens per run", "number", True),
+    ("cost_per_run", "model cost per run", "eur", True),
+    ("cost_per_transaction", "model cost per business transaction", "eur", True),
+    ("paid", "paid", "money", None),
+    ("ordered", "ordered", "amount", None),
+]
+
+
+def show(value: Any, how: str) -> str:
+    if value is None:
+        return "—"
+    if how == "count":
+        return f"{value:,}"
+    if how == "number":
+        return f"{value:,.0f}"
+    if how == "share":
+        return f"{value * 100:.1f} %"
+    if how == "eur":
+        return f"{value:,.4f} EUR"
+    if how == "amount":
+        return f"{value:,.2f}"
+    if how == "money":
+        return " · ".join(f"{v:,.2f} {c}" for c, v in sorted(value.items())) or "—"
+    return duration(value)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _trend(now: Any, before: Any) -> str:
+    if isinstance(now, dict) or now is None or before is None or now == before:
+        return ""
+    return "up" if now > before else "down"
+
+
+def lines(pair: Pair) -> list[Line]:
+    out = []
+    for name, label, how, rise_is_bad in LINES:
+        now, before = getattr(pair.current, name), getattr(pair.previous, name)
+        trend = _trend(now, before)
+        worse = rise_is_bad is not None and trend == ("up" if rise_is_bad else "down")
+        out.append(Line(name, label, show(now, how), show(before, how), trend, worse))
+    return out
+
+
+def compare(live: Figures, canary: Figures) -> list[Line]:
+    """The canary's figures beside the live version's, over the same window: `before` is
+    the live version's, `now` the canary's."""
+    return lines(Pair(current=canary, previous=live))
+
+
+def sparkline(f: Figures, window: Window) -> str:
+    """Runs per bar (an hour or a day) and, over them, the runs with an exception: an SVG
+    drawn here, styled by the stylesheet (no inline style: the CSP forbids it)."""
+    runs, exceptions = f.runs_per_bucket, f.exceptions_per_bucket
+    height, bar, gap = 32, 6, 2
+    peak = max(runs, default=0) or 1
+    width = max(len(runs), 1) * (bar + gap)
+    unit = "hour" if window.hourly else "day"
+
+    def bars() -> Any:
+        for i, (n, e) in enumerate(zip(runs, exceptions, strict=True)):
+            x, h, he = i * (bar + gap), round(n / peak * height, 1), round(e / peak * height, 1)
+            tip = f"{n} run{'s' if n != 1 else ''}, {e} with an exception"
+            yield x, height - h, bar, h, tip, x, height - he, bar, he
+
+    parts = format_html_join(
+        "",
+        '<rect class="runs" x="{}" y="{}" width="{}" height="{}"><title>{}</title></rect>'
+        '<rect class="exceptions" x="{}" y="{}" width="{}" height="{}"></rect>',
+        bars(),
+    )
+    label = (
+        f"runs per {unit} over the last {window.name}: {', '.join(map(str, runs)) or 'none'}; "
+        f"with an exception: {', '.join(map(str, exceptions)) or 'none'}"
+    )
+    return format_html(
+        '<svg class="spark" viewBox="0 0 {} {}" preserveAspectRatio="none" role="img" '
+        'aria-label="{}" data-testid="sparkline">{}</svg>',
+        width,
+        height,
+        label,
+        parts,
+    )

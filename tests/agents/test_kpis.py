@@ -1,0 +1,483 @@
+"""KPIs (agents.kpis) on a constructed history: runs with set timestamps, steps with their
+decisions, requests decided by people at set times, model calls, payments and orders.
+Each figure is computed again here, in plain Python over the history as it was built
+(never read back through the module), and the two must agree: by agent, by team and by
+version, over the window and the window before, on Postgres' SQL path and on the
+Python path the embedded default's SQLite takes."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from agents import kpis
+from agents.models import (
+    Action,
+    Agent,
+    AgentVersion,
+    Payment,
+    PurchaseOrder,
+    Run,
+    ShadowDecision,
+)
+from agents.services import team_create
+from approvals.models import ApprovalRequest
+from tests.conftest import ALLOW_ALL_TESTS, ON_SQLITE, ROOT
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 11, 30, 12, 30, tzinfo=UTC)
+S, AS = Action.Status, ApprovalRequest.Status
+
+
+@dataclass
+class Step:
+    kind: str
+    name: str
+    status: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    request: tuple[str, float | None] | None = None  # (status, seconds to decide)
+    paid: tuple[Decimal, str] | None = None
+    ordered: Decimal | None = None
+    decision: str = "allow"
+    shadow: str | None = None  # what the shadow version's policy decided, if recorded
+
+
+@dataclass
+class BuiltRun:
+    agent: Agent
+    version: AgentVersion
+    created: datetime
+    status: str
+    finished: datetime | None
+    error: str
+    steps: list[Step]
+
+
+def _wait(rng: random.Random) -> float:
+    """Seconds to decide: anywhere in two hours, or right on (or just past) one of the
+    agents' targets of 5, 30 and 60 minutes, where within and past the SLA meet."""
+    if rng.random() < 0.4:
+        return rng.choice([300, 1800, 3600]) + rng.choice([0.0, 0.001, 1.0])
+    return rng.uniform(5, 7200)
+
+
+def _tool_step(rng: random.Random) -> Step:
+    status = rng.choice([S.SUCCEEDED, S.SUCCEEDED, S.DENIED, S.HELD, S.REJECTED, S.FAILED])
+    name = rng.choice(["payments.pay", "purchasing.create_po", "claims.flag"])
+    decision = {S.DENIED: "deny", S.HELD: "approve", S.REJECTED: "approve"}.get(status, "allow")
+    step = Step(Action.Kind.TOOL, name, status, decision=decision)
+    if rng.random() < 0.5:
+        step.shadow = rng.choice(["allow", "deny", "approve", "shadow"])
+    if status == S.SUCCEEDED and name == "payments.pay":
+        cents = rng.randint(100, 500_000)
+        step.paid = (Decimal(cents) / 100, rng.choice(["EUR", "USD"]))
+    if status == S.SUCCEEDED and name == "purchasing.create_po":
+        step.ordered = Decimal(rng.randint(100, 900_000)) / 100
+    # A held step (by policy, or after an unknown outcome) carries a request for people.
+    if status == S.HELD:
+        step.request = (AS.PENDING, None)
+    elif status == S.REJECTED:
+        step.request = rng.choice([(AS.REJECTED, _wait(rng)), (AS.EXPIRED, 9000.0)])
+    elif status == S.SUCCEEDED and rng.random() < 0.4:
+        step.request = (AS.APPROVED, _wait(rng))
+    elif status == S.FAILED and rng.random() < 0.3:
+        step.request = (AS.CANCELLED, rng.uniform(5, 100))
+    return step
+
+
+def _model_step(rng: random.Random) -> Step:
+    cost = None if rng.random() < 0.2 else round(rng.uniform(0.0001, 0.05), 6)
+    meta = {"tokens_in": rng.randint(10, 4000), "tokens_out": rng.randint(5, 900)}
+    return Step(Action.Kind.MODEL, "scripted", S.SUCCEEDED, {**meta, "cost_eur": cost})
+
+
+def build(rng: random.Random, agent: Agent, versions: list[AgentVersion], n: int) -> list[Any]:
+    built = []
+    for _ in range(n):
+        # Over both windows of 7 days and some before them (which no figure counts).
+        created = NOW - timedelta(seconds=rng.uniform(0, 16 * 86400))
+        status = rng.choice(
+            [Run.Status.SUCCEEDED] * 4
+            + [Run.Status.FAILED, Run.Status.CANCELLED, Run.Status.WAITING, Run.Status.RUNNING]
+        )
+        final = status in Run.FINAL
+        finished = created + timedelta(seconds=rng.uniform(0.5, 4000)) if final else None
+        error = ""
+        if status == Run.Status.FAILED:
+            error = rng.choice(
+                [f"run 1 diverged at step {rng.randint(1, 4)}: the journal holds …", "boom"]
+            )
+        steps = [
+            _model_step(rng) if rng.random() < 0.35 else _tool_step(rng)
+            for _ in range(rng.randint(0, 5))
+        ]
+        built.append(BuiltRun(agent, rng.choice(versions), created, status, finished, error, steps))
+    return built
+
+
+def store(history: list[BuiltRun]) -> None:
+    """Write the history as the journal holds it: timestamps set after the rows exist
+    (created_at is set on insert)."""
+    for b in history:
+        run = Run.objects.create(agent=b.agent, version=b.version, input={}, status=b.status)
+        Run.objects.filter(pk=run.pk).update(
+            created_at=b.created, finished_at=b.finished, error=b.error
+        )
+        for seq, step in enumerate(b.steps, 1):
+            key = f"baton-run{run.pk}-step{seq}"
+            action = Action.objects.create(
+                run=run,
+                seq=seq,
+                kind=step.kind,
+                name=step.name,
+                status=step.status,
+                decision=step.decision,
+                args_hash="x",
+                idempotency_key=key,
+                meta=step.meta,
+            )
+            if step.shadow:
+                ShadowDecision.objects.create(
+                    action=action, agent=b.agent, version=b.version, effect=step.shadow
+                )
+            if step.paid:
+                Payment.objects.create(
+                    idempotency_key=key,
+                    claim_id="CLM",
+                    payee="P",
+                    amount=step.paid[0],
+                    currency=step.paid[1],
+                )
+            if step.ordered is not None:
+                PurchaseOrder.objects.create(
+                    idempotency_key=key,
+                    sku="ABC-123",
+                    supplier="S",
+                    quantity=1,
+                    unit_price=step.ordered,
+                    total=step.ordered,
+                )
+            if step.request:
+                status, wait = step.request
+                held_at = b.created + timedelta(seconds=seq)
+                request = ApprovalRequest.objects.create(
+                    action=action,
+                    run=run,
+                    agent=b.agent,
+                    version=b.version,
+                    tool=step.name,
+                    args={},
+                    args_hash="x",
+                    risk="high",
+                    status=status,
+                )
+                ApprovalRequest.objects.filter(pk=request.pk).update(
+                    created_at=held_at,
+                    decided_at=None if wait is None else held_at + timedelta(seconds=wait),
+                )
+
+
+# --- the independent computation ------------------------------------------------------------
+
+
+def quantile(values: list[float], fraction: float) -> float | None:
+    """statistics' inclusive quantiles are percentile_cont's definition."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[round(fraction * 100) - 1]
+
+
+def expected(runs: list[BuiltRun]) -> dict[str, Any]:
+    tool = [s for r in runs for s in r.steps if s.kind == Action.Kind.TOOL]
+    model = [s for r in runs for s in r.steps if s.kind == Action.Kind.MODEL]
+    requests = [(s.request, r.agent) for r in runs for s in r.steps if s.request]
+    decided = [
+        (w, agent)
+        for (st, w), agent in requests
+        if st in (AS.APPROVED, AS.REJECTED) and w is not None
+    ]
+    waits = [w for w, _ in decided]
+    cycles = [(r.finished - r.created).total_seconds() for r in runs if r.finished]
+
+    def exceptional(r: BuiltRun) -> bool:
+        return (
+            r.status == Run.Status.FAILED
+            or any(s.kind == Action.Kind.TOOL and s.status == S.DENIED for s in r.steps)
+            or any(s.request and s.request[0] == AS.REJECTED for s in r.steps)
+        )
+
+    paid: dict[str, Decimal] = defaultdict(Decimal)
+    for s in tool:
+        if s.paid:
+            paid[s.paid[1]] += s.paid[0]
+    return {
+        "runs": len(runs),
+        "finished": len(cycles),
+        "succeeded": sum(r.status == Run.Status.SUCCEEDED for r in runs),
+        "failed": sum(r.status == Run.Status.FAILED for r in runs),
+        "diverged": sum("diverged at step" in r.error for r in runs),
+        "exceptions": sum(exceptional(r) for r in runs),
+        "cycle_p50": quantile(cycles, 0.5),
+        "cycle_p95": quantile(cycles, 0.95),
+        "steps": len(tool),
+        "denied": sum(s.status == S.DENIED for s in tool),
+        "shadow_differs": sum(s.shadow is not None and s.shadow != s.decision for s in tool),
+        "held": len(requests),
+        "rejected": sum(st == AS.REJECTED for (st, _), _a in requests),
+        "decided": len(decided),
+        "expired": sum(st == AS.EXPIRED for (st, _), _a in requests),
+        "within_sla": sum(w <= a.decision_sla_minutes * 60 for w, a in decided),
+        "decide_p50": quantile(waits, 0.5),
+        "decide_p95": quantile(waits, 0.95),
+        "model_calls": len(model),
+        "tokens_in": sum(s.meta["tokens_in"] for s in model),
+        "tokens_out": sum(s.meta["tokens_out"] for s in model),
+        "cost_eur": sum(s.meta["cost_eur"] or 0 for s in model),
+        "paid": dict(paid),
+        "ordered": sum((s.ordered for s in tool if s.ordered is not None), Decimal(0)),
+    }
+
+
+def spark(runs: list[BuiltRun], window: kpis.Window) -> tuple[list[int], list[int]]:
+    step = timedelta(hours=1) if window.length <= timedelta(days=1) else timedelta(days=1)
+    first = window.start.replace(minute=0, second=0, microsecond=0)
+    if step == timedelta(days=1):
+        first = first.replace(hour=0)
+    count = 0
+    while first + count * step < window.end:
+        count += 1
+    per, bad = [0] * count, [0] * count
+    for r in runs:
+        i = int((r.created - first) / step)
+        per[i] += 1
+        bad[i] += int(expected([r])["exceptions"])
+    return per, bad
+
+
+def assert_same(got: kpis.Figures, want: dict[str, Any], where: str) -> None:
+    for name, value in want.items():
+        actual = getattr(got, name)
+        if value is None:
+            assert actual is None, (where, name, actual)
+        elif isinstance(value, float):
+            assert actual == pytest.approx(value, rel=1e-9, abs=1e-6), (where, name)
+        else:
+            assert actual == value, (where, name, actual, value)
+
+
+# --- the history and the tests ---------------------------------------------------------------
+
+
+@pytest.fixture
+def history(make_agent: Any, world: Any) -> dict[str, Any]:
+    rng = random.Random(14)
+    underwriting = team_create(slug="underwriting", name="Underwriting")
+    a = make_agent("kpi-claims-a", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    b = make_agent("kpi-claims-b", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    c = make_agent(
+        "kpi-under-c", "tests.support.agents.counter", ALLOW_ALL_TESTS, team=underwriting
+    )
+    Agent.objects.filter(pk=a.pk).update(decision_sla_minutes=30)
+    Agent.objects.filter(pk=b.pk).update(decision_sla_minutes=5)
+    for agent in (a, b, c):
+        agent.refresh_from_db()
+    a2 = AgentVersion.objects.create(agent=a, number=2, program=a.live_version.program)
+    Agent.objects.filter(pk=a.pk).update(canary_version=a2, canary_percent=30)
+    a.refresh_from_db()
+    built = build(rng, a, [a.live_version, a2], 70)
+    built += build(rng, b, [b.live_version], 40)
+    built += build(rng, c, [c.live_version], 40)
+    store(built)
+    return {"agents": [a, b, c], "built": built, "canary": a2}
+
+
+@pytest.mark.parametrize("path", ["sql", "python"])
+@pytest.mark.parametrize("name", ["24h", "7d"])
+def test_every_figure_agrees_with_a_computation_over_the_history_as_built(
+    history: dict[str, Any], name: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path == "python":  # the embedded default's SQLite path, on the same rows
+        monkeypatch.setattr(kpis, "_in_sql", lambda: False)
+    window = kpis.window_named(name, NOW)
+    groups = {
+        "agent": lambda r: r.agent.pk,
+        "team": lambda r: r.agent.team_id,
+        "version": lambda r: r.version.pk,
+    }
+    checked = 0
+    for by, group_of in groups.items():
+        got = kpis.figures(Run.objects.all(), by, window)
+        ids = {group_of(r) for r in history["built"]}
+        for gid in ids:
+            mine = [r for r in history["built"] if group_of(r) == gid]
+            now = [r for r in mine if window.start <= r.created < window.end]
+            before = [r for r in mine if window.previous_start <= r.created < window.start]
+            pair = got.get(gid, kpis.Pair())
+            assert_same(pair.current, expected(now), f"{by} {gid} now")
+            assert_same(pair.previous, expected(before), f"{by} {gid} before")
+            if now:
+                per, bad = spark(now, window)
+                assert pair.current.runs_per_bucket == per, (by, gid)
+                assert pair.current.exceptions_per_bucket == bad, (by, gid)
+            checked += len(now) + len(before)
+    # The history is rich enough to test something: over a week and the week before,
+    # every kind of figure is non-zero (two days hold fewer).
+    totals = expected(
+        [r for r in history["built"] if window.previous_start <= r.created < window.end]
+    )
+    assert checked == 3 * totals["runs"] and totals["runs"] > 0
+    if name == "24h":
+        return
+    rare = ("diverged", "denied", "shadow_differs", "rejected", "expired", "within_sla")
+    assert all(totals[k] for k in rare)
+    assert totals["decided"] > totals["within_sla"] and totals["paid"] and totals["ordered"]
+
+
+def test_the_ratios_divide_like_with_like() -> None:
+    f = kpis.Figures(runs=8, succeeded=4, exceptions=2, steps=10, held=3, decided=3, expired=1)
+    f.within_sla, f.cost_eur, f.tokens_in, f.tokens_out = 2, 0.8, 100, 60
+    assert (f.exception_rate, f.held_share, f.sla_attainment) == (0.25, 0.3, 0.5)
+    assert (f.cost_per_run, f.cost_per_transaction, f.tokens_per_run) == (0.1, 0.2, 20)
+    assert kpis.Figures().exception_rate is None and kpis.Figures().cost_per_transaction is None
+
+
+def test_percentile_cont_in_python_interpolates_between_the_closest_ranks() -> None:
+    assert kpis.percentile_cont([], 0.5) is None
+    assert kpis.percentile_cont([7.0], 0.95) == 7.0
+    assert kpis.percentile_cont([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
+    assert kpis.percentile_cont([10.0, 20.0], 0.95) == pytest.approx(19.5)
+
+
+def test_an_unknown_window_is_refused() -> None:
+    with pytest.raises(ValueError, match="24h, 7d or 30d"):
+        kpis.window_named("1y")
+
+
+def _client(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_agent_page_shows_the_figures_and_the_canary_beside_live(
+    history: dict[str, Any], world: Any
+) -> None:
+    a = history["agents"][0]
+    page = _client(world.supervisor).get(f"/agents/{a.slug}/kpis/?window=30d")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert 'data-testid="sparkline"' in text and "<svg" in text
+    assert 'data-testid="kpi-canary"' in text
+    assert f"Canary: v{history['canary'].number} beside live v{a.live_version.number}" in text
+    assert 'data-testid="kpi-version-2"' in text and 'data-testid="kpi-version-1"' in text
+    window = kpis.window_named("30d")
+    runs = [r for r in history["built"] if r.agent == a and r.created >= window.start]
+    assert f'<td class="num">{len(runs):,}' in text.split('data-testid="kpi-runs"')[1]
+    assert " style=" not in text
+
+
+def test_an_unknown_window_answers_400_with_the_reason(history: dict[str, Any], world: Any) -> None:
+    a = history["agents"][0]
+    page = _client(world.supervisor).get(f"/agents/{a.slug}/kpis/?window=forever")
+    assert page.status_code == 400
+    assert kpis.UNKNOWN_WINDOW in page.content.decode()
+
+
+def test_a_supervisor_sees_only_their_teams_and_compliance_sees_all(
+    history: dict[str, Any], world: Any
+) -> None:
+    a, _b, c = history["agents"]
+    fleet = _client(world.supervisor).get("/kpis/").content.decode()
+    assert 'data-testid="kpi-team-claims"' in fleet and a.slug in fleet
+    assert "underwriting" not in fleet.lower() and c.slug not in fleet
+    assert _client(world.supervisor).get(f"/agents/{c.slug}/kpis/").status_code == 404
+    everything = _client(world.compliance).get("/kpis/").content.decode()
+    assert 'data-testid="kpi-team-underwriting"' in everything and c.slug in everything
+    assert _client(world.compliance).get(f"/agents/{c.slug}/kpis/").status_code == 200
+    nothing = _client(world.outsider).get("/kpis/").content.decode()
+    assert "No agents you may see." in nothing and a.slug not in nothing
+    assert Client().get("/kpis/").status_code == 302
+
+
+def test_the_agent_page_links_to_its_kpis_and_the_nav_to_the_fleet(
+    history: dict[str, Any], world: Any
+) -> None:
+    a = history["agents"][0]
+    text = _client(world.supervisor).get(f"/agents/{a.slug}/").content.decode()
+    assert f'href="/agents/{a.slug}/kpis/"' in text and 'href="/kpis/"' in text
+
+
+# What each KPI page costs in queries, for compliance (model-wide permissions):
+#  1-4. the session, the person, their permissions (the person's, then their groups')
+#  the fleet page: 5-10. by team: runs, steps, requests, payments, orders, the sparkline;
+#     11-15. by agent: the same but the sparkline; 16. the agents the person sees
+#  the agent page: 5. the agent; 6-11. the agent's figures (as above); 12-16. by version;
+#     17. the versions' numbers
+#  then the console context: engaged kill switches, where the live stream starts, the
+#  person's groups (base.html).
+PAGE_QUERIES = {"/kpis/": 19, "/agents/kpi-0/kpis/": 20}
+
+
+@pytest.mark.parametrize("url", list(PAGE_QUERIES))
+def test_the_kpi_pages_cost_the_same_queries_for_three_agents_as_for_eight(
+    url: str, make_agent: Any, world: Any
+) -> None:
+    rng = random.Random(3)
+    client = _client(world.compliance)
+    for n in (3, 8):
+        for i in range(len(Agent.objects.filter(slug__startswith="kpi-")), n):
+            agent = make_agent(f"kpi-{i}", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+            store(build(rng, agent, [agent.live_version], 12))
+        assert client.get(url).status_code == 200  # fills the process-wide caches
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        assert len(queries) == PAGE_QUERIES[url], [q["sql"][:120] for q in queries]
+
+
+@pytest.mark.skipif(ON_SQLITE, reason="this is the child run")
+def test_the_figures_and_pages_agree_on_sqlite(tmp_path: Path) -> None:
+    """The figure and page tests of this module, run again on the embedded default's
+    SQLite in a child `pytest` (as tests/agents/test_store_contract.py does): the same
+    queries there, with the percentiles and the SLA taken in Python."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PYTEST_ADDOPTS")}
+    env.update(BATON_TEST_CONTRACT_ON="sqlite", BATON_DATA_DIR=str(tmp_path / "data"))
+    done = subprocess.run(  # noqa: S603 (this interpreter, this module)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(Path(__file__).relative_to(ROOT)),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            # Query counts are Postgres' (SQLite reads the durations: two more per set).
+            "-k",
+            "not cost_the_same and not on_sqlite",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert re.search(r"\b11 passed\b", done.stdout) and "failed" not in done.stdout, done.stdout
