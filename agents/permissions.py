@@ -12,8 +12,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import Http404
 from guardian.core import ObjectPermissionChecker
@@ -118,6 +119,36 @@ def _granted_agents(user: Any, capability: str) -> RawSQL:
         # Django compiled it from querysets, with its parameters apart: nothing raw in it.
         memo[capability] = RawSQL(sql, params)  # noqa: S611
     return memo[capability]
+
+
+def agent_ids_for_user(user: Any, capability: str) -> QuerySet[Agent, Any]:
+    """The ids of the agents `agents_for_user` gives, as a subquery that reads everything
+    the answer depends on when it runs — the person's grants, groups and model-wide
+    permissions — so that its SQL depends only on who the person is (id, active,
+    superuser) and can be compiled once per person and run many times
+    (approvals.selectors.decide_check). Model-wide permissions as Django's ModelBackend
+    reads them: the person's own or one of their groups'."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}")
+    agents = Agent.objects.order_by()
+    if not user.is_authenticated or not user.is_active:
+        return agents.none().values("pk")
+    if user.is_superuser:
+        return agents.values("pk")
+    model_wide = Permission.objects.filter(
+        Q(user=user.pk) | Q(group__user=user.pk),
+        content_type__app_label="agents",
+        codename=f"{capability}_agent",
+    )
+    by_agent = get_objects_for_user(
+        user, f"agents.{capability}_agent", Agent, accept_global_perms=False, with_superuser=False
+    ).values("pk")
+    by_team = get_objects_for_user(
+        user, f"agents.{capability}_team", Team, accept_global_perms=False, with_superuser=False
+    ).values("pk")
+    return agents.filter(
+        Q(Exists(model_wide)) | Q(pk__in=by_agent) | Q(team_id__in=by_team)
+    ).values("pk")
 
 
 def agent_for_user(user: Any, slug: str, capability: str = "view") -> Agent:

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
-from typing import Any
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import structlog
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Model, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from opentelemetry import trace
@@ -31,7 +32,7 @@ from agents.errors import (
 )
 from agents.gateway import Context
 from agents.killswitches import engaged_for
-from agents.models import Run
+from agents.models import Agent, AgentVersion, Run, Team
 from agents.registry import get_program
 from audit.jsonsafe import plain_json, scrubbed
 from audit.services import SYSTEM, Actor, audit_run
@@ -39,6 +40,8 @@ from audit.verbs import Verb
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("baton.runtime")
+
+ModelT = TypeVar("ModelT", bound=Model)
 
 
 def enqueue(run_id: int, *, countdown: float | None = None) -> None:
@@ -58,27 +61,16 @@ def enqueue(run_id: int, *, countdown: float | None = None) -> None:
 
 def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
     now = timezone.now()
+    until = now + timedelta(seconds=settings.BATON_RUN_LEASE_SECONDS)
     # Durable, as every transition of the run's lease: other workers and the sweep judge
     # the run by what has committed.
     with transaction.atomic(durable=True):
-        claimed = (
-            Run.objects.filter(pk=run_id, status__in=Run.ACTIVE)
-            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-            .due(now)
-            .update(
-                status=Run.Status.RUNNING,
-                wait_reason="",
-                wake_at=None,
-                lease_token=token,
-                lease_until=now + timedelta(seconds=settings.BATON_RUN_LEASE_SECONDS),
-                attempts=F("attempts") + 1,
-                worker=worker,
-                started_at=Coalesce("started_at", now),
-            )
-        )
-        if not claimed:
+        if connection.vendor == "postgresql":
+            run = _claim_returning(run_id, token, worker, now, until)
+        else:
+            run = _claim_orm(run_id, token, worker, now, until)
+        if run is None:
             return None
-        run = Run.objects.select_related("agent__team", "version").get(pk=run_id)
         audit_run(
             Verb.RUN_STARTED,
             actor=SYSTEM,
@@ -86,6 +78,89 @@ def _claim(run_id: int, token: uuid.UUID, worker: str) -> Run | None:
             payload={"attempt": run.attempts},
         )
     return run
+
+
+def _claim_orm(
+    run_id: int, token: uuid.UUID, worker: str, now: datetime, until: datetime
+) -> Run | None:
+    claimed = (
+        Run.objects.filter(pk=run_id, status__in=Run.ACTIVE)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .due(now)
+        .update(
+            status=Run.Status.RUNNING,
+            wait_reason="",
+            wake_at=None,
+            lease_token=token,
+            lease_until=until,
+            attempts=F("attempts") + 1,
+            worker=worker,
+            started_at=Coalesce("started_at", now),
+        )
+    )
+    if not claimed:
+        return None
+    return Run.objects.select_related("agent__team", "version").get(pk=run_id)
+
+
+def _columns(model: type[Model], alias: str) -> str:
+    return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
+
+
+# `_claim_orm` as one statement: the UPDATE, and the run as it now is with its agent, team
+# and version (what the replay reads), without a second round trip. The same conditions:
+# an active run whose lease is free and that no delay holds back.
+_CLAIM = f"""
+WITH c AS (
+    UPDATE agents_run SET status = %(running)s, wait_reason = '', wake_at = NULL,
+        lease_token = %(token)s, lease_until = %(until)s, attempts = attempts + 1,
+        worker = %(worker)s, started_at = COALESCE(started_at, %(now)s)
+    WHERE id = %(run)s AND status = ANY(%(active)s)
+      AND (lease_until IS NULL OR lease_until < %(now)s)
+      AND (wake_at IS NULL OR wake_at <= %(now)s)
+    RETURNING *)
+SELECT {_columns(Run, "c")}, {_columns(Agent, "a")}, {_columns(Team, "t")},
+       {_columns(AgentVersion, "v")}
+  FROM c JOIN agents_agent a ON a.id = c.agent_id JOIN agents_team t ON t.id = a.team_id
+  JOIN agents_agentversion v ON v.id = c.version_id"""  # noqa: S608 (names from the models)
+
+
+def _claim_returning(
+    run_id: int, token: uuid.UUID, worker: str, now: datetime, until: datetime
+) -> Run | None:
+    params: dict[str, Any] = {
+        "running": Run.Status.RUNNING,
+        "token": token,
+        "until": until,
+        "worker": worker,
+        "now": now,
+        "run": run_id,
+        "active": [str(status) for status in Run.ACTIVE],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = iter(row)
+    run = _from_row(Run, values)
+    agent = _from_row(Agent, values)
+    team = _from_row(Team, values)
+    version = _from_row(AgentVersion, values)
+    agent.team = team
+    run.agent, run.version = agent, version
+    return run
+
+
+def _from_row(model: type[ModelT], values: Iterator[Any]) -> ModelT:
+    """One model's instance from its columns in a row, as the ORM would load it."""
+    fields = model._meta.concrete_fields
+    loaded = []
+    for field in fields:
+        value = next(values)
+        convert = getattr(field, "from_db_value", None)
+        loaded.append(value if convert is None else convert(value, None, connection))
+    return model.from_db(connection.alias, [f.attname for f in fields], loaded)
 
 
 def _settle(run: Run, token: uuid.UUID, verb: Verb, payload: dict[str, Any], **fields: Any) -> None:

@@ -26,6 +26,7 @@ import uuid
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from agents.errors import LeaseLost, Stopped
@@ -198,6 +199,54 @@ def _admit_record_audit(
 def _ring(agent: Agent) -> None:
     # The step's event is committed: chained already (inline), or queued for the sequencer.
     after_append(agent_id=agent.pk, team_id=agent.team_id)
+
+
+_RESTART = """SELECT baton_step_restart(
+    p_run => %(run)s, p_token => %(token)s, p_team => %(team)s, p_agent => %(agent)s,
+    p_action => %(action)s, p_status => %(status)s, p_attempts => %(attempts)s,
+    p_now => %(now)s, p_canonical => %(canonical)s)"""
+
+
+def restart_step(
+    *, action: Action, run: Run, token: uuid.UUID, agent: Agent, event: dict[str, Any]
+) -> None:
+    """Start a journaled step again (approved, or started by an attempt that died), another
+    attempt, committed before the tool runs: admit, move the step to `started` only if it is
+    still as it was read (LeaseLost otherwise), append `event`. On Postgres one round trip
+    (baton_step_restart). Sets the step's new status, attempts and start on `action`."""
+    now = event["occurred_at"]
+    if _postgres():
+        params = {
+            "run": run.pk,
+            "token": token,
+            "team": agent.team_id,
+            "agent": agent.pk,
+            "action": action.pk,
+            "status": action.status,
+            "attempts": action.attempts,
+            "now": now,
+            "canonical": canonical_content(event),
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(_RESTART, params)
+            code = cursor.fetchone()[0]
+        if code == "ok":
+            _ring(agent)
+        _refusal(code)
+    else:
+        with transaction.atomic():
+            admit(run.pk, token, agent)
+            moved = Action.objects.filter(
+                pk=action.pk, status=action.status, attempts=action.attempts
+            ).update(status=Action.Status.STARTED, attempts=F("attempts") + 1, started_at=now)
+            if moved != 1:
+                raise LeaseLost()
+            audit_append(event)
+    action.status, action.attempts, action.started_at = (
+        Action.Status.STARTED,
+        action.attempts + 1,
+        now,
+    )
 
 
 _FINISH = """SELECT baton_step_finish(

@@ -7,9 +7,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
-from django.db.models import Count, OuterRef, Subquery
-from django.db.models.functions import Coalesce
+from django.db import connection, transaction
+from django.db.models import Subquery
 from django.utils import timezone
 
 from agents.gateway import args_hash
@@ -29,7 +28,7 @@ from agents.stepwait import ring_run
 from approvals import selectors
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.notifications import notify_on_commit
-from approvals.selectors import NOT_YOURS, decidable_by, may_decide, refusal
+from approvals.selectors import NOT_YOURS, may_decide, refusal
 from audit.services import (
     SYSTEM,
     Actor,
@@ -137,25 +136,56 @@ def _release(
         ).update(wait_reason="")
 
 
-def _lock_request(request_id: int) -> ApprovalRequest:
+# The locks of `_lock_request` on Postgres, sent together: the run, the action, then the
+# request (agents.store.LOCK_ORDER), each found through the request in its own statement.
+_LOCKS = (
+    "SELECT 1 FROM agents_run WHERE id = "
+    "(SELECT run_id FROM approvals_approvalrequest WHERE id = %s) FOR NO KEY UPDATE;"
+    "SELECT 1 FROM agents_action WHERE id = "
+    "(SELECT action_id FROM approvals_approvalrequest WHERE id = %s) FOR NO KEY UPDATE;"
+    "SELECT 1 FROM approvals_approvalrequest WHERE id = %s FOR NO KEY UPDATE"
+)
+
+
+def _lock_request(request_id: int, *, decider: User | None = None) -> ApprovalRequest:
     """Lock what settling a request changes, in agents.store.LOCK_ORDER: its run, its
     action, then the request; each row alone and FOR NO KEY UPDATE, so a run or step that
     holds the chain head can still check its foreign keys. The audit events come after.
     The run and the action are found through the request in the locking statement itself
-    (a request's run and action never change), not by a read of their ids first."""
-    ids = ApprovalRequest.objects.filter(pk=request_id)
-    run_id = Subquery(ids.values("run_id")[:1])
-    list(Run.objects.select_for_update(no_key=True).filter(pk=run_id).values_list("pk"))
-    action_id = Subquery(ids.values("action_id")[:1])
-    list(Action.objects.select_for_update(no_key=True).filter(pk=action_id).values_list("pk"))
-    request = (
-        ApprovalRequest.objects.select_for_update(of=("self",), no_key=True)
-        .select_related("agent__team", "run", "version")
-        .filter(pk=request_id)
-        .first()
-    )
+    (a request's run and action never change), not by a read of their ids first.
+
+    With a `decider`, the decide rule is asked too, after the locks (a statement of its
+    own, so it sees every decision committed before them): the request's `approved` is
+    how many approvals its current arguments have, or None if the person may not decide
+    it. On Postgres the locks and the check are one round trip."""
+    approved: int | None = None
+    if connection.vendor == "postgresql":
+        check = selectors.decide_check_sql(decider, request_id) if decider else None
+        sql, params = _LOCKS, [request_id] * 3
+        if check is not None:
+            sql, params = f"{sql};{check[0]}", [*params, *check[1]]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            if check is not None:
+                for _ in range(3):
+                    cursor.nextset()
+                row = cursor.fetchone()
+                approved = None if row is None else int(row[0])
+        rows = ApprovalRequest.objects.all()
+    else:
+        ids = ApprovalRequest.objects.filter(pk=request_id)
+        run_id = Subquery(ids.values("run_id")[:1])
+        list(Run.objects.select_for_update(no_key=True).filter(pk=run_id).values_list("pk"))
+        action_id = Subquery(ids.values("action_id")[:1])
+        list(Action.objects.select_for_update(no_key=True).filter(pk=action_id).values_list("pk"))
+        rows = ApprovalRequest.objects.select_for_update(of=("self",), no_key=True)
+    # Locked already on Postgres: read as it stands.
+    request = rows.select_related("agent__team", "run", "version").filter(pk=request_id).first()
     if request is None:
         raise ApprovalRequest.DoesNotExist(f"no approval request {request_id}")
+    if decider is not None and connection.vendor != "postgresql":
+        approved = selectors.decide_check(decider, request_id)
+    request.approved = approved  # type: ignore[attr-defined]
     # The run's agent is the request's (both are the action's): its audit events need it,
     # and it is loaded already.
     if request.run.agent_id == request.agent_id:
@@ -185,7 +215,7 @@ def approval_decide(
     at all, and the run is handed to a worker only once they have."""
     comment, edited_args = _decision_input(verdict, comment, edited_args)
     with transaction.atomic(durable=True):
-        request = _lock_request(request_id)
+        request = _lock_request(request_id, decider=user)
         approved = _decider_check(user, request, seen_args_hash)
         before = args = request.args
         allowed = False
@@ -245,30 +275,13 @@ def _decision_input(
 
 def _decider_check(user: User, request: ApprovalRequest, seen_args_hash: str) -> int:
     """The person may decide this request, and decides what it holds now. Returns how many
-    approvals its current arguments have already: one query asks both, after the locks
-    (a statement of its own, so it sees every decision committed before them)."""
-    approved = (
-        ApprovalDecision.objects.filter(
-            request=OuterRef("pk"),
-            verdict=ApprovalDecision.Verdict.APPROVE,
-            args_hash=OuterRef("args_hash"),
-        )
-        .order_by()
-        .values("request")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    row = (
-        ApprovalRequest.objects.filter(decidable_by(user), pk=request.pk)
-        .annotate(approved=Coalesce(Subquery(approved), 0))
-        .values_list("approved", flat=True)
-        .first()
-    )
-    if row is None:
+    approvals its current arguments have already (asked with the locks)."""
+    approved: int | None = request.approved  # type: ignore[attr-defined]
+    if approved is None:
         raise _refusal(user, request)
     if seen_args_hash != request.args_hash:
         raise Conflict(STALE_DECISION)
-    return row
+    return approved
 
 
 def _edit_apply(

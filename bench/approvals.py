@@ -73,7 +73,7 @@ def floor(db_url: str, redis_url: str, samples: int = 300) -> list[float]:
 
 
 def main() -> None:
-    db_url = use_bench_database("baton_bench_approvals")
+    db_url = use_bench_database(os.environ.get("BENCH_DB", "baton_bench_approvals"))
     redis_url = os.environ["REDIS_URL"]
     import redis
     from django.contrib.auth import get_user_model
@@ -109,7 +109,7 @@ def main() -> None:
 
     env, queue = service_env(db_url)
     worker = start_worker(env, queue, 4, "bench-worker.log")
-    port = 8765
+    port = int(os.environ.get("BENCH_PORT", "8765"))
     server = start_web(env, port, "bench-web.log")
     try:
         from celery import current_app

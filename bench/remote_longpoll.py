@@ -55,7 +55,7 @@ def timed_commits() -> list[int]:
 
 
 def main() -> None:
-    db_url = use_bench_database("baton_bench_longpoll")
+    db_url = use_bench_database(os.environ.get("BENCH_DB", "baton_bench_longpoll"))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     from django.contrib.auth import get_user_model
 

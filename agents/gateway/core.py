@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from agents import ratelimit, store
@@ -405,19 +404,15 @@ def _start(gate: Gate, seq: int, tool: Tool, args: dict[str, Any], verdict: Verd
 
 def _restart(gate: Gate, action: Action) -> Action:
     """An approved step, or a started one whose tool is idempotent: `started` again,
-    another attempt, committed before anything runs."""
-    with transaction.atomic():
-        admit(gate)
-        moved = Action.objects.filter(
-            pk=action.pk, status=action.status, attempts=action.attempts
-        ).update(status=S.STARTED, attempts=F("attempts") + 1, started_at=timezone.now())
-        if moved != 1:
-            raise LeaseLost()
-        verb = Verb.ACTION_ALLOWED if action.status == S.APPROVED else Verb.ACTION_RETRIED
-        action.status, action.attempts = S.STARTED, action.attempts + 1
-        audit_action(
-            gate, verb, action, args=action.args, rule=action.rule, attempt=action.attempts
-        )
+    another attempt, committed before anything runs (one round trip on Postgres)."""
+    verb = Verb.ACTION_ALLOWED if action.status == S.APPROVED else Verb.ACTION_RETRIED
+    attempt = action.attempts + 1
+    payload = step_payload(
+        action.seq, action.name, S.STARTED, args=action.args, rule=action.rule, attempt=attempt
+    )
+    event = store.action_event(verb, gate.actor, gate.run, gate.agent, action.seq, payload)
+    gate.adapter.renew()
+    store.restart_step(action=action, run=gate.run, token=gate.token, agent=gate.agent, event=event)
     return action
 
 

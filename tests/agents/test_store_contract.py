@@ -253,6 +253,52 @@ def test_a_worker_whose_step_was_taken_over_loses_it_on_finish(
     assert step_events(run) == [Verb.ACTION_ALLOWED]
 
 
+def restart(action: Action, run: Run, token: uuid.UUID) -> None:
+    payload = {"seq": action.seq, "status": "started", "attempt": action.attempts + 1}
+    event = store.action_event(
+        Verb.ACTION_ALLOWED, Actor.agent(run.agent), run, run.agent, action.seq, payload
+    )
+    store.restart_step(action=action, run=run, token=token, agent=run.agent, event=event)
+
+
+def test_an_approved_step_restarts_once_with_its_event(
+    running: tuple[Run, uuid.UUID], world: Any
+) -> None:
+    run, token = running
+    action = start(run, token)
+    Action.objects.filter(pk=action.pk).update(status=Action.Status.APPROVED)
+    action.status = Action.Status.APPROVED
+    twin = Action.objects.get(pk=action.pk)  # a duplicate delivery's copy of the journal
+    restart(action, run, token)
+    stored = Action.objects.get(pk=action.pk)
+    assert (stored.status, stored.attempts) == (Action.Status.STARTED, 2)
+    assert (action.status, action.attempts) == (Action.Status.STARTED, 2)
+    assert stored.started_at == action.started_at
+    with pytest.raises(LeaseLost):
+        restart(twin, run, token)
+    assert Action.objects.get(pk=action.pk).attempts == 2
+    assert step_events(run) == [Verb.ACTION_ALLOWED, Verb.ACTION_ALLOWED]
+
+
+def test_a_restart_is_refused_by_a_switch_or_a_lost_lease(
+    running: tuple[Run, uuid.UUID], world: Any
+) -> None:
+    run, token = running
+    action = start(run, token)
+    Action.objects.filter(pk=action.pk).update(status=Action.Status.APPROVED)
+    action.status = Action.Status.APPROVED
+    with pytest.raises(LeaseLost):
+        restart(action, run, uuid.uuid4())
+    killswitch_engage(
+        scope="agent", mode="pause", reason="check", user=world.supervisor, agent=run.agent
+    )
+    with pytest.raises(Stopped):
+        restart(action, run, token)
+    stored = Action.objects.get(pk=action.pk)
+    assert (stored.status, stored.attempts) == (Action.Status.APPROVED, 1)
+    assert step_events(run) == [Verb.ACTION_ALLOWED]
+
+
 # --- the chain -------------------------------------------------------------------------
 
 

@@ -130,3 +130,36 @@ def test_queue_badge_page_decide_check_and_recipients_agree(
     for request in requests:
         told = {person.username for person in recipients(request)}
         assert told == {name for name in people if request in rule[name]}, request.pk
+
+
+def test_the_decide_check_compiled_once_follows_grants_groups_and_permissions(
+    held: Any, world: Any
+) -> None:
+    """The decide check is compiled once per person (approvals.selectors.decide_check):
+    a grant revoked, a group joined or a model-wide permission given after that is
+    still judged as it stands when the check runs."""
+    from django.contrib.auth.models import Permission
+
+    from approvals.selectors import decide_check
+
+    first, second = held(amount=500, claim="c1"), held(amount=500, claim="c2")
+    sam, olly = world.supervisor, world.outsider
+    assert decide_check(sam, first.pk) == 0
+    assert decide_check(olly, first.pk) is None  # compiled for olly: nothing to decide
+
+    roles.role_revoke(user=sam, role=roles.SUPERVISOR, target=world.claims)
+    assert decide_check(sam, first.pk) is None
+    assert not decide_succeeds(sam, second)
+
+    supervise = Permission.objects.get(content_type__app_label="agents", codename="supervise_agent")
+    supervisors = Group.objects.create(name="Model-wide supervisors")
+    supervisors.permissions.add(supervise)
+    olly.groups.add(supervisors)
+    assert decide_check(olly, first.pk) == 0
+    assert decide_succeeds(olly, second)
+
+    olly.groups.remove(supervisors)
+    olly.user_permissions.add(supervise)
+    assert decide_check(olly, first.pk) == 0
+    olly.user_permissions.remove(supervise)
+    assert decide_check(olly, first.pk) is None

@@ -17,13 +17,14 @@ from approvals.services import approval_decide
 pytestmark = pytest.mark.django_db
 
 
-def test_an_approval_that_releases_the_run_costs_fifteen_queries(
+def test_an_approval_that_releases_the_run_costs_ten_queries(
     held: Any, world: Any, django_assert_num_queries: Any
 ) -> None:
     request = held(amount=500, claim="c1")
     # The same decision once before, on another request of the same agent: it fills the
-    # process-wide caches a decision reads (content types, the version's parsed policy),
-    # so the count below does not depend on which tests ran before.
+    # process-wide caches a decision reads (content types, the version's parsed policy,
+    # the person's compiled decide check), so the count below does not depend on which
+    # tests ran before.
     warm = held(amount=500, claim="c0")
     approval_decide(
         request_id=warm.pk, user=world.supervisor, verdict="approve", seen_args_hash=warm.args_hash
@@ -31,22 +32,20 @@ def test_an_approval_that_releases_the_run_costs_fifteen_queries(
     # A person as a request loads them: no permission cached on the instance yet.
     supervisor = get_user_model().objects.get(pk=world.supervisor.pk)
 
-    with django_assert_num_queries(15):
+    with django_assert_num_queries(10):
         # The test runs in a transaction: the service's own shows as SAVEPOINT ... RELEASE.
         #  1. SAVEPOINT
-        #  2-4. _lock_request: the run, then the action (each found through the request in
-        #     the same statement), FOR NO KEY UPDATE (store.LOCK_ORDER); the request row
-        #     itself with its agent, team, run and version
-        #  5. decidable_by: the person's group names (approver groups)
-        #  6-7. agents_for_user: the person's global permissions (user's, then groups'; a
-        #     request that checked a permission before has them cached on the person)
-        #  8. _decider_check: the request among those this person may decide, with how many
-        #     approvals its arguments have already (one query)
-        #  9. INSERT the decision
-        # 10. baton_audit_append: approval.approved
-        # 11-13. _release: UPDATE the request, the action, the run (re-queued)
-        # 14. baton_audit_append: run.queued (the run's agent is the request's, loaded)
-        # 15. RELEASE SAVEPOINT
+        #  2. _lock_request, one round trip: the run, then the action (each found through
+        #     the request), then the request, FOR NO KEY UPDATE (store.LOCK_ORDER); then the
+        #     decide rule (approvals.selectors.decide_check: the person's grants, groups and
+        #     model-wide permissions read in the statement) with how many approvals the
+        #     arguments have already
+        #  3. the request with its agent, team, run and version (locked already)
+        #  4. INSERT the decision
+        #  5. baton_audit_append: approval.approved
+        #  6-8. _release: UPDATE the request, the action, the run (re-queued)
+        #  9. baton_audit_append: run.queued (the run's agent is the request's, loaded)
+        # 10. RELEASE SAVEPOINT
         # Not read again afterwards: the returned request carries what was written.
         decided = approval_decide(
             request_id=request.pk,
@@ -61,3 +60,33 @@ def test_an_approval_that_releases_the_run_costs_fifteen_queries(
     run = Run.objects.get(pk=request.run_id)
     assert (run.status, run.wait_reason) == (Run.Status.QUEUED, "")
     assert Action.objects.get(pk=request.action_id).status == Action.Status.APPROVED
+
+
+def test_the_approved_step_starts_five_queries_into_the_resume(held: Any, world: Any) -> None:
+    """From a worker taking the approved run to the tool starting (its first query is the
+    payment's read): the claim, the trail's event, the switches, the journal, the step."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from agents.runtime import execute_run
+
+    request = held(amount=500, claim="c1")
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+    )
+    with CaptureQueriesContext(connection) as captured:
+        execute_run(request.run_id)
+    sql = [q["sql"] for q in captured.captured_queries]
+    tool_starts = next(i for i, s in enumerate(sql) if "agents_payment" in s)
+    before = [s for s in sql[:tool_starts] if not s.startswith(("SAVEPOINT", "RELEASE"))]
+    # 1. the claim: UPDATE ... RETURNING the run with its agent, team and version (one
+    #    statement, agents.runtime._claim_returning)
+    # 2. baton_audit_append: run.started
+    # 3. the kill switches covering the agent
+    # 4. the journal
+    # 5. baton_step_restart: admit, the step `started` again, action.allowed
+    assert len(before) == 5, "\n\n".join(before)
+    assert Run.objects.get(pk=request.run_id).status == Run.Status.SUCCEEDED
