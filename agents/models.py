@@ -8,6 +8,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from audit.jsonsafe import StoredJSONDecoder
+
 
 class Team(models.Model):
     slug = models.SlugField(unique=True)
@@ -179,12 +181,12 @@ class Run(models.Model):
 
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
     version = models.ForeignKey(AgentVersion, on_delete=models.PROTECT, related_name="runs")
-    input = models.JSONField(default=dict)
+    input = models.JSONField(decoder=StoredJSONDecoder, default=dict)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     wait_reason = models.CharField(
         max_length=12, choices=WaitReason.choices, default=WaitReason.NONE, blank=True
     )
-    output = models.JSONField(null=True, blank=True)
+    output = models.JSONField(decoder=StoredJSONDecoder, null=True, blank=True)
     error = models.TextField(blank=True)
     launched_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -288,17 +290,17 @@ class Action(models.Model):
     name = models.CharField(max_length=100)
     # What the agent asked for, and what was (or will be) executed: they differ when an
     # approver edited the arguments. Replay compares against the request.
-    requested_args = models.JSONField(default=dict)
-    args = models.JSONField(default=dict)
+    requested_args = models.JSONField(decoder=StoredJSONDecoder, default=dict)
+    args = models.JSONField(decoder=StoredJSONDecoder, default=dict)
     args_hash = models.CharField(max_length=64)
     status = models.CharField(max_length=10, choices=Status.choices)
     decision = models.CharField(max_length=8, choices=Decision.choices, blank=True, default="")
     rule_index = models.IntegerField(null=True, blank=True)
     rule = models.JSONField(null=True, blank=True)
     reason = models.TextField(blank=True)
-    result = models.JSONField(null=True, blank=True)
+    result = models.JSONField(decoder=StoredJSONDecoder, null=True, blank=True)
     error = models.TextField(blank=True)
-    meta = models.JSONField(default=dict, blank=True)
+    meta = models.JSONField(decoder=StoredJSONDecoder, default=dict, blank=True)
     idempotency_key = models.CharField(max_length=100)
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)

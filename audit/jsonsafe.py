@@ -22,7 +22,9 @@ A leaf: it imports nothing of Baton's.
 
 from __future__ import annotations
 
+import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
 
@@ -165,3 +167,18 @@ def _shown(value: Any, depth: int, budget: list[int]) -> Any:
             return result
         return [v for _, v in kept] + ([f"{MORE} {more} more"] if more else [])
     return _shown(str(value), depth, budget)
+
+
+class StoredJSONDecoder(json.JSONDecoder):
+    """Reads stored JSON however deep the caller's stack already is: Python's parser gives
+    up at the recursion limit counted from the caller's frame, so a value written before
+    the boundaries refused deep nesting read on one page and failed on another with more
+    middleware around it. On that error the value is read again on a fresh thread, whose
+    whole budget it gets (deeper still, the error stands and the pages say so)."""
+
+    def decode(self, s: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().decode(s, *args, **kwargs)
+        except RecursionError:
+            with ThreadPoolExecutor(max_workers=1) as fresh:
+                return fresh.submit(json.JSONDecoder.decode, self, s).result()

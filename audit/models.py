@@ -9,6 +9,8 @@ from django.db import models
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, NullIf
 
+from audit.jsonsafe import StoredJSONDecoder
+
 PAYLOAD_TOO_DEEP = "nested too deep to show; the stored bytes are intact and verify"
 
 
@@ -80,7 +82,7 @@ class AuditEvent(models.Model):
 
     @cached_property
     def content(self) -> dict[str, Any]:
-        return json.loads(self.body)
+        return json.loads(self.body, cls=StoredJSONDecoder)
 
     @property
     def payload(self) -> dict[str, Any]:
