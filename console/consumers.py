@@ -150,11 +150,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
         while True:
             try:
                 if loop.time() < check_at:  # (a busy outbox must not put the check off)
-                    try:
-                        async with asyncio.timeout_at(check_at):
-                            message = await outbox.get()
-                    except TimeoutError:
-                        continue
+                    if outbox.waiting:  # no timer for a frame already there
+                        message = await outbox.get()
+                    else:
+                        try:
+                            async with asyncio.timeout_at(check_at):
+                                message = await outbox.get()
+                        except TimeoutError:
+                            continue
                     await self._send_frame(message.text)
                     continue
                 check_at = loop.time() + interval

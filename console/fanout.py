@@ -87,6 +87,10 @@ class Outbox:
         self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=size or OUTBOX)
         self.held: Frame | None = None  # taken from the queue, not yet sent
 
+    @property
+    def waiting(self) -> bool:
+        return self.held is not None or not self.queue.empty()
+
     def put_nowait(self, frame: Frame) -> None:
         self.queue.put_nowait(frame)  # QueueFull: the caller drops it
 
@@ -176,6 +180,10 @@ class Renderer:
         layer = get_channel_layer()
         async with self.membership:
             wanted = {g for g, n in self.wanted.items() if n > 0}
+            if live.EVERYTHING in wanted:
+                # Every event rings it (live.event_groups): the other groups' doorbells
+                # would only wake the renderer again for the same events.
+                wanted = {live.EVERYTHING}
             added = wanted - self.joined
             for group in added:
                 await layer.group_add(group, self.channel)

@@ -18,7 +18,7 @@ from audit.models import AuditEvent
 from audit.selectors import audit_scope
 from audit.services import SYSTEM, audit_record
 from audit.verbs import Verb
-from console import fanout
+from console import fanout, live
 from tests.conftest import ALLOW_ALL_TESTS, Server, chained
 from tests.console.test_live import connect, seq_of, session_cookie
 
@@ -104,6 +104,9 @@ async def test_each_class_is_sent_what_the_rule_lets_it_see(world: Any, make_age
     )
     for socket in (sam, sue, cora):
         await socket.receive_from()
+    # Every event rings live.everything: with cora's class here, the others' doorbells
+    # would only ring the renderer again.
+    assert fanout.renderer().joined == {live.EVERYTHING}
     stats = fanout.renderer().stats
     renders = stats.renders
 
