@@ -160,7 +160,7 @@ def measure(
                 verb=Verb.RUN_QUEUED,
                 actor=SYSTEM,
                 subject_type="run",
-                subject_id=i,
+                subject_id=f"{count}.{i}",  # this measure's events, not an earlier one's
                 agent=agent,
                 payload={"bench": i},
             )
@@ -169,9 +169,9 @@ def measure(
     # The sequencer gives the numbers (a frame carries its event's); find each event's.
     audit_flush()
     for seq, subject in AuditEvent.objects.filter(
-        verb="run.queued", subject_id__in=[str(i) for i in written]
+        verb="run.queued", subject_id__in=[f"{count}.{i}" for i in written]
     ).values_list("seq", "subject_id"):
-        committed[seq] = written[int(subject)]
+        committed[seq] = written[int(subject.split(".")[1])]
     # The newest event of each team (index into `agents`), for the clients to wait for.
     newest[:] = [
         max(s for s, (_, t) in committed.items() if t == team) for team in range(len(agents))
