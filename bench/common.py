@@ -142,6 +142,12 @@ def start_web(env: dict[str, str], port: int, log: str) -> Any:
             str(port),
             "--lifespan",
             "off",
+            # As production runs it (README, `manage.py up`): the sans-I/O WebSocket
+            # protocol, no per-message deflate (see bench/README.md, live view).
+            "--ws",
+            "websockets-sansio",
+            "--ws-per-message-deflate",
+            "false",
         ],
         env,
         log_path(log),

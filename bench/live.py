@@ -38,7 +38,11 @@ async def _socket(url: str, cookie: str, origin: str, frames: Frames, ready: Any
     import websockets
 
     headers = {"Cookie": cookie, "Origin": origin}
-    async with websockets.connect(url, additional_headers=headers, max_size=None) as socket:
+    # A thousand handshakes on a busy machine take longer than websockets' default 10 s
+    # open timeout; a socket that gave up would leave the run waiting for it.
+    async with websockets.connect(
+        url, additional_headers=headers, max_size=None, open_timeout=120
+    ) as socket:
         hello = await socket.recv()
         match = FRAME.search(str(hello))
         assert match, hello
@@ -51,7 +55,12 @@ async def _socket(url: str, cookie: str, origin: str, frames: Frames, ready: Any
 
 
 def clients(
-    sockets: list[tuple[str, str, str]], ready: Any, newest: Any, results: Any, index: int
+    sockets: list[tuple[str, str, str, set[int]]],
+    ready: Any,
+    newest: Any,
+    caught_up: Any,
+    results: Any,
+    index: int,
 ) -> None:
     """A client process: open its sockets, say when all have said hello, and once the
     benchmark has committed its last event, wait until every socket has it (at most a
@@ -68,17 +77,23 @@ def clients(
                 ready.release()
 
         tasks = []
-        for i, (url, cookie, origin) in enumerate(sockets):
+        for i, (url, cookie, origin, _) in enumerate(sockets):
             tasks.append(asyncio.create_task(_socket(url, cookie, origin, received[i], one_ready)))
             if i % 50 == 49:
                 await asyncio.sleep(0.05)  # not a thousand handshakes in one instant
-        while newest.value == 0:
+        while 0 in newest[:]:
             await asyncio.sleep(0.05)
+            failed = [t for t in tasks if t.done() and t.exception() is not None]
+            if failed:
+                raise RuntimeError(f"{len(failed)} sockets failed") from failed[0].exception()
         deadline = time.monotonic() + 60
+        # Each socket until it has the last event its person may see.
+        last = [max(newest[t] for t in sees) for (_, _, _, sees) in sockets]
         while time.monotonic() < deadline and not all(
-            f and f[-1][1] >= newest.value for f in received
+            f and f[-1][1] >= n for f, n in zip(received, last, strict=True)
         ):
             await asyncio.sleep(0.1)
+        caught_up.release()  # before closing: the web processes' CPU is read then
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -87,7 +102,17 @@ def clients(
     results.put((index, asyncio.run(run())))
 
 
-def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system), from /proc: where the web processes'
+    time goes, per frame sent."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    count: int, people: list[tuple[str, Any]], agents: list[Any], web: list[int]
+) -> dict[str, Any]:
     from django.db import transaction
 
     from audit.models import AuditEvent
@@ -98,14 +123,20 @@ def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dic
     sockets = []
     for i in range(count):
         port = PORTS[i % len(PORTS)]
-        cookie, _ = people[(i // len(PORTS)) % len(people)]
-        sockets.append((f"ws://127.0.0.1:{port}/ws/live/", cookie, f"http://127.0.0.1:{port}"))
+        cookie, sees = people[(i // len(PORTS)) % len(people)]
+        url, origin = f"ws://127.0.0.1:{port}/ws/live/", f"http://127.0.0.1:{port}"
+        sockets.append((url, cookie, origin, sees))
     sees = [people[(i // len(PORTS)) % len(people)][1] for i in range(count)]
     ctx = multiprocessing.get_context("spawn")
-    ready, newest, results = ctx.Semaphore(0), ctx.Value("q", 0), ctx.Queue()
+    ready, newest, results = ctx.Semaphore(0), ctx.Array("q", len(agents)), ctx.Queue()
+    caught_up = ctx.Semaphore(0)
     shares = [list(range(c, count, CLIENTS)) for c in range(CLIENTS)]
     procs = [
-        ctx.Process(target=clients, args=([sockets[i] for i in share], ready, newest, results, c))
+        ctx.Process(
+            target=clients,
+            args=([sockets[i] for i in share], ready, newest, caught_up, results, c),
+            daemon=True,  # a run that fails must not wait for its clients at exit
+        )
         for c, share in enumerate(shares)
     ]
     for proc in procs:
@@ -115,6 +146,8 @@ def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dic
 
     written: dict[int, tuple[int, int]] = {}  # event i -> (commit time, team index)
     committed: dict[int, tuple[int, int]] = {}  # seq -> (commit time, team index)
+    cpu_before = sum(cpu_seconds(pid) for pid in web)
+    clients_before = sum(cpu_seconds(proc.pid) for proc in procs if proc.pid)
     start = time.monotonic()
     for i in range(EVENTS):
         target = start + i / RATE
@@ -127,7 +160,7 @@ def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dic
                 verb=Verb.RUN_QUEUED,
                 actor=SYSTEM,
                 subject_type="run",
-                subject_id=i,
+                subject_id=f"{count}.{i}",  # this measure's events, not an earlier one's
                 agent=agent,
                 payload={"bench": i},
             )
@@ -136,10 +169,18 @@ def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dic
     # The sequencer gives the numbers (a frame carries its event's); find each event's.
     audit_flush()
     for seq, subject in AuditEvent.objects.filter(
-        verb="run.queued", subject_id__in=[str(i) for i in written]
+        verb="run.queued", subject_id__in=[f"{count}.{i}" for i in written]
     ).values_list("seq", "subject_id"):
-        committed[seq] = written[int(subject)]
-    newest.value = max(committed)
+        committed[seq] = written[int(subject.split(".")[1])]
+    # The newest event of each team (index into `agents`), for the clients to wait for.
+    newest[:] = [
+        max(s for s, (_, t) in committed.items() if t == team) for team in range(len(agents))
+    ]
+    for _ in procs:
+        caught_up.acquire(timeout=120)
+    cpu = sum(cpu_seconds(pid) for pid in web) - cpu_before
+    clients_cpu = sum(cpu_seconds(proc.pid) for proc in procs if proc.pid) - clients_before
+    window = time.monotonic() - start
     received: list[Frames] = [[] for _ in range(count)]
     for _ in procs:
         c, frames = results.get(timeout=180)
@@ -149,6 +190,7 @@ def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dic
         proc.join(30)
 
     latencies, undetected, gaps, deliveries = [], 0, 0, 0
+    first: dict[int, float] = {}  # seq -> the earliest any socket received it
     for i, frames in enumerate(received):
         expected = {s for s, (_, team) in committed.items() if team in sees[i]}
         deliveries += len(expected)
@@ -163,14 +205,20 @@ def measure(count: int, people: list[tuple[str, Any]], agents: list[Any]) -> dic
                 if after < s <= seq and s not in covered:
                     covered.add(s)
                     latencies.append((at - committed[s][0]) / 1e9)
+                    first[s] = min(first.get(s, latencies[-1]), latencies[-1])
             previous = max(previous, seq)
         undetected += len(expected - covered)
     return {
         "latencies": latencies,
+        "first": list(first.values()),
         "undetected": undetected,
         "gaps": gaps,
         "deliveries": deliveries,
         "rate": EVENTS / elapsed,
+        "cpu": cpu,
+        "clients_cpu": clients_cpu,
+        "window": window,
+        "messages": sum(len(f) - 1 for f in received),
     }
 
 
@@ -217,7 +265,7 @@ def main() -> None:
         f50, f99 = pct(pings, 0.5), pct(pings, 0.99)
         rows.append(("floor: Redis round trip p50", ms(f50), f"p99 {ms(f99)}"))
         for count in SOCKETS:
-            got = measure(count, people, agents)
+            got = measure(count, people, agents, [server.pid for server in servers])
             p50, p99 = pct(got["latencies"], 0.5), pct(got["latencies"], 0.99)
             rows.append(
                 (
@@ -235,10 +283,26 @@ def main() -> None:
             )
             rows.append(
                 (
+                    f"{count} sockets: commit -> first socket's frame p50",
+                    ms(pct(got["first"], 0.5)),
+                    f"p99 {ms(pct(got['first'], 0.99))} (the rest is the fan-out to all)",
+                )
+            )
+            rows.append(
+                (
                     f"{count} sockets: lost undetected / gaps",
                     f"{got['undetected']} / {got['gaps']}",
                     f"of {got['deliveries']} deliveries (must be 0 undetected); "
                     f"{got['rate']:.0f} events/s committed",
+                )
+            )
+            rows.append(
+                (
+                    f"{count} sockets: web CPU per message",
+                    f"{got['cpu'] / max(got['messages'], 1) * 1e6:.1f} us",
+                    f"{got['cpu']:.1f} s CPU of the {len(servers)} web processes in "
+                    f"{got['window']:.1f} s, for {got['messages']} WebSocket messages "
+                    f"carrying {got['deliveries']} deliveries; clients {got['clients_cpu']:.1f} s",
                 )
             )
     finally:

@@ -11,6 +11,12 @@ with the classes, not with the sockets; a socket's own task only sends.
 A frame a slow socket has no room for is dropped: the next frame's data-after shows the
 page the gap, and it fetches what it missed over HTTP, as after a lost doorbell. Each
 process has its own renderer, so a socket receives events committed by any process.
+
+A socket whose task falls behind its class (frames arrive faster than it can send them)
+sends the frames waiting in its outbox that follow one another as one message: one
+frame, carrying all their events, whose data-after is the first one's. Sends, not
+events, are what a busy process runs out of; the joined text is made once for all the
+sockets of the class that are behind by the same frames.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -36,12 +43,79 @@ OUTBOX = 64
 
 
 @dataclass(eq=False)
+class Frame:
+    """A frame as the renderer made it for a class: its text, and what it takes to join
+    it with the frames that follow it (its events, its lines newest first)."""
+
+    text: str
+    after: int
+    seq: int
+    events: list[AuditEvent] = field(default_factory=list)
+    lines: str = ""
+    # The text of this frame joined with the ones that follow it, by the last one's seq:
+    # made by the first socket of the class that needs it, reused by the others.
+    joined: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def hello(self) -> bool:
+        return not self.events
+
+
+def join(run: list[Frame]) -> str:
+    """One frame for frames that follow one another (run[i + 1].after == run[i].seq)."""
+    if len(run) == 1:
+        return run[0].text
+    first, last = run[0], run[-1]
+    text = first.joined.get(last.seq)
+    if text is None:
+        events = [e for f in run for e in f.events]
+        lines = "".join(f.lines for f in reversed(run))
+        text = first.joined[last.seq] = frames.frame_of_lines(events, first.after, lines)
+    return text
+
+
+class Message(NamedTuple):
+    text: str
+    frames: int  # how many of the renderer's frames it joins
+
+
+class Outbox:
+    """The frames waiting for one socket. A socket takes them as messages: the next frame
+    and every waiting one that follows it (up to a batch of events), joined."""
+
+    def __init__(self, size: int = 0) -> None:
+        self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=size or OUTBOX)
+        self.held: Frame | None = None  # taken from the queue, not yet sent
+
+    @property
+    def waiting(self) -> bool:
+        return self.held is not None or not self.queue.empty()
+
+    def put_nowait(self, frame: Frame) -> None:
+        self.queue.put_nowait(frame)  # QueueFull: the caller drops it
+
+    async def get(self) -> Message:
+        first, self.held = self.held or await self.queue.get(), None
+        run, events = [first], len(first.events)
+        while not first.hello and not self.queue.empty():
+            following = self.queue.get_nowait()
+            events += len(following.events)
+            if following.hello or following.after != run[-1].seq or events > frames.BATCH:
+                # A frame was dropped between them (the page must see that gap), or the
+                # message is big enough: this one starts the next message.
+                self.held = following
+                break
+            run.append(following)
+        return Message(join(run), len(run))
+
+
+@dataclass(eq=False)
 class Audience:
     """The open sockets of one visibility class in this process."""
 
     scope: Scope
     last: int  # the newest event sent to this class: the next frame's data-after
-    outboxes: set[asyncio.Queue[str]] = field(default_factory=set)
+    outboxes: set[Outbox] = field(default_factory=set)
 
 
 @dataclass
@@ -72,7 +146,7 @@ class Renderer:
 
     # --- sockets ---------------------------------------------------------------------
 
-    async def join(self, scope: Scope, outbox: asyncio.Queue[str]) -> int:
+    async def join(self, scope: Scope, outbox: Outbox) -> int:
         """Add a socket's outbox to its class; put the hello frame in it and return the
         seq it says: the socket is sent every event of its class after that one."""
         async with self.reading:
@@ -84,13 +158,13 @@ class Renderer:
                 self.wanted.update(frames.groups_for(scope))
             audience.outboxes.add(outbox)
             start = self.after
-            outbox.put_nowait(frames.hello_frame(start))
+            outbox.put_nowait(Frame(frames.hello_frame(start), start, start))
         if await self._sync_groups():
             # A doorbell rung before the group was joined was not heard: read once now.
             self.wake.set()
         return start
 
-    async def leave(self, scope: Scope, outbox: asyncio.Queue[str]) -> None:
+    async def leave(self, scope: Scope, outbox: Outbox) -> None:
         audience = self.audiences.get(scope)
         if audience is None or outbox not in audience.outboxes:
             return
@@ -106,6 +180,10 @@ class Renderer:
         layer = get_channel_layer()
         async with self.membership:
             wanted = {g for g, n in self.wanted.items() if n > 0}
+            if live.EVERYTHING in wanted:
+                # Every event rings it (live.event_groups): the other groups' doorbells
+                # would only wake the renderer again for the same events.
+                wanted = {live.EVERYTHING}
             added = wanted - self.joined
             for group in added:
                 await layer.group_add(group, self.channel)
@@ -198,12 +276,14 @@ class Renderer:
             audience = self.audiences.get(scope)
             if audience is None:
                 continue  # its last socket closed while the events were read
-            text = frames.frame(visible, audience.last, fragments)
-            audience.last = visible[-1].seq
+            lines = "".join(fragments[e.seq] for e in reversed(visible))
+            after, seq = audience.last, visible[-1].seq
+            made = Frame(frames.frame_of_lines(visible, after, lines), after, seq, visible, lines)
+            audience.last = seq
             self.stats.frames += 1
             for outbox in audience.outboxes:
                 try:
-                    outbox.put_nowait(text)
+                    outbox.put_nowait(made)
                 except asyncio.QueueFull:
                     self.stats.dropped += 1
 
@@ -220,5 +300,5 @@ def renderer() -> Renderer:
     return _renderer
 
 
-def outbox() -> asyncio.Queue[str]:
-    return asyncio.Queue(maxsize=OUTBOX)
+def outbox() -> Outbox:
+    return Outbox()

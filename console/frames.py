@@ -93,11 +93,16 @@ def changes(events: Iterable[AuditEvent]) -> tuple[list[str], list[int]]:
 def frame(events: list[AuditEvent], after: int, fragments: dict[int, str]) -> str:
     """A frame for these events (oldest first, all of one visibility class), from their
     rendered lines; the same bytes for everyone who may see exactly these events."""
+    return frame_of_lines(events, after, "".join(fragments[e.seq] for e in reversed(events)))
+
+
+def frame_of_lines(events: list[AuditEvent], after: int, lines: str) -> str:
+    """The frame for these events (oldest first) from their lines, already joined newest
+    first: also how frames waiting for one socket are joined into one (console.fanout)."""
     changed, agents = changes(events)
     hints = f' data-changed="{" ".join(changed)}"' if changed else ""
     if agents:
         hints += f' data-agents="{",".join(map(str, agents))}"'
-    lines = "".join(fragments[e.seq] for e in reversed(events))
     return (
         f'<div id="live-frame" hidden hx-swap-oob="outerHTML" data-seq="{events[-1].seq}" '
         f'data-after="{after}"{hints}></div>'

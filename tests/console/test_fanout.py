@@ -18,7 +18,7 @@ from audit.models import AuditEvent
 from audit.selectors import audit_scope
 from audit.services import SYSTEM, audit_record
 from audit.verbs import Verb
-from console import fanout
+from console import fanout, live
 from tests.conftest import ALLOW_ALL_TESTS, Server, chained, wait_for
 from tests.console.test_live import connect, seq_of, session_cookie
 
@@ -104,6 +104,9 @@ async def test_each_class_is_sent_what_the_rule_lets_it_see(world: Any, make_age
     )
     for socket in (sam, sue, cora):
         await socket.receive_from()
+    # Every event rings live.everything: with cora's class here, the others' doorbells
+    # would only ring the renderer again.
+    assert fanout.renderer().joined == {live.EVERYTHING}
     stats = fanout.renderer().stats
     renders = stats.renders
 
@@ -272,3 +275,48 @@ def test_the_live_parts_of_a_fleet_are_one_page_of_cards_at_most(world: Any) -> 
     too_many = ",".join(str(a.pk) for a in fleet.agents[: CARDS_PAGE_SIZE + 1])
     assert sam.get(f"/live/parts?agents={too_many}").status_code == 400
     assert sam.get("/live/parts?agents=all&page=0").status_code == 400
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_frames_waiting_for_a_socket_go_as_one_message_but_never_across_a_gap(
+    world: Any, make_agent: Any
+) -> None:
+    """A socket behind its class sends the frames that follow one another as one frame —
+    the catch-up endpoint's frame for those events — and a dropped frame between two
+    stays a gap its page sees."""
+    from console import frames
+
+    claims = await sync_to_async(make_agent)(
+        "claims-bot", "tests.support.agents.counter", ALLOW_ALL_TESTS
+    )
+    seqs = [await sync_to_async(record)(agent=claims, label=str(n)) for n in range(4)]
+    events = await sync_to_async(lambda: list(AuditEvent.objects.filter(seq__in=seqs)))()
+    events.sort(key=lambda e: e.seq)
+    lines = {e.seq: await sync_to_async(frames.render_event)(e) for e in events}
+    start = seqs[0] - 1
+
+    def made(i: int) -> fanout.Frame:  # the renderer's frame of the i-th event alone
+        after = seqs[i - 1] if i else start
+        text = frames.frame_of_lines([events[i]], after, lines[seqs[i]])
+        return fanout.Frame(text, after, seqs[i], [events[i]], lines[seqs[i]])
+
+    one, two, three, four = made(0), made(1), made(2), made(3)
+    behind, other = fanout.Outbox(), fanout.Outbox()
+    for frame in (fanout.Frame(frames.hello_frame(start), start, start), one, two, four):
+        behind.put_nowait(frame)  # `three` was dropped: no room for it
+    for frame in (one, two, three):
+        other.put_nowait(frame)
+
+    hello = await behind.get()
+    assert seq_of(hello.text) == (start, start) and hello.frames == 1, "a hello goes alone"
+    joined = await behind.get()
+    assert joined.frames == 2 and seq_of(joined.text) == (seqs[1], start)
+    assert STREAM_ITEM.findall(joined.text) == [str(seqs[1]), str(seqs[0])]
+    catch_up = await sync_to_async(frames.render_frames)(events[:2], start)
+    assert joined.text == catch_up[0], "the same frame the page would fetch over HTTP"
+    after_gap = await behind.get()
+    assert after_gap.frames == 1 and seq_of(after_gap.text) == (seqs[3], seqs[2])
+    # Another socket of the class, behind by the same frames: the same joined bytes.
+    assert (await other.get()).text == fanout.join([one, two, three])
+    assert behind.queue.empty() and behind.held is None

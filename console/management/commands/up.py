@@ -66,6 +66,10 @@ class Command(BaseCommand):
                 port=port,
                 lifespan="off",
                 log_level="warning",
+                # A live frame is sent to many sockets: compressing it for each one
+                # (permessage-deflate) cost more than the send itself (bench/README.md).
+                ws="websockets-sansio",
+                ws_per_message_deflate=False,
             )
         )
         threading.Thread(target=server.run, name="web", daemon=True).start()
