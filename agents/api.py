@@ -103,10 +103,13 @@ def _error(status: int, code: str, message: str, **headers: str) -> JsonResponse
 # --- the body, the key ---------------------------------------------------------------------
 
 
-def _deep_field(raw: bytes) -> str:
+def _deep_field(raw: bytes) -> str | None:
     """The top-level field of a JSON object under which it nests deepest: what a body too
-    deep to parse is refused for (a scan of its brackets, strings skipped)."""
-    text = raw.decode("utf-8", errors="replace")
+    deep to parse is refused for (a scan of its brackets, strings skipped). None unless
+    the body is one object whose brackets balance."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text.startswith("{") or not text.endswith("}"):
+        return None
     depth, deepest, key, field, i = 0, 0, "", "the body", 0
     while i < len(text):
         ch = text[i]
@@ -123,8 +126,10 @@ def _deep_field(raw: bytes) -> str:
                 deepest, field = depth, key[:40] or "the body"
         elif ch in "]}":
             depth -= 1
+            if depth == 0 and i != len(text) - 1:
+                return None
         i += 1
-    return field
+    return field if depth == 0 else None
 
 
 class JsonBody(Parser):
@@ -150,7 +155,10 @@ class JsonBody(Parser):
         except RecursionError:
             # Only a body nested far deeper than the trail holds exhausts the parser (how
             # deep that is depends on the stack the request already runs in).
-            too_deep = TOO_DEEP.format(where=_deep_field(raw), limit=MAX_DEPTH)
+            field = _deep_field(raw)
+            if field is None:  # not one balanced object: malformed, however deep
+                raise BadRequest(BAD_JSON, Code.BAD_JSON) from None
+            too_deep = TOO_DEEP.format(where=field, limit=MAX_DEPTH)
             raise BadRequest(too_deep, Code.UNSTORABLE) from None
         if not isinstance(body, dict):
             raise BadRequest(BAD_JSON, Code.BAD_JSON)
