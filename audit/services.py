@@ -213,12 +213,12 @@ def audit_append_many(contents: list[dict[str, Any]]) -> None:
         raise RuntimeError("an audit event is written inside the transaction of its change")
     if not contents:
         return
-    bodies = [canonical_content(content) for content in contents]
-    for agent_id, team_id in dict.fromkeys((c["agent_id"], c["team_id"]) for c in contents):
-        after_append(agent_id=agent_id, team_id=team_id)
     if connection.vendor != "postgresql":
         for content in contents:
             audit_append(content)
         return
+    for agent_id, team_id in dict.fromkeys((c["agent_id"], c["team_id"]) for c in contents):
+        after_append(agent_id=agent_id, team_id=team_id)
+    bodies = [canonical_content(content) for content in contents]
     with connection.cursor() as cursor:
         cursor.execute(APPEND_MANY_SQL, {"bodies": bodies})
