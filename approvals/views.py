@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
@@ -98,35 +98,47 @@ def _render_request(
 @require_POST
 @login_required
 def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
-    approval = selectors.request_for_user(request.user, request_id)
     form = DecisionForm(request.POST)
-    if not form.is_valid():
-        _refuse_if_not_yours(request, approval)
-        return _render_request(request, approval, form=form, status=400)
-    data = form.cleaned_data
+    valid = form.is_valid()
     edited = None
-    if data["edit"]:
+    if not valid or form.cleaned_data["edit"]:
+        # The form drawn again, or edited arguments read against the tool's schema: both
+        # need the request as the person may see it.
+        approval = selectors.request_for_user(request.user, request_id)
+        if not valid:
+            _refuse_if_not_yours(request, approval)
+            return _render_request(request, approval, form=form, status=400)
         schema = agent_tool(approval.agent_id, approval.tool).schema
         edited = edited_arguments(request.POST, schema)
-    # Who may decide is checked once, by the service under its locks: someone who may not
-    # gets its PermissionDenied (403), as from the check above for a form that is invalid.
+    data = form.cleaned_data
+    # Who may decide is checked once, by the service under its locks, before anything is
+    # read for the answer: the run is released as soon as the decision commits. Only a
+    # person the rule lets decide gets past it, and the rule's deciders all see the
+    # request; a refusal is explained only to someone who may see the request (404
+    # otherwise, as for an id that does not exist).
     try:
         approval_decide(
-            request_id=approval.pk,
+            request_id=request_id,
             user=signed_in(request),
             verdict=data["verdict"],
             seen_args_hash=data["args_hash"],
             comment=data["comment"],
             edited_args=edited,
         )
-    except AlreadyDecided as exc:
-        return _render_request(request, _fresh(approval), error=str(exc), status=409)
-    except ServiceError as exc:
+    except ApprovalRequest.DoesNotExist:
+        raise Http404("No such approval request.") from None
+    except (ServiceError, PermissionDenied) as exc:
+        approval = selectors.request_for_user(request.user, request_id)
+        if isinstance(exc, PermissionDenied):
+            raise
+        if isinstance(exc, AlreadyDecided):
+            return _render_request(request, approval, error=str(exc), status=409)
         status = 409 if isinstance(exc, Conflict) else 400
-        return _render_request(request, _fresh(approval), form=form, error=str(exc), status=status)
+        return _render_request(request, approval, form=form, error=str(exc), status=status)
+    approval = selectors.request_for_user(request.user, request_id)
     if request.htmx:
         # The queue and the badge listen for it (hx-trigger "approvals-changed from:body").
-        return trigger_client_event(_render_request(request, _fresh(approval)), "approvals-changed")
+        return trigger_client_event(_render_request(request, approval), "approvals-changed")
     messages.success(request, f"Request {approval.pk}: {data['verdict']} recorded.")
     return redirect("approvals")
 
@@ -136,11 +148,6 @@ def _refuse_if_not_yours(request: HtmxHttpRequest, approval: ApprovalRequest) ->
         why = selectors.refusal(request.user, approval)
         if why == selectors.NOT_YOURS:
             raise PermissionDenied(why)  # others get the service's own answer and status
-
-
-def _fresh(approval: ApprovalRequest) -> ApprovalRequest:
-    approval.refresh_from_db()
-    return approval
 
 
 @require_POST

@@ -90,3 +90,29 @@ def test_the_approved_step_starts_five_queries_into_the_resume(held: Any, world:
     # 5. baton_step_restart: admit, the step `started` again, action.allowed
     assert len(before) == 5, "\n\n".join(before)
     assert Run.objects.get(pk=request.run_id).status == Run.Status.SUCCEEDED
+
+
+def test_the_decide_post_decides_before_it_reads_anything_for_its_answer(
+    held: Any, world: Any, client: Any
+) -> None:
+    """The run is released by the POST's first statements after the session and the
+    person: nothing drawn for the answer (the request as the person sees it, the banners,
+    the permission checks of the page) comes before the decision's transaction."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    request = held(amount=500, claim="c1")
+    client.force_login(world.supervisor)
+    with CaptureQueriesContext(connection) as captured:
+        answer = client.post(
+            f"/approvals/{request.pk}/decide",
+            {"verdict": "approve", "args_hash": request.args_hash},
+            HTTP_HX_REQUEST="true",
+        )
+    assert answer.status_code == 200
+    sql = [q["sql"] for q in captured.captured_queries]
+    locks = next(i for i, s in enumerate(sql) if "FOR NO KEY UPDATE" in s)
+    before = [s for s in sql[:locks] if not s.startswith(("SAVEPOINT", "RELEASE"))]
+    # 1. the session, 2. the person
+    assert len(before) == 2, "\n\n".join(before)
+    assert Run.objects.get(pk=request.run_id).status == Run.Status.QUEUED
