@@ -174,8 +174,9 @@ def decisions(team: Team, window: Window) -> list[Decided]:
     in_window = ApprovalDecision.objects.filter(
         request__agent__team=team, created_at__gte=window.start, created_at__lt=window.end
     )
-    rows: list[dict[str, Any]] = list(
-        ApprovalDecision.objects.filter(request__in=in_window.values("request_id"))
+    rows: list[dict[str, Any]] = [
+        dict(row)
+        for row in ApprovalDecision.objects.filter(request__in=in_window.values("request_id"))
         .order_by("request_id", "created_at", "pk")
         .values(
             "pk",
@@ -194,7 +195,7 @@ def decisions(team: Team, window: Window) -> list[Decided]:
             "request__action__requested_args",
             "request__agent__slug",
         )
-    )
+    ]
     escalated = _escalations({r["request_id"] for r in rows})
     by_request: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
