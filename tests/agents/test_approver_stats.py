@@ -50,10 +50,9 @@ class History:
     def held(
         self, at: datetime, args: dict[str, Any], tool: str = "payments.pay"
     ) -> ApprovalRequest:
-        agent = self.agent
-        run = Run.objects.create(
-            agent=agent, version=agent.live_version, input={}, status=Run.Status.WAITING
-        )
+        agent, version = self.agent, self.agent.live_version
+        assert version is not None
+        run = Run.objects.create(agent=agent, version=version, input={}, status=Run.Status.WAITING)
         action = Action.objects.create(
             run=run,
             seq=1,
@@ -70,7 +69,7 @@ class History:
             action=action,
             run=run,
             agent=agent,
-            version=agent.live_version,
+            version=version,
             tool=tool,
             args=args,
             args_hash=_hash(args),

@@ -239,10 +239,13 @@ def page_rows(text: str) -> list[tuple[str, str, str]]:
     for part in text.split('<section data-testid="review-')[1:]:
         kind = part.split('"', 1)[0].replace("-", " ")
         for group in part.split('<details class="review-group"')[1:]:
-            cause = html.unescape(re.search(r'data-testid="group-cause">([^<]*)<', group)[1])
+            found = re.search(r'data-testid="group-cause">([^<]*)<', group)
+            assert found is not None
+            cause = html.unescape(found[1])
             for item in group.split('data-testid="review-item"')[1:]:
-                link = re.search(r'<a href="([^"]+)"', item)[1]
-                rows.append((kind, cause, html.unescape(link)))
+                link = re.search(r'<a href="([^"]+)"', item)
+                assert link is not None
+                rows.append((kind, cause, html.unescape(link[1])))
     return rows
 
 
