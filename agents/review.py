@@ -12,7 +12,8 @@ What is listed, and when it counts (its time must fall in the week):
   approvers it waited for;
 - kill switch: an engagement covering the team (its own, one of its agents', or the
   global one), by reason, from the trail's `killswitch.engaged`;
-- alert: any event of the team whose verb starts with `alert.`, by verb and rule.
+- alert: any event of the team whose verb starts with `alert.` (but `alert.resolved`),
+  by verb and the alert rule's name.
 
 A cause is the text that explains the item with its numbers (ids, amounts, steps) written
 as N, so that "diverged at step 3" and "diverged at step 4" are one cause.
@@ -43,6 +44,8 @@ from audit.verbs import Verb
 BAD_WEEK = "Name a week as YYYY-Www, an ISO week such as 2026-W48."
 FUTURE_WEEK = "The week {week} has not begun yet."
 ALERT_PREFIX = "alert."
+# An alert that cleared is no exception: only its firing is listed.
+ALERT_NOT_LISTED = ("alert.resolved",)
 CAUSE_LENGTH = 100
 # The page lists this many items per cause; the download carries them all.
 SHOWN_PER_CAUSE = 50
@@ -358,7 +361,7 @@ def _trail(team: Team, week: Week) -> list[Item]:
     switches = Q(verb=Verb.KILLSWITCH_ENGAGED) & (
         Q(team_id=team.pk) | Q(team_id__isnull=True, agent_id__isnull=True)
     )
-    alerts = Q(verb__startswith=ALERT_PREFIX, team_id=team.pk)
+    alerts = Q(verb__startswith=ALERT_PREFIX, team_id=team.pk) & ~Q(verb__in=ALERT_NOT_LISTED)
     events = (
         AuditEvent.objects.filter(
             switches | alerts,
@@ -383,9 +386,11 @@ def _trail(team: Team, week: Week) -> list[Item]:
                 Item(SWITCH, cause_of(reason), e.when, slug, e.run_id, None, "", detail, event_link)
             )
             continue
-        rule = payload.get("rule") or payload.get("name") or payload.get("reason") or ""
-        cause = cause_of(f"{e.verb}: {rule}" if rule else e.verb)
-        detail = str(payload.get("message") or payload.get("summary") or rule)[:300]
+        # An alert rule's name names the cause as it is (its numbers are part of it).
+        name = str(payload.get("rule_name") or payload.get("name") or "").strip()
+        cause = f"{e.verb}: {name}" if name else e.verb
+        cause = cause if len(cause) <= CAUSE_LENGTH else cause[: CAUSE_LENGTH - 1] + "…"
+        detail = str(payload.get("summary") or payload.get("message") or name)[:300]
         link = _run_chain(e.run_id) if e.run_id else event_link
         out.append(Item(ALERT, cause, e.when, slug, e.run_id, None, "", detail, link))
     return out

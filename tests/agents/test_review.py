@@ -78,20 +78,24 @@ def failing(agent: Any) -> Run:
     return run
 
 
-def alert(agent: Any, when: datetime | None = None) -> None:
+def alert(agent: Any, when: datetime | None = None, verb: str = "alert.fired") -> None:
     """An alert as the alert rules will write one: a verb under `alert.` (none is in the
-    vocabulary yet, so its content is written directly)."""
+    vocabulary yet, so its content is written directly), naming its rule."""
     content = event_content(
         verb=Verb.RUN_FAILED,
         actor=SYSTEM,
-        subject_type="agent",
-        subject_id=agent.pk,
+        subject_type="alert_rule",
+        subject_id=7,
         agent_id=agent.pk,
         team_id=agent.team_id,
-        payload={"rule": "exception rate", "message": "exception rate 40 % over 1h"},
+        payload={
+            "rule": 7,
+            "rule_name": "exceptions over 20%",
+            "summary": "exceptions over 20%: exception rate = 40 % (threshold 20 %)",
+        },
         occurred_at=when,
     )
-    content["verb"] = "alert.exceptions_high"
+    content["verb"] = verb
     with transaction.atomic():
         audit_append(content)
 
@@ -134,6 +138,7 @@ def built(world: Any, make_agent: Any) -> dict[str, Any]:
         switch = killswitch_engage(mode="pause", user=None, **kwargs)
         killswitch_release(switch=switch, user=None, reason="checked")
     alert(counter)
+    alert(counter, verb="alert.resolved")  # an alert that cleared is not listed
     alert(other)
     return {
         "week": week,
@@ -155,7 +160,7 @@ EXPECTED = {
     (review.REJECTED, "amount looks wrong"): 1,
     (review.EXPIRED, "test.pay: nobody in the agent's supervisors decided in time"): 1,
     (review.SWITCH, "fraud spike on claim N"): 2,
-    (review.ALERT, "alert.exceptions_high: exception rate"): 1,
+    (review.ALERT, "alert.fired: exceptions over 20%"): 1,
 }
 
 
@@ -189,13 +194,13 @@ def test_an_item_at_sunday_235959_belongs_to_the_week_before_monday_0000(
     alert(counter, week.start)
     assert (
         groups_of(review.review(world.claims, week.previous))[
-            (review.ALERT, "alert.exceptions_high: exception rate")
+            (review.ALERT, "alert.fired: exceptions over 20%")
         ]
         == 1
     )
     assert (
         groups_of(review.review(world.claims, week))[
-            (review.ALERT, "alert.exceptions_high: exception rate")
+            (review.ALERT, "alert.fired: exceptions over 20%")
         ]
         == 2
     )
@@ -380,4 +385,4 @@ def test_the_page_and_download_cost_the_same_queries_for_few_items_as_for_many(
             row.append(len(queries))
         counts.append(row)
     assert counts[0] == counts[1], counts
-    assert AuditEvent.objects.filter(verb="alert.exceptions_high").count() == 5
+    assert AuditEvent.objects.filter(verb="alert.fired").count() == 5
