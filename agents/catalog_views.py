@@ -17,7 +17,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from agents import catalog, remote
 from agents.catalog import Invalid
 from agents.models import Agent, ApiKey
-from agents.permissions import agent_for_user, team_can, team_for_user, user_can
+from agents.permissions import (
+    agent_for_user,
+    may_review_team,
+    team_can,
+    team_for_user,
+    user_can,
+)
 from agents.registry import all_programs
 from agents.services import ServiceError
 from console.http import signed_in
@@ -78,6 +84,7 @@ def team_detail(request: HttpRequest, team: str) -> HttpResponse:
         "team": found,
         "agents": catalog.team_agents(request.user, found),
         "can_administer": team_can(request.user, "administer", found),
+        "can_review": may_review_team(request.user, found),
     }
     return render(request, "teams/team.html", context)
 

@@ -11,7 +11,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from agents import kpis
-from agents.permissions import agent_for_user
+from agents.permissions import agent_for_user, reviewable_team_ids
 
 
 def _window(request: HttpRequest) -> tuple[kpis.Window, str]:
@@ -39,5 +39,10 @@ def agent_kpis(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 def fleet_kpis(request: HttpRequest) -> HttpResponse:
     window, error = _window(request)
-    context = {**_base(window, error), **kpis.fleet_page(request.user, window)}
+    context = {
+        **_base(window, error),
+        **kpis.fleet_page(request.user, window),
+        # The teams whose approvers and weekly review the person may open (None: all).
+        "reviewable": reviewable_team_ids(request.user),
+    }
     return render(request, "agents/fleet_kpis.html", context, status=400 if error else 200)

@@ -168,6 +168,37 @@ def team_can(user: Any, capability: str, team: Team) -> bool:
     return next(team_grounds(user, capability, team), None) is not None
 
 
+# Who reads a team's approver analytics and exception review (agents.approver_stats,
+# agents.review): figures about named people are for those who lead them and those who
+# audit them, not for everyone who may see the team.
+NOT_A_REVIEWER = (
+    "Only the team's supervisors and compliance see its approver analytics and reviews."
+)
+
+
+def reads_everything(user: Any) -> bool:
+    """Compliance (and superusers): the model-wide right to read the whole audit trail."""
+    return bool(
+        user.is_authenticated
+        and user.is_active
+        and (user.is_superuser or user.has_perm("audit.view_auditevent"))
+    )
+
+
+def may_review_team(user: Any, team: Team) -> bool:
+    """The team's supervisors (a grant on the whole team, not on one of its agents) and
+    compliance. Not its agent admins, nor a supervisor of another team."""
+    return reads_everything(user) or team_can(user, "supervise", team)
+
+
+def reviewable_team_ids(user: Any) -> set[int] | None:
+    """The ids of the teams `may_review_team` opens to the person (one query at most);
+    None means every team."""
+    if reads_everything(user):
+        return None
+    return set(teams_for_user(user, "supervise").values_list("pk", flat=True))
+
+
 def _checker(user: Any) -> ObjectPermissionChecker:
     # One checker per user object: it loads all of a person's grants on an object at the
     # first question, so asking view and then supervise costs no more queries.

@@ -400,6 +400,15 @@ BATON_READY_BEAT_SECONDS = env_float(
     "BATON_READY_BEAT_SECONDS", 3 * BATON_AUDIT_VERIFY_EVERY_SECONDS
 )
 
+# --- Approver analytics (agents.approver_stats) ----------------------------------------
+# An approval, unedited, of at least this amount given in less than this many seconds
+# after the request was put before the approver counts as a rubber stamp.
+BATON_RUBBER_STAMP_SECONDS = env_float("BATON_RUBBER_STAMP_SECONDS", 3.0)
+BATON_RUBBER_STAMP_AMOUNT = env_float("BATON_RUBBER_STAMP_AMOUNT", 1000.0)
+# Where a held action carries its amount: the first of these arguments holding a number
+# (payments.pay's `amount`, purchasing.create_po's `total`).
+BATON_AMOUNT_FIELDS = env_list("BATON_AMOUNT_FIELDS", ["amount", "total"])
+
 # --- Timers (Celery beat) -------------------------------------------------------------
 # Every periodic task, for every layout: `make run`'s beat thread, `celery beat` and
 # `celery worker -B` all read this one schedule. It is built here, with the settings, so no

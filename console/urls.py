@@ -11,6 +11,7 @@ from agents import (
     catalog_views,
     editor_views,
     kpi_views,
+    review_views,
     rollout_views,
     switch_views,
     version_views,
@@ -31,6 +32,14 @@ urlpatterns = [
     path("teams/<slug:team>/", catalog_views.team_detail, name="team"),
     path("teams/<slug:team>/edit", catalog_views.team_edit, name="team-edit"),
     path("teams/<slug:team>/archive", catalog_views.team_archive, name="team-archive"),
+    # A team's approver analytics and weekly exception review (issue 14).
+    path("teams/<slug:team>/approvers/", review_views.approvers, name="team-approvers"),
+    path("teams/<slug:team>/review/", review_views.weekly_review, name="team-review"),
+    path(
+        "teams/<slug:team>/review/download",
+        review_views.review_download,
+        name="team-review-download",
+    ),
     path("agents/new", catalog_views.agent_create, name="agent-create"),
     path("agents/<slug:slug>/edit", catalog_views.agent_edit, name="agent-edit"),
     path("agents/<slug:slug>/archive", catalog_views.agent_archive, name="agent-archive"),

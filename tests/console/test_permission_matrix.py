@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from agents import roles
+from agents import review, roles
 from agents.demo.seed import CLAIMS_POLICY
 from agents.models import Agent, AgentVersion, ApiKey, KillSwitch, McpServer, Team
 from agents.rollout_views import seen_token
@@ -210,6 +210,8 @@ class Hidden:
             "q": "Xylomarker",
             # The KPI pages (issue 14): the longest window, which covers the hidden runs.
             "window": "30d",
+            # The weekly review (issue 14): this week, which holds the hidden team's items.
+            "week": review.current_week().name,
         }
 
     def leaks(self, text: str, typed: dict[str, Any] | None = None) -> list[str]:
@@ -365,6 +367,16 @@ def test_the_matrix_walks_the_kpi_pages() -> None:
     walked = dict(url_patterns())
     assert walked["kpis"] == "kpis/"
     assert walked["agent-kpis"] == "agents/<slug:slug>/kpis/"
+
+
+def test_the_matrix_walks_the_approver_and_review_pages() -> None:
+    # A team's approver analytics and weekly review with its download (issue 14): the
+    # sweep asks for the hidden team's; everyone but compliance gets 404 (the team does
+    # not exist for them) or 405 (a POST).
+    walked = dict(url_patterns())
+    assert walked["team-approvers"] == "teams/<slug:team>/approvers/"
+    assert walked["team-review"] == "teams/<slug:team>/review/"
+    assert walked["team-review-download"] == "teams/<slug:team>/review/download"
 
 
 async def test_no_person_reaches_a_team_they_do_not_work_in(world: Any, make_agent: Any) -> None:

@@ -143,6 +143,12 @@ def held(call: ToolCall) -> dict[str, Any]:
     return {"executions": total}
 
 
+@tool("test.refuse", schema=COUNT_SCHEMA, idempotent=True)
+def refuse(call: ToolCall) -> dict[str, Any]:
+    """A tool whose system refuses the call: the step fails with the tool's error."""
+    raise ValueError(f"the upstream refused claim {call.args['label']}")
+
+
 @program
 def payout_with_fallback(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
     """Pays; if a person rejects, records the reason through another tool."""
