@@ -59,11 +59,11 @@ BINS = 10  # numeric bins: the baseline's deciles
 EPSILON = 1e-4  # the floor of a bin's share
 TOP = 10  # categories kept per window; the rest are "(other)"
 ALPHA = 0.01  # the two-sample test's level, shared by the fields compared (Bonferroni)
-MODERATE, SHIFTED = 0.1, 0.25  # the PSI bands
+MODERATE_PSI, SHIFTED_PSI = 0.1, 0.25  # the PSI bands
 BASELINE_WINDOWS = 4  # the baseline: this many current windows right before it
 SHOWN = 5  # fields the panel shows first
 
-STABLE, MODERATE_LEVEL, SHIFTED_LEVEL, INSUFFICIENT = (
+STABLE, MODERATE, SHIFTED, INSUFFICIENT = (
     "stable",
     "moderate",
     "shifted",
@@ -71,8 +71,8 @@ STABLE, MODERATE_LEVEL, SHIFTED_LEVEL, INSUFFICIENT = (
 )
 LEVEL_LABELS = {
     STABLE: "stable",
-    MODERATE_LEVEL: "moderate drift",
-    SHIFTED_LEVEL: "shifted",
+    MODERATE: "moderate drift",
+    SHIFTED: "shifted",
     INSUFFICIENT: "insufficient data",
 }
 INPUT, DECISION, MODEL = "input", "decision", "model output"
@@ -161,9 +161,9 @@ class DriftReport:
 
 
 def band(psi: float) -> str:
-    if psi >= SHIFTED:
-        return SHIFTED_LEVEL
-    return MODERATE_LEVEL if psi >= MODERATE else STABLE
+    if psi >= SHIFTED_PSI:
+        return SHIFTED
+    return MODERATE if psi >= MODERATE_PSI else STABLE
 
 
 def baseline_before(current: Window) -> Window:
