@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import random
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +26,7 @@ from django.test.utils import CaptureQueriesContext
 from agents import drift, kpis
 from agents.models import Action, Agent, Run
 from agents.services import team_create
-from tests.conftest import ALLOW_ALL_TESTS
+from tests.conftest import ALLOW_ALL_TESTS, ON_SQLITE, ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -51,7 +56,7 @@ def history(agent: Agent, rng: random.Random, window: kpis.Window, n: int, shape
     runs = Run.objects.bulk_create(
         Run(
             agent=agent,
-            version_id=agent.live_version_id,
+            version=agent.live_version,
             status=Run.Status.SUCCEEDED,
             input={
                 "claim_id": f"CLM-{rng.getrandbits(48):012x}",  # an id: never compared
@@ -294,3 +299,31 @@ def test_the_kpi_page_shows_the_drift_panel_to_those_who_may_see_the_agent(
     assert _client(world.outsider).get(f"/agents/{claims.slug}/kpis/").status_code == 404
     empty = _client(world.compliance).get(f"/agents/{other.slug}/kpis/").content.decode()
     assert 'data-testid="drift-level">insufficient data<' in empty
+
+
+@pytest.mark.skipif(ON_SQLITE, reason="this is the child run")
+def test_drift_reads_the_same_on_sqlite(tmp_path: Path) -> None:
+    """This module's tests again on the embedded default's SQLite, in a child `pytest`
+    (as tests/agents/test_kpis.py does): the same queries and the same verdicts there."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PYTEST_ADDOPTS")}
+    env.update(BATON_TEST_CONTRACT_ON="sqlite", BATON_DATA_DIR=str(tmp_path / "data"))
+    done = subprocess.run(  # noqa: S603 (this interpreter, this module)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(Path(__file__).relative_to(ROOT)),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "not on_sqlite",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert re.search(r"\b12 passed\b", done.stdout) and "failed" not in done.stdout, done.stdout
