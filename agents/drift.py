@@ -66,6 +66,7 @@ ALPHA = 0.01  # the two-sample test's level, shared by the fields compared (Bonf
 MODERATE_PSI, SHIFTED_PSI = 0.1, 0.25  # the PSI bands
 BASELINE_WINDOWS = 4  # the baseline: this many current windows right before it
 SHOWN = 5  # fields the panel shows first
+LISTED = 50  # and at most this many more, folded
 
 STABLE, MODERATE, SHIFTED, INSUFFICIENT = (
     "stable",
@@ -152,12 +153,16 @@ class DriftReport:
 
     @property
     def rest(self) -> list[FieldDrift]:
-        """The others: the fields that moved less, then those without enough data."""
-        return list(self.fields[len(self.top) :])
+        """The next LISTED: the fields that moved less, then those without enough data."""
+        return list(self.fields[len(self.top) : len(self.top) + LISTED])
 
     @property
     def others(self) -> int:
-        return len(self.rest) + len(self.skipped)
+        return len(self.fields) - len(self.top) + len(self.skipped)
+
+    @property
+    def unlisted(self) -> int:
+        return len(self.fields) - len(self.top) - len(self.rest)
 
     @property
     def min_samples(self) -> int:

@@ -326,4 +326,42 @@ def test_drift_reads_the_same_on_sqlite(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert re.search(r"\b12 passed\b", done.stdout) and "failed" not in done.stdout, done.stdout
+    assert re.search(r"\b14 passed\b", done.stdout) and "failed" not in done.stdout, done.stdout
+
+
+def test_a_field_that_appears_in_the_current_window_is_found(claims: Agent) -> None:
+    build(claims, SAME, n=200)
+    runs = list(Run.objects.filter(agent=claims, created_at__gte=CURRENT.start))
+    for i, run in enumerate(runs):
+        run.input = {**run.input, "region": ["north", "south"][i % 2]}
+    Run.objects.bulk_update(runs, ["input"])
+    report = drift.drift_report(claims, CURRENT, BASELINE)
+    first = report.top[0]
+    assert (first.source, first.name, first.level) == ("input", "region", drift.SHIFTED)
+    shares = {b.label: (b.baseline, b.current) for b in first.bins}
+    assert shares["(missing)"] == (1.0, 0.0)
+
+
+def test_each_window_reads_at_most_its_newest_cap_runs(
+    claims: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build(claims, SAME, n=120)
+    monkeypatch.setattr(drift, "CAP", 100)
+    report = drift.drift_report(claims, CURRENT, BASELINE)
+    assert (report.baseline_runs, report.current_runs) == (100, 100)
+
+    def newest(window: kpis.Window) -> list[float]:
+        runs = Run.objects.filter(
+            agent=claims, created_at__gte=window.start, created_at__lt=window.end
+        ).order_by("-created_at")[:100]
+        return [r.input["amount"] for r in runs]
+
+    # The bins are the newest baseline hundred's, and the shares the newest current hundred's.
+    ordered = sorted(newest(BASELINE))
+    edges = sorted({ordered[k * 100 // 10] for k in range(1, 10)})
+    counts = [0] * (len(edges) + 1)
+    for v in newest(CURRENT):
+        counts[bisect.bisect_right(edges, v)] += 1
+    got = field(report, "input", "amount")
+    assert (got.baseline_n, got.current_n) == (100, 100)
+    assert [round(b.current * 100) for b in got.bins] == counts
