@@ -93,10 +93,13 @@ ENDED = (*DECIDED, ApprovalRequest.Status.EXPIRED)
 class Window:
     name: str
     end: datetime
+    # A window of another length than the named ones: drift's baseline, the four windows
+    # before the current one (agents.drift).
+    span: timedelta | None = None
 
     @property
     def length(self) -> timedelta:
-        return WINDOWS[self.name]
+        return self.span or WINDOWS[self.name]
 
     @property
     def start(self) -> datetime:
