@@ -1,7 +1,7 @@
 """The KPI pages: one agent's, and the fleet's by team (agents.kpis computes them).
 
-Everyone who may see an agent sees its KPIs; the fleet page covers the agents the person
-sees (a supervisor their teams', compliance all)."""
+Everyone who may see an agent sees its KPIs and its alert rules; the fleet page covers
+the agents the person sees (a supervisor their teams', compliance all)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from agents import kpis
+from agents import alerts, kpis
 from agents.permissions import agent_for_user
 
 
@@ -32,6 +32,7 @@ def agent_kpis(request: HttpRequest, slug: str) -> HttpResponse:
     agent = agent_for_user(request.user, slug)
     window, error = _window(request)
     context = {**_base(window, error), **kpis.agent_page(agent, window)}
+    context["alert_rules"] = alerts.agent_rules(agent)
     return render(request, "agents/kpis.html", context, status=400 if error else 200)
 
 
