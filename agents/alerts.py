@@ -216,7 +216,11 @@ def show(rule: AlertRule, value: float | None) -> str:
     if rule.basis == AlertRule.Basis.CHANGE:
         return f"×{value:.2f} the window before"
     metric = METRICS.get(rule.metric)
-    return kpis.show(value, metric.how) if metric else f"{value:g}"
+    if metric is None:
+        return f"{value:g}"
+    if metric.how == "count" and float(value).is_integer():
+        return kpis.show(int(value), "count")  # 4 denials, not 4.0
+    return kpis.show(value, metric.how)
 
 
 def label(rule: AlertRule) -> str:
