@@ -52,7 +52,9 @@ class RuleForm(forms.Form):
 
     def __init__(self, *args: Any, targets: list[tuple[str, str]] | None = None, **kw: Any):
         super().__init__(*args, **kw)
-        self.fields["metric"].choices = alerts.metric_choices()
+        metric = self.fields["metric"]
+        assert isinstance(metric, forms.ChoiceField)
+        metric.choices = alerts.metric_choices()
         if targets is not None:
             self.fields["target"] = forms.ChoiceField(
                 choices=targets, error_messages={"invalid_choice": NO_TARGET, "required": NO_TARGET}

@@ -42,6 +42,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import Case, Count, Q, QuerySet, Value, When
 from django.utils import timezone
+from guardian.shortcuts import get_users_with_perms
 from kombu.exceptions import OperationalError as BrokerError
 
 from agents import kpis
@@ -458,13 +459,12 @@ def _enqueue_webhook(event: AlertEvent) -> None:
 
 def recipients(rule: AlertRule) -> list[str]:
     """The rule's own addresses, and its agent's (or team's) supervisors' if it asks."""
-    addresses = [a for a in split_addresses(rule.notify_emails)]
+    addresses = split_addresses(rule.notify_emails)
     if rule.notify_supervisors:
+        people: list[Any] = []
         if rule.agent is not None:
             people = list(users_who_can("supervise", rule.agent))
-        else:
-            from guardian.shortcuts import get_users_with_perms
-
+        elif rule.team is not None:
             people = [
                 p
                 for p in get_users_with_perms(
