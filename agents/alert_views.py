@@ -141,10 +141,7 @@ def alert_create(request: HttpRequest) -> HttpResponse:
     return render(request, "agents/alert_form.html", {"form": form})
 
 
-@require_GET
-@login_required
-def alert_detail(request: HttpRequest, rule_id: int) -> HttpResponse:
-    rule = _rule_for_user(request, rule_id)
+def _detail(request: HttpRequest, rule: AlertRule, form: RuleForm, status: int = 200) -> Any:
     events = alerts.history(rule)
     for event in events:
         event.value_shown = alerts.show(rule, event.value)  # type: ignore[attr-defined]
@@ -154,9 +151,16 @@ def alert_detail(request: HttpRequest, rule_id: int) -> HttpResponse:
         "value_shown": alerts.show(rule, rule.last_value),
         "events": events,
         "may_configure": alerts.may_configure(request.user, rule),
-        "form": RuleForm(initial=alerts.rule_config(rule)),
+        "form": form,
     }
-    return render(request, "agents/alert.html", context)
+    return render(request, "agents/alert.html", context, status=status)
+
+
+@require_GET
+@login_required
+def alert_detail(request: HttpRequest, rule_id: int) -> HttpResponse:
+    rule = _rule_for_user(request, rule_id)
+    return _detail(request, rule, RuleForm(initial=alerts.rule_config(rule)))
 
 
 @require_POST
@@ -165,15 +169,7 @@ def alert_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     rule = _configurable(request, rule_id)
     form = RuleForm(request.POST)
     if not form.is_valid():
-        context = {
-            "rule": rule,
-            "described": alerts.describe(rule),
-            "value_shown": alerts.show(rule, rule.last_value),
-            "events": alerts.history(rule),
-            "may_configure": True,
-            "form": form,
-        }
-        return render(request, "agents/alert.html", context, status=400)
+        return _detail(request, rule, form, status=400)
     alerts.alert_rule_update(rule=rule, user=signed_in(request), **form.config())
     messages.success(request, "Alert rule saved.")
     return redirect("alert", rule_id=rule.pk)

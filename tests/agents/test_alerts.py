@@ -492,3 +492,16 @@ def test_the_overview_lists_firing_alerts_and_a_frame_asks_for_them(
     kpis = sam.get(f"/agents/{denier.slug}/kpis/").content.decode()
     assert 'data-testid="kpi-alerts"' in kpis and "firing" in kpis
     assert rule.name in kpis
+
+
+def test_a_bad_edit_is_a_form_error_and_changes_nothing(denier: Any, world: Any) -> None:
+    rule = rule_on(denier)
+    before = AuditEvent.objects.count()
+    response = client(world.admin).post(
+        f"/alerts/{rule.pk}/edit", {**GOOD, "threshold": "2", "clear_threshold": "5"}
+    )
+    assert response.status_code == 400
+    assert 'data-error="clear_threshold"' in response.content.decode()
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.clear_threshold) == (3.0, 1.0)
+    assert AuditEvent.objects.count() == before
