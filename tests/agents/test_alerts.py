@@ -244,7 +244,9 @@ def test_a_breaker_on_a_stopped_agent_fires_without_a_second_switch(
     assert (event.switch, event.note) == (None, "already stopped")
 
 
-def test_a_team_rule_pauses_the_team(make_agent: Any, world: Any, mailbox: list[Any]) -> None:
+def test_a_team_rule_pauses_the_team_and_mails_its_supervisors(
+    make_agent: Any, world: Any, mailbox: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
     denier = make_agent("denier", "tests.support.agents.counter", DENY_COUNT)
     alerts.alert_rule_create(
         user=world.admin,
@@ -257,10 +259,14 @@ def test_a_team_rule_pauses_the_team(make_agent: Any, world: Any, mailbox: list[
         engage_breaker=True,
         notify_supervisors=True,
     )
-    world.supervisor.email = "sam@example.com"
-    world.supervisor.save()
+    for person in (world.supervisor, world.support_supervisor, world.admin):
+        person.email = f"{person.username}@example.com"
+        person.save()
     denials(denier, 2)
-    assert alerts.alerts_evaluate() == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.alerts_evaluate() == 1
+    # Claims' supervisors with an address (sol has none); not Support's, not its admin.
+    assert [m.to for m in mailbox] == [["sam@example.com"]]
     switch = KillSwitch.objects.get(team=world.claims, released_at__isnull=True)
     assert "failures" not in switch.reason and "runs failed = 2" in switch.reason
     fired = alert_events("alert.fired")[0]
