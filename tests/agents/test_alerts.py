@@ -244,6 +244,16 @@ def test_a_breaker_on_a_stopped_agent_fires_without_a_second_switch(
     assert (event.switch, event.note) == (None, "already stopped")
 
 
+def test_an_agent_rule_tells_its_addresses_and_the_agents_supervisors(
+    denier: Any, world: Any
+) -> None:
+    for person in (world.supervisor, world.support_supervisor, world.admin):
+        person.email = f"{person.username}@example.com"
+        person.save()
+    rule = rule_on(denier, notify_supervisors=True, notify_emails="oncall@example.com")
+    assert alerts.recipients(rule) == ["oncall@example.com", "sam@example.com"]
+
+
 def test_a_team_rule_pauses_the_team_and_mails_its_supervisors(
     make_agent: Any, world: Any, mailbox: list[Any], django_capture_on_commit_callbacks: Any
 ) -> None:

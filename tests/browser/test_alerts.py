@@ -33,6 +33,13 @@ def test_an_alert_fires_on_the_overview_and_its_breaker_banner_shows_the_value(
         engage_breaker=True,
         notify_supervisors=False,
     )
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     log_in(page, console_server, "sam")
     expect(page.locator("#live-frame[data-seq]")).to_be_attached(timeout=10000)
     expect(page.get_by_test_id("firing-alert")).to_have_count(0)
@@ -56,3 +63,8 @@ def test_an_alert_fires_on_the_overview_and_its_breaker_banner_shows_the_value(
         "tool steps denied by policy = 4 (threshold 3)"
     )
     expect(page.get_by_test_id("switch-banner")).to_contain_text("system")
+
+    # The rule's page, from the KPI page: its history says the breaker paused the agent.
+    page.get_by_test_id("kpi-alerts").get_by_role("link", name="too many denials").click()
+    expect(page.get_by_test_id("alert-history")).to_contain_text("paused by the circuit breaker")
+    assert violations == []
