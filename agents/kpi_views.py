@@ -1,8 +1,9 @@
 """The KPI pages: one agent's, and the fleet's by team (agents.kpis computes them).
 
-Everyone who may see an agent sees its KPIs; the fleet page covers the agents the person
-sees (a supervisor their teams', compliance all). The agent's page shows its drift too
-(agents.drift): the fleet page does not, as drift reads samples of every agent's runs."""
+Everyone who may see an agent sees its KPIs and its alert rules; the fleet page covers
+the agents the person sees (a supervisor their teams', compliance all). The agent's page
+shows its drift too (agents.drift): the fleet page does not, as drift reads samples of
+every agent's runs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from agents import drift, kpis
+from agents import alerts, drift, kpis
 from agents.permissions import agent_for_user, reviewable_team_ids
 
 
@@ -34,6 +35,7 @@ def agent_kpis(request: HttpRequest, slug: str) -> HttpResponse:
     window, error = _window(request)
     context = {**_base(window, error), **kpis.agent_page(agent, window)}
     context["drift"] = drift.drift_report(agent, window, drift.baseline_before(window))
+    context["alert_rules"] = alerts.agent_rules(agent)
     return render(request, "agents/kpis.html", context, status=400 if error else 200)
 
 

@@ -534,3 +534,98 @@ class McpServer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.transport})"
+
+
+class AlertRule(models.Model):
+    """A threshold on one metric of an agent or a team (agents.alerts holds the metrics and
+    evaluates the rules). It fires when the measured value crosses `threshold` and
+    resolves only once the value is back past `clear_threshold` (hysteresis); a rule that
+    engages the breaker pauses its agent or team itself when it fires. The rule's state
+    lives on its row, so a transition is one compare-and-set on it."""
+
+    class Comparison(models.TextChoices):
+        ABOVE = "above", "above"
+        BELOW = "below", "below"
+
+    class Basis(models.TextChoices):
+        VALUE = "value", "the value"
+        CHANGE = "change", "its change (this window ÷ the window before)"
+
+    class State(models.TextChoices):
+        RESOLVED = "resolved"
+        FIRING = "firing"
+
+    name = models.CharField(max_length=100)
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.PROTECT, related_name="alert_rules"
+    )
+    agent = models.ForeignKey(
+        Agent, null=True, blank=True, on_delete=models.PROTECT, related_name="alert_rules"
+    )
+    metric = models.CharField(max_length=40)
+    basis = models.CharField(max_length=6, choices=Basis.choices, default=Basis.VALUE)
+    comparison = models.CharField(
+        max_length=5, choices=Comparison.choices, default=Comparison.ABOVE
+    )
+    threshold = models.FloatField()
+    clear_threshold = models.FloatField()
+    window_minutes = models.PositiveIntegerField(default=60)
+    # Who is told: these addresses, and the supervisors of the agent or team if asked.
+    notify_emails = models.TextField(blank=True)
+    notify_supervisors = models.BooleanField(default=True)
+    webhook_url = models.URLField(max_length=500, blank=True)
+    engage_breaker = models.BooleanField(default=False)
+    enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    # The state, changed only by agents.alerts (compare-and-set on `state`).
+    state = models.CharField(max_length=8, choices=State.choices, default=State.RESOLVED)
+    state_since = models.DateTimeField(null=True, blank=True)
+    last_value = models.FloatField(null=True, blank=True)
+    last_evaluated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(agent__isnull=True, team__isnull=False)
+                | Q(agent__isnull=False, team__isnull=True),
+                name="alert_rule_agent_xor_team",
+            ),
+            # Hysteresis: the value must come back past the clear threshold, which is on
+            # the quiet side of the threshold (or equal to it: no hysteresis).
+            models.CheckConstraint(
+                condition=Q(comparison="above", clear_threshold__lte=models.F("threshold"))
+                | Q(comparison="below", clear_threshold__gte=models.F("threshold")),
+                name="alert_rule_clear_on_the_quiet_side",
+            ),
+            models.CheckConstraint(condition=Q(window_minutes__gte=1), name="alert_rule_window"),
+            models.CheckConstraint(condition=~Q(name=""), name="alert_rule_needs_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AlertEvent(models.Model):
+    """One transition of an alert rule: fired or resolved, with the value measured."""
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.PROTECT, related_name="events")
+    state = models.CharField(max_length=8, choices=AlertRule.State.choices)
+    value = models.FloatField(null=True, blank=True)
+    threshold = models.FloatField()
+    at = models.DateTimeField(auto_now_add=True)
+    # The pause the circuit breaker engaged on this firing, if it did.
+    switch = models.ForeignKey(
+        KillSwitch, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["rule", "-at"], name="alert_event_rule_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id} {self.state}"

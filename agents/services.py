@@ -409,30 +409,51 @@ def killswitch_engage(
     """Stop an agent, a team or everything. Once this commits no covered action is admitted:
     the gateway's admission takes the same lock (agents.killswitches)."""
     reason_required(reason)
+    with transaction.atomic(durable=True):
+        return killswitch_engage_within(
+            scope=scope, mode=mode, reason=reason, user=user, team=team, agent=agent
+        )
+
+
+def killswitch_engage_within(
+    *,
+    scope: str,
+    mode: str,
+    reason: str,
+    user: User | None,
+    team: Team | None = None,
+    agent: Agent | None = None,
+) -> KillSwitch:
+    """killswitch_engage inside the caller's transaction: for a change that engages a
+    switch as part of itself (a circuit breaker firing, agents.alerts). The caller takes
+    the target's engage lock before any row lock (agents.store.LOCK_ORDER); taking it
+    again here is free. ServiceError if a switch is already engaged on the target."""
+    reason_required(reason)
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("killswitch_engage_within runs inside its caller's transaction")
     owner = team if scope == KillSwitch.Scope.TEAM else agent
     target = switch_target(scope, owner.pk if owner else None)
-    with transaction.atomic(durable=True):
-        lock_for_engage(target)
-        _not_engaged_check(target)
-        switch = KillSwitch.objects.create(
-            scope=scope,
-            team=team,
-            agent=agent,
-            target=target,
-            mode=mode,
-            reason=reason,
-            engaged_by=user,
+    lock_for_engage(target)
+    _not_engaged_check(target)
+    switch = KillSwitch.objects.create(
+        scope=scope,
+        team=team,
+        agent=agent,
+        target=target,
+        mode=mode,
+        reason=reason,
+        engaged_by=user,
+    )
+    # Remote agents waiting on a step of a covered run hear of it at once.
+    ring_runs(
+        list(
+            _scope_runs(switch)
+            .filter(status=Run.Status.RUNNING, agent__kind=Agent.Kind.REMOTE)
+            .values_list("pk", flat=True)
         )
-        # Remote agents waiting on a step of a covered run hear of it at once.
-        ring_runs(
-            list(
-                _scope_runs(switch)
-                .filter(status=Run.Status.RUNNING, agent__kind=Agent.Kind.REMOTE)
-                .values_list("pk", flat=True)
-            )
-        )
-        cancelled = _halt_runs(switch, user=user) if mode == KillSwitch.Mode.HALT else 0
-        _engage_audit(switch, user=user, cancelled=cancelled)
+    )
+    cancelled = _halt_runs(switch, user=user) if mode == KillSwitch.Mode.HALT else 0
+    _engage_audit(switch, user=user, cancelled=cancelled)
     return switch
 
 

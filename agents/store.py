@@ -39,6 +39,7 @@ from audit.verbs import Verb
 
 LOCK_ORDER = (
     "kill-switch advisory locks: global, team, agent (baton_admit shared, engage exclusive)",
+    "alert rule rows (agents.alerts: a transition's compare-and-set, a rule's edit)",
     "agent and version rows (FOR NO KEY UPDATE, only to publish, number or edit a version)",
     "run rows, ascending id",
     "action rows",

@@ -10,6 +10,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 app = Celery("baton")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The alert evaluation's task lives with the rules (agents.alerts), above agents.tasks.
+app.autodiscover_tasks(["agents"], related_name="alerts")
 # The timers are in settings.CELERY_BEAT_SCHEDULE: one schedule for every layout.
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.template.loader import get_template
 
+from agents import alerts as agent_alerts
 from agents import selectors as agent_selectors
 from audit.models import AuditEvent
 from audit.selectors import Scope, audit_scope, events_for_user
@@ -75,10 +76,12 @@ def render_event(event: AuditEvent) -> str:
 
 def changes(events: Iterable[AuditEvent]) -> tuple[list[str], list[int]]:
     """What else on a page these events may have changed, for the page to fetch: the
-    approvals (badge and queue), the switch banners, and the cards of agents whose runs
-    moved (all cards on a kill switch)."""
+    approvals (badge and queue), the switch banners, the firing alerts, and the cards of
+    agents whose runs moved (all cards on a kill switch)."""
     kinds = {e.verb.split(".")[0] for e in events}
     changed = []
+    if "alert" in kinds:
+        changed.append("alerts")
     if "approval" in kinds or "killswitch" in kinds:
         changed.append("approvals")
     if "killswitch" in kinds:
@@ -124,12 +127,17 @@ def hello_frame(seq: int) -> str:
     )
 
 
-def parts_context(user: Any, agents: set[int], cards: bool, switches: bool) -> dict[str, Any]:
+def parts_context(
+    user: Any, agents: set[int], cards: bool, switches: bool, alerts: bool = False
+) -> dict[str, Any]:
     """The per-person parts a frame said changed, for the page that asked: the cards of
-    these agents (those of them the person may see) and the switch banners, each if
-    asked."""
+    these agents (those of them the person may see), the switch banners and the firing
+    alerts, each if asked."""
     context: dict[str, Any] = {"agents": agent_selectors.agent_cards(user, agents) if cards else []}
     if switches:
         context["engaged_switches"] = switch_banners(user)
         context["show_banners"] = True
+    if alerts:
+        context["firing_alerts"] = agent_alerts.firing_for_user(user)
+        context["show_alerts"] = True
     return context

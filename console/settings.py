@@ -254,6 +254,9 @@ BATON_SWEEP_EVERY_SECONDS = env_float("BATON_SWEEP_EVERY_SECONDS", 5.0)
 BATON_LIVE_RECHECK_SECONDS = env_float("BATON_LIVE_RECHECK_SECONDS", 20.0)
 # How often each worker process says it is alive; three missed beats and it is shown gone.
 BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0)
+# How often the alert rules are measured (agents.alerts): a circuit breaker pauses its
+# agent within one such period of the threshold being crossed.
+BATON_ALERT_EVALUATE_SECONDS = env_float("BATON_ALERT_EVALUATE_SECONDS", 30.0)
 BATON_DEMO_WORKLOAD = env_bool("BATON_DEMO_WORKLOAD", False)
 BATON_DEMO_EVERY_SECONDS = env_float("BATON_DEMO_EVERY_SECONDS", 4.0)
 
@@ -426,6 +429,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": BATON_AUDIT_CHECKPOINT_EVERY_SECONDS,
     },
     "verify audit chain": {"task": "audit.verify", "schedule": BATON_AUDIT_VERIFY_EVERY_SECONDS},
+    "evaluate alert rules": {"task": "alerts.evaluate", "schedule": BATON_ALERT_EVALUATE_SECONDS},
 }
 # The demo workload only where the demo agents are loaded (`make run` adds it itself).
 if BATON_DEMO_WORKLOAD and "agents.demo" in BATON_AGENT_MODULES:

@@ -7,6 +7,7 @@ from django.urls import include, path, re_path
 from django.views.generic.base import RedirectView
 
 from agents import (
+    alert_views,
     api,
     catalog_views,
     editor_views,
@@ -96,6 +97,23 @@ urlpatterns = [
     ),
     path("agents/<slug:slug>/kpis/", kpi_views.agent_kpis, name="agent-kpis"),
     path("kpis/", kpi_views.fleet_kpis, name="kpis"),
+    # Alert rules and circuit breakers (issue 14).
+    path("alerts/", alert_views.alert_list, name="alerts"),
+    path("alerts/new", alert_views.alert_create, name="alert-create"),
+    path("alerts/<int:rule_id>/", alert_views.alert_detail, name="alert"),
+    path("alerts/<int:rule_id>/edit", alert_views.alert_edit, name="alert-edit"),
+    path(
+        "alerts/<int:rule_id>/disable",
+        alert_views.alert_enabled,
+        {"enabled": False},
+        name="alert-disable",
+    ),
+    path(
+        "alerts/<int:rule_id>/enable",
+        alert_views.alert_enabled,
+        {"enabled": True},
+        name="alert-enable",
+    ),
     path("workers/", agent_views.workers, name="workers"),
     path("runs/<int:run_id>/", agent_views.run_detail, name="run"),
     path("approvals/", approval_views.queue, name="approvals"),

@@ -5,6 +5,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from agents import alerts
 from agents import selectors as agent_selectors
 from agents.forms import OverviewFilter
 from console import frames
@@ -40,6 +41,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
         form.add_error("team", NO_SUCH_TEAM.format(slug=team))
     context["query"] = _query_without_page(request)
     context["recent_events"] = frames.recent_events(request.user)
+    context["firing_alerts"] = alerts.firing_for_user(request.user)
     template = "agents/overview.html"
     if request.htmx:
         template += "#fleet" if request.htmx.target == "fleet" else "#live"
@@ -102,6 +104,10 @@ def live_parts(request: HttpRequest) -> HttpResponse:
         if len(agents) > agent_selectors.CARDS_PAGE_SIZE:
             return HttpResponseBadRequest(BAD_AGENTS)
     context = frames.parts_context(
-        request.user, agents, cards=bool(wanted), switches=request.GET.get("switches") == "1"
+        request.user,
+        agents,
+        cards=bool(wanted),
+        switches=request.GET.get("switches") == "1",
+        alerts=request.GET.get("alerts") == "1",
     )
     return render(request, "console/parts.html", context)

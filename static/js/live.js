@@ -26,6 +26,7 @@
     fetching = true;
     const query = [];
     if (w.switches) query.push("switches=1");
+    if (w.alerts) query.push("alerts=1");
     // Only the cards this page shows (one page of the overview at most), never every
     // agent the person may see: at fleet size that is a thousand cards.
     const shown = Array.from(document.querySelectorAll("article.card.agent[data-agent]"), function (card) {
@@ -43,9 +44,11 @@
     if (what.indexOf("approvals") >= 0) htmx.trigger(document.body, "approvals-changed");
     const cards = what.indexOf("agents") >= 0 && document.querySelector("article.card.agent");
     const banners = what.indexOf("switches") >= 0 && document.getElementById("switch-banners");
-    if (!cards && !banners) return;
-    want = want || { switches: false, agents: null };
+    const alerts = what.indexOf("alerts") >= 0 && document.getElementById("firing-alerts");
+    if (!cards && !banners && !alerts) return;
+    want = want || { switches: false, alerts: false, agents: null };
     if (banners) want.switches = true;
+    if (alerts) want.alerts = true;
     if (cards) {
       if (!agents || want.agents === "all") {
         want.agents = "all";

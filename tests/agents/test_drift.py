@@ -326,7 +326,7 @@ def test_drift_reads_the_same_on_sqlite(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert re.search(r"\b14 passed\b", done.stdout) and "failed" not in done.stdout, done.stdout
+    assert re.search(r"\b15 passed\b", done.stdout) and "failed" not in done.stdout, done.stdout
 
 
 def test_a_field_that_appears_in_the_current_window_is_found(claims: Agent) -> None:
@@ -365,3 +365,38 @@ def test_each_window_reads_at_most_its_newest_cap_runs(
     got = field(report, "input", "amount")
     assert (got.baseline_n, got.current_n) == (100, 100)
     assert [round(b.current * 100) for b in got.bins] == counts
+
+
+def test_an_alert_rule_on_drift_fires_for_a_shift_and_not_for_the_same(
+    make_agent: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The alert rules read the same indicator (agents.alerts' "drift" metric): a rule
+    over a week fires for the agent whose inputs moved, not for the one left alone."""
+    from django.utils import timezone
+
+    from agents import alerts
+    from agents.models import AlertRule
+
+    current = kpis.window_named("7d", timezone.now())
+    rules = {}
+    for slug, shape in (("drift-same", SAME), ("drift-moved", Shape(amount_mean=1400.0))):
+        agent = make_agent(slug, "tests.support.agents.counter", ALLOW_ALL_TESTS)
+        rng = random.Random(11)
+        history(agent, rng, drift.baseline_before(current), 600, SAME)
+        history(agent, rng, current, 300, shape)
+        rules[slug] = alerts.alert_rule_create(
+            user=None,
+            agent=agent,
+            name=f"{slug} drifts",
+            metric="drift",
+            threshold=0.25,
+            clear_threshold=0.1,
+            window_minutes=7 * 24 * 60,
+            notify_emails="",
+            notify_supervisors=False,
+        )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.alerts_evaluate() == 1
+    same, moved = (AlertRule.objects.get(pk=rules[s].pk) for s in ("drift-same", "drift-moved"))
+    assert moved.state == "firing" and moved.last_value is not None and moved.last_value >= 0.25
+    assert same.state == "resolved" and (same.last_value or 0.0) < 0.1

@@ -432,10 +432,11 @@ def test_the_agent_page_links_to_its_kpis_and_the_nav_to_the_fleet(
 #     11-15. by agent: the same but the sparkline; 16. the agents the person sees
 #  the agent page: 5. the agent; 6-11. the agent's figures (as above); 12-16. by version;
 #     17. the versions' numbers; 18-23. drift (agents.drift): per window, the sampled runs'
-#     inputs, their decisions, their model outputs
+#     inputs, their decisions, their model outputs; 24. the agent's alert rules
+#     (agents.alerts.agent_rules)
 #  then the console context: engaged kill switches, where the live stream starts, the
 #  person's groups (base.html).
-PAGE_QUERIES = {"/kpis/": 19, "/agents/kpi-0/kpis/": 26}
+PAGE_QUERIES = {"/kpis/": 19, "/agents/kpi-0/kpis/": 27}
 
 
 @pytest.mark.parametrize("url", list(PAGE_QUERIES))

@@ -80,6 +80,10 @@ STORED = {
     "APIKEY_ROTATED": "apikey.rotated",
     "MCP_SERVER_ADDED": "mcp_server.added",
     "MCP_SERVER_REMOVED": "mcp_server.removed",
+    "ALERT_RULE_CREATED": "alert_rule.created",
+    "ALERT_RULE_UPDATED": "alert_rule.updated",
+    "ALERT_FIRED": "alert.fired",
+    "ALERT_RESOLVED": "alert.resolved",
     "AUDIT_EXPORTED": "audit.exported",
     "LOGIN_LOCKED_OUT": "login.locked_out",
 }

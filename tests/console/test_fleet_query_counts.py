@@ -26,7 +26,7 @@ SIZES = {"small": (2, 5), "fleet": (50, 20)}
 # their grants once (agents.permissions.grants_prefetch), not once a switch. The queue's
 # decide rule reads the person's groups in its own SQL (approvals.selectors.decidable_by).
 EXPECTED = {
-    "overview": {"supervisor": 28, "compliance": 26},
+    "overview": {"supervisor": 29, "compliance": 27},
     "queue": {"supervisor": 16, "compliance": 14},
     "agent": {"supervisor": 21, "compliance": 19},
     "run": {"supervisor": 15, "compliance": 13},

@@ -17,7 +17,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from agents import review, roles
 from agents.demo.seed import CLAIMS_POLICY
-from agents.models import Agent, AgentVersion, ApiKey, KillSwitch, McpServer, Team
+from agents.models import Agent, AgentVersion, AlertRule, ApiKey, KillSwitch, McpServer, Team
 from agents.rollout_views import seen_token
 from agents.runtime import execute_run
 from agents.services import killswitch_engage, run_start, team_create, version_create
@@ -76,6 +76,15 @@ POST_DATA = {
     "transport": "http",
     "url": "http://matrix-x9.example/mcp",
     "command": "matrix-x9",
+    # Alert rules (issue 14): a rule on the hidden team, or the hidden rule changed.
+    "metric": "denials",
+    "basis": "value",
+    "comparison": "above",
+    "threshold": "1",
+    "clear_threshold": "0",
+    "window_minutes": "5",
+    "engage_breaker": "on",
+    "enabled": "",
 }
 # Sessions end here, so these come last for each person.
 LAST = {"logout"}
@@ -144,6 +153,16 @@ class Hidden:
         self.mcp_server = McpServer.objects.create(
             agent=self.agent, name="hidden-mcp-x9", transport="http", url="http://hidden-x9/mcp"
         )
+        # An alert rule on the hidden agent (issue 14), firing.
+        self.rule = AlertRule.objects.create(
+            agent=self.agent,
+            name="hidden-rule-x9",
+            metric="denials",
+            threshold=3,
+            clear_threshold=1,
+            state=AlertRule.State.FIRING,
+            last_value=4,
+        )
         self.agent.refresh_from_db()
         self.rollout = seen_token(self.agent)
         self.versions = list(AgentVersion.objects.filter(agent=self.agent).values().order_by("pk"))
@@ -157,6 +176,8 @@ class Hidden:
             "Quentin Xylomarker",
             "hidden-description-x9",
             "hidden-reason-x9",
+            "hidden-rule-x9",
+            f"/alerts/{self.rule.pk}/",
             "4321.87",
             "4,321.87",
             f"/runs/{self.run.pk}/",
@@ -194,6 +215,8 @@ class Hidden:
             "publish_id": self.publish.pk,
             # The hidden agent's MCP server (issue 12).
             "server_id": self.mcp_server.pk,
+            # The hidden agent's alert rule (issue 14).
+            "rule_id": self.rule.pk,
         }
 
     def post_data(self) -> dict[str, Any]:
@@ -252,6 +275,10 @@ class Hidden:
             self.versions
         )
         assert list(McpServer.objects.values_list("pk", flat=True)) == [self.mcp_server.pk]
+        # Alert rules (issue 14): the hidden one as it was, none added.
+        assert list(
+            AlertRule.objects.values_list("pk", "threshold", "enabled", "state", "engage_breaker")
+        ) == [(self.rule.pk, 3.0, True, "firing", False)]
         requests = PublishRequest.objects.filter(agent=agent)
         assert list(requests.values_list("pk", "status")) == [(self.publish.pk, "pending")]
 
@@ -367,6 +394,10 @@ def test_the_matrix_walks_the_kpi_pages() -> None:
     walked = dict(url_patterns())
     assert walked["kpis"] == "kpis/"
     assert walked["agent-kpis"] == "agents/<slug:slug>/kpis/"
+    # The alerts pages (issue 14): the hidden rule's page, edit, disable and enable.
+    assert walked["alerts"] == "alerts/"
+    assert walked["alert-edit"] == "alerts/<int:rule_id>/edit"
+    assert walked["alert-disable"] == "alerts/<int:rule_id>/disable"
 
 
 def test_the_matrix_walks_the_approver_and_review_pages() -> None:

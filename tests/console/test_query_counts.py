@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.mark.parametrize("agents", [3, 7])
-def test_the_overview_costs_twenty_four_queries_however_many_agents_it_shows(
+def test_the_overview_costs_twenty_five_queries_however_many_agents_it_shows(
     agents: int, make_agent: Any, world: Any, django_assert_num_queries: Any
 ) -> None:
     for i in range(agents):
@@ -32,7 +32,7 @@ def test_the_overview_costs_twenty_four_queries_however_many_agents_it_shows(
     # types), so the count below does not depend on which tests ran before.
     assert client.get("/").status_code == 200
 
-    with django_assert_num_queries(24):
+    with django_assert_num_queries(25):
         #  1-2. the session and the signed-in person
         #  3. overview: engaged kill switches (card states, the team lines, the filter)
         #  4-5. agents_for_user: the person's global permissions (user's, then groups')
@@ -47,11 +47,13 @@ def test_the_overview_costs_twenty_four_queries_however_many_agents_it_shows(
         # 17. _current_runs: each card's current run
         # 18-19. audit_scope: the teams and agents whose events the person sees
         # 20. recent_events: the live stream's last events
-        # 21. the console context: engaged kill switches again (banners; none engaged
+        # 21. firing_for_user: the firing alert rules of the agents and teams the
+        #     person sees (one query: the grants are subqueries)
+        # 22. the console context: engaged kill switches again (banners; none engaged
         #     here, so no grants are loaded for them)
-        # 22. the console context: latest_seq (where the live stream starts)
-        # 23. base.html: the person's groups
-        # 24. overview.html: recent_runs (lazy, read by the template)
+        # 23. the console context: latest_seq (where the live stream starts)
+        # 24. base.html: the person's groups
+        # 25. overview.html: recent_runs (lazy, read by the template)
         page = client.get("/")
     assert page.status_code == 200
     assert all(f"counter-{i}" in page.content.decode() for i in range(agents))

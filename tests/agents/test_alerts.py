@@ -1,0 +1,523 @@
+"""Alert rules and circuit breakers (issue 14): a rule fires once when its threshold is
+crossed and resolves only back past its clear threshold; a breaker pauses its agent in the
+evaluation that fires, audited with the measured value; two evaluators at once transition
+once and notify once; the webhook reaches a real receiver signed; the forms refuse bad
+input and change nothing."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from agents import alerts
+from agents.alert_views import BAD_EMAIL, CHANGE_NEEDS_FACTOR, CLEAR_WRONG_SIDE, NO_TARGET
+from agents.models import Action, AlertEvent, AlertRule, KillSwitch, Run
+from agents.runtime import execute_run
+from agents.selectors import agent_state, engaged_switches
+from agents.services import killswitch_engage, killswitch_release, run_start
+from audit.models import AuditEvent
+from console import frames
+from tests.approvals.test_notifications import make_receiver, queued_tasks  # noqa: F401
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db
+
+DENY_COUNT = {"rules": [{"tool": "test.count", "effect": "deny"}]}
+LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
+WHSEC = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a test secret, 24 bytes
+
+
+@pytest.fixture
+def mailbox(settings: Any) -> list[Any]:
+    settings.EMAIL_BACKEND = LOCMEM
+    mail.outbox = []
+    return mail.outbox
+
+
+@pytest.fixture
+def denier(make_agent: Any) -> Any:
+    """A Claims agent whose every step is denied by policy: each run is one denial."""
+    return make_agent("denier", "tests.support.agents.counter", DENY_COUNT)
+
+
+def denials(agent: Any, n: int) -> list[Run]:
+    runs = []
+    for i in range(n):
+        run = run_start(agent=agent, input={"label": f"d{i}", "steps": 1})
+        execute_run(run.pk)
+        runs.append(run)
+    assert Action.objects.filter(run__agent=agent, status=Action.Status.DENIED).count() >= n
+    return runs
+
+
+def age(runs: list[Run], minutes: int) -> None:
+    """Time passes for these runs' steps: they happened `minutes` ago."""
+    Action.objects.filter(run__in=runs).update(
+        created_at=timezone.now() - timedelta(minutes=minutes)
+    )
+
+
+def rule_on(agent: Any, **config: Any) -> AlertRule:
+    settings = {
+        "name": "too many denials",
+        "metric": "denials",
+        "threshold": 3.0,
+        "clear_threshold": 1.0,
+        "window_minutes": 5,
+        "notify_emails": "oncall@example.com",
+        "notify_supervisors": False,
+        **config,
+    }
+    return alerts.alert_rule_create(user=None, agent=agent, **settings)
+
+
+def alert_events(verb: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(verb=verb).order_by("seq"))
+
+
+# --- firing and resolving ----------------------------------------------------------------
+
+
+def test_a_rule_fires_once_when_its_threshold_is_crossed(
+    denier: Any, mailbox: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    rule = rule_on(denier)
+    denials(denier, 3)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.alerts_evaluate() == 0, "3 is not more than 3"
+    rule.refresh_from_db()
+    assert (rule.state, rule.last_value) == ("resolved", 3.0)
+
+    denials(denier, 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.alerts_evaluate() == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.alerts_evaluate() == 0, "still above: no second transition"
+
+    rule.refresh_from_db()
+    assert (rule.state, rule.last_value) == ("firing", 4.0)
+    [event] = AlertEvent.objects.filter(rule=rule)
+    assert (event.state, event.value, event.threshold) == ("firing", 4.0, 3.0)
+    [fired] = alert_events("alert.fired")
+    assert (fired.actor_type, fired.agent_id, fired.subject_id) == (
+        "system",
+        denier.pk,
+        str(rule.pk),
+    )
+    assert fired.payload["value"] == 4.0 and fired.payload["rule"] == rule.pk
+    [message] = mailbox
+    assert message.to == ["oncall@example.com"]
+    assert "Alert firing: too many denials" in message.subject
+    assert "Measured: 4" in message.body
+
+
+def test_it_resolves_only_back_past_the_clear_threshold(
+    denier: Any, mailbox: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    rule = rule_on(denier)
+    runs = denials(denier, 4)
+    with django_capture_on_commit_callbacks(execute=True):
+        alerts.alerts_evaluate()
+    age(runs[:2], 10)  # two left in the window: under the threshold, above the clear one
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.alerts_evaluate() == 0
+    rule.refresh_from_db()
+    assert (rule.state, rule.last_value) == ("firing", 2.0), "hysteresis: still firing at 2"
+
+    age(runs[2:3], 10)  # one left: back at the clear threshold
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.alerts_evaluate() == 1
+    rule.refresh_from_db()
+    assert rule.state == "resolved"
+    assert [e.state for e in AlertEvent.objects.filter(rule=rule).order_by("pk")] == [
+        "firing",
+        "resolved",
+    ]
+    [resolved] = alert_events("alert.resolved")
+    assert resolved.payload["value"] == 1.0
+    assert [m.subject.split(":")[0] for m in mailbox] == [
+        "[Baton] Alert firing",
+        "[Baton] Alert resolved",
+    ]
+
+
+def test_a_below_rule_on_a_kpi_and_a_change_rule_use_the_window_before(
+    denier: Any, mailbox: list[Any]
+) -> None:
+    # Exception rate: every run of the denier fails, so it is 100 % — below 50 % is false.
+    below = rule_on(
+        denier, name="few exceptions", metric="exception_rate", comparison="below",
+        threshold=0.5, clear_threshold=0.6,
+    )  # fmt: skip
+    doubled = rule_on(
+        denier, name="denials doubled", basis="change", threshold=2.0, clear_threshold=1.0
+    )
+    runs = denials(denier, 3)
+    age(runs[:1], 7)  # one in the window before (5–10 min ago), two in this one
+    values = alerts.measure_rules([below, doubled])
+    assert values[below.pk] == 1.0
+    assert values[doubled.pk] == 2.0, "2 now over 1 before"
+    assert alerts.alerts_evaluate() == 0, "neither crossed: 1.0 is not below 0.5, 2 not above 2"
+    denials(denier, 1)
+    assert alerts.alerts_evaluate() == 1
+    doubled.refresh_from_db()
+    assert doubled.state == "firing" and doubled.last_value == 3.0
+
+
+def test_no_data_changes_nothing(denier: Any) -> None:
+    rule = rule_on(denier, metric="cost_per_run", threshold=0.5, clear_threshold=0.4)
+    assert alerts.measure_rules([rule]) == {rule.pk: None}
+    assert alerts.alerts_evaluate() == 0
+    rule.refresh_from_db()
+    assert rule.state == "resolved" and rule.last_value is None
+
+
+def test_the_registry_is_one_place_to_add_a_metric(denier: Any) -> None:
+    # Another module adds its metric (a drift score, say) by registering it.
+    def measure(m: Any, by: str, ids: frozenset[int], span: Any) -> dict[int, Any]:
+        return {pk: (0.9, None) for pk in ids}
+
+    alerts.metric_register(alerts.Metric("test_drift", "test drift", "number", measure))
+    try:
+        assert ("test_drift", "test drift") in alerts.metric_choices()
+        rule = rule_on(denier, metric="test_drift", threshold=0.8, clear_threshold=0.5)
+        assert alerts.alerts_evaluate() == 1
+        rule.refresh_from_db()
+        assert rule.state == "firing" and rule.last_value == 0.9
+    finally:
+        del alerts.METRICS["test_drift"]
+
+
+# --- circuit breakers ---------------------------------------------------------------------
+
+
+def test_a_breaker_pauses_the_agent_in_the_evaluation_that_fires(
+    denier: Any, world: Any, mailbox: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    rule = rule_on(denier, engage_breaker=True)
+    denials(denier, 4)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.alerts_evaluate() == 1
+
+    switch = KillSwitch.objects.get(agent=denier, released_at__isnull=True)
+    assert (switch.mode, switch.engaged_by) == ("pause", None)
+    assert switch.reason == (
+        "circuit breaker: rule 'too many denials': tool steps denied by policy = 4 (threshold 3)"
+    )
+    assert agent_state(denier, engaged_switches()) == "paused"
+    [engaged] = alert_events("killswitch.engaged")
+    assert engaged.actor_type == "system" and engaged.payload["reason"] == switch.reason
+    [fired] = alert_events("alert.fired")
+    assert fired.seq > engaged.seq, "one transaction: the switch, then the alert"
+    assert fired.payload["value"] == 4.0 and fired.payload["switch"] == switch.pk
+    assert AlertEvent.objects.get(rule=rule).switch == switch
+    assert "circuit breaker paused" in mailbox[0].body
+
+    # Nothing of the agent runs while paused; a person releases it as any switch.
+    run = run_start(agent=denier, input={"label": "after", "steps": 1})
+    execute_run(run.pk)
+    run.refresh_from_db()
+    assert (run.status, run.wait_reason) == ("waiting", "paused")
+    killswitch_release(switch=switch, user=world.supervisor, reason="looked into it")
+    assert agent_state(denier, engaged_switches()) == "active"
+
+
+def test_a_breaker_on_a_stopped_agent_fires_without_a_second_switch(
+    denier: Any, world: Any, mailbox: list[Any]
+) -> None:
+    rule = rule_on(denier, engage_breaker=True)
+    denials(denier, 4)
+    killswitch_engage(
+        scope="agent", mode="halt", reason="by hand", user=world.supervisor, agent=denier
+    )
+    assert alerts.alerts_evaluate() == 1
+    assert KillSwitch.objects.filter(agent=denier).count() == 1
+    event = AlertEvent.objects.get(rule=rule)
+    assert (event.switch, event.note) == (None, "already stopped")
+
+
+def test_an_agent_rule_tells_its_addresses_and_the_agents_supervisors(
+    denier: Any, world: Any
+) -> None:
+    for person in (world.supervisor, world.support_supervisor, world.admin):
+        person.email = f"{person.username}@example.com"
+        person.save()
+    rule = rule_on(denier, notify_supervisors=True, notify_emails="oncall@example.com")
+    assert alerts.recipients(rule) == ["oncall@example.com", "sam@example.com"]
+
+
+def test_a_team_rule_pauses_the_team_and_mails_its_supervisors(
+    make_agent: Any, world: Any, mailbox: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    denier = make_agent("denier", "tests.support.agents.counter", DENY_COUNT)
+    alerts.alert_rule_create(
+        user=world.admin,
+        team=world.claims,
+        name="claims failing",
+        metric="failures",
+        threshold=1.0,
+        clear_threshold=0.0,
+        window_minutes=60,
+        engage_breaker=True,
+        notify_supervisors=True,
+    )
+    for person in (world.supervisor, world.support_supervisor, world.admin):
+        person.email = f"{person.username}@example.com"
+        person.save()
+    denials(denier, 2)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.alerts_evaluate() == 1
+    # Claims' supervisors with an address (sol has none); not Support's, not its admin.
+    assert [m.to for m in mailbox] == [["sam@example.com"]]
+    switch = KillSwitch.objects.get(team=world.claims, released_at__isnull=True)
+    assert "failures" not in switch.reason and "runs failed = 2" in switch.reason
+    fired = alert_events("alert.fired")[0]
+    assert (fired.agent_id, fired.team_id) == (None, world.claims.pk)
+
+
+# --- two evaluators at once ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_evaluators_at_once_transition_once_and_notify_once(
+    denier: Any,
+    mailbox: list[Any],
+    settings: Any,
+    redis_client: Any,
+    task_queue: str,
+) -> None:
+    settings.BATON_WEBHOOK_SECRET = WHSEC
+    rule = rule_on(denier, engage_breaker=True, webhook_url="http://127.0.0.1:9/hook")
+    denials(denier, 4)
+    barrier = threading.Barrier(2)
+    won: list[bool] = []
+    errors: list[BaseException] = []
+
+    def evaluator() -> None:
+        try:
+            # Both read the rule resolved and measure 4 before either writes.
+            mine = AlertRule.objects.select_related("agent__team", "team").get(pk=rule.pk)
+            value = alerts.measure_rules([mine])[mine.pk]
+            barrier.wait(timeout=30)
+            won.append(alerts.alert_apply(rule=mine, value=value))
+            # And a whole evaluation each, after: nothing left to do.
+            won.append(bool(alerts.alerts_evaluate()))
+        except BaseException as exc:  # noqa: BLE001  (reported by the test below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=evaluator) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(won) == [False, False, False, True]
+    assert AlertEvent.objects.filter(rule=rule).count() == 1
+    assert len(alert_events("alert.fired")) == 1
+    assert KillSwitch.objects.filter(agent=denier).count() == 1
+    assert len(mailbox) == 1
+    hooks = [
+        t for t in queued_tasks(redis_client, task_queue) if t[0] == "approvals.webhook_deliver"
+    ]
+    assert len(hooks) == 1
+
+
+# --- the webhook, signed, through a real worker ----------------------------------------------
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_the_beat_fires_the_rule_and_the_worker_delivers_it_signed(
+    denier: Any,
+    settings: Any,
+    start_worker: Any,
+    make_receiver: Any,  # noqa: F811
+    tmp_path: Any,
+) -> None:
+    receiver = make_receiver(200)
+    rule = rule_on(denier, engage_breaker=True, webhook_url=receiver.url, notify_emails="")
+    denials(denier, 4)
+    worker = start_worker(
+        beat=True,
+        BATON_ALERT_EVALUATE_SECONDS="1",
+        BATON_WEBHOOK_SECRET=WHSEC,
+        BATON_DATA_DIR=str(tmp_path),
+    )
+    wait_for(
+        lambda: receiver.requests,
+        timeout=60,
+        message=f"the alert's webhook; worker log:\n{worker.log}",
+    )
+    [received] = receiver.requests
+    payload = Webhook(WHSEC).verify(received.body, received.headers)
+    assert payload["event"] == "alert.firing"
+    assert payload["rule"]["id"] == rule.pk and payload["value"] == 4.0
+    assert payload["breaker"]["mode"] == "pause"
+    assert received.headers["X-Baton-Event"] == "alert.firing"
+    assert KillSwitch.objects.get(agent=denier).reason.startswith("circuit breaker")
+
+
+# --- the pages ----------------------------------------------------------------------------
+
+
+def client(user: Any) -> Client:
+    c = Client()
+    c.force_login(user)
+    return c
+
+
+GOOD = {
+    "target": "agent:denier",
+    "name": "denials",
+    "metric": "denials",
+    "basis": "value",
+    "comparison": "above",
+    "threshold": "3",
+    "clear_threshold": "1",
+    "window_minutes": "5",
+    "notify_emails": "oncall@example.com, lead@example.com",
+    "notify_supervisors": "on",
+    "webhook_url": "",
+    "engage_breaker": "on",
+    "enabled": "on",
+}
+
+
+def test_an_admin_creates_a_rule_and_it_is_audited(denier: Any, world: Any) -> None:
+    response = client(world.admin).post("/alerts/new", GOOD)
+    assert response.status_code == 302
+    rule = AlertRule.objects.get()
+    assert (rule.agent, rule.threshold, rule.clear_threshold, rule.engage_breaker) == (
+        denier,
+        3.0,
+        1.0,
+        True,
+    )
+    assert rule.notify_emails == "oncall@example.com lead@example.com"
+    [created] = alert_events("alert_rule.created")
+    assert created.actor_label == "ada" and created.payload["threshold"] == 3.0
+    page = client(world.supervisor).get("/alerts/").content.decode()
+    assert "denials" in page and "above 3 over 5 min" in page
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"clear_threshold": "5"}, "clear_threshold", CLEAR_WRONG_SIDE),
+        ({"comparison": "below"}, "clear_threshold", CLEAR_WRONG_SIDE),
+        ({"basis": "change", "threshold": "0", "clear_threshold": "0"}, "threshold", None),
+        ({"notify_emails": "oncall@example.com not-an-address"}, "notify_emails", None),
+        ({"target": "team:support"}, "target", NO_TARGET),
+        ({"metric": "no_such_metric"}, "metric", None),
+        ({"threshold": "lots"}, "threshold", None),
+        ({"window_minutes": "0"}, "window_minutes", None),
+        ({"webhook_url": "ftp://example.com/x"}, "webhook_url", None),
+    ],
+)
+def test_bad_input_is_a_form_error_and_changes_nothing(
+    denier: Any, world: Any, change: dict[str, str], field: str, message: str | None
+) -> None:
+    before = AuditEvent.objects.count()
+    response = client(world.admin).post("/alerts/new", {**GOOD, **change})
+    assert response.status_code == 400
+    text = response.content.decode()
+    assert f'data-error="{field}"' in text
+    if message:
+        assert message.replace("'", "&#x27;") in text
+    if field == "notify_emails":
+        assert BAD_EMAIL.format(address="not-an-address") in text
+    if change.get("basis") == "change":
+        assert CHANGE_NEEDS_FACTOR in text
+    assert not AlertRule.objects.exists()
+    assert AuditEvent.objects.count() == before
+
+
+def test_who_sees_and_who_changes_a_rule(denier: Any, world: Any) -> None:
+    rule = rule_on(denier)
+    url = f"/alerts/{rule.pk}/"
+    assert client(world.supervisor).get(url).status_code == 200
+    assert client(world.compliance).get(url).status_code == 200
+    assert client(world.support_supervisor).get(url).status_code == 404
+    assert (
+        "too many denials" not in client(world.support_supervisor).get("/alerts/").content.decode()
+    )
+    # Supervisors and compliance read; only an admin of the agent changes it.
+    for person in (world.supervisor, world.compliance):
+        assert client(person).get("/alerts/new").status_code == 403
+        assert client(person).post(f"{url}edit", {**GOOD, "threshold": "9"}).status_code == 403
+        assert client(person).post(f"{url}disable").status_code == 403
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.enabled) == (3.0, True)
+    assert client(world.admin).post(f"{url}edit", {**GOOD, "threshold": "9"}).status_code == 302
+    rule.refresh_from_db()
+    assert rule.threshold == 9.0
+    [updated] = alert_events("alert_rule.updated")
+    assert updated.payload["changed"]["threshold"] == 9.0
+
+
+def test_csrf_is_required(denier: Any, world: Any) -> None:
+    c = Client(enforce_csrf_checks=True)
+    c.force_login(world.admin)
+    assert c.post("/alerts/new", GOOD).status_code == 403
+    assert not AlertRule.objects.exists()
+
+
+def test_disabling_a_firing_rule_resolves_it(
+    denier: Any, world: Any, mailbox: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    rule = rule_on(denier)
+    denials(denier, 4)
+    alerts.alerts_evaluate()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client(world.admin).post(f"/alerts/{rule.pk}/disable").status_code == 302
+    rule.refresh_from_db()
+    assert (rule.enabled, rule.state) == (False, "resolved")
+    resolved = alert_events("alert.resolved")[0]
+    assert resolved.actor_label == "ada" and resolved.payload["note"] == "rule disabled"
+    assert alerts.alerts_evaluate() == 0, "a disabled rule is not evaluated"
+
+
+def test_the_overview_lists_firing_alerts_and_a_frame_asks_for_them(
+    denier: Any, world: Any
+) -> None:
+    rule = rule_on(denier)
+    sam = client(world.supervisor)
+    assert 'data-testid="firing-alert"' not in sam.get("/").content.decode()
+    denials(denier, 4)
+    alerts.alerts_evaluate()
+    page = sam.get("/").content.decode()
+    assert 'data-testid="firing-alert"' in page and "too many denials" in page
+    assert f"/agents/{denier.slug}/kpis/" in page
+    sue = client(world.support_supervisor).get("/").content.decode()
+    assert "too many denials" not in sue
+    fired = AuditEvent.objects.get(verb="alert.fired")
+    assert frames.changes([fired])[0] == ["alerts"]
+    parts = sam.get("/live/parts?alerts=1").content.decode()
+    assert 'id="firing-alerts"' in parts and 'hx-swap-oob="outerHTML"' in parts
+    assert "too many denials" in parts
+    kpis = sam.get(f"/agents/{denier.slug}/kpis/").content.decode()
+    assert 'data-testid="kpi-alerts"' in kpis and "firing" in kpis
+    assert rule.name in kpis
+
+
+def test_a_bad_edit_is_a_form_error_and_changes_nothing(denier: Any, world: Any) -> None:
+    rule = rule_on(denier)
+    before = AuditEvent.objects.count()
+    response = client(world.admin).post(
+        f"/alerts/{rule.pk}/edit", {**GOOD, "threshold": "2", "clear_threshold": "5"}
+    )
+    assert response.status_code == 400
+    assert 'data-error="clear_threshold"' in response.content.decode()
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.clear_threshold) == (3.0, 1.0)
+    assert AuditEvent.objects.count() == before
