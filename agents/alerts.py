@@ -195,7 +195,6 @@ metric_register(
 )
 
 
-
 def _drift(m: Measuring, by: str, ids: frozenset[int], span: kpis.Window) -> Values:
     """The drift indicator (agents.drift) over the rule's window against the windows of its
     length before it; a team's is its most drifted agent's. No value without enough data,
@@ -211,6 +210,7 @@ def _drift(m: Measuring, by: str, ids: frozenset[int], span: kpis.Window) -> Val
 
 
 metric_register(Metric("drift", "drift indicator (largest significant PSI)", "amount", _drift))
+
 
 def metric_choices() -> list[tuple[str, str]]:
     return [(m.name, m.label) for m in sorted(METRICS.values(), key=lambda m: m.label)]
