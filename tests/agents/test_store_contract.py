@@ -335,7 +335,7 @@ def test_runs_cancel_stops_the_unfinished_runs_of_its_scope_alone(
         scope, ("mine",)
     )
     finals = {}
-    for slug, of_agent in runs.items():
+    for of_agent in runs.values():
         for status, run in of_agent.items():
             finals[run.pk] = status
     with transaction.atomic():
