@@ -4,14 +4,16 @@ holds the kill switch's lock while it cancels them, so the runs are locked in id
 cancelled, and their held actions cancelled by three statements in the database, and the
 function answers each run's id, agent and team for the audit events the caller appends.
 Each statement takes its own snapshot (a VOLATILE function in READ COMMITTED), as the ORM
-path's statements do: a run that finished while its lock was awaited is left alone.
+path's statements do: a run that finished while its lock was awaited is left alone. The
+held actions are found by a partial index of the awaiting steps (`action_awaiting`), not by
+reading every step the runs took (a busy run has taken thousands).
 
 The statuses are Run.FINAL and Action.AWAITING as they were written here; a test holds the
 live function equal to them (tests/agents/test_store_sql.py)."""
 
 from __future__ import annotations
 
-from django.db import migrations
+from django.db import migrations, models
 
 FUNCTION = r"""
 CREATE OR REPLACE FUNCTION baton_runs_cancel(
@@ -59,4 +61,14 @@ def backwards(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [("agents", "0017_stored_json_read_at_any_depth")]
-    operations = [migrations.RunPython(forwards, backwards)]
+    operations = [
+        migrations.AddIndex(
+            model_name="action",
+            index=models.Index(
+                condition=models.Q(("status__in", ["held", "unknown", "approved"])),
+                fields=["run"],
+                name="action_awaiting",
+            ),
+        ),
+        migrations.RunPython(forwards, backwards),
+    ]

@@ -77,6 +77,10 @@ def test_baton_runs_cancel_reads_the_statuses_of_the_python_models() -> None:
     assert listed("AND status IN (") == list(Action.AWAITING), "its held steps with it"
     assert "SET status = 'cancelled'" in sql and Run.Status.CANCELLED == "cancelled"
     assert Action.Status.CANCELLED == "cancelled"
+    # The held steps are found by the partial index of exactly those statuses.
+    (index,) = [i for i in Action._meta.indexes if i.name == "action_awaiting"]
+    assert index.condition is not None
+    assert index.condition.children == [("status__in", list(Action.AWAITING))]
 
 
 def test_the_rehash_migration_froze_format_1_and_the_chain_link_as_they_are() -> None:
