@@ -327,7 +327,7 @@ def runs_cancel(
     if team is not None:
         runs = runs.filter(agent__team_id=team)
     # Locked first, so the set updated is exactly the set answered.
-    locked = list(
+    locked: list[tuple[int, int, int | None]] = list(
         runs.select_for_update(of=("self",), no_key=True)
         .order_by("pk")
         .values_list("pk", "agent_id", "agent__team_id")

@@ -246,7 +246,7 @@ def audit_append_bodies(
 # Marks standing for a run's ids in run_bodies' one content: integers a double holds
 # exactly (so the canonical form writes them as they are), distinct in their last digits,
 # and longer than any id, so one cannot be found inside another's text.
-_MARKS = {
+_MARKS: dict[str, int | str] = {
     "agent_id": 9_007_199_254_740_881,
     "team_id": 9_007_199_254_740_882,
     "run_id": 9_007_199_254_740_883,

@@ -304,10 +304,9 @@ def test_a_restart_is_refused_by_a_switch_or_a_lost_lease(
 
 def _runs_of(agent: Agent) -> dict[str, Run]:
     """One run of the agent in each status, a waiting one with a held step."""
+    assert agent.live_version is not None
     runs = {
-        status: Run.objects.create(
-            agent=agent, version_id=agent.live_version_id, input={}, status=status
-        )
+        status: Run.objects.create(agent=agent, version=agent.live_version, input={}, status=status)
         for status in Run.Status.values
     }
     Action.objects.create(
