@@ -312,7 +312,17 @@ class Action(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["run", "seq"], name="action_seq_unique"),
         ]
-        indexes = [models.Index(fields=["-created_at"], name="action_recent")]
+        indexes = [
+            models.Index(fields=["-created_at"], name="action_recent"),
+            # The few steps waiting on people or on being executed (AWAITING; a test holds
+            # the two equal): a halt cancels those of hundreds of runs without reading
+            # every step those runs ever took.
+            models.Index(
+                fields=["run"],
+                name="action_awaiting",
+                condition=models.Q(status__in=["held", "unknown", "approved"]),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.run_id}#{self.seq} {self.name}"

@@ -12,18 +12,26 @@ from django.contrib.auth import authenticate
 from django.db import transaction
 from django.utils import timezone
 
+from agents import store
 from agents.approval_port import approvals
 from agents.delivery import runs_with_messages
 from agents.errors import TRANSIENT_FAULTS
 from agents.killswitches import engaged_for, lock_for_engage
 from agents.killswitches import target as switch_target
-from agents.models import Action, Agent, AgentVersion, KillSwitch, Run, Team
+from agents.models import Agent, AgentVersion, KillSwitch, Run, Team
 from agents.policy import PolicyError, parse_policy
 from agents.registry import UnknownProgram, get_program
 from agents.runtime import enqueue
 from agents.stepwait import ring_runs
 from audit import jsonsafe
-from audit.services import SYSTEM, Actor, audit_append_many, audit_record, audit_run, run_content
+from audit.services import (
+    SYSTEM,
+    Actor,
+    audit_append_bodies,
+    audit_record,
+    audit_run,
+    run_bodies,
+)
 from audit.verbs import Verb
 
 if TYPE_CHECKING:
@@ -339,41 +347,30 @@ def run_start(*, agent: Agent, input: dict[str, Any], user: User | None = None) 
     return run
 
 
-def _cancel_runs(runs: Any, *, reason: str, actor: Actor) -> int:
-    """Cancel the given unfinished runs, their held actions and pending approvals: one
-    statement each for all of them (an engage may stop many runs, and every statement it
-    makes holds the switch lock longer), then an audit event per run, all in one."""
-
-    # Locked first, so the set updated is exactly the set audited.
-    locked = list(
-        runs.exclude(status__in=Run.FINAL)
-        .select_for_update(of=("self",), no_key=True)
-        .select_related("agent")
-        .order_by("pk")
-    )
-    if not locked:
+def _cancel_runs(
+    *,
+    reason: str,
+    actor: Actor,
+    team: int | None = None,
+    agent: int | None = None,
+    run: int | None = None,
+) -> int:
+    """Cancel the unfinished runs of a scope (a team, an agent, one run, or every run),
+    their held actions and pending approvals, each run with its `run.cancelled` event in
+    this transaction. The statement count does not grow with the runs (an engage may stop
+    hundreds, and every statement it makes holds the switch lock longer): the runs and
+    actions in one call (store.runs_cancel), the approvals, then every run's event in one
+    statement, its bytes written from one content (audit.services.run_bodies)."""
+    cancelled = store.runs_cancel(reason=reason, team=team, agent=agent, run=run)
+    if not cancelled:
         return 0
-    ids = [run.pk for run in locked]
-    Run.objects.filter(pk__in=ids).update(
-        status=Run.Status.CANCELLED,
-        error=reason,
-        finished_at=timezone.now(),
-        lease_token=None,
-        lease_until=None,
-        wait_reason="",
+    # The requests are locked before the runs' events are appended (LOCK_ORDER).
+    approvals().cancel_for_runs(run_ids=[pk for pk, _, _ in cancelled], reason=reason, actor=actor)
+    audit_append_bodies(
+        run_bodies(Verb.RUN_CANCELLED, actor=actor, runs=cancelled, payload={"reason": reason}),
+        owners=[(agent_id, team_id) for _, agent_id, team_id in cancelled],
     )
-    Action.objects.filter(
-        run_id__in=ids,
-        status__in=Action.AWAITING,
-    ).update(status=Action.Status.CANCELLED, error=reason)
-    approvals().cancel_for_runs(run_ids=ids, reason=reason, actor=actor)
-    audit_append_many(
-        [
-            run_content(Verb.RUN_CANCELLED, actor=actor, run=run, payload={"reason": reason})
-            for run in locked
-        ]
-    )
-    return len(locked)
+    return len(cancelled)
 
 
 def reason_required(reason: str) -> None:
@@ -385,7 +382,7 @@ def run_cancel(*, run: Run, user: User | None, reason: str) -> None:
     reason_required(reason)
     with transaction.atomic(durable=True):
         lock_for_engage(switch_target(KillSwitch.Scope.AGENT, run.agent_id))
-        if not _cancel_runs(Run.objects.filter(pk=run.pk), reason=reason, actor=Actor.of(user)):
+        if not _cancel_runs(run=run.pk, reason=reason, actor=Actor.of(user)):
             raise ServiceError(RUN_ALREADY_FINISHED.format(run=run.pk))
 
 
@@ -466,7 +463,10 @@ def _not_engaged_check(target: str) -> None:
 def _halt_runs(switch: KillSwitch, *, user: User | None) -> int:
     """A halt cancels every unfinished run it covers; returns how many."""
     return _cancel_runs(
-        _scope_runs(switch), reason=f"halted: {switch.reason}", actor=Actor.of(user)
+        reason=f"halted: {switch.reason}",
+        actor=Actor.of(user),
+        team=switch.team_id if switch.scope == KillSwitch.Scope.TEAM else None,
+        agent=switch.agent_id if switch.scope == KillSwitch.Scope.AGENT else None,
     )
 
 

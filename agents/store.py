@@ -297,3 +297,53 @@ def finish_step(
     if not moved:
         raise LeaseLost()
     action.status, action.result, action.error, action.finished_at = status, result, error, now
+
+
+_RUNS_CANCEL = (
+    "SELECT o_run, o_agent, o_team FROM baton_runs_cancel(p_team => %(team)s, "
+    "p_agent => %(agent)s, p_run => %(run)s, p_reason => %(reason)s, p_now => %(now)s)"
+)
+
+
+def runs_cancel(
+    *, reason: str, team: int | None = None, agent: int | None = None, run: int | None = None
+) -> list[tuple[int, int, int | None]]:
+    """Cancel every unfinished run of the scope (a team, an agent, one run, or every run
+    when none is given) and their held actions; return (run, agent, team) of each, in id
+    order. The caller holds the scope's kill-switch lock and appends the runs' events.
+    One round trip on Postgres (baton_runs_cancel, agents/migrations/0018)."""
+    now = timezone.now()
+    if _postgres():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _RUNS_CANCEL,
+                {"team": team, "agent": agent, "run": run, "reason": reason, "now": now},
+            )
+            return [(int(r), int(a), None if t is None else int(t)) for r, a, t in cursor]
+    runs = Run.objects.exclude(status__in=Run.FINAL)
+    if run is not None:
+        runs = runs.filter(pk=run)
+    if agent is not None:
+        runs = runs.filter(agent_id=agent)
+    if team is not None:
+        runs = runs.filter(agent__team_id=team)
+    # Locked first, so the set updated is exactly the set answered.
+    locked: list[tuple[int, int, int | None]] = list(
+        runs.select_for_update(of=("self",), no_key=True)
+        .order_by("pk")
+        .values_list("pk", "agent_id", "agent__team_id")
+    )
+    ids = [pk for pk, _, _ in locked]
+    if ids:
+        Run.objects.filter(pk__in=ids).update(
+            status=Run.Status.CANCELLED,
+            error=reason,
+            finished_at=now,
+            lease_token=None,
+            lease_until=None,
+            wait_reason="",
+        )
+        Action.objects.filter(run_id__in=ids, status__in=Action.AWAITING).update(
+            status=Action.Status.CANCELLED, error=reason
+        )
+    return locked

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.db.models import Subquery
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from agents.gateway import args_hash
@@ -436,8 +437,14 @@ def _rule_name(request: ApprovalRequest) -> str:
 
 def approvals_cancel_for_runs(*, run_ids: list[int], reason: str, actor: Actor) -> None:
     # The caller holds the runs; every request is locked before the first audit event.
+    # On Postgres the ids go as one array (a halt passes hundreds).
+    runs: Any = (
+        RawSQL("SELECT unnest(%s::bigint[])", [run_ids])
+        if connection.vendor == "postgresql"
+        else run_ids
+    )
     pending = ApprovalRequest.objects.filter(
-        run_id__in=run_ids, status=ApprovalRequest.Status.PENDING
+        run_id__in=runs, status=ApprovalRequest.Status.PENDING
     ).select_for_update(of=("self",), no_key=True)
     requests = list(pending.select_related("agent", "run").order_by("pk"))
     if not requests:

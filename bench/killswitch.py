@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import time
 from typing import Any
 
@@ -62,6 +63,15 @@ def _settle_query() -> str:
     )
 
 
+def _statement(query: str) -> str:
+    """A statement's name in the breakdown: the function it calls, or the table it reads."""
+    called = re.search(r"\b(baton_\w+|pg_advisory_xact_lock)\(", query)
+    if called:
+        return called.group(1)
+    table = re.search(r'(SELECT|INSERT INTO|UPDATE)\b.*?"(\w+)"', query)
+    return f"{table.group(1).split()[0]} {table.group(2)}" if table else query[:30]
+
+
 def trial(agents: list[Any], team: Any, client: Any) -> dict[str, Any]:
     from django.db import connection
     from django.db.models import Count
@@ -93,6 +103,7 @@ def trial(agents: list[Any], team: Any, client: Any) -> dict[str, Any]:
     time.sleep(random.uniform(*HOLD_MS) / 1000)
 
     sql = {"lock": 0, "queries": 0, "count": 0}
+    each: dict[str, int] = {}
 
     def timed(execute: Any, query: str, params: Any, many: bool, context: Any) -> Any:
         began = time.perf_counter_ns()
@@ -104,6 +115,8 @@ def trial(agents: list[Any], team: Any, client: Any) -> dict[str, Any]:
             sql["count"] += 1
             if "pg_advisory_xact_lock" in query:
                 sql["lock"] += took
+            name = _statement(query)
+            each[name] = each.get(name, 0) + took
 
     t0 = time.perf_counter_ns()
     with connection.execute_wrapper(timed):
@@ -167,6 +180,7 @@ def trial(agents: list[Any], team: Any, client: Any) -> dict[str, Any]:
         "lock": sql["lock"] / 1e9,
         "sql": sql["queries"] / 1e9,
         "statements": sql["count"],
+        "each": {name: took / 1e9 for name, took in each.items()},
         "settled": (settled - t0) / 1e9,
         "in_flight": in_flight,
         "rate": busy_steps / ((t0 - busy_at) / 1e9),
@@ -338,6 +352,17 @@ def main() -> None:
                 "  the rest (ORM, COMMIT) p50",
                 ms(pct([r["engage"] - r["sql"] for r in results], 0.5)),
                 f"p99 {ms(pct([r['engage'] - r['sql'] for r in results], 0.99))}",
+            ),
+            *(
+                (
+                    f"    {name}",
+                    ms(pct([r["each"].get(name, 0.0) for r in results], 0.5)),
+                    f"p99 {ms(pct([r['each'].get(name, 0.0) for r in results], 0.99))}",
+                )
+                for name in sorted(
+                    {n for r in results for n in r["each"]},
+                    key=lambda n: -pct([r["each"].get(n, 0.0) for r in results], 0.5),
+                )
             ),
             (
                 "engage alone, no worker, p50",

@@ -32,7 +32,7 @@ from agents.errors import LeaseLost, Stopped
 from agents.models import Action, Agent, KillSwitch, Run
 from agents.services import killswitch_engage, killswitch_release, run_cancel, run_start
 from audit import export, offline
-from audit.chain import CONTENT_FIELDS, FORMAT_FIELD, GENESIS, chain_hash
+from audit.chain import CONTENT_FIELDS, FORMAT_FIELD, GENESIS, canonical_content, chain_hash
 from audit.models import AuditEvent, ChainHead
 from audit.services import SYSTEM, Actor, audit_record, event_content
 from audit.verbs import Verb
@@ -297,6 +297,102 @@ def test_a_restart_is_refused_by_a_switch_or_a_lost_lease(
     stored = Action.objects.get(pk=action.pk)
     assert (stored.status, stored.attempts) == (Action.Status.APPROVED, 1)
     assert step_events(run) == [Verb.ACTION_ALLOWED]
+
+
+# --- cancelling a scope's runs (a halt, a run's cancel) ------------------------------
+
+
+def _runs_of(agent: Agent) -> dict[str, Run]:
+    """One run of the agent in each status, a waiting one with a held step."""
+    assert agent.live_version is not None
+    runs = {
+        status: Run.objects.create(agent=agent, version=agent.live_version, input={}, status=status)
+        for status in Run.Status.values
+    }
+    Action.objects.create(
+        run=runs[Run.Status.WAITING], seq=1, name="test.pay", status=Action.Status.HELD
+    )
+    return runs
+
+
+@pytest.mark.parametrize("scope", list(KillSwitch.Scope))
+def test_runs_cancel_stops_the_unfinished_runs_of_its_scope_alone(
+    scope: str, make_agent: Any, world: Any
+) -> None:
+    mine = make_agent("mine", "tests.support.runtime_agents.slow_steps", ALLOW_ALL_TESTS)
+    sibling = make_agent("sibling", "tests.support.runtime_agents.slow_steps", ALLOW_ALL_TESTS)
+    other = make_agent(
+        "other", "tests.support.runtime_agents.slow_steps", ALLOW_ALL_TESTS, team=world.support
+    )
+    runs = {agent.slug: _runs_of(agent) for agent in (mine, sibling, other)}
+    kwargs = {
+        "global": {},
+        "team": {"team": world.claims.pk},
+        "agent": {"agent": mine.pk},
+    }[scope]
+    covered = {"global": ("mine", "sibling", "other"), "team": ("mine", "sibling")}.get(
+        scope, ("mine",)
+    )
+    finals = {}
+    for of_agent in runs.values():
+        for status, run in of_agent.items():
+            finals[run.pk] = status
+    with transaction.atomic():
+        answered = store.runs_cancel(reason="halted: test", **kwargs)
+    unfinished = [
+        (run.pk, run.agent_id, run.agent.team_id)
+        for slug in covered
+        for status, run in runs[slug].items()
+        if status not in Run.FINAL
+    ]
+    assert answered == sorted(unfinished), "each cancelled run, its agent and team, in id order"
+    for run_id, status in finals.items():
+        run = Run.objects.get(pk=run_id)
+        if run_id in {pk for pk, _, _ in unfinished}:
+            assert (run.status, run.error) == (Run.Status.CANCELLED, "halted: test")
+            assert run.finished_at is not None and run.lease_token is None
+        else:
+            assert run.status == status, "a finished run or one outside the scope is left"
+    for slug, of_agent in runs.items():
+        held = Action.objects.get(run=of_agent[Run.Status.WAITING])
+        expected = Action.Status.CANCELLED if slug in covered else Action.Status.HELD
+        assert held.status == expected
+    with transaction.atomic():
+        assert store.runs_cancel(reason="again", **kwargs) == [], "nothing left to cancel"
+
+
+def test_a_halt_writes_each_cancelled_runs_event_as_audit_run_would(
+    make_agent: Any, world: Any
+) -> None:
+    agents = [
+        make_agent(f"clerk-{i}", "tests.support.runtime_agents.slow_steps", ALLOW_ALL_TESTS)
+        for i in range(3)
+    ]
+    runs = [
+        Run.objects.create(agent=agents[i % 3], version_id=agents[i % 3].live_version_id, input={})
+        for i in range(7)
+    ]
+    killswitch_engage(
+        scope="team", mode="halt", reason='stop "all"\n', user=world.supervisor, team=world.claims
+    )
+    events = list(AuditEvent.objects.filter(verb=Verb.RUN_CANCELLED).order_by("seq"))
+    assert [e.run_id for e in events] == [run.pk for run in runs]
+    for event, run in zip(events, runs, strict=True):
+        expected = event_content(
+            verb=Verb.RUN_CANCELLED,
+            actor=Actor.user(world.supervisor),
+            subject_type="run",
+            subject_id=run.pk,
+            agent_id=run.agent_id,
+            team_id=world.claims.pk,
+            run_id=run.pk,
+            payload={"reason": 'halted: stop "all"\n'},
+            occurred_at=event.when,
+        )
+        assert event.body.encode() == canonical_content(expected)
+    engaged = AuditEvent.objects.get(verb=Verb.KILLSWITCH_ENGAGED)
+    assert engaged.content["payload"]["runs_cancelled"] == 7
+    assert chain_verify().ok
 
 
 # --- the chain -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from django.db import connection
 
 from agents import roles
 from agents.killswitches import admit_locks_sql, admit_targets_sql, lock_key, targets_for
-from agents.models import Agent, KillSwitch
+from agents.models import Action, Agent, KillSwitch, Run
 from audit import chain
 
 pytestmark = pytest.mark.django_db
@@ -58,11 +58,29 @@ def test_the_audit_append_takes_only_what_it_stores() -> None:
         functions = dict(cursor.fetchall())
     assert "baton_audit_append(bytea)" in functions, "one form, no unused parameters"
     assert [f for f in functions if f.startswith("baton_audit_append")] == [
-        "baton_audit_append(bytea)"
+        "baton_audit_append(bytea)",
+        "baton_audit_append_many(text)",  # many events of one change, a body a line
     ]
     # The gateway's functions append with the bytes alone.
     for name in ("baton_step_start", "baton_step_finish"):
         assert "baton_audit_append(p_canonical => p_canonical)" in function_definition(name)
+
+
+def test_baton_runs_cancel_reads_the_statuses_of_the_python_models() -> None:
+    sql = function_definition("baton_runs_cancel")
+
+    def listed(after: str) -> list[str]:
+        at = sql.index(after) + len(after)
+        return re.findall(r"'(\w+)'", sql[at : sql.index(")", at)])
+
+    assert listed("r.status NOT IN (") == list(Run.FINAL), "an unfinished run is cancelled"
+    assert listed("AND status IN (") == list(Action.AWAITING), "its held steps with it"
+    assert "SET status = 'cancelled'" in sql and Run.Status.CANCELLED == "cancelled"
+    assert Action.Status.CANCELLED == "cancelled"
+    # The held steps are found by the partial index of exactly those statuses.
+    (index,) = [i for i in Action._meta.indexes if i.name == "action_awaiting"]
+    assert index.condition is not None
+    assert index.condition.children == [("status__in", list(Action.AWAITING))]
 
 
 def test_the_rehash_migration_froze_format_1_and_the_chain_link_as_they_are() -> None:
