@@ -60,7 +60,7 @@ def backwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("agents", "0017_stored_json_read_at_any_depth")]
+    dependencies = [("agents", "0018_alert_rules")]
     operations = [
         migrations.AddIndex(
             model_name="action",
