@@ -49,6 +49,7 @@ from django.db.models import (
     Exists,
     ExpressionWrapper,
     F,
+    FilteredRelation,
     FloatField,
     Func,
     IntegerField,
@@ -60,7 +61,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.fields.json import KT
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncDay, TruncHour
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -281,9 +282,9 @@ def figures(
     base = runs.filter(**_between("", window)).order_by()
     run_ids = base.values("pk")
     _runs(base, key, window, of)
-    _steps(run_ids, key, window, of)
+    _steps(base, key, window, of)
     _requests(run_ids, key, window, of)
-    _value(run_ids, key, window, of)
+    _value(base, key, window, of)
     if sparklines:
         _sparklines(base, key, window, pairs)
     return dict(pairs)
@@ -328,26 +329,31 @@ def _runs(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
             f.cycle_p50, f.cycle_p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
 
 
-def _steps(run_ids: Any, key: str, window: Window, of: Any) -> None:
-    tool, model = Q(kind=Action.Kind.TOOL), Q(kind=Action.Kind.MODEL)
+def _steps(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
+    """From the runs to their steps (the reverse join), so Postgres reads the runs of the
+    window by their index and each run's steps by theirs; a step query filtered by
+    `run__in` had to join every run of the history for the group and the window."""
+    tool, model = Q(actions__kind=Action.Kind.TOOL), Q(actions__kind=Action.Kind.MODEL)
     rows = (
-        Action.objects.filter(run__in=run_ids)
-        .annotate(cur=_current("run__", window))
-        .values("run__" + key, "cur")
+        base.annotate(cur=_current("", window))
+        .values(key, "cur")
         .annotate(
-            steps=Count("pk", filter=tool),
-            denied=Count("pk", filter=tool & Q(status=Action.Status.DENIED)),
+            steps=Count("actions", filter=tool),
+            denied=Count("actions", filter=tool & Q(actions__status=Action.Status.DENIED)),
             shadow_differs=Count(
-                "pk", filter=tool & Q(shadow__isnull=False) & ~Q(shadow__effect=F("decision"))
+                "actions",
+                filter=tool
+                & Q(actions__shadow__isnull=False)
+                & ~Q(actions__shadow__effect=F("actions__decision")),
             ),
-            model_calls=Count("pk", filter=model),
-            tokens_in=Sum(Cast(KT("meta__tokens_in"), IntegerField()), filter=model),
-            tokens_out=Sum(Cast(KT("meta__tokens_out"), IntegerField()), filter=model),
-            cost=Sum(Cast(KT("meta__cost_eur"), FloatField()), filter=model),
+            model_calls=Count("actions", filter=model),
+            tokens_in=Sum(Cast(KeyTextTransform("tokens_in", "actions__meta"), IntegerField()), filter=model),
+            tokens_out=Sum(Cast(KeyTextTransform("tokens_out", "actions__meta"), IntegerField()), filter=model),
+            cost=Sum(Cast(KeyTextTransform("cost_eur", "actions__meta"), FloatField()), filter=model),
         )
     )
     for row in rows:
-        f = of(row, "run__")
+        f = of(row)
         f.steps, f.denied, f.model_calls = row["steps"], row["denied"], row["model_calls"]
         f.shadow_differs = row["shadow_differs"]
         f.tokens_in, f.tokens_out = row["tokens_in"] or 0, row["tokens_out"] or 0
@@ -357,9 +363,12 @@ def _steps(run_ids: Any, key: str, window: Window, of: Any) -> None:
 def _requests(run_ids: Any, key: str, window: Window, of: Any) -> None:
     in_sql = _in_sql()
     decided = Q(status__in=DECIDED)
-    requests = ApprovalRequest.objects.filter(run__in=run_ids).annotate(
-        cur=_current("run__", window)
-    )
+    # A request is held after its run was created, so none of the window's runs has one
+    # created before the window: said outright, Postgres reads the window's requests and
+    # then their runs, instead of every run of the history for the join.
+    requests = ApprovalRequest.objects.filter(
+        run__in=run_ids, created_at__gte=window.previous_start
+    ).annotate(cur=_current("run__", window))
     extra: dict[str, Any] = {}
     if in_sql:
         wait = Case(
@@ -409,34 +418,48 @@ def _requests(run_ids: Any, key: str, window: Window, of: Any) -> None:
             f.within_sla = sum(targets[(group, cur)])
 
 
-def _value(run_ids: Any, key: str, window: Window, of: Any) -> None:
+def _value(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
     """Payments and purchase orders the runs' steps wrote: each sandbox row is found by
-    its step's idempotency key (unique in its table)."""
-    steps = Action.objects.filter(
-        run__in=run_ids, kind=Action.Kind.TOOL, status=Action.Status.SUCCEEDED
-    ).annotate(cur=_current("run__", window))
-    payment = Payment.objects.filter(idempotency_key=OuterRef("idempotency_key"))
+    its step's idempotency key (unique in its table). From the runs to their steps, as
+    _steps."""
+
+    def written(tool: str) -> QuerySet[Run]:
+        step = FilteredRelation(
+            "actions",
+            condition=Q(
+                actions__kind=Action.Kind.TOOL,
+                actions__status=Action.Status.SUCCEEDED,
+                actions__name=tool,
+            ),
+        )
+        return (
+            base.annotate(step=step)
+            .filter(step__isnull=False)
+            .annotate(cur=_current("", window))
+        )
+
+    payment = Payment.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
     paid = (
-        steps.filter(name=PAY_TOOL)
+        written(PAY_TOOL)
         .annotate(currency=Subquery(payment.values("currency")[:1]))
-        .values("run__" + key, "cur", "currency")
+        .values(key, "cur", "currency")
         .annotate(total=Sum(Subquery(payment.values("amount")[:1])))
     )
     for row in paid:
         if row["currency"] is not None and row["total"] is not None:
-            f = of(row, "run__")
+            f = of(row)
             f.paid[row["currency"]] = f.paid.get(row["currency"], Decimal(0)) + Decimal(
                 str(row["total"])
             )
-    order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("idempotency_key"))
+    order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
     ordered = (
-        steps.filter(name=ORDER_TOOL)
-        .values("run__" + key, "cur")
+        written(ORDER_TOOL)
+        .values(key, "cur")
         .annotate(total=Sum(Subquery(order.values("total")[:1])))
     )
     for row in ordered:
         if row["total"] is not None:
-            of(row, "run__").ordered = Decimal(str(row["total"]))
+            of(row).ordered = Decimal(str(row["total"]))
 
 
 def _sparklines(base: QuerySet[Run], key: str, window: Window, pairs: dict[int, Pair]) -> None:
