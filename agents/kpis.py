@@ -347,9 +347,15 @@ def _steps(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
                 & ~Q(actions__shadow__effect=F("actions__decision")),
             ),
             model_calls=Count("actions", filter=model),
-            tokens_in=Sum(Cast(KeyTextTransform("tokens_in", "actions__meta"), IntegerField()), filter=model),
-            tokens_out=Sum(Cast(KeyTextTransform("tokens_out", "actions__meta"), IntegerField()), filter=model),
-            cost=Sum(Cast(KeyTextTransform("cost_eur", "actions__meta"), FloatField()), filter=model),
+            tokens_in=Sum(
+                Cast(KeyTextTransform("tokens_in", "actions__meta"), IntegerField()), filter=model
+            ),
+            tokens_out=Sum(
+                Cast(KeyTextTransform("tokens_out", "actions__meta"), IntegerField()), filter=model
+            ),
+            cost=Sum(
+                Cast(KeyTextTransform("cost_eur", "actions__meta"), FloatField()), filter=model
+            ),
         )
     )
     for row in rows:
@@ -433,9 +439,7 @@ def _value(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
             ),
         )
         return (
-            base.annotate(step=step)
-            .filter(step__isnull=False)
-            .annotate(cur=_current("", window))
+            base.annotate(step=step).filter(step__isnull=False).annotate(cur=_current("", window))
         )
 
     payment = Payment.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))

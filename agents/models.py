@@ -221,6 +221,9 @@ class Run(models.Model):
             models.Index(
                 fields=["status", "finished_at"], include=["agent"], name="run_status_finished"
             ),
+            # The KPIs of a window of many agents (agents.kpis): the window's runs by their
+            # creation, whoever's they are (run_agent_recent serves one agent's).
+            models.Index(fields=["created_at"], name="run_created"),
         ]
         constraints = [
             models.UniqueConstraint(
