@@ -397,7 +397,8 @@ def measure(client: Any, url: str, samples: int) -> tuple[list[float], int, floa
 
     for _ in range(3):
         assert client.get(url).status_code == 200, url
-    times, cpu = [], []
+    times: list[float] = []
+    cpu: list[float] = []
     stop = time.perf_counter() + PAGE_SECONDS
     for _ in range(samples):
         if len(times) >= MIN_SAMPLES and time.perf_counter() > stop:
