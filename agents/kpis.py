@@ -251,12 +251,19 @@ def _current(prefix: str, window: Window) -> Case:
     )
 
 
-def _exception() -> Q:
+def _exception(window: Window) -> Q:
+    """A run failed, had a tool step denied or a held step rejected. The steps and requests
+    are looked for from the window's start (a run's come after it): Postgres may answer
+    the EXISTS from a hash of every denied step, which must not grow with the history."""
+    since = window.previous_start
     denied = Action.objects.filter(
-        run=OuterRef("pk"), kind=Action.Kind.TOOL, status=Action.Status.DENIED
+        run=OuterRef("pk"),
+        kind=Action.Kind.TOOL,
+        status=Action.Status.DENIED,
+        created_at__gte=since,
     )
     rejected = ApprovalRequest.objects.filter(
-        run=OuterRef("pk"), status=ApprovalRequest.Status.REJECTED
+        run=OuterRef("pk"), status=ApprovalRequest.Status.REJECTED, created_at__gte=since
     )
     return Q(status=Run.Status.FAILED) | Q(Exists(denied)) | Q(Exists(rejected))
 
@@ -308,7 +315,7 @@ def _runs(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
             succeeded=Count("pk", filter=Q(status=Run.Status.SUCCEEDED)),
             failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
             diverged=Count("pk", filter=Q(status=Run.Status.FAILED, error__contains=DIVERGED)),
-            exceptions=Count("pk", filter=_exception()),
+            exceptions=Count("pk", filter=_exception(window)),
             **extra,
         )
     )
@@ -559,7 +566,7 @@ def _sparklines(base: QuerySet[Run], key: str, window: Window, pairs: dict[int, 
         base.filter(created_at__gte=window.start)
         .annotate(bucket=trunc("created_at", tzinfo=UTC))
         .values(key, "bucket")
-        .annotate(n=Count("pk"), exceptions=Count("pk", filter=_exception()))
+        .annotate(n=Count("pk"), exceptions=Count("pk", filter=_exception(window)))
     )
     for pair in pairs.values():
         pair.current.runs_per_bucket = [0] * len(buckets)
