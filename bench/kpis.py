@@ -22,7 +22,8 @@ the pages at ten million) loaded by
 bench/audit.py's loader. Run: python -m bench.kpis (database BENCH_KPIS_DB, `bench_kpis`,
 dropped and re-created, then kept; BENCH_KPIS_REUSE=1 measures it again without building;
 BENCH_KPIS_SAMPLES samples a page, 50, fewer — at least 5 — for a page that has taken
-BENCH_KPIS_PAGE_SECONDS, 30).
+BENCH_KPIS_PAGE_SECONDS, 30; BENCH_KPIS_ONLY=overview,queue measures only the pages whose
+names start so).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ PAGE_SECONDS = float(os.environ.get("BENCH_KPIS_PAGE_SECONDS", "30"))
 MIN_SAMPLES = 5
 DB_NAME = os.environ.get("BENCH_KPIS_DB", "bench_kpis")
 REUSE = os.environ.get("BENCH_KPIS_REUSE") == "1"
+# Only the pages whose names start with one of these (comma-separated), e.g. "overview,queue".
+ONLY = [p for p in os.environ.get("BENCH_KPIS_ONLY", "").split(",") if p]
 WORK = Path(tempfile.gettempdir()) / DB_NAME
 BUDGET_P95 = 0.100
 TEAMS, PER_TEAM, PENDING_PER_AGENT = 10, 10, 10
@@ -547,6 +550,8 @@ def main() -> None:
         "agent": f"/agents/{agent.slug}/",
         "run": f"/runs/{run.pk}/",
     }
+    if ONLY:
+        pages = {name: url for name, url in pages.items() if name.startswith(tuple(ONLY))}
     # No query per agent: the fleet's KPIs cost a supervisor of one team (10 agents) the
     # queries they cost a supervisor of five (50).
     counts = {}
