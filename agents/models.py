@@ -221,6 +221,11 @@ class Run(models.Model):
             models.Index(
                 fields=["status", "finished_at"], include=["agent"], name="run_status_finished"
             ),
+            # The KPIs of a window of many agents (agents.kpis): the window's runs by their
+            # creation, whoever's they are (run_agent_recent serves one agent's).
+            models.Index(fields=["created_at"], name="run_created"),
+            # The overview's cards: an agent's runs counted by status from the index alone.
+            models.Index(fields=["agent", "status"], name="run_agent_status"),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -7,9 +7,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Exists, FloatField, Min, OuterRef, Q, QuerySet, Sum
+from django.db.models import (
+    Count,
+    Exists,
+    FloatField,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, TruncMinute
+from django.db.models.functions import Cast, Coalesce, TruncMinute
 from django.http import Http404
 from django.utils import timezone
 
@@ -48,6 +58,20 @@ def agent_state(agent: Agent, switches: list[KillSwitch]) -> str:
     return "paused" if covering else "active"
 
 
+def _runs_counted(condition: Q) -> Coalesce:
+    """A card's count of its agent's runs in some statuses: counted from the index on
+    (agent, status) alone, for each card; joining the cards' runs read and grouped every
+    run of their history (a year of it: 175,000 rows for one page of cards)."""
+    runs = (
+        Run.objects.filter(condition, agent=OuterRef("pk"))
+        .order_by()
+        .values("agent")
+        .annotate(n=Count("agent"))
+        .values("n")
+    )
+    return Coalesce(Subquery(runs), 0)
+
+
 def agent_cards(
     user: Any,
     agent_ids: set[int] | list[int] | None = None,
@@ -56,15 +80,14 @@ def agent_cards(
     """Agents with what their cards show: state, run counts, whether the person may stop
     them. All the person may see, or only those of `agent_ids`; never an archived one
     (its team's page lists it). Ordered by team, then name (the overview's order)."""
-    open_runs = Q(runs__status__in=Run.ACTIVE)
     visible = agents_for_user(user).filter(archived_at__isnull=True)
     if agent_ids is not None:
         visible = visible.filter(pk__in=agent_ids)
     agents = list(
         visible.annotate(
-            active_runs=Count("runs", filter=open_runs),
-            waiting_runs=Count("runs", filter=Q(runs__status=Run.Status.WAITING)),
-            failed_runs=Count("runs", filter=Q(runs__status=Run.Status.FAILED)),
+            active_runs=_runs_counted(Q(status__in=Run.ACTIVE)),
+            waiting_runs=_runs_counted(Q(status=Run.Status.WAITING)),
+            failed_runs=_runs_counted(Q(status=Run.Status.FAILED)),
         ).order_by("team__name", "team_id", "name", "pk")
     )
     grants_prefetch(user, agents)
