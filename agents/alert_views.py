@@ -30,6 +30,10 @@ CHANGE_NEEDS_FACTOR = "A change is a factor greater than 0 (2 = doubled, 0.5 = h
 BAD_EMAIL = "Not an e-mail address: {address}"
 BAD_WEBHOOK = "A webhook is an http:// or https:// URL."
 MAX_WINDOW = 30 * 24 * 60
+STILL_PAUSED = (
+    "The pause its circuit breaker engaged stays until a supervisor releases it, "
+    "as any kill switch."
+)
 
 
 class RuleForm(forms.Form):
@@ -135,7 +139,11 @@ def alert_create(request: HttpRequest) -> HttpResponse:
             if kind == "agent"
             else {"team": team_for_user(request.user, slug, "administer")}
         )
-        rule = alerts.alert_rule_create(user=signed_in(request), **target, **form.config())
+        try:
+            rule = alerts.alert_rule_create(user=signed_in(request), **target, **form.config())
+        except alerts.RuleNameTaken as exc:
+            form.add_error("name", str(exc))
+            return render(request, "agents/alert_form.html", {"form": form}, status=400)
         messages.success(request, f"Alert rule {rule.name} created.")
         return redirect("alert", rule_id=rule.pk)
     return render(request, "agents/alert_form.html", {"form": form})
@@ -149,8 +157,10 @@ def _detail(request: HttpRequest, rule: AlertRule, form: RuleForm, status: int =
         "rule": rule,
         "described": alerts.describe(rule),
         "value_shown": alerts.show(rule, rule.last_value),
+        "clear_shown": alerts.show(rule, rule.clear_threshold),
         "events": events,
         "may_configure": alerts.may_configure(request.user, rule),
+        "holding": alerts.breaker_holding(rule),
         "form": form,
     }
     return render(request, "agents/alert.html", context, status=status)
@@ -170,7 +180,11 @@ def alert_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     form = RuleForm(request.POST)
     if not form.is_valid():
         return _detail(request, rule, form, status=400)
-    alerts.alert_rule_update(rule=rule, user=signed_in(request), **form.config())
+    try:
+        alerts.alert_rule_update(rule=rule, user=signed_in(request), **form.config())
+    except alerts.RuleNameTaken as exc:
+        form.add_error("name", str(exc))
+        return _detail(request, rule, form, status=400)
     messages.success(request, "Alert rule saved.")
     return redirect("alert", rule_id=rule.pk)
 
@@ -181,4 +195,6 @@ def alert_enabled(request: HttpRequest, rule_id: int, enabled: bool) -> HttpResp
     rule = _configurable(request, rule_id)
     alerts.alert_rule_update(rule=rule, user=signed_in(request), enabled=enabled)
     messages.success(request, f"Alert rule {'enabled' if enabled else 'disabled'}.")
+    if not enabled and alerts.breaker_holding(rule):
+        messages.warning(request, STILL_PAUSED)
     return redirect("alert", rule_id=rule.pk)

@@ -39,8 +39,9 @@ from celery import current_app, shared_task
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Case, Count, Q, QuerySet, Value, When
+from django.db.models.functions import Lower
 from django.utils import timezone
 from guardian.shortcuts import get_users_with_perms
 from kombu.exceptions import OperationalError as BrokerError
@@ -591,13 +592,48 @@ def rule_config(rule: AlertRule) -> dict[str, Any]:
     return {name: getattr(rule, name) for name in CONFIG_FIELDS}
 
 
+RULE_NAME_TAKEN = "There is already a rule named {name!r} on this {kind}: choose another name."
+
+
+class RuleNameTaken(ServiceError):
+    """A rule of that name (whatever its case) is on the agent or team already."""
+
+
+def _name_taken(rule: AlertRule) -> RuleNameTaken:
+    kind = "agent" if rule.agent_id else "team"
+    return RuleNameTaken(RULE_NAME_TAKEN.format(name=rule.name, kind=kind))
+
+
+def _taken(rule: AlertRule) -> bool:
+    # Lower as the constraint has it (Postgres's lower, not Python's).
+    same = AlertRule.objects.alias(low=Lower("name")).filter(
+        low=Lower(Value(rule.name)), agent_id=rule.agent_id, team_id=rule.team_id
+    )
+    return same.exclude(pk=rule.pk).exists() if rule.pk else same.exists()
+
+
 def alert_rule_create(
     *, user: Any, agent: Agent | None = None, team: Team | None = None, **config: Any
 ) -> AlertRule:
     """A new rule on an agent or a team (the caller has checked the person administers
-    it and the form has validated the values)."""
+    it and the form has validated the values). RuleNameTaken if the agent or team has a
+    rule of that name: a form sent twice adds one rule (the database's constraint
+    settles two sent at once)."""
+    rule = AlertRule(agent=agent, team=team, created_by=user, **config)
+    if _taken(rule):
+        raise _name_taken(rule)
+    try:
+        return _create(rule)
+    except IntegrityError as exc:
+        if _taken(rule):
+            raise _name_taken(rule) from exc
+        raise
+
+
+def _create(rule: AlertRule) -> AlertRule:
+    agent, team, user = rule.agent, rule.team, rule.created_by
     with transaction.atomic(durable=True):
-        rule = AlertRule.objects.create(agent=agent, team=team, created_by=user, **config)
+        rule.save(force_insert=True)
         audit_record(
             verb=Verb.ALERT_RULE_CREATED,
             actor=Actor.of(user),
@@ -613,7 +649,23 @@ def alert_rule_create(
 def alert_rule_update(*, rule: AlertRule, user: Any, **config: Any) -> AlertRule:
     """Change a rule's configuration. Disabling a firing rule resolves it (recorded as
     any transition, by the person who disabled it); the state is otherwise left to the
-    next evaluation under the new thresholds."""
+    next evaluation under the new thresholds. Nothing changed (a form sent twice) records
+    nothing; a name another rule of the agent or team has is RuleNameTaken."""
+    try:
+        return _update(rule, user, config)
+    except IntegrityError as exc:
+        wanted = AlertRule(
+            pk=rule.pk,
+            name=config.get("name", rule.name),
+            agent_id=rule.agent_id,
+            team_id=rule.team_id,
+        )
+        if _taken(wanted):
+            raise _name_taken(wanted) from exc
+        raise
+
+
+def _update(rule: AlertRule, user: Any, config: dict[str, Any]) -> AlertRule:
     with transaction.atomic(durable=True):
         current = AlertRule.objects.select_for_update(no_key=True).get(pk=rule.pk)
         before = rule_config(current)
@@ -621,11 +673,15 @@ def alert_rule_update(*, rule: AlertRule, user: Any, **config: Any) -> AlertRule
             if name not in CONFIG_FIELDS:
                 raise ValueError(f"not a rule setting: {name}")
             setattr(current, name, value)
+        changed = {k: v for k, v in rule_config(current).items() if before[k] != v}
+        if not changed:
+            return current  # sent twice, or saved as it was: nothing to record
+        if "name" in changed and _taken(current):
+            raise _name_taken(current)
         resolving = not current.enabled and current.state == AlertRule.State.FIRING
         if resolving:
             current.state, current.state_since = AlertRule.State.RESOLVED, timezone.now()
         current.save()
-        changed = {k: v for k, v in rule_config(current).items() if before[k] != v}
         audit_record(
             verb=Verb.ALERT_RULE_UPDATED,
             actor=Actor.of(user),
@@ -638,6 +694,17 @@ def alert_rule_update(*, rule: AlertRule, user: Any, **config: Any) -> AlertRule
         if resolving:
             _transition_record(current, value=None, note="rule disabled", actor=Actor.of(user))
     return current
+
+
+def breaker_holding(rule: AlertRule) -> list[KillSwitch]:
+    """The pauses the rule's breaker engaged that nobody has released yet. Disabling or
+    editing the rule leaves them: a person releases a breaker's pause as any switch."""
+    return list(
+        KillSwitch.objects.filter(
+            pk__in=rule.events.filter(switch__isnull=False).values("switch_id"),
+            released_at__isnull=True,
+        ).order_by("pk")
+    )
 
 
 def history(rule: AlertRule, limit: int = 50) -> list[AlertEvent]:

@@ -6,6 +6,7 @@ input and change nothing."""
 
 from __future__ import annotations
 
+import html
 import threading
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,13 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from agents import alerts
-from agents.alert_views import BAD_EMAIL, CHANGE_NEEDS_FACTOR, CLEAR_WRONG_SIDE, NO_TARGET
+from agents.alert_views import (
+    BAD_EMAIL,
+    CHANGE_NEEDS_FACTOR,
+    CLEAR_WRONG_SIDE,
+    NO_TARGET,
+    STILL_PAUSED,
+)
 from agents.models import Action, AlertEvent, AlertRule, KillSwitch, Run
 from agents.runtime import execute_run
 from agents.selectors import agent_state, engaged_switches
@@ -521,3 +528,113 @@ def test_a_bad_edit_is_a_form_error_and_changes_nothing(denier: Any, world: Any)
     rule.refresh_from_db()
     assert (rule.threshold, rule.clear_threshold) == (3.0, 1.0)
     assert AuditEvent.objects.count() == before
+
+
+def test_the_form_sent_twice_adds_one_rule(denier: Any, world: Any) -> None:
+    ada = client(world.admin)
+    assert ada.post("/alerts/new", GOOD).status_code == 302
+    again = ada.post("/alerts/new", {**GOOD, "name": "DENIALS"})  # a name is one whatever its case
+    assert again.status_code == 400
+    text = again.content.decode()
+    assert 'data-error="name"' in text and "There is already a rule named" in text
+    assert AlertRule.objects.count() == 1
+    assert len(alert_events("alert_rule.created")) == 1
+    # The same name on another target is another rule.
+    assert ada.post("/alerts/new", {**GOOD, "target": "team:claims"}).status_code == 302
+    assert AlertRule.objects.count() == 2
+
+
+def test_two_forms_at_once_add_one_rule_and_the_other_is_told(
+    denier: Any, world: Any, monkeypatch: Any
+) -> None:
+    # Two forms at once both pass the check before the insert (here: the second's check
+    # answered before the first committed); the database's constraint settles it.
+    rule_on(denier, name="Burst")
+    taken, asked = alerts._taken, []
+
+    def late_check(rule: AlertRule) -> bool:
+        asked.append(rule.name)
+        return len(asked) > 1 and taken(rule)
+
+    monkeypatch.setattr(alerts, "_taken", late_check)
+    before = AuditEvent.objects.count()
+    with pytest.raises(alerts.RuleNameTaken):
+        rule_on(denier, name="burst")
+    assert asked == ["burst", "burst"], "the insert was tried and refused by the constraint"
+    assert AlertRule.objects.filter(agent=denier).count() == 1
+    assert AuditEvent.objects.count() == before
+
+
+def test_renaming_a_rule_to_a_name_taken_is_a_form_error(denier: Any, world: Any) -> None:
+    rule_on(denier, name="first")
+    second = rule_on(denier, name="second")
+    before = AuditEvent.objects.count()
+    response = client(world.admin).post(f"/alerts/{second.pk}/edit", {**GOOD, "name": "First"})
+    assert response.status_code == 400
+    assert 'data-error="name"' in response.content.decode()
+    second.refresh_from_db()
+    assert second.name == "second"
+    assert AuditEvent.objects.count() == before
+
+
+def test_disable_or_save_sent_twice_records_one_change(denier: Any, world: Any) -> None:
+    rule = rule_on(denier)
+    ada = client(world.admin)
+    for _ in range(2):
+        assert ada.post(f"/alerts/{rule.pk}/disable").status_code == 302
+    edit = {**GOOD, "name": rule.name, "threshold": "9", "enabled": ""}
+    for _ in range(2):
+        assert ada.post(f"/alerts/{rule.pk}/edit", edit).status_code == 302
+    changes = [e.payload["changed"] for e in alert_events("alert_rule.updated")]
+    assert [sorted(c) for c in changes] == [["enabled"], sorted(changes[1])]
+    assert len(changes) == 2 and changes[1]["threshold"] == 9.0
+
+
+def test_a_disabled_breaker_leaves_its_pause_for_a_person_to_release_audited(
+    denier: Any, world: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    rule = rule_on(denier, engage_breaker=True)
+    denials(denier, 4)
+    alerts.alerts_evaluate()
+    switch = KillSwitch.objects.get(agent=denier, released_at__isnull=True)
+    paused = run_start(agent=denier, input={"label": "held back", "steps": 1})
+    execute_run(paused.pk)
+
+    # Editing the firing rule and then disabling it resolves the rule, not the pause:
+    # what the breaker stopped stays stopped until a person has looked.
+    ada = client(world.admin)
+    edit = {**GOOD, "name": rule.name, "threshold": "100", "clear_threshold": "50"}
+    assert ada.post(f"/alerts/{rule.pk}/edit", edit).status_code == 302
+    rule.refresh_from_db()
+    assert (rule.state, rule.threshold) == ("firing", 100.0)
+    response = ada.post(f"/alerts/{rule.pk}/disable", follow=True)
+    assert html.escape(STILL_PAUSED) in response.content.decode()
+    rule.refresh_from_db()
+    assert (rule.enabled, rule.state) == (False, "resolved")
+    switch.refresh_from_db()
+    assert switch.released_at is None
+    assert agent_state(denier, engaged_switches()) == "paused"
+    page = client(world.supervisor).get(f"/alerts/{rule.pk}/").content.decode()
+    assert 'data-testid="breaker-holding"' in page and "although the rule is disabled" in page
+    assert f"/switches/{switch.pk}/release" in page  # the banner's form, for a supervisor
+
+    # The admin who disabled the rule may not release the pause; the supervisor does, as
+    # any switch, and the release is the person's audited act.
+    assert ada.post(f"/switches/{switch.pk}/release", {"reason": "mine"}).status_code == 403
+    with django_capture_on_commit_callbacks(execute=True):
+        released = client(world.supervisor).post(
+            f"/switches/{switch.pk}/release", {"reason": "checked the denials"}
+        )
+    assert released.status_code == 302
+    switch.refresh_from_db()
+    assert switch.released_by == world.supervisor
+    [event] = alert_events("killswitch.released")
+    assert (event.actor_type, event.actor_label) == ("user", "sam")
+    assert event.payload["reason"] == "checked the denials"
+    assert event.payload["runs_requeued"] == 1
+    assert agent_state(denier, engaged_switches()) == "active"
+    assert (
+        'data-testid="breaker-holding"'
+        not in client(world.supervisor).get(f"/alerts/{rule.pk}/").content.decode()
+    )
+    assert alerts.alerts_evaluate() == 0, "disabled: it does not engage again"
