@@ -73,17 +73,26 @@ Values = dict[int, tuple[float | None, float | None]]
 @dataclass
 class Measuring:
     """One evaluation's reads, shared by its rules: the KPI figures of a scope over a span
-    are computed once however many rules read them."""
+    are computed once however many rules read them, for every agent or team a rule reading
+    them watches (`shared`, which measure_rules fills before the first read)."""
 
     now: datetime
-    _figures: dict[tuple[str, int], dict[int, kpis.Pair]] = field(default_factory=dict)
+    # {(scope, seconds): the ids the metrics that read figures watch}
+    shared: dict[tuple[str, int], set[int]] = field(default_factory=dict)
+    _figures: dict[tuple[str, int], tuple[frozenset[int], dict[int, kpis.Pair]]] = field(
+        default_factory=dict
+    )
 
     def figures(self, by: str, ids: frozenset[int], span: kpis.Window) -> dict[int, kpis.Pair]:
         key = (by, int(span.length.total_seconds()))
-        if key not in self._figures:
-            runs = Run.objects.filter(**{f"{kpis.KEYS[by]}__in": ids})
-            self._figures[key] = kpis.figures(runs, by, span, sparklines=False)
-        return self._figures[key]
+        done, figures = self._figures.get(key, (frozenset(), {}))
+        if not ids <= done:
+            # Once for all (a metric registered without `shares_figures` may ask for more).
+            wanted = frozenset(self.shared.get(key, set())) | ids | done
+            runs = Run.objects.filter(**{f"{kpis.KEYS[by]}__in": wanted})
+            figures = kpis.figures(runs, by, span, sparklines=False)
+            self._figures[key] = (wanted, figures)
+        return figures
 
 
 Measure = Callable[[Measuring, str, frozenset[int], kpis.Window], Values]
@@ -95,6 +104,8 @@ class Metric:
     label: str
     how: str  # how kpis.show writes a value: count, share, eur, seconds, number
     measure: Measure
+    # It reads Measuring.figures: computed once for all such metrics' agents or teams.
+    shares_figures: bool = False
 
 
 METRICS: dict[str, Metric] = {}
@@ -153,7 +164,7 @@ for _name in (
     "sla_attainment",
     "runs",
 ):
-    metric_register(Metric(_name, _LABELS[_name][0], _LABELS[_name][1], _kpi(_name)))
+    metric_register(Metric(_name, *_LABELS[_name], _kpi(_name), shares_figures=True))
 metric_register(
     Metric(
         "denials",
@@ -258,17 +269,20 @@ def measure_rules(rules: list[AlertRule], now: datetime | None = None) -> dict[i
     for rule in rules:
         by, pk = _owner(rule)
         wanted.setdefault((rule.metric, by, rule.window_minutes), set()).add(pk)
-    # Every rule of one scope and window reads the same figures: ask for all their ids.
-    ids_by: dict[tuple[str, int], set[int]] = {}
-    for (_, by, minutes), ids in wanted.items():
-        ids_by.setdefault((by, minutes), set()).update(ids)
+    # The KPI rules of one scope and window read the same figures: computed once, for all
+    # their ids. Every metric measures only its own rules' agents or teams (a drift score
+    # is a few queries an agent: never for an agent no drift rule watches).
+    for (metric, by, minutes), ids in wanted.items():
+        known = METRICS.get(metric)
+        if known is not None and known.shares_figures:
+            m.shared.setdefault((by, minutes * 60), set()).update(ids)
     values: dict[tuple[str, str, int], Values] = {}
-    for metric, by, minutes in wanted:
+    for (metric, by, minutes), ids in wanted.items():
         known = METRICS.get(metric)
         if known is None:
             continue  # its module is not loaded here: no data, nothing changes
         span = kpis.Window("custom", m.now, span=timedelta(minutes=minutes))
-        values[(metric, by, minutes)] = known.measure(m, by, frozenset(ids_by[(by, minutes)]), span)
+        values[(metric, by, minutes)] = known.measure(m, by, frozenset(ids), span)
     out: dict[int, float | None] = {}
     for rule in rules:
         by, pk = _owner(rule)
@@ -302,7 +316,14 @@ def alerts_evaluate(now: datetime | None = None) -> int:
     now = now or timezone.now()
     rules = list(AlertRule.objects.filter(enabled=True).select_related("agent__team", "team"))
     values = measure_rules(rules, now)
-    return sum(alert_apply(rule=rule, value=values.get(rule.pk), now=now) for rule in rules)
+    # Most rules stay as they are: their values are written in one statement, not one
+    # each (the same write alert_apply makes for them; a transition is its own).
+    quiet = [rule for rule in rules if next_state(rule, values.get(rule.pk)) is None]
+    for rule in quiet:
+        rule.last_value, rule.last_evaluated_at = values.get(rule.pk), now
+    AlertRule.objects.bulk_update(quiet, ["last_value", "last_evaluated_at"], batch_size=1000)
+    moving = [rule for rule in rules if next_state(rule, values.get(rule.pk)) is not None]
+    return sum(alert_apply(rule=rule, value=values.get(rule.pk), now=now) for rule in moving)
 
 
 def alert_apply(*, rule: AlertRule, value: float | None, now: datetime | None = None) -> bool:
@@ -606,9 +627,8 @@ def _name_taken(rule: AlertRule) -> RuleNameTaken:
 
 def _taken(rule: AlertRule) -> bool:
     # Lower as the constraint has it (Postgres's lower, not Python's).
-    same = AlertRule.objects.alias(low=Lower("name")).filter(
-        low=Lower(Value(rule.name)), agent_id=rule.agent_id, team_id=rule.team_id
-    )
+    owner = Q(agent_id=rule.agent_id) if rule.agent_id else Q(team_id=rule.team_id)
+    same = AlertRule.objects.alias(low=Lower("name")).filter(owner, low=Lower(Value(rule.name)))
     return same.exclude(pk=rule.pk).exists() if rule.pk else same.exists()
 
 

@@ -15,6 +15,7 @@ import pytest
 from django.core import mail
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -187,6 +188,21 @@ def test_no_data_changes_nothing(denier: Any) -> None:
     assert rule.state == "resolved" and rule.last_value is None
 
 
+def test_a_pass_writes_the_quiet_rules_values_in_one_statement(denier: Any) -> None:
+    quiet = [rule_on(denier, name=f"quiet {i}", threshold=50 + i) for i in range(3)]
+    firing = rule_on(denier, name="loud", threshold=1, clear_threshold=0)
+    denials(denier, 2)
+    with CaptureQueriesContext(connection) as queries:
+        assert alerts.alerts_evaluate() == 1
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    rules_updated = [q for q in updates if '"agents_alertrule"' in q]
+    assert len(rules_updated) == 2, "one for the three quiet rules, one for the transition"
+    for rule in [*quiet, firing]:
+        rule.refresh_from_db()
+        assert rule.last_value == 2.0 and rule.last_evaluated_at is not None
+    assert [r.state for r in quiet] == ["resolved"] * 3 and firing.state == "firing"
+
+
 def test_the_registry_is_one_place_to_add_a_metric(denier: Any) -> None:
     # Another module adds its metric (a drift score, say) by registering it.
     def measure(m: Any, by: str, ids: frozenset[int], span: Any) -> dict[int, Any]:
@@ -201,6 +217,42 @@ def test_the_registry_is_one_place_to_add_a_metric(denier: Any) -> None:
         assert rule.state == "firing" and rule.last_value == 0.9
     finally:
         del alerts.METRICS["test_drift"]
+
+
+def test_each_metric_measures_only_its_own_rules_agents(
+    denier: Any, make_agent: Any, world: Any
+) -> None:
+    # A drift score is a few queries an agent: a pass must not compute it for the agents
+    # that only other metrics' rules watch (bench/alerts.py: 1,130 queries → far fewer).
+    others = [make_agent(f"other-{i}", "tests.support.agents.counter", DENY_COUNT) for i in (1, 2)]
+    asked: list[frozenset[int]] = []
+
+    def measure(m: Any, by: str, ids: frozenset[int], span: Any) -> dict[int, Any]:
+        asked.append(ids)
+        return {pk: (0.1, None) for pk in ids}
+
+    def kpi_reader(m: Any, by: str, ids: frozenset[int], span: Any) -> dict[int, Any]:
+        # A metric registered without shares_figures reads the shared figures all the same.
+        pairs = m.figures(by, ids, span)
+        return {pk: (float(pairs[pk].current.runs), None) for pk in ids if pk in pairs}
+
+    alerts.metric_register(alerts.Metric("test_costly", "costly", "number", measure))
+    alerts.metric_register(alerts.Metric("test_runs", "runs read", "count", kpi_reader))
+    try:
+        costly = rule_on(denier, name="costly", metric="test_costly", threshold=9)
+        counted = [rule_on(a, name="count", metric="denials") for a in others]
+        kpi = rule_on(others[0], name="kpi", metric="runs", threshold=9, clear_threshold=1)
+        late = rule_on(others[1], name="late", metric="test_runs", threshold=9, clear_threshold=1)
+        denials(others[0], 1)
+        denials(others[1], 2)
+        values = alerts.measure_rules([costly, *counted, kpi, late])
+        assert asked == [frozenset({denier.pk})]
+        assert values[costly.pk] == 0.1
+        assert values[counted[1].pk] == 2.0
+        assert values[kpi.pk] == 1.0
+        assert values[late.pk] == 2.0, "figures asked for an agent outside the shared set"
+    finally:
+        del alerts.METRICS["test_costly"], alerts.METRICS["test_runs"]
 
 
 # --- circuit breakers ---------------------------------------------------------------------
