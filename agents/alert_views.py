@@ -5,7 +5,9 @@ changes nothing."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 from django.contrib import messages
@@ -29,6 +31,10 @@ CLEAR_WRONG_SIDE = (
 CHANGE_NEEDS_FACTOR = "A change is a factor greater than 0 (2 = doubled, 0.5 = halved)."
 BAD_EMAIL = "Not an e-mail address: {address}"
 BAD_WEBHOOK = "A webhook is an http:// or https:// URL."
+INWARD_WEBHOOK = (
+    "A webhook goes to a receiver elsewhere: not to this machine, a link-local address "
+    "(such as a cloud's metadata service) or another reserved one."
+)
 MAX_WINDOW = 30 * 24 * 60
 STILL_PAUSED = (
     "The pause its circuit breaker engaged stays until a supervisor releases it, "
@@ -77,6 +83,8 @@ class RuleForm(forms.Form):
         url: str = self.cleaned_data["webhook_url"]
         if url and not url.lower().startswith(("http://", "https://")):
             raise ValidationError(BAD_WEBHOOK)
+        if url and _inward(urlsplit(url).hostname or ""):
+            raise ValidationError(INWARD_WEBHOOK)
         return url
 
     def clean(self) -> dict[str, Any]:
@@ -95,6 +103,30 @@ class RuleForm(forms.Form):
 
     def config(self) -> dict[str, Any]:
         return {name: self.cleaned_data[name] for name in alerts.CONFIG_FIELDS}
+
+
+def _inward(host: str) -> bool:
+    """A host the workers must not be sent to by whoever edits a rule: this machine (by
+    name or address), link-local addresses (a cloud's metadata service answers on
+    169.254.169.254), unspecified, multicast and reserved ones. Private networks stay
+    allowed: a company's own receivers live there. (A name that resolves inward is not
+    caught here: the workers' egress is the place for that.)"""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return (
+        address.is_loopback
+        or address.is_link_local
+        or address.is_unspecified
+        or address.is_multicast
+        or address.is_reserved
+    )
 
 
 def _rule_for_user(request: HttpRequest, rule_id: int) -> AlertRule:

@@ -24,6 +24,7 @@ from agents.alert_views import (
     BAD_EMAIL,
     CHANGE_NEEDS_FACTOR,
     CLEAR_WRONG_SIDE,
+    INWARD_WEBHOOK,
     NO_TARGET,
     STILL_PAUSED,
 )
@@ -37,6 +38,7 @@ from tests.approvals.test_notifications import make_receiver, queued_tasks  # no
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db
+INWARD = INWARD_WEBHOOK
 
 DENY_COUNT = {"rules": [{"tool": "test.count", "effect": "deny"}]}
 LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
@@ -481,6 +483,16 @@ def test_an_admin_creates_a_rule_and_it_is_audited(denier: Any, world: Any) -> N
         ({"threshold": "lots"}, "threshold", None),
         ({"window_minutes": "0"}, "window_minutes", None),
         ({"webhook_url": "ftp://example.com/x"}, "webhook_url", None),
+        # The workers post it: not to their own machine or a cloud's metadata service.
+        ({"webhook_url": "http://169.254.169.254/latest/meta-data/"}, "webhook_url", INWARD),
+        ({"webhook_url": "http://127.0.0.1:6379/"}, "webhook_url", INWARD),
+        ({"webhook_url": "http://[::ffff:127.0.0.1]/x"}, "webhook_url", INWARD),
+        ({"webhook_url": "https://LOCALHOST/hook"}, "webhook_url", INWARD),
+        ({"webhook_url": "http://0.0.0.0/x"}, "webhook_url", INWARD),
+        ({"threshold": "nan"}, "threshold", None),
+        ({"threshold": "1e309"}, "threshold", None),
+        ({"name": "x" * 101}, "name", None),
+        ({"name": "a\x00b"}, "name", None),
     ],
 )
 def test_bad_input_is_a_form_error_and_changes_nothing(
@@ -690,3 +702,26 @@ def test_a_disabled_breaker_leaves_its_pause_for_a_person_to_release_audited(
         not in client(world.supervisor).get(f"/alerts/{rule.pk}/").content.decode()
     )
     assert alerts.alerts_evaluate() == 0, "disabled: it does not engage again"
+
+
+def test_a_grant_taken_away_mid_session_closes_the_rule_at_once(denier: Any, world: Any) -> None:
+    from agents import roles
+
+    rule = rule_on(denier)
+    ada, sam = client(world.admin), client(world.supervisor)
+    assert ada.get(f"/alerts/{rule.pk}/").status_code == 200
+    roles.role_revoke(user=world.admin, role=roles.AGENT_ADMIN, target=world.claims)
+    # The same session, the next request: the rule is no longer theirs to see or change.
+    assert ada.post(f"/alerts/{rule.pk}/edit", {**GOOD, "threshold": "9"}).status_code == 404
+    assert ada.post(f"/alerts/{rule.pk}/disable").status_code == 404
+    assert ada.get("/alerts/new").status_code == 403
+    assert "too many denials" not in ada.get("/alerts/").content.decode()
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.enabled) == (3.0, True)
+    assert not alert_events("alert_rule.updated")
+    # A supervisor who loses the team loses its review and approver figures as well.
+    assert sam.get("/teams/claims/review/").status_code == 200
+    roles.role_revoke(user=world.supervisor, role=roles.SUPERVISOR, target=world.claims)
+    for url in ("/teams/claims/review/", "/teams/claims/approvers/", f"/alerts/{rule.pk}/"):
+        assert sam.get(url).status_code == 404, url
+    assert sam.post("/teams/claims/review/download").status_code == 404
