@@ -326,6 +326,18 @@ def alerts_evaluate(now: datetime | None = None) -> int:
     return sum(alert_apply(rule=rule, value=values.get(rule.pk), now=now) for rule in moving)
 
 
+# The settings a transition is decided by (agents.alerts.next_state and the breaker).
+JUDGED_BY = (
+    "metric",
+    "basis",
+    "comparison",
+    "threshold",
+    "clear_threshold",
+    "window_minutes",
+    "engage_breaker",
+)
+
+
 def alert_apply(*, rule: AlertRule, value: float | None, now: datetime | None = None) -> bool:
     """Move the rule to the state `value` calls for, if it is still in the state it was
     read in: True if this call made the transition."""
@@ -339,9 +351,13 @@ def alert_apply(*, rule: AlertRule, value: float | None, now: datetime | None = 
         if breaker:
             by, pk = _owner(rule)
             lock_for_engage(switch_target(by, pk))
-        won = AlertRule.objects.filter(pk=rule.pk, state=rule.state, enabled=True).update(
-            state=target, state_since=now, last_value=value, last_evaluated_at=now
-        )
+        # Only if the rule is still the one the value was judged by: an edit committed
+        # since it was read (a higher threshold, the breaker turned off) wins over a
+        # decision taken under the old settings; the next pass judges by the new ones.
+        judged_by = {name: getattr(rule, name) for name in JUDGED_BY}
+        won = AlertRule.objects.filter(
+            pk=rule.pk, state=rule.state, enabled=True, **judged_by
+        ).update(state=target, state_since=now, last_value=value, last_evaluated_at=now)
         if not won:
             return False  # another evaluator made it, or the rule changed meanwhile
         rule.state, rule.state_since, rule.last_value = target, now, value

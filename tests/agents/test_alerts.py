@@ -654,6 +654,24 @@ def test_disable_or_save_sent_twice_records_one_change(denier: Any, world: Any) 
     assert len(changes) == 2 and changes[1]["threshold"] == 9.0
 
 
+def test_an_edit_committed_while_a_pass_judges_the_rule_wins(denier: Any, world: Any) -> None:
+    # A pass read the rule (threshold 3, breaker on) and measured 4; before it writes the
+    # transition, an admin raises the threshold and turns the breaker off. The stale
+    # decision must not fire the rule nor pause the agent.
+    rule = rule_on(denier, engage_breaker=True)
+    denials(denier, 4)
+    stale = AlertRule.objects.select_related("agent__team", "team").get(pk=rule.pk)
+    alerts.alert_rule_update(
+        rule=rule, user=world.admin, threshold=100.0, clear_threshold=50.0, engage_breaker=False
+    )
+    assert alerts.alert_apply(rule=stale, value=4.0) is False
+    rule.refresh_from_db()
+    assert rule.state == "resolved"
+    assert not KillSwitch.objects.filter(agent=denier).exists()
+    assert not alert_events("alert.fired")
+    assert alerts.alerts_evaluate() == 0, "judged by the new threshold: 4 is not above 100"
+
+
 def test_a_disabled_breaker_leaves_its_pause_for_a_person_to_release_audited(
     denier: Any, world: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
