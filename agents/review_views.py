@@ -33,6 +33,16 @@ from audit.verbs import Verb
 from console.http import signed_in
 
 FORMATS = ("csv", "json")
+# A cell a spreadsheet would take for a formula: a rejecter's reason or an upstream's error
+# text must not run in the reader's spreadsheet (OWASP's CSV injection), so it is written
+# after an apostrophe, which the spreadsheet shows as text. The JSON carries it as it is.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 BAD_FORMAT = "Download the review as csv or json."
 
 
@@ -131,7 +141,7 @@ def review_download(request: HttpRequest, team: str) -> HttpResponse:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
         response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

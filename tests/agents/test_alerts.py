@@ -541,6 +541,16 @@ def test_csrf_is_required(denier: Any, world: Any) -> None:
     c.force_login(world.admin)
     assert c.post("/alerts/new", GOOD).status_code == 403
     assert not AlertRule.objects.exists()
+    rule = rule_on(denier)
+    before = AuditEvent.objects.count()
+    for action in ("edit", "disable", "enable"):
+        assert c.post(f"/alerts/{rule.pk}/{action}", {**GOOD, "threshold": "9"}).status_code == 403
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.enabled) == (3.0, True)
+    assert AuditEvent.objects.count() == before
+    # And a GET changes nothing either: the three are POST only.
+    for action in ("edit", "disable", "enable"):
+        assert c.get(f"/alerts/{rule.pk}/{action}").status_code == 405
 
 
 def test_disabling_a_firing_rule_resolves_it(

