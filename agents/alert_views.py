@@ -36,6 +36,25 @@ INWARD_WEBHOOK = (
     "(such as a cloud's metadata service) or another reserved one."
 )
 MAX_WINDOW = 30 * 24 * 60
+# A rule's window is one of these lengths. Every distinct length is a computation of its
+# own in each evaluation (agents.alerts.measure_rules shares one per scope and length),
+# and a 30-day team window costs about a second on a year of history (bench/README.md):
+# free lengths would let one admin's rules outgrow the 30 s evaluation period.
+WINDOWS = [
+    (5, "5 minutes"),
+    (10, "10 minutes"),
+    (15, "15 minutes"),
+    (30, "30 minutes"),
+    (60, "1 hour"),
+    (120, "2 hours"),
+    (360, "6 hours"),
+    (720, "12 hours"),
+    (1440, "24 hours"),
+    (2 * 1440, "2 days"),
+    (7 * 1440, "7 days"),
+    (14 * 1440, "14 days"),
+    (MAX_WINDOW, "30 days"),
+]
 STILL_PAUSED = (
     "The pause its circuit breaker engaged stays until a supervisor releases it, "
     "as any kill switch."
@@ -53,15 +72,26 @@ class RuleForm(forms.Form):
     clear_threshold = forms.FloatField(
         required=False, help_text="where it resolves; empty: the threshold itself"
     )
-    window_minutes = forms.IntegerField(min_value=1, max_value=MAX_WINDOW, initial=60)
+    window_minutes = forms.TypedChoiceField(choices=WINDOWS, coerce=int, initial=60)
     notify_emails = forms.CharField(max_length=1000, required=False, strip=True)
     notify_supervisors = forms.BooleanField(required=False, initial=True)
     webhook_url = forms.URLField(max_length=500, required=False, assume_scheme="https")
     engage_breaker = forms.BooleanField(required=False)
     enabled = forms.BooleanField(required=False, initial=True)
 
-    def __init__(self, *args: Any, targets: list[tuple[str, str]] | None = None, **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        targets: list[tuple[str, str]] | None = None,
+        window: int | None = None,
+        **kw: Any,
+    ):
         super().__init__(*args, **kw)
+        if window is not None and window not in dict(WINDOWS):
+            # A rule made before the windows were a fixed set keeps its own when edited.
+            field = self.fields["window_minutes"]
+            assert isinstance(field, forms.TypedChoiceField)
+            field.choices = sorted([*WINDOWS, (window, f"{window} min")])
         metric = self.fields["metric"]
         assert isinstance(metric, forms.ChoiceField)
         metric.choices = alerts.metric_choices()
@@ -202,14 +232,15 @@ def _detail(request: HttpRequest, rule: AlertRule, form: RuleForm, status: int =
 @login_required
 def alert_detail(request: HttpRequest, rule_id: int) -> HttpResponse:
     rule = _rule_for_user(request, rule_id)
-    return _detail(request, rule, RuleForm(initial=alerts.rule_config(rule)))
+    form = RuleForm(initial=alerts.rule_config(rule), window=rule.window_minutes)
+    return _detail(request, rule, form)
 
 
 @require_POST
 @login_required
 def alert_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     rule = _configurable(request, rule_id)
-    form = RuleForm(request.POST)
+    form = RuleForm(request.POST, window=rule.window_minutes)
     if not form.is_valid():
         return _detail(request, rule, form, status=400)
     try:

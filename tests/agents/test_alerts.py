@@ -482,6 +482,9 @@ def test_an_admin_creates_a_rule_and_it_is_audited(denier: Any, world: Any) -> N
         ({"metric": "no_such_metric"}, "metric", None),
         ({"threshold": "lots"}, "threshold", None),
         ({"window_minutes": "0"}, "window_minutes", None),
+        # One of a fixed set of lengths: each distinct one costs every evaluation more.
+        ({"window_minutes": "43199"}, "window_minutes", None),
+        ({"window_minutes": "-5"}, "window_minutes", None),
         ({"webhook_url": "ftp://example.com/x"}, "webhook_url", None),
         # The workers post it: not to their own machine or a cloud's metadata service.
         ({"webhook_url": "http://169.254.169.254/latest/meta-data/"}, "webhook_url", INWARD),
@@ -753,3 +756,17 @@ def test_a_grant_taken_away_mid_session_closes_the_rule_at_once(denier: Any, wor
     for url in ("/teams/claims/review/", "/teams/claims/approvers/", f"/alerts/{rule.pk}/"):
         assert sam.get(url).status_code == 404, url
     assert sam.post("/teams/claims/review/download").status_code == 404
+
+
+def test_a_rule_made_with_a_window_outside_the_set_keeps_it_when_edited(
+    denier: Any, world: Any
+) -> None:
+    rule = rule_on(denier, window_minutes=7)
+    ada = client(world.admin)
+    assert 'value="7" selected' in ada.get(f"/alerts/{rule.pk}/").content.decode()
+    edit = {**GOOD, "name": rule.name, "window_minutes": "7", "threshold": "4"}
+    assert ada.post(f"/alerts/{rule.pk}/edit", edit).status_code == 302
+    rule.refresh_from_db()
+    assert (rule.window_minutes, rule.threshold) == (7, 4.0)
+    # A new rule may not take it.
+    assert ada.post("/alerts/new", {**GOOD, "window_minutes": "7"}).status_code == 400
