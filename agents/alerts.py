@@ -27,6 +27,7 @@ Locks: a firing breaker takes the switch's engage lock first, then the rule's ro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import smtplib
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import current_app, shared_task
 from django.conf import settings
@@ -629,6 +631,24 @@ def rule_config(rule: AlertRule) -> dict[str, Any]:
     return {name: getattr(rule, name) for name in CONFIG_FIELDS}
 
 
+def webhook_recorded(url: str) -> str:
+    """A webhook URL as the trail records it: where it goes and a digest of it, not its
+    path and query, which for many receivers (chat services' incoming webhooks) are the
+    secret that lets anyone post there. The trail is read by every supervisor of the
+    agent and kept for ever; the digest still tells one URL from another."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/… (sha256 {digest})"
+
+
+def _recorded(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("webhook_url"):
+        return {**config, "webhook_url": webhook_recorded(config["webhook_url"])}
+    return config
+
+
 RULE_NAME_TAKEN = "There is already a rule named {name!r} on this {kind}: choose another name."
 
 
@@ -677,7 +697,7 @@ def _create(rule: AlertRule) -> AlertRule:
             subject_id=rule.pk,
             agent=agent,
             team=team,
-            payload={"target": agent.slug if agent else team.slug, **rule_config(rule)},  # type: ignore[union-attr]
+            payload={"target": agent.slug if agent else team.slug, **_recorded(rule_config(rule))},  # type: ignore[union-attr]
         )
     return rule
 
@@ -725,7 +745,7 @@ def _update(rule: AlertRule, user: Any, config: dict[str, Any]) -> AlertRule:
             subject_id=current.pk,
             agent=current.agent,
             team=current.team if current.agent_id is None else None,
-            payload={"changed": changed},
+            payload={"changed": _recorded(changed)},
         )
         if resolving:
             _transition_record(current, value=None, note="rule disabled", actor=Actor.of(user))

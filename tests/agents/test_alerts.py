@@ -7,6 +7,7 @@ input and change nothing."""
 from __future__ import annotations
 
 import html
+import json
 import threading
 from datetime import timedelta
 from typing import Any
@@ -770,3 +771,26 @@ def test_a_rule_made_with_a_window_outside_the_set_keeps_it_when_edited(
     assert (rule.window_minutes, rule.threshold) == (7, 4.0)
     # A new rule may not take it.
     assert ada.post("/alerts/new", {**GOOD, "window_minutes": "7"}).status_code == 400
+
+
+def test_the_trail_records_where_a_webhook_goes_not_its_secret_path(
+    denier: Any, world: Any
+) -> None:
+    # Chat services' incoming webhooks carry their credential in the path: the trail,
+    # which every supervisor of the agent reads and which is kept for ever, must not.
+    secret = "https://hooks.chat.example/services/T0001/B0002/s3cr3tT0k3n?x=1"
+    ada = client(world.admin)
+    assert ada.post("/alerts/new", {**GOOD, "webhook_url": secret}).status_code == 302
+    rule = AlertRule.objects.get()
+    assert rule.webhook_url == secret  # the rule itself keeps it, to post there
+    other = "https://user:pw@hooks.chat.example/services/T0001/B0002/an0th3r"
+    edit = {**GOOD, "name": rule.name, "webhook_url": other}
+    assert ada.post(f"/alerts/{rule.pk}/edit", edit).status_code == 302
+    [created] = alert_events("alert_rule.created")
+    [updated] = alert_events("alert_rule.updated")
+    for event in (created, updated):
+        text = json.dumps(event.payload)
+        assert "s3cr3t" not in text and "an0th3r" not in text and "pw" not in text
+    assert created.payload["webhook_url"].startswith("https://hooks.chat.example/… (sha256 ")
+    recorded = updated.payload["changed"]["webhook_url"]
+    assert recorded == alerts.webhook_recorded(other) != created.payload["webhook_url"]
