@@ -27,6 +27,7 @@ Locks: a firing breaker takes the switch's engage lock first, then the rule's ro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import smtplib
@@ -34,13 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import current_app, shared_task
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Case, Count, Q, QuerySet, Value, When
+from django.db.models.functions import Lower
 from django.utils import timezone
 from guardian.shortcuts import get_users_with_perms
 from kombu.exceptions import OperationalError as BrokerError
@@ -72,17 +75,26 @@ Values = dict[int, tuple[float | None, float | None]]
 @dataclass
 class Measuring:
     """One evaluation's reads, shared by its rules: the KPI figures of a scope over a span
-    are computed once however many rules read them."""
+    are computed once however many rules read them, for every agent or team a rule reading
+    them watches (`shared`, which measure_rules fills before the first read)."""
 
     now: datetime
-    _figures: dict[tuple[str, int], dict[int, kpis.Pair]] = field(default_factory=dict)
+    # {(scope, seconds): the ids the metrics that read figures watch}
+    shared: dict[tuple[str, int], set[int]] = field(default_factory=dict)
+    _figures: dict[tuple[str, int], tuple[frozenset[int], dict[int, kpis.Pair]]] = field(
+        default_factory=dict
+    )
 
     def figures(self, by: str, ids: frozenset[int], span: kpis.Window) -> dict[int, kpis.Pair]:
         key = (by, int(span.length.total_seconds()))
-        if key not in self._figures:
-            runs = Run.objects.filter(**{f"{kpis.KEYS[by]}__in": ids})
-            self._figures[key] = kpis.figures(runs, by, span, sparklines=False)
-        return self._figures[key]
+        done, figures = self._figures.get(key, (frozenset(), {}))
+        if not ids <= done:
+            # Once for all (a metric registered without `shares_figures` may ask for more).
+            wanted = frozenset(self.shared.get(key, set())) | ids | done
+            runs = Run.objects.filter(**{f"{kpis.KEYS[by]}__in": wanted})
+            figures = kpis.figures(runs, by, span, sparklines=False)
+            self._figures[key] = (wanted, figures)
+        return figures
 
 
 Measure = Callable[[Measuring, str, frozenset[int], kpis.Window], Values]
@@ -94,6 +106,8 @@ class Metric:
     label: str
     how: str  # how kpis.show writes a value: count, share, eur, seconds, number
     measure: Measure
+    # It reads Measuring.figures: computed once for all such metrics' agents or teams.
+    shares_figures: bool = False
 
 
 METRICS: dict[str, Metric] = {}
@@ -152,7 +166,7 @@ for _name in (
     "sla_attainment",
     "runs",
 ):
-    metric_register(Metric(_name, _LABELS[_name][0], _LABELS[_name][1], _kpi(_name)))
+    metric_register(Metric(_name, *_LABELS[_name], _kpi(_name), shares_figures=True))
 metric_register(
     Metric(
         "denials",
@@ -257,17 +271,20 @@ def measure_rules(rules: list[AlertRule], now: datetime | None = None) -> dict[i
     for rule in rules:
         by, pk = _owner(rule)
         wanted.setdefault((rule.metric, by, rule.window_minutes), set()).add(pk)
-    # Every rule of one scope and window reads the same figures: ask for all their ids.
-    ids_by: dict[tuple[str, int], set[int]] = {}
-    for (_, by, minutes), ids in wanted.items():
-        ids_by.setdefault((by, minutes), set()).update(ids)
+    # The KPI rules of one scope and window read the same figures: computed once, for all
+    # their ids. Every metric measures only its own rules' agents or teams (a drift score
+    # is a few queries an agent: never for an agent no drift rule watches).
+    for (metric, by, minutes), ids in wanted.items():
+        known = METRICS.get(metric)
+        if known is not None and known.shares_figures:
+            m.shared.setdefault((by, minutes * 60), set()).update(ids)
     values: dict[tuple[str, str, int], Values] = {}
-    for metric, by, minutes in wanted:
+    for (metric, by, minutes), ids in wanted.items():
         known = METRICS.get(metric)
         if known is None:
             continue  # its module is not loaded here: no data, nothing changes
         span = kpis.Window("custom", m.now, span=timedelta(minutes=minutes))
-        values[(metric, by, minutes)] = known.measure(m, by, frozenset(ids_by[(by, minutes)]), span)
+        values[(metric, by, minutes)] = known.measure(m, by, frozenset(ids), span)
     out: dict[int, float | None] = {}
     for rule in rules:
         by, pk = _owner(rule)
@@ -301,7 +318,26 @@ def alerts_evaluate(now: datetime | None = None) -> int:
     now = now or timezone.now()
     rules = list(AlertRule.objects.filter(enabled=True).select_related("agent__team", "team"))
     values = measure_rules(rules, now)
-    return sum(alert_apply(rule=rule, value=values.get(rule.pk), now=now) for rule in rules)
+    # Most rules stay as they are: their values are written in one statement, not one
+    # each (the same write alert_apply makes for them; a transition is its own).
+    quiet = [rule for rule in rules if next_state(rule, values.get(rule.pk)) is None]
+    for rule in quiet:
+        rule.last_value, rule.last_evaluated_at = values.get(rule.pk), now
+    AlertRule.objects.bulk_update(quiet, ["last_value", "last_evaluated_at"], batch_size=1000)
+    moving = [rule for rule in rules if next_state(rule, values.get(rule.pk)) is not None]
+    return sum(alert_apply(rule=rule, value=values.get(rule.pk), now=now) for rule in moving)
+
+
+# The settings a transition is decided by (agents.alerts.next_state and the breaker).
+JUDGED_BY = (
+    "metric",
+    "basis",
+    "comparison",
+    "threshold",
+    "clear_threshold",
+    "window_minutes",
+    "engage_breaker",
+)
 
 
 def alert_apply(*, rule: AlertRule, value: float | None, now: datetime | None = None) -> bool:
@@ -317,9 +353,13 @@ def alert_apply(*, rule: AlertRule, value: float | None, now: datetime | None = 
         if breaker:
             by, pk = _owner(rule)
             lock_for_engage(switch_target(by, pk))
-        won = AlertRule.objects.filter(pk=rule.pk, state=rule.state, enabled=True).update(
-            state=target, state_since=now, last_value=value, last_evaluated_at=now
-        )
+        # Only if the rule is still the one the value was judged by: an edit committed
+        # since it was read (a higher threshold, the breaker turned off) wins over a
+        # decision taken under the old settings; the next pass judges by the new ones.
+        judged_by = {name: getattr(rule, name) for name in JUDGED_BY}
+        won = AlertRule.objects.filter(
+            pk=rule.pk, state=rule.state, enabled=True, **judged_by
+        ).update(state=target, state_since=now, last_value=value, last_evaluated_at=now)
         if not won:
             return False  # another evaluator made it, or the rule changed meanwhile
         rule.state, rule.state_since, rule.last_value = target, now, value
@@ -591,13 +631,65 @@ def rule_config(rule: AlertRule) -> dict[str, Any]:
     return {name: getattr(rule, name) for name in CONFIG_FIELDS}
 
 
+def webhook_recorded(url: str) -> str:
+    """A webhook URL as the trail records it: where it goes and a digest of it, not its
+    path and query, which for many receivers (chat services' incoming webhooks) are the
+    secret that lets anyone post there. The trail is read by every supervisor of the
+    agent and kept for ever; the digest still tells one URL from another."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/… (sha256 {digest})"
+
+
+def _recorded(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("webhook_url"):
+        return {**config, "webhook_url": webhook_recorded(config["webhook_url"])}
+    return config
+
+
+RULE_NAME_TAKEN = "There is already a rule named {name!r} on this {kind}: choose another name."
+
+
+class RuleNameTaken(ServiceError):
+    """A rule of that name (whatever its case) is on the agent or team already."""
+
+
+def _name_taken(rule: AlertRule) -> RuleNameTaken:
+    kind = "agent" if rule.agent_id else "team"
+    return RuleNameTaken(RULE_NAME_TAKEN.format(name=rule.name, kind=kind))
+
+
+def _taken(rule: AlertRule) -> bool:
+    # Lower as the constraint has it (Postgres's lower, not Python's).
+    owner = Q(agent_id=rule.agent_id) if rule.agent_id else Q(team_id=rule.team_id)
+    same = AlertRule.objects.alias(low=Lower("name")).filter(owner, low=Lower(Value(rule.name)))
+    return same.exclude(pk=rule.pk).exists() if rule.pk else same.exists()
+
+
 def alert_rule_create(
     *, user: Any, agent: Agent | None = None, team: Team | None = None, **config: Any
 ) -> AlertRule:
     """A new rule on an agent or a team (the caller has checked the person administers
-    it and the form has validated the values)."""
+    it and the form has validated the values). RuleNameTaken if the agent or team has a
+    rule of that name: a form sent twice adds one rule (the database's constraint
+    settles two sent at once)."""
+    rule = AlertRule(agent=agent, team=team, created_by=user, **config)
+    if _taken(rule):
+        raise _name_taken(rule)
+    try:
+        return _create(rule)
+    except IntegrityError as exc:
+        if _taken(rule):
+            raise _name_taken(rule) from exc
+        raise
+
+
+def _create(rule: AlertRule) -> AlertRule:
+    agent, team, user = rule.agent, rule.team, rule.created_by
     with transaction.atomic(durable=True):
-        rule = AlertRule.objects.create(agent=agent, team=team, created_by=user, **config)
+        rule.save(force_insert=True)
         audit_record(
             verb=Verb.ALERT_RULE_CREATED,
             actor=Actor.of(user),
@@ -605,7 +697,7 @@ def alert_rule_create(
             subject_id=rule.pk,
             agent=agent,
             team=team,
-            payload={"target": agent.slug if agent else team.slug, **rule_config(rule)},  # type: ignore[union-attr]
+            payload={"target": agent.slug if agent else team.slug, **_recorded(rule_config(rule))},  # type: ignore[union-attr]
         )
     return rule
 
@@ -613,7 +705,23 @@ def alert_rule_create(
 def alert_rule_update(*, rule: AlertRule, user: Any, **config: Any) -> AlertRule:
     """Change a rule's configuration. Disabling a firing rule resolves it (recorded as
     any transition, by the person who disabled it); the state is otherwise left to the
-    next evaluation under the new thresholds."""
+    next evaluation under the new thresholds. Nothing changed (a form sent twice) records
+    nothing; a name another rule of the agent or team has is RuleNameTaken."""
+    try:
+        return _update(rule, user, config)
+    except IntegrityError as exc:
+        wanted = AlertRule(
+            pk=rule.pk,
+            name=config.get("name", rule.name),
+            agent_id=rule.agent_id,
+            team_id=rule.team_id,
+        )
+        if _taken(wanted):
+            raise _name_taken(wanted) from exc
+        raise
+
+
+def _update(rule: AlertRule, user: Any, config: dict[str, Any]) -> AlertRule:
     with transaction.atomic(durable=True):
         current = AlertRule.objects.select_for_update(no_key=True).get(pk=rule.pk)
         before = rule_config(current)
@@ -621,11 +729,15 @@ def alert_rule_update(*, rule: AlertRule, user: Any, **config: Any) -> AlertRule
             if name not in CONFIG_FIELDS:
                 raise ValueError(f"not a rule setting: {name}")
             setattr(current, name, value)
+        changed = {k: v for k, v in rule_config(current).items() if before[k] != v}
+        if not changed:
+            return current  # sent twice, or saved as it was: nothing to record
+        if "name" in changed and _taken(current):
+            raise _name_taken(current)
         resolving = not current.enabled and current.state == AlertRule.State.FIRING
         if resolving:
             current.state, current.state_since = AlertRule.State.RESOLVED, timezone.now()
         current.save()
-        changed = {k: v for k, v in rule_config(current).items() if before[k] != v}
         audit_record(
             verb=Verb.ALERT_RULE_UPDATED,
             actor=Actor.of(user),
@@ -633,11 +745,22 @@ def alert_rule_update(*, rule: AlertRule, user: Any, **config: Any) -> AlertRule
             subject_id=current.pk,
             agent=current.agent,
             team=current.team if current.agent_id is None else None,
-            payload={"changed": changed},
+            payload={"changed": _recorded(changed)},
         )
         if resolving:
             _transition_record(current, value=None, note="rule disabled", actor=Actor.of(user))
     return current
+
+
+def breaker_holding(rule: AlertRule) -> list[KillSwitch]:
+    """The pauses the rule's breaker engaged that nobody has released yet. Disabling or
+    editing the rule leaves them: a person releases a breaker's pause as any switch."""
+    return list(
+        KillSwitch.objects.filter(
+            pk__in=rule.events.filter(switch__isnull=False).values("switch_id"),
+            released_at__isnull=True,
+        ).order_by("pk")
+    )
 
 
 def history(rule: AlertRule, limit: int = 50) -> list[AlertEvent]:

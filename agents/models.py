@@ -6,7 +6,8 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Lower
 
 from audit.jsonsafe import StoredJSONDecoder
 
@@ -618,6 +619,20 @@ class AlertRule(models.Model):
             ),
             models.CheckConstraint(condition=Q(window_minutes__gte=1), name="alert_rule_window"),
             models.CheckConstraint(condition=~Q(name=""), name="alert_rule_needs_name"),
+            # One rule of a name on an agent or a team, whatever its case: a form sent
+            # twice (a double click, a resubmitted page) adds one rule, not two.
+            models.UniqueConstraint(
+                Lower("name"),
+                F("agent"),
+                condition=Q(agent__isnull=False),
+                name="alert_rule_name_per_agent",
+            ),
+            models.UniqueConstraint(
+                Lower("name"),
+                F("team"),
+                condition=Q(team__isnull=False),
+                name="alert_rule_name_per_team",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -43,6 +43,9 @@ from audit.verbs import Verb
 
 BAD_WEEK = "Name a week as YYYY-Www, an ISO week such as 2026-W48."
 FUTURE_WEEK = "The week {week} has not begun yet."
+# The page links the week before: week 1 of year 1 has none a datetime can hold.
+EARLIEST_YEAR = 1970
+EARLY_WEEK = f"The review goes back to {EARLIEST_YEAR}-W01 at the earliest."
 ALERT_PREFIX = "alert."
 # An alert that cleared is no exception: only its firing is listed.
 ALERT_NOT_LISTED = ("alert.resolved",)
@@ -69,7 +72,7 @@ KIND_TITLES = {
 }
 COLUMNS = ["week", "kind", "cause", "at", "agent", "run", "step", "tool", "detail", "link"]
 
-_WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
+_WEEK = re.compile(r"^(\d{4})-W(\d{2})$", re.ASCII)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
@@ -134,6 +137,8 @@ def week_named(text: str, now: datetime | None = None) -> Week:
         week.start  # noqa: B018 (W53 of a year with 52 weeks, W00: refused here)
     except ValueError:
         raise ValueError(BAD_WEEK) from None
+    if week.year < EARLIEST_YEAR:
+        raise ValueError(EARLY_WEEK)
     if week.start > (now or timezone.now()):
         raise ValueError(FUTURE_WEEK.format(week=week.name))
     return week

@@ -11,9 +11,10 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from agents import kpis
 from agents.approver_stats import approver_stats
@@ -27,8 +28,21 @@ from agents.review import (
     review,
     week_named,
 )
+from audit.services import Actor, audit_record
+from audit.verbs import Verb
+from console.http import signed_in
 
 FORMATS = ("csv", "json")
+# A cell a spreadsheet would take for a formula: a rejecter's reason or an upstream's error
+# text must not run in the reader's spreadsheet (OWASP's CSV injection), so it is written
+# after an apostrophe, which the spreadsheet shows as text. The JSON carries it as it is.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 BAD_FORMAT = "Download the review as csv or json."
 
 
@@ -58,10 +72,10 @@ def approvers(request: HttpRequest, team: str) -> HttpResponse:
     return render(request, "teams/approvers.html", context, status=400 if error else 200)
 
 
-def _week(request: HttpRequest) -> tuple[Week, str]:
+def _week(request: HttpRequest, data: QueryDict | None = None) -> tuple[Week, str]:
     """The week the request names (the last complete one when it names none), and an
     error for a malformed or future one."""
-    named = request.GET.get("week", "")
+    named = (request.GET if data is None else data).get("week", "")
     if not named:
         return last_complete_week(), ""
     try:
@@ -86,12 +100,14 @@ def weekly_review(request: HttpRequest, team: str) -> HttpResponse:
     return render(request, "teams/review.html", context, status=400 if error else 200)
 
 
-@require_GET
+# A POST with its CSRF token, as the audit trail's own export: taking the report writes
+# to the trail, so another site must not be able to make a lead's browser take one.
+@require_POST
 @login_required
 def review_download(request: HttpRequest, team: str) -> HttpResponse:
     found = _team(request, team)
-    week, error = _week(request)
-    form = request.GET.get("format") or "csv"
+    week, error = _week(request, request.POST)
+    form = request.POST.get("format") or "csv"
     if not error and form not in FORMATS:
         error = BAD_FORMAT
     if error:
@@ -99,6 +115,16 @@ def review_download(request: HttpRequest, team: str) -> HttpResponse:
     base = request.build_absolute_uri("/").rstrip("/")
     rows = [item.row(week, base) for item in review(found, week).items]
     name = f"baton-review-{found.slug}-{week.name}.{form}"
+    with transaction.atomic():
+        # The report is evidence taken out of Baton: who took which team's week, as what.
+        audit_record(
+            verb=Verb.REVIEW_EXPORTED,
+            actor=Actor.user(signed_in(request)),
+            subject_type="team",
+            subject_id=found.pk,
+            team=found,
+            payload={"team": found.slug, "week": week.name, "format": form, "rows": len(rows)},
+        )
     if form == "json":
         body = json.dumps(
             {
@@ -115,7 +141,7 @@ def review_download(request: HttpRequest, team: str) -> HttpResponse:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
         response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

@@ -80,5 +80,6 @@ class Verb(StrEnum):
     ALERT_RESOLVED = "alert.resolved"
 
     AUDIT_EXPORTED = "audit.exported"
+    REVIEW_EXPORTED = "review.exported"
 
     LOGIN_LOCKED_OUT = "login.locked_out"

@@ -17,6 +17,8 @@ class ConsoleConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_out
 
+        from console import telemetry  # noqa: F401 - registers the deployment check of /metrics
+
         user_logged_out.connect(_close_sockets, dispatch_uid="baton-live-logout")
 
         from axes.signals import user_locked_out

@@ -23,6 +23,7 @@ from typing import Any
 
 import prometheus_client
 from django.conf import settings
+from django.core.checks import CheckMessage, Tags, Warning, register
 from django.db import DatabaseError
 from django.db.models import Count, Min, Q, Sum
 from django.http import HttpRequest, HttpResponse
@@ -62,6 +63,39 @@ def metrics_allowed(request: HttpRequest) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return any(address in network for network in settings.BATON_METRICS_NETWORKS)
+
+
+# A token an outsider could guess opens /metrics from anywhere: as long as a secret key.
+METRICS_TOKEN_MIN = 32
+WEAK_TOKEN = (
+    f"BATON_METRICS_TOKEN is shorter than {METRICS_TOKEN_MIN} characters: anyone who guesses "
+    "it reads /metrics from anywhere. Use a long random token (openssl rand -hex 32)."
+)
+PUBLIC_NETWORK = (
+    "BATON_METRICS_ALLOW lets {network} read /metrics: addresses outside private and "
+    "loopback networks. Allow only the scraper's (internal) network, or use the token."
+)
+
+
+def _shared(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    # RFC 6598's shared space (100.64.0.0/10): carrier NAT, and some clusters' pod networks.
+    return isinstance(network, ipaddress.IPv4Network) and network.subnet_of(SHARED_SPACE)
+
+
+SHARED_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+@register(Tags.security, deploy=True)
+def metrics_protected(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """`check --deploy`: /metrics is for the scraper, not for the internet."""
+    problems: list[CheckMessage] = []
+    token = settings.BATON_METRICS_TOKEN
+    if token and len(token) < METRICS_TOKEN_MIN:
+        problems.append(Warning(WEAK_TOKEN, id="console.W101"))
+    for network in settings.BATON_METRICS_NETWORKS:
+        if not (network.is_private or network.is_loopback or _shared(network)):
+            problems.append(Warning(PUBLIC_NETWORK.format(network=network), id="console.W102"))
+    return problems
 
 
 def metrics(request: HttpRequest) -> HttpResponse:

@@ -6,6 +6,8 @@ input and change nothing."""
 
 from __future__ import annotations
 
+import html
+import json
 import threading
 from datetime import timedelta
 from typing import Any
@@ -14,11 +16,19 @@ import pytest
 from django.core import mail
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from agents import alerts
-from agents.alert_views import BAD_EMAIL, CHANGE_NEEDS_FACTOR, CLEAR_WRONG_SIDE, NO_TARGET
+from agents.alert_views import (
+    BAD_EMAIL,
+    CHANGE_NEEDS_FACTOR,
+    CLEAR_WRONG_SIDE,
+    INWARD_WEBHOOK,
+    NO_TARGET,
+    STILL_PAUSED,
+)
 from agents.models import Action, AlertEvent, AlertRule, KillSwitch, Run
 from agents.runtime import execute_run
 from agents.selectors import agent_state, engaged_switches
@@ -29,6 +39,7 @@ from tests.approvals.test_notifications import make_receiver, queued_tasks  # no
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db
+INWARD = INWARD_WEBHOOK
 
 DENY_COUNT = {"rules": [{"tool": "test.count", "effect": "deny"}]}
 LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
@@ -180,6 +191,21 @@ def test_no_data_changes_nothing(denier: Any) -> None:
     assert rule.state == "resolved" and rule.last_value is None
 
 
+def test_a_pass_writes_the_quiet_rules_values_in_one_statement(denier: Any) -> None:
+    quiet = [rule_on(denier, name=f"quiet {i}", threshold=50 + i) for i in range(3)]
+    firing = rule_on(denier, name="loud", threshold=1, clear_threshold=0)
+    denials(denier, 2)
+    with CaptureQueriesContext(connection) as queries:
+        assert alerts.alerts_evaluate() == 1
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    rules_updated = [q for q in updates if '"agents_alertrule"' in q]
+    assert len(rules_updated) == 2, "one for the three quiet rules, one for the transition"
+    for rule in [*quiet, firing]:
+        rule.refresh_from_db()
+        assert rule.last_value == 2.0 and rule.last_evaluated_at is not None
+    assert [r.state for r in quiet] == ["resolved"] * 3 and firing.state == "firing"
+
+
 def test_the_registry_is_one_place_to_add_a_metric(denier: Any) -> None:
     # Another module adds its metric (a drift score, say) by registering it.
     def measure(m: Any, by: str, ids: frozenset[int], span: Any) -> dict[int, Any]:
@@ -194,6 +220,42 @@ def test_the_registry_is_one_place_to_add_a_metric(denier: Any) -> None:
         assert rule.state == "firing" and rule.last_value == 0.9
     finally:
         del alerts.METRICS["test_drift"]
+
+
+def test_each_metric_measures_only_its_own_rules_agents(
+    denier: Any, make_agent: Any, world: Any
+) -> None:
+    # A drift score is a few queries an agent: a pass must not compute it for the agents
+    # that only other metrics' rules watch (bench/alerts.py: 1,130 queries → far fewer).
+    others = [make_agent(f"other-{i}", "tests.support.agents.counter", DENY_COUNT) for i in (1, 2)]
+    asked: list[frozenset[int]] = []
+
+    def measure(m: Any, by: str, ids: frozenset[int], span: Any) -> dict[int, Any]:
+        asked.append(ids)
+        return {pk: (0.1, None) for pk in ids}
+
+    def kpi_reader(m: Any, by: str, ids: frozenset[int], span: Any) -> dict[int, Any]:
+        # A metric registered without shares_figures reads the shared figures all the same.
+        pairs = m.figures(by, ids, span)
+        return {pk: (float(pairs[pk].current.runs), None) for pk in ids if pk in pairs}
+
+    alerts.metric_register(alerts.Metric("test_costly", "costly", "number", measure))
+    alerts.metric_register(alerts.Metric("test_runs", "runs read", "count", kpi_reader))
+    try:
+        costly = rule_on(denier, name="costly", metric="test_costly", threshold=9)
+        counted = [rule_on(a, name="count", metric="denials") for a in others]
+        kpi = rule_on(others[0], name="kpi", metric="runs", threshold=9, clear_threshold=1)
+        late = rule_on(others[1], name="late", metric="test_runs", threshold=9, clear_threshold=1)
+        denials(others[0], 1)
+        denials(others[1], 2)
+        values = alerts.measure_rules([costly, *counted, kpi, late])
+        assert asked == [frozenset({denier.pk})]
+        assert values[costly.pk] == 0.1
+        assert values[counted[1].pk] == 2.0
+        assert values[kpi.pk] == 1.0
+        assert values[late.pk] == 2.0, "figures asked for an agent outside the shared set"
+    finally:
+        del alerts.METRICS["test_costly"], alerts.METRICS["test_runs"]
 
 
 # --- circuit breakers ---------------------------------------------------------------------
@@ -421,7 +483,20 @@ def test_an_admin_creates_a_rule_and_it_is_audited(denier: Any, world: Any) -> N
         ({"metric": "no_such_metric"}, "metric", None),
         ({"threshold": "lots"}, "threshold", None),
         ({"window_minutes": "0"}, "window_minutes", None),
+        # One of a fixed set of lengths: each distinct one costs every evaluation more.
+        ({"window_minutes": "43199"}, "window_minutes", None),
+        ({"window_minutes": "-5"}, "window_minutes", None),
         ({"webhook_url": "ftp://example.com/x"}, "webhook_url", None),
+        # The workers post it: not to their own machine or a cloud's metadata service.
+        ({"webhook_url": "http://169.254.169.254/latest/meta-data/"}, "webhook_url", INWARD),
+        ({"webhook_url": "http://127.0.0.1:6379/"}, "webhook_url", INWARD),
+        ({"webhook_url": "http://[::ffff:127.0.0.1]/x"}, "webhook_url", INWARD),
+        ({"webhook_url": "https://LOCALHOST/hook"}, "webhook_url", INWARD),
+        ({"webhook_url": "http://0.0.0.0/x"}, "webhook_url", INWARD),
+        ({"threshold": "nan"}, "threshold", None),
+        ({"threshold": "1e309"}, "threshold", None),
+        ({"name": "x" * 101}, "name", None),
+        ({"name": "a\x00b"}, "name", None),
     ],
 )
 def test_bad_input_is_a_form_error_and_changes_nothing(
@@ -470,6 +545,16 @@ def test_csrf_is_required(denier: Any, world: Any) -> None:
     c.force_login(world.admin)
     assert c.post("/alerts/new", GOOD).status_code == 403
     assert not AlertRule.objects.exists()
+    rule = rule_on(denier)
+    before = AuditEvent.objects.count()
+    for action in ("edit", "disable", "enable"):
+        assert c.post(f"/alerts/{rule.pk}/{action}", {**GOOD, "threshold": "9"}).status_code == 403
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.enabled) == (3.0, True)
+    assert AuditEvent.objects.count() == before
+    # And a GET changes nothing either: the three are POST only.
+    for action in ("edit", "disable", "enable"):
+        assert c.get(f"/alerts/{rule.pk}/{action}").status_code == 405
 
 
 def test_disabling_a_firing_rule_resolves_it(
@@ -521,3 +606,191 @@ def test_a_bad_edit_is_a_form_error_and_changes_nothing(denier: Any, world: Any)
     rule.refresh_from_db()
     assert (rule.threshold, rule.clear_threshold) == (3.0, 1.0)
     assert AuditEvent.objects.count() == before
+
+
+def test_the_form_sent_twice_adds_one_rule(denier: Any, world: Any) -> None:
+    ada = client(world.admin)
+    assert ada.post("/alerts/new", GOOD).status_code == 302
+    again = ada.post("/alerts/new", {**GOOD, "name": "DENIALS"})  # a name is one whatever its case
+    assert again.status_code == 400
+    text = again.content.decode()
+    assert 'data-error="name"' in text and "There is already a rule named" in text
+    assert AlertRule.objects.count() == 1
+    assert len(alert_events("alert_rule.created")) == 1
+    # The same name on another target is another rule.
+    assert ada.post("/alerts/new", {**GOOD, "target": "team:claims"}).status_code == 302
+    assert AlertRule.objects.count() == 2
+
+
+def test_two_forms_at_once_add_one_rule_and_the_other_is_told(
+    denier: Any, world: Any, monkeypatch: Any
+) -> None:
+    # Two forms at once both pass the check before the insert (here: the second's check
+    # answered before the first committed); the database's constraint settles it.
+    rule_on(denier, name="Burst")
+    taken, asked = alerts._taken, []
+
+    def late_check(rule: AlertRule) -> bool:
+        asked.append(rule.name)
+        return len(asked) > 1 and taken(rule)
+
+    monkeypatch.setattr(alerts, "_taken", late_check)
+    before = AuditEvent.objects.count()
+    with pytest.raises(alerts.RuleNameTaken):
+        rule_on(denier, name="burst")
+    assert asked == ["burst", "burst"], "the insert was tried and refused by the constraint"
+    assert AlertRule.objects.filter(agent=denier).count() == 1
+    assert AuditEvent.objects.count() == before
+
+
+def test_renaming_a_rule_to_a_name_taken_is_a_form_error(denier: Any, world: Any) -> None:
+    rule_on(denier, name="first")
+    second = rule_on(denier, name="second")
+    before = AuditEvent.objects.count()
+    response = client(world.admin).post(f"/alerts/{second.pk}/edit", {**GOOD, "name": "First"})
+    assert response.status_code == 400
+    assert 'data-error="name"' in response.content.decode()
+    second.refresh_from_db()
+    assert second.name == "second"
+    assert AuditEvent.objects.count() == before
+
+
+def test_disable_or_save_sent_twice_records_one_change(denier: Any, world: Any) -> None:
+    rule = rule_on(denier)
+    ada = client(world.admin)
+    for _ in range(2):
+        assert ada.post(f"/alerts/{rule.pk}/disable").status_code == 302
+    edit = {**GOOD, "name": rule.name, "threshold": "9", "enabled": ""}
+    for _ in range(2):
+        assert ada.post(f"/alerts/{rule.pk}/edit", edit).status_code == 302
+    changes = [e.payload["changed"] for e in alert_events("alert_rule.updated")]
+    assert [sorted(c) for c in changes] == [["enabled"], sorted(changes[1])]
+    assert len(changes) == 2 and changes[1]["threshold"] == 9.0
+
+
+def test_an_edit_committed_while_a_pass_judges_the_rule_wins(denier: Any, world: Any) -> None:
+    # A pass read the rule (threshold 3, breaker on) and measured 4; before it writes the
+    # transition, an admin raises the threshold and turns the breaker off. The stale
+    # decision must not fire the rule nor pause the agent.
+    rule = rule_on(denier, engage_breaker=True)
+    denials(denier, 4)
+    stale = AlertRule.objects.select_related("agent__team", "team").get(pk=rule.pk)
+    alerts.alert_rule_update(
+        rule=rule, user=world.admin, threshold=100.0, clear_threshold=50.0, engage_breaker=False
+    )
+    assert alerts.alert_apply(rule=stale, value=4.0) is False
+    rule.refresh_from_db()
+    assert rule.state == "resolved"
+    assert not KillSwitch.objects.filter(agent=denier).exists()
+    assert not alert_events("alert.fired")
+    assert alerts.alerts_evaluate() == 0, "judged by the new threshold: 4 is not above 100"
+
+
+def test_a_disabled_breaker_leaves_its_pause_for_a_person_to_release_audited(
+    denier: Any, world: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    rule = rule_on(denier, engage_breaker=True)
+    denials(denier, 4)
+    alerts.alerts_evaluate()
+    switch = KillSwitch.objects.get(agent=denier, released_at__isnull=True)
+    paused = run_start(agent=denier, input={"label": "held back", "steps": 1})
+    execute_run(paused.pk)
+
+    # Editing the firing rule and then disabling it resolves the rule, not the pause:
+    # what the breaker stopped stays stopped until a person has looked.
+    ada = client(world.admin)
+    edit = {**GOOD, "name": rule.name, "threshold": "100", "clear_threshold": "50"}
+    assert ada.post(f"/alerts/{rule.pk}/edit", edit).status_code == 302
+    rule.refresh_from_db()
+    assert (rule.state, rule.threshold) == ("firing", 100.0)
+    response = ada.post(f"/alerts/{rule.pk}/disable", follow=True)
+    assert html.escape(STILL_PAUSED) in response.content.decode()
+    rule.refresh_from_db()
+    assert (rule.enabled, rule.state) == (False, "resolved")
+    switch.refresh_from_db()
+    assert switch.released_at is None
+    assert agent_state(denier, engaged_switches()) == "paused"
+    page = client(world.supervisor).get(f"/alerts/{rule.pk}/").content.decode()
+    assert 'data-testid="breaker-holding"' in page and "although the rule is disabled" in page
+    assert f"/switches/{switch.pk}/release" in page  # the banner's form, for a supervisor
+
+    # The admin who disabled the rule may not release the pause; the supervisor does, as
+    # any switch, and the release is the person's audited act.
+    assert ada.post(f"/switches/{switch.pk}/release", {"reason": "mine"}).status_code == 403
+    with django_capture_on_commit_callbacks(execute=True):
+        released = client(world.supervisor).post(
+            f"/switches/{switch.pk}/release", {"reason": "checked the denials"}
+        )
+    assert released.status_code == 302
+    switch.refresh_from_db()
+    assert switch.released_by == world.supervisor
+    [event] = alert_events("killswitch.released")
+    assert (event.actor_type, event.actor_label) == ("user", "sam")
+    assert event.payload["reason"] == "checked the denials"
+    assert event.payload["runs_requeued"] == 1
+    assert agent_state(denier, engaged_switches()) == "active"
+    assert (
+        'data-testid="breaker-holding"'
+        not in client(world.supervisor).get(f"/alerts/{rule.pk}/").content.decode()
+    )
+    assert alerts.alerts_evaluate() == 0, "disabled: it does not engage again"
+
+
+def test_a_grant_taken_away_mid_session_closes_the_rule_at_once(denier: Any, world: Any) -> None:
+    from agents import roles
+
+    rule = rule_on(denier)
+    ada, sam = client(world.admin), client(world.supervisor)
+    assert ada.get(f"/alerts/{rule.pk}/").status_code == 200
+    roles.role_revoke(user=world.admin, role=roles.AGENT_ADMIN, target=world.claims)
+    # The same session, the next request: the rule is no longer theirs to see or change.
+    assert ada.post(f"/alerts/{rule.pk}/edit", {**GOOD, "threshold": "9"}).status_code == 404
+    assert ada.post(f"/alerts/{rule.pk}/disable").status_code == 404
+    assert ada.get("/alerts/new").status_code == 403
+    assert "too many denials" not in ada.get("/alerts/").content.decode()
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.enabled) == (3.0, True)
+    assert not alert_events("alert_rule.updated")
+    # A supervisor who loses the team loses its review and approver figures as well.
+    assert sam.get("/teams/claims/review/").status_code == 200
+    roles.role_revoke(user=world.supervisor, role=roles.SUPERVISOR, target=world.claims)
+    for url in ("/teams/claims/review/", "/teams/claims/approvers/", f"/alerts/{rule.pk}/"):
+        assert sam.get(url).status_code == 404, url
+    assert sam.post("/teams/claims/review/download").status_code == 404
+
+
+def test_a_rule_made_with_a_window_outside_the_set_keeps_it_when_edited(
+    denier: Any, world: Any
+) -> None:
+    rule = rule_on(denier, window_minutes=7)
+    ada = client(world.admin)
+    assert 'value="7" selected' in ada.get(f"/alerts/{rule.pk}/").content.decode()
+    edit = {**GOOD, "name": rule.name, "window_minutes": "7", "threshold": "4"}
+    assert ada.post(f"/alerts/{rule.pk}/edit", edit).status_code == 302
+    rule.refresh_from_db()
+    assert (rule.window_minutes, rule.threshold) == (7, 4.0)
+    # A new rule may not take it.
+    assert ada.post("/alerts/new", {**GOOD, "window_minutes": "7"}).status_code == 400
+
+
+def test_the_trail_records_where_a_webhook_goes_not_its_secret_path(
+    denier: Any, world: Any
+) -> None:
+    # Chat services' incoming webhooks carry their credential in the path: the trail,
+    # which every supervisor of the agent reads and which is kept for ever, must not.
+    secret = "https://hooks.chat.example/services/T0001/B0002/s3cr3tT0k3n?x=1"
+    ada = client(world.admin)
+    assert ada.post("/alerts/new", {**GOOD, "webhook_url": secret}).status_code == 302
+    rule = AlertRule.objects.get()
+    assert rule.webhook_url == secret  # the rule itself keeps it, to post there
+    other = "https://user:pw@hooks.chat.example/services/T0001/B0002/an0th3r"
+    edit = {**GOOD, "name": rule.name, "webhook_url": other}
+    assert ada.post(f"/alerts/{rule.pk}/edit", edit).status_code == 302
+    [created] = alert_events("alert_rule.created")
+    [updated] = alert_events("alert_rule.updated")
+    for event in (created, updated):
+        text = json.dumps(event.payload)
+        assert "s3cr3t" not in text and "an0th3r" not in text and "pw" not in text
+    assert created.payload["webhook_url"].startswith("https://hooks.chat.example/… (sha256 ")
+    recorded = updated.payload["changed"]["webhook_url"]
+    assert recorded == alerts.webhook_recorded(other) != created.payload["webhook_url"]

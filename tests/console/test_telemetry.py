@@ -282,3 +282,24 @@ def test_readyz_and_metrics_show_events_waiting_for_the_sequencer(
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["sequencer"] == "ok"
     assert one(scrape(client), "baton_audit_sequencing_waiting") == 0
+
+
+@pytest.mark.parametrize(
+    ("token", "allow", "ids"),
+    [
+        ("", ["127.0.0.1/32", "::1/128"], []),
+        ("a" * 32, ["10.0.0.0/8", "100.64.0.0/10", "fd00::/8"], []),
+        ("scrape-secret-x9", ["127.0.0.1/32"], ["console.W101"]),
+        ("", ["0.0.0.0/0"], ["console.W102"]),
+        ("", ["::/0", "203.0.114.0/24"], ["console.W102", "console.W102"]),
+    ],
+)
+def test_check_deploy_warns_of_metrics_open_to_the_internet(
+    settings: Any, token: str, allow: list[str], ids: list[str]
+) -> None:
+    from django.core import checks
+
+    settings.BATON_METRICS_TOKEN = token
+    settings.BATON_METRICS_NETWORKS = [ipaddress.ip_network(n) for n in allow]
+    found = checks.run_checks(include_deployment_checks=True, tags=[checks.Tags.security])
+    assert [m.id for m in found if (m.id or "").startswith("console.W1")] == ids
