@@ -220,6 +220,8 @@ def _examine(spans: list[Span], out: Rolled) -> None:
     for version_id, run_created, created, decided in ApprovalRequest.objects.filter(
         run__in=runs.values("pk"), created_at__gte=since, status__in=DECIDED
     ).values_list("run__version_id", "run__created_at", "created_at", "decided_at"):
+        if decided is None:  # never within the target, as on the journal
+            continue
         minutes = max(0, -((created - decided) // timedelta(minutes=1)))
         waits[(version_id, floor_hour(run_created), minutes)] += 1
     agent_of = dict(
