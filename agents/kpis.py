@@ -640,7 +640,11 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
     ):
         open_hours[hour].append(agent_id)
     rollup = Q(hour__gte=lo, hour__lt=hi)
-    journal = Q(created_at__lt=lo) | Q(created_at__gte=hi)
+    # Each range bounded on both sides, so Postgres reads each by the index of the runs'
+    # creation rather than the whole window filtered.
+    journal = Q(created_at__gte=window.previous_start, created_at__lt=lo) | Q(
+        created_at__gte=hi, created_at__lt=window.end
+    )
     if cut is not None:
         rollup &= ~Q(hour=cut)
         journal |= Q(created_at__gte=cut, created_at__lt=cut + HOUR)
