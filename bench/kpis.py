@@ -497,6 +497,15 @@ def main() -> None:
         one = users.get(username="kpi-supervisor-one")
         compliance = users.get(username="kpi-compliance")
         agents = list(Agent.objects.filter(slug__startswith="kpi-").order_by("slug"))
+        # The hours that closed since, rolled up as the beat timer would have.
+        from agents.rollup import kpi_rollup
+
+        began = time.perf_counter()
+        rolled = kpi_rollup()
+        print(
+            f"  rollup caught up: {rolled.hours:,} hours, {rolled.written:,} rows, "
+            f"{rolled.open:,} agent hours open, in {time.perf_counter() - began:.1f} s"
+        )
     else:
         began = time.perf_counter()
         history = build_history(log=print)
