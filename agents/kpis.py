@@ -612,6 +612,19 @@ def ceil_hour(at: datetime) -> datetime:
     return floor if floor == at else floor + HOUR
 
 
+DAY = timedelta(days=1)
+DAY_HOURS = 24  # KpiHour.hours of a day's row
+
+
+def floor_day(at: datetime) -> datetime:
+    return floor_hour(at).replace(hour=0)
+
+
+def ceil_day(at: datetime) -> datetime:
+    floor = floor_day(at)
+    return floor if floor == at else floor + DAY
+
+
 @dataclass(frozen=True)
 class RollupPlan:
     """Which runs of a window the rollup holds, and which the journal must give: `rollup`
@@ -625,8 +638,9 @@ class RollupPlan:
 def plan_rollup(scope: Q, window: Window) -> RollupPlan:
     """The whole hours of the window (and of the window before) that the rollup has
     examined — less the hour the two windows meet in, unless they meet on the hour, and
-    less the hours still open for an agent (KpiOpenHour) — are read from the rollup; the
-    rest of the window from the journal. Two queries."""
+    less the hours still open for an agent (KpiOpenHour) — are read from the rollup, from
+    its day rows where a whole day of an agent is rolled up (windows of days: their bars
+    are days); the rest of the window from the journal. Two queries."""
     through = KpiRollup.objects.values_list("through", flat=True).first()
     lo = ceil_hour(window.previous_start)
     hi = floor_hour(window.end)
@@ -635,26 +649,41 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
     hi = min(hi, through)
     cut = floor_hour(window.start) if floor_hour(window.start) != window.start else None
     open_hours: dict[datetime, list[int]] = defaultdict(list)
+    open_days: dict[datetime, set[int]] = defaultdict(set)
     for agent_id, hour in (
         KpiOpenHour.objects.filter(scope, hour__gte=lo, hour__lt=hi)
         .order_by("hour", "agent_id")
         .values_list("agent_id", "hour")
     ):
         open_hours[hour].append(agent_id)
-    rollup = Q(hour__gte=lo, hour__lt=hi)
+        open_days[floor_day(hour)].add(agent_id)
+    hour_rows = Q(hours=1, hour__gte=lo, hour__lt=hi)
     # Each range bounded on both sides, so Postgres reads each by the index of the runs'
     # creation rather than the whole window filtered.
     journal = Q(created_at__gte=window.previous_start, created_at__lt=lo) | Q(
         created_at__gte=hi, created_at__lt=window.end
     )
     if cut is not None:
-        rollup &= ~Q(hour=cut)
+        hour_rows &= ~Q(hour=cut)
         journal |= Q(created_at__gte=cut, created_at__lt=cut + HOUR)
     for hour, agents in open_hours.items():
-        rollup &= ~Q(hour=hour, agent_id__in=agents)
+        hour_rows &= ~Q(hour=hour, agent_id__in=agents)
         journal |= Q(created_at__gte=hour, created_at__lt=hour + HOUR, agent_id__in=agents)
     hours = int((hi - lo) / HOUR) - (cut is not None and lo <= cut < hi)
-    return RollupPlan(rollup=rollup, journal=journal, hours=hours)
+    # The whole days within, but the one the windows meet in and an agent's days with an
+    # hour open, from the day rows; their hours' rows are then left out.
+    dlo, dhi = ceil_day(lo), floor_day(hi)
+    if window.hourly or dhi <= dlo:
+        return RollupPlan(rollup=hour_rows, journal=journal, hours=hours)
+    day_rows = Q(hours=DAY_HOURS, hour__gte=dlo, hour__lt=dhi)
+    by_days = Q(hour__gte=dlo, hour__lt=dhi)
+    if cut is not None:
+        day_rows &= ~Q(hour=floor_day(cut))
+        by_days &= ~Q(hour__gte=floor_day(cut), hour__lt=floor_day(cut) + DAY)
+    for day, ids in open_days.items():
+        day_rows &= ~Q(hour=day, agent_id__in=sorted(ids))
+        by_days &= ~Q(hour__gte=day, hour__lt=day + DAY, agent_id__in=sorted(ids))
+    return RollupPlan(rollup=(hour_rows & ~by_days) | day_rows, journal=journal, hours=hours)
 
 
 def _from_rollup(scope: Q, key: str, window: Window, plan: RollupPlan) -> dict[int, Pair]:

@@ -673,12 +673,16 @@ class KpiRollup(models.Model):
 
 
 class KpiHour(models.Model):
-    """One agent version's runs created in one hour (UTC), added up. Each field is the
-    count or sum agents.kpis.Figures has of the same name."""
+    """One agent version's runs created in one hour (UTC), added up; or in one whole day,
+    once every hour of that day is rolled up for the agent (its hours' rows added, so a
+    month is read from 30 rows an agent version, not 720). Each field is the count or sum
+    agents.kpis.Figures has of the same name."""
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
     version = models.ForeignKey(AgentVersion, on_delete=models.CASCADE, related_name="+")
     hour = models.DateTimeField()
+    # 1: the hour starting at `hour`; 24: the whole day starting there, its hours added.
+    hours = models.PositiveSmallIntegerField(default=1)
     runs = models.PositiveIntegerField(default=0)
     finished = models.PositiveIntegerField(default=0)
     succeeded = models.PositiveIntegerField(default=0)
@@ -700,7 +704,9 @@ class KpiHour(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["agent", "version", "hour"], name="kpi_hour_unique")
+            models.UniqueConstraint(
+                fields=["agent", "version", "hour", "hours"], name="kpi_hour_unique"
+            )
         ]
         # A window of many agents reads its hours by time (the unique index serves one
         # agent's).
@@ -716,13 +722,16 @@ class KpiHourPaid(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
     version = models.ForeignKey(AgentVersion, on_delete=models.CASCADE, related_name="+")
     hour = models.DateTimeField()
+    # 1: the hour starting at `hour`; 24: the whole day starting there, its hours added.
+    hours = models.PositiveSmallIntegerField(default=1)
     currency = models.CharField(max_length=3)
     amount = models.DecimalField(max_digits=20, decimal_places=2)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["agent", "version", "hour", "currency"], name="kpi_hour_paid_unique"
+                fields=["agent", "version", "hour", "hours", "currency"],
+                name="kpi_hour_paid_unique",
             )
         ]
         indexes = [models.Index(fields=["hour"], name="kpi_hour_paid_hour")]
@@ -739,13 +748,15 @@ class KpiHourWait(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
     version = models.ForeignKey(AgentVersion, on_delete=models.CASCADE, related_name="+")
     hour = models.DateTimeField()
+    # 1: the hour starting at `hour`; 24: the whole day starting there, its hours added.
+    hours = models.PositiveSmallIntegerField(default=1)
     minutes = models.PositiveIntegerField()
     decided = models.PositiveIntegerField()
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["agent", "version", "hour", "minutes"], name="kpi_hour_wait_unique"
+                fields=["agent", "version", "hour", "hours", "minutes"], name="kpi_hour_wait_unique"
             )
         ]
         indexes = [models.Index(fields=["hour"], name="kpi_hour_wait_hour")]

@@ -31,16 +31,19 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
-from django.db.models.functions import TruncHour
+from django.db.models import Q, Sum
+from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
 from agents.kpis import (
+    DAY,
+    DAY_HOURS,
     DECIDED,
     HOUR,
     ROLLED,
     Figures,
     Grouping,
+    floor_day,
     floor_hour,
     journal_figures,
 )
@@ -129,7 +132,8 @@ def kpi_rollup(now: datetime | None = None, *, seconds: float | None = None) -> 
             ):
                 by_hour[hour].append(agent_id)
             if by_hour:
-                _examine([Span(h, h + HOUR, tuple(agents)) for h, agents in by_hour.items()], out)
+                spans = [Span(h, h + HOUR, tuple(agents)) for h, agents in by_hour.items()]
+                _examine(spans, out, mark.through)
     while deadline is None or time.monotonic() < deadline:
         with _one_at_a_time, transaction.atomic():
             mark = _locked()
@@ -142,7 +146,7 @@ def kpi_rollup(now: datetime | None = None, *, seconds: float | None = None) -> 
             if lo >= until:
                 break
             hi = min(lo + CHUNK, until)
-            _examine([Span(lo, hi)], out)
+            _examine([Span(lo, hi)], out, hi)
             mark.through, mark.updated_at = hi, timezone.now()
             mark.save(update_fields=["through", "updated_at"])
     return out
@@ -177,7 +181,7 @@ def kpi_rollup_rebuild(since: datetime | None = None, until: datetime | None = N
             if lo >= top:
                 break
             hi = min(lo + CHUNK, top)
-            _examine([Span(lo, hi)], out)
+            _examine([Span(lo, hi)], out, mark.through)
         lo = hi
     return out
 
@@ -201,7 +205,7 @@ def _unclosed(spans: list[Span]) -> set[tuple[int, datetime]]:
     return out
 
 
-def _examine(spans: list[Span], out: Rolled) -> None:
+def _examine(spans: list[Span], out: Rolled, through: datetime) -> None:
     """Replace the rollup's rows of the spans' hours: the closed agent-hours' figures, and
     the open ones listed. In the caller's transaction."""
     runs = Run.objects.filter(_any(s.runs() for s in spans)).order_by()
@@ -230,8 +234,9 @@ def _examine(spans: list[Span], out: Rolled) -> None:
     rows = Q(pk__in=[])
     for s in spans:
         rows |= s.rows()
-    for model in (KpiHour, KpiHourPaid, KpiHourWait, KpiOpenHour):
-        model.objects.filter(rows).delete()
+    for model in (KpiHour, KpiHourPaid, KpiHourWait):
+        model.objects.filter(rows, hours=1).delete()
+    KpiOpenHour.objects.filter(rows).delete()
     closed = {
         (version_id, hour): f
         for (version_id, hour), f in hours.items()
@@ -284,6 +289,93 @@ def _examine(spans: list[Span], out: Rolled) -> None:
     out.hours += sum(int((s.hi - s.lo) / HOUR) for s in spans)
     out.written += len(closed)
     out.open += len(unclosed)
+    days: dict[datetime, set[int] | None] = {}
+    for s in spans:
+        day = floor_day(s.lo)
+        while day < s.hi:
+            if s.agents is None or days.get(day, set()) is None:
+                days[day] = None
+            else:
+                days.setdefault(day, set()).update(s.agents)  # type: ignore[union-attr]
+            day += DAY
+    _days(days, through)
+
+
+def _days(days: dict[datetime, set[int] | None], through: datetime) -> None:
+    """Replace the day rows of these days (of these agents; None: all) by their hours'
+    rows added up, for the days wholly examined (before `through`) and the agents with no
+    hour of the day open."""
+    rows = Q(pk__in=[])
+    for day, agents in days.items():
+        if day + DAY > through:
+            continue
+        q = Q(hour__gte=day, hour__lt=day + DAY)
+        rows |= q if agents is None else q & Q(agent_id__in=sorted(agents))
+    for model in (KpiHour, KpiHourPaid, KpiHourWait):
+        model.objects.filter(rows, hours=DAY_HOURS).delete()
+    still_open = {
+        (agent_id, floor_day(hour))
+        for agent_id, hour in KpiOpenHour.objects.filter(rows).values_list("agent_id", "hour")
+    }
+    by_day = TruncDay("hour", tzinfo=UTC)
+
+    def whole(row: Any) -> bool:
+        return (row["agent_id"], row["day"]) not in still_open
+
+    hour_rows = KpiHour.objects.filter(rows, hours=1).annotate(day=by_day).order_by()
+    summed: Any = hour_rows.values("agent_id", "version_id", "day").annotate(
+        **{f"sum_{name}": Sum(name) for name in ROLLED}
+    )
+    KpiHour.objects.bulk_create(
+        [
+            KpiHour(
+                agent_id=row["agent_id"],
+                version_id=row["version_id"],
+                hour=row["day"],
+                hours=DAY_HOURS,
+                **{name: row[f"sum_{name}"] for name in ROLLED},
+            )
+            for row in summed
+            if whole(row)
+        ],
+        batch_size=1000,
+    )
+    paid = KpiHourPaid.objects.filter(rows, hours=1).annotate(day=by_day).order_by()
+    KpiHourPaid.objects.bulk_create(
+        [
+            KpiHourPaid(
+                agent_id=row["agent_id"],
+                version_id=row["version_id"],
+                hour=row["day"],
+                hours=DAY_HOURS,
+                currency=row["currency"],
+                amount=row["total"],
+            )
+            for row in paid.values("agent_id", "version_id", "day", "currency").annotate(
+                total=Sum("amount")
+            )
+            if whole(row)
+        ],
+        batch_size=1000,
+    )
+    waits = KpiHourWait.objects.filter(rows, hours=1).annotate(day=by_day).order_by()
+    KpiHourWait.objects.bulk_create(
+        [
+            KpiHourWait(
+                agent_id=row["agent_id"],
+                version_id=row["version_id"],
+                hour=row["day"],
+                hours=DAY_HOURS,
+                minutes=row["minutes"],
+                decided=row["n"],
+            )
+            for row in waits.values("agent_id", "version_id", "day", "minutes").annotate(
+                n=Sum("decided")
+            )
+            if whole(row)
+        ],
+        batch_size=1000,
+    )
 
 
 @shared_task(name=ROLLUP_TASK)

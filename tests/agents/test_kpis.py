@@ -422,7 +422,14 @@ def test_the_rollup_gives_the_journal_figures_over_any_window(history: dict[str,
     }
     assert set(KpiOpenHour.objects.values_list("agent_id", "hour")) == unfinished
     assert not any(
-        (agent, hour) in unfinished for agent, hour in KpiHour.objects.values_list("agent", "hour")
+        (agent, hour) in unfinished
+        for agent, hour in KpiHour.objects.filter(hours=1).values_list("agent", "hour")
+    )
+    # A whole day of an agent is one row a version (its hours' added), unless one of its
+    # hours is open.
+    days = KpiHour.objects.filter(hours=24).values_list("agent", "hour")
+    assert days and not any(
+        (a, d) in {(a, kpis.floor_day(h)) for a, h in unfinished} for a, d in days
     )
     a, b, _c = history["agents"]
     Agent.objects.filter(pk=a.pk).update(decision_sla_minutes=5)
@@ -533,7 +540,10 @@ def test_a_run_that_finishes_later_has_its_hour_rolled_up_then(make_agent: Any, 
     )
     rollup.kpi_rollup()
     assert list(KpiOpenHour.objects.values_list("agent_id", "hour")) == [(agent.pk, hour)]
-    assert list(KpiHour.objects.values_list("hour", "runs")) == [(hour + timedelta(hours=1), 1)]
+    # Nor a row for the day: one of its hours is open.
+    assert list(KpiHour.objects.values_list("hour", "hours", "runs")) == [
+        (hour + timedelta(hours=1), 1, 1)
+    ]
     window = kpis.window_named("24h", NOW)
     scope = Q(agent=agent)
     page = kpis.figures(Run.objects.filter(scope), "agent", window, scope=scope)[agent.pk]
@@ -550,11 +560,15 @@ def test_a_run_that_finishes_later_has_its_hour_rolled_up_then(make_agent: Any, 
     )
     rollup.kpi_rollup()
     assert not KpiOpenHour.objects.exists()
-    assert sorted(KpiHour.objects.values_list("hour", "runs", "held", "decided")) == [
-        (hour, 2, 1, 1),
-        (hour + timedelta(hours=1), 1, 0, 0),
+    assert sorted(KpiHour.objects.values_list("hour", "hours", "runs", "held", "decided")) == [
+        (kpis.floor_day(hour), 24, 3, 1, 1),  # the whole day, now every hour is closed
+        (hour, 1, 2, 1, 1),
+        (hour + timedelta(hours=1), 1, 1, 0, 0),
     ]
-    assert list(KpiHourWait.objects.values_list("minutes", "decided")) == [(4, 1)]
+    assert sorted(KpiHourWait.objects.values_list("hours", "minutes", "decided")) == [
+        (1, 4, 1),
+        (24, 4, 1),
+    ]
     page = kpis.figures(Run.objects.filter(scope), "agent", window, scope=scope)[agent.pk]
     journal = kpis.figures(Run.objects.filter(scope), "agent", window)[agent.pk]
     same_figures(page.current, journal.current, "after")
