@@ -670,16 +670,18 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
         hour_rows &= ~Q(hour=hour, agent_id__in=agents)
         journal |= Q(created_at__gte=hour, created_at__lt=hour + HOUR, agent_id__in=agents)
     hours = int((hi - lo) / HOUR) - (cut is not None and lo <= cut < hi)
-    # The whole days within, but the one the windows meet in and an agent's days with an
-    # hour open, from the day rows; their hours' rows are then left out.
+    # The whole days within, but the one the windows meet in (unless they meet at
+    # midnight) and an agent's days with an hour open, from the day rows; their hours'
+    # rows are then left out.
     dlo, dhi = ceil_day(lo), floor_day(hi)
     if window.hourly or dhi <= dlo:
         return RollupPlan(rollup=hour_rows, journal=journal, hours=hours)
     day_rows = Q(hours=DAY_HOURS, hour__gte=dlo, hour__lt=dhi)
     by_days = Q(hour__gte=dlo, hour__lt=dhi)
-    if cut is not None:
-        day_rows &= ~Q(hour=floor_day(cut))
-        by_days &= ~Q(hour__gte=floor_day(cut), hour__lt=floor_day(cut) + DAY)
+    meet = floor_day(window.start)
+    if meet != window.start:
+        day_rows &= ~Q(hour=meet)
+        by_days &= ~Q(hour__gte=meet, hour__lt=meet + DAY)
     for day, ids in open_days.items():
         day_rows &= ~Q(hour=day, agent_id__in=sorted(ids))
         by_days &= ~Q(hour__gte=day, hour__lt=day + DAY, agent_id__in=sorted(ids))

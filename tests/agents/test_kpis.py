@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from django.db.models import Q
+from django.db.models import F, Q
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
@@ -439,17 +439,33 @@ def test_the_rollup_gives_the_journal_figures_over_any_window(history: dict[str,
         kpis.window_named("7d", NOW),
         kpis.window_named("30d", NOW),
         kpis.Window("24h", NOW.replace(minute=0)),  # edges on the hour
+        kpis.Window("7d", NOW.replace(minute=0)),  # on the hour, not at midnight
+        kpis.Window("7d", NOW.replace(hour=0, minute=0)),  # at midnight
         kpis.Window("custom", NOW - timedelta(hours=5, minutes=13), span=timedelta(days=3)),
     ]
-    for window in windows:
-        for by in ("agent", "team", "version"):
-            journal = kpis.figures(Run.objects.all(), by, window)
-            both = kpis.figures(Run.objects.all(), by, window, scope=Q())
-            assert set(journal) == set(both) and journal
-            for gid, pair in journal.items():
-                same_figures(both[gid].current, pair.current, f"{window} {by} {gid} now")
-                same_figures(both[gid].previous, pair.previous, f"{window} {by} {gid} before")
-        assert kpis.plan_rollup(Q(), window).hours > 0
+
+    def compare() -> None:
+        for window in windows:
+            for by in ("agent", "team", "version"):
+                journal = kpis.figures(Run.objects.all(), by, window)
+                both = kpis.figures(Run.objects.all(), by, window, scope=Q())
+                assert set(journal) == set(both) and journal
+                for gid, pair in journal.items():
+                    same_figures(both[gid].current, pair.current, f"{window} {by} {gid} now")
+                    same_figures(both[gid].previous, pair.previous, f"{window} {by} {gid} ago")
+            assert kpis.plan_rollup(Q(), window).hours > 0
+
+    compare()
+    # Every run ends and every request with it: the next round closes every hour, and
+    # whole days are read from their day rows (one straddling the windows' meeting).
+    Run.objects.exclude(status__in=Run.FINAL).update(
+        status=Run.Status.CANCELLED, finished_at=F("created_at") + timedelta(seconds=9)
+    )
+    ApprovalRequest.objects.filter(status=AS.PENDING).update(status=AS.CANCELLED)
+    rollup.kpi_rollup()
+    assert not KpiOpenHour.objects.exists()
+    assert KpiHour.objects.filter(hours=24, hour=kpis.floor_day(NOW - timedelta(days=7))).exists()
+    compare()
     # The pages' scopes: one agent, the agents a person sees.
     window = kpis.window_named("7d", NOW)
     one = kpis.figures(Run.objects.filter(agent=a), "version", window, scope=Q(agent=a))
