@@ -27,6 +27,13 @@ the number of agents or runs; percentiles are computed by Postgres (percentile_c
 and, on the embedded default's SQLite, from the durations in Python with the same
 definition (linear interpolation between the closest ranks).
 
+The pages read the additive figures of a window's whole hours (and whole days) from the
+rollup agents.rollup keeps from the journal — derived data, computed by this module's
+journal queries grouped by hour, rebuilt from the journal at will — and only the rest
+from the journal: the partial hours at the window's edges, the hours not examined yet,
+and the hours still open (a run not final, a request pending). The percentiles are
+always taken from the whole window's durations (plan_rollup, figures).
+
 This module sits above the approvals app in the layers (pyproject.toml): it reads the
 approval requests.
 """
