@@ -327,7 +327,10 @@ def _without_jit() -> Iterator[None]:
         return
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL jit = off; SET LOCAL work_mem = '32MB'")
+            # SET LOCAL both, in one statement (as any client protocol takes it).
+            cursor.execute(
+                "SELECT set_config('jit', 'off', true), set_config('work_mem', '32MB', true)"
+            )
         connection._kpis_jit_off = True  # type: ignore[attr-defined]
         try:
             yield
