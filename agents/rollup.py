@@ -60,7 +60,9 @@ from approvals.models import ApprovalRequest
 
 ROLLUP_TASK = "kpis.rollup"
 # An hour is examined once it ended this long ago: a run created in its last instant is
-# committed by then (its transaction is short), so no run of an examined hour comes later.
+# committed by then (its transaction is short), so no run of an examined hour comes later
+# (a run's created_at is set when it is inserted; a history written with earlier times —
+# an import, a test — is rolled up by `manage.py kpi_rollup --rebuild`).
 SETTLE = timedelta(minutes=5)
 # The hours examined in one transaction when catching up.
 CHUNK = timedelta(days=7)
