@@ -27,6 +27,13 @@ the number of agents or runs; percentiles are computed by Postgres (percentile_c
 and, on the embedded default's SQLite, from the durations in Python with the same
 definition (linear interpolation between the closest ranks).
 
+The pages read the additive figures of a window's whole hours (and whole days) from the
+rollup agents.rollup keeps from the journal — derived data, computed by this module's
+journal queries grouped by hour, rebuilt from the journal at will — and only the rest
+from the journal: the partial hours at the window's edges, the hours not examined yet,
+and the hours still open (a run not final, a request pending). The percentiles are
+always taken from the whole window's durations (plan_rollup, figures).
+
 This module sits above the approvals app in the layers (pyproject.toml): it reads the
 approval requests.
 """
@@ -35,17 +42,19 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import (
     Aggregate,
     Case,
     Count,
+    DateTimeField,
     DurationField,
     Exists,
     ExpressionWrapper,
@@ -67,7 +76,19 @@ from django.db.models.functions import Cast, TruncDay, TruncHour
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from agents.models import Action, Agent, AgentVersion, Payment, PurchaseOrder, Run
+from agents.models import (
+    Action,
+    Agent,
+    AgentVersion,
+    KpiHour,
+    KpiHourPaid,
+    KpiHourWait,
+    KpiOpenHour,
+    KpiRollup,
+    Payment,
+    PurchaseOrder,
+    Run,
+)
 from agents.permissions import agents_for_user
 from approvals.models import ApprovalRequest
 
@@ -254,11 +275,11 @@ def _current(prefix: str, window: Window) -> Case:
     )
 
 
-def _exception(window: Window) -> Q:
+def _exception(since: datetime) -> Q:
     """A run failed, had a tool step denied or a held step rejected. The steps and requests
-    are looked for from the window's start (a run's come after it): Postgres may answer
-    the EXISTS from a hash of every denied step, which must not grow with the history."""
-    since = window.previous_start
+    are looked for from `since`, the earliest creation of the runs asked about (a run's
+    come after it): Postgres may answer the EXISTS from a hash of every denied step, which
+    must not grow with the history."""
     denied = Action.objects.filter(
         run=OuterRef("pk"),
         kind=Action.Kind.TOOL,
@@ -278,11 +299,68 @@ def _duration(later: str, earlier: str) -> ExpressionWrapper:
 # --- the figures -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Grouping:
+    """How the journal's figures are grouped: by `key` (a KEYS value) and by `split(prefix)`,
+    an expression of the run's creation (prefix: the path from the rows to the run) — the
+    window or the window before (the pages), or the hour (the rollup: agents.rollup) — over
+    runs created from `since` on (their steps and requests come after it)."""
+
+    key: str
+    split: Callable[[str], Any]
+    since: datetime
+
+
+def _paging(key: str, window: Window) -> Grouping:
+    return Grouping(key, lambda prefix: _current(prefix, window), window.previous_start)
+
+
+@contextmanager
+def _without_jit() -> Iterator[None]:
+    """Postgres JIT-compiles a query its planner thinks big before running it, which cost
+    these aggregates more than it saved (150–400 ms a query: bench/README.md): off for the
+    figures' queries; and the percentiles' sorts of a month of a fleet's runs (120,000
+    durations, 11 MB) kept in memory rather than spilled to disk. SET LOCAL: this
+    transaction only."""
+    if not _in_sql() or getattr(connection, "_kpis_jit_off", False):
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # SET LOCAL both, in one statement (as any client protocol takes it).
+            cursor.execute(
+                "SELECT set_config('jit', 'off', true), set_config('work_mem', '32MB', true)"
+            )
+        connection._kpis_jit_off = True  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            connection._kpis_jit_off = False  # type: ignore[attr-defined]
+
+
 def figures(
-    runs: QuerySet[Run], by: str, window: Window, *, sparklines: bool = True
+    runs: QuerySet[Run],
+    by: str,
+    window: Window,
+    *,
+    sparklines: bool = True,
+    scope: Q | None = None,
 ) -> dict[int, Pair]:
     """The KPIs of `runs` (a queryset of the runs the person may see), grouped `by`
-    agent, team or version (KEYS): {group id: Pair}. A bounded number of queries."""
+    agent, team or version (KEYS): {group id: Pair}. A bounded number of queries.
+
+    `scope`, when given, is the filter on the run's `agent` that selects `runs` (as
+    `Run.objects.filter(scope)`): the whole hours the rollup holds for those agents
+    (agents.rollup) are then read from it, and only the rest — the hours still open, the
+    window's partial hours at its edges — from the journal. Without it, every figure is
+    read from the journal. Either way the same figures."""
+    with _without_jit():
+        return _figures(runs, by, window, sparklines=sparklines, scope=scope)
+
+
+def _figures(
+    runs: QuerySet[Run], by: str, window: Window, *, sparklines: bool, scope: Q | None
+) -> dict[int, Pair]:
     key = KEYS[by]
     pairs: dict[int, Pair] = defaultdict(Pair)
 
@@ -290,50 +368,60 @@ def figures(
         pair = pairs[row[prefix + key]]
         return pair.current if row["cur"] else pair.previous
 
-    base = runs.filter(**_between("", window)).order_by()
-    run_ids = base.values("pk")
-    _runs(base, key, window, of)
-    _steps(base, key, window, of)
-    _requests(run_ids, key, window, of)
-    _value(base, key, window, of)
+    whole = runs.filter(**_between("", window)).order_by()
+    base = whole
+    rolled: dict[int, Pair] = {}
+    if scope is not None:
+        plan = plan_rollup(scope, window)
+        base = whole.filter(plan.journal)
+        rolled = _from_rollup(scope, key, window, plan)
+    grouping = _paging(key, window)
+    journal_figures(base, grouping, of)
     if sparklines:
         _sparklines(base, key, window, pairs)
+    for gid, pair in rolled.items():
+        _add(pairs[gid].current, pair.current)
+        _add(pairs[gid].previous, pair.previous)
+    if sparklines:
+        for pair in pairs.values():
+            _fill_buckets(pair, window)
+    # The percentiles are not sums: from the durations of the whole window.
+    _cycle_percentiles(whole, key, window, of)
+    _decide_percentiles(whole.values("pk"), key, window, of)
     return dict(pairs)
 
 
-def _runs(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
-    in_sql = _in_sql()
-    cycle = Seconds(_duration("finished_at", "created_at"))
-    extra = (
-        {"cycle_p50": PercentileCont(cycle, 0.5), "cycle_p95": PercentileCont(cycle, 0.95)}
-        if in_sql
-        else {}
-    )
+def journal_figures(base: QuerySet[Run], grouping: Grouping, of: Callable[..., Figures]) -> None:
+    """Every additive figure of the runs of `base`, grouped (Grouping), read from the
+    journal into the Figures `of(row, prefix)` names. Five queries."""
+    _runs(base, grouping, of)
+    _steps(base, grouping, of)
+    _requests(base.values("pk"), grouping, of)
+    _value(base, grouping, of)
+
+
+def _runs(base: QuerySet[Run], g: Grouping, of: Any) -> None:
     rows = (
-        base.annotate(cur=_current("", window))
-        .values(key, "cur")
+        base.annotate(cur=g.split(""))
+        .values(g.key, "cur")
         .annotate(
             n=Count("pk"),
             finished=Count("pk", filter=Q(finished_at__isnull=False)),
             succeeded=Count("pk", filter=Q(status=Run.Status.SUCCEEDED)),
             failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
             diverged=Count("pk", filter=Q(status=Run.Status.FAILED, error__contains=DIVERGED)),
-            exceptions=Count("pk", filter=_exception(window)),
-            **extra,
+            exceptions=Count("pk", filter=_exception(g.since)),
         )
     )
     for row in rows:
         f = of(row)
         f.runs, f.finished, f.succeeded = row["n"], row["finished"], row["succeeded"]
         f.failed, f.diverged, f.exceptions = row["failed"], row["diverged"], row["exceptions"]
-        if in_sql:
-            f.cycle_p50, f.cycle_p95 = row["cycle_p50"], row["cycle_p95"]
-    if not in_sql:
-        _cycle_percentiles(base, key, window, of)
 
 
 def _cycle_percentiles(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
-    """Cycle time p50/p95 alone (in _runs' query on Postgres)."""
+    """Cycle time p50/p95, from the finished runs' creation and end alone (read from the
+    index run_created_durations on Postgres)."""
     finished = base.filter(finished_at__isnull=False).annotate(cur=_current("", window))
     if _in_sql():
         cycle = Seconds(_duration("finished_at", "created_at"))
@@ -352,14 +440,14 @@ def _cycle_percentiles(base: QuerySet[Run], key: str, window: Window, of: Any) -
         f.cycle_p50, f.cycle_p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
 
 
-def _steps(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
+def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
     """From the runs to their steps (the reverse join), so Postgres reads the runs of the
     window by their index and each run's steps by theirs; a step query filtered by
     `run__in` had to join every run of the history for the group and the window."""
     tool, model = Q(actions__kind=Action.Kind.TOOL), Q(actions__kind=Action.Kind.MODEL)
     rows = (
-        base.annotate(cur=_current("", window))
-        .values(key, "cur")
+        base.annotate(cur=g.split(""))
+        .values(g.key, "cur")
         .annotate(
             steps=Count("actions", filter=tool),
             denied=Count("actions", filter=tool & Q(actions__status=Action.Status.DENIED)),
@@ -389,15 +477,16 @@ def _steps(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
         f.cost_eur = float(row["cost"] or 0)
 
 
-def _requests(run_ids: Any, key: str, window: Window, of: Any) -> None:
+def _requests(run_ids: Any, g: Grouping, of: Any) -> None:
+    """The requests held for people, and those decided within the agent's target."""
     in_sql = _in_sql()
     decided = Q(status__in=DECIDED)
     # A request is held after its run was created, so none of the window's runs has one
     # created before the window: said outright, Postgres reads the window's requests and
     # then their runs, instead of every run of the history for the join.
-    requests = ApprovalRequest.objects.filter(
-        run__in=run_ids, created_at__gte=window.previous_start
-    ).annotate(cur=_current("run__", window))
+    requests = ApprovalRequest.objects.filter(run__in=run_ids, created_at__gte=g.since).annotate(
+        cur=g.split("run__")
+    )
     extra: dict[str, Any] = {}
     if in_sql:
         wait = Case(
@@ -406,12 +495,8 @@ def _requests(run_ids: Any, key: str, window: Window, of: Any) -> None:
             output_field=FloatField(),
         )
         requests = requests.annotate(wait=wait)
-        extra = {
-            "within": Count("pk", filter=Q(wait__lte=F("agent__decision_sla_minutes") * 60)),
-            "decide_p50": PercentileCont(F("wait"), 0.5),
-            "decide_p95": PercentileCont(F("wait"), 0.95),
-        }
-    rows = requests.values("run__" + key, "cur").annotate(
+        extra = {"within": Count("pk", filter=Q(wait__lte=F("agent__decision_sla_minutes") * 60))}
+    rows = requests.values("run__" + g.key, "cur").annotate(
         held=Count("pk"),
         decided=Count("pk", filter=decided),
         rejected=Count("pk", filter=Q(status=ApprovalRequest.Status.REJECTED)),
@@ -427,28 +512,19 @@ def _requests(run_ids: Any, key: str, window: Window, of: Any) -> None:
             row["expired"],
         )
         if in_sql:
-            f.within_sla, f.decide_p50, f.decide_p95 = (
-                row["within"],
-                row["decide_p50"],
-                row["decide_p95"],
-            )
+            f.within_sla = row["within"]
     if not in_sql:
-        waits: dict[tuple[int, bool], list[float]] = defaultdict(list)
-        targets: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        within: dict[tuple[int, Any], int] = defaultdict(int)
         for group, cur, created, done, sla in requests.filter(decided).values_list(
-            "run__" + key, "cur", "created_at", "decided_at", "agent__decision_sla_minutes"
+            "run__" + g.key, "cur", "created_at", "decided_at", "agent__decision_sla_minutes"
         ):
-            seconds = (done - created).total_seconds()
-            waits[(group, cur)].append(seconds)
-            targets[(group, cur)].append(seconds <= sla * 60)
-        for (group, cur), values in waits.items():
-            f = of({"run__" + key: group, "cur": cur}, "run__")
-            f.decide_p50, f.decide_p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
-            f.within_sla = sum(targets[(group, cur)])
+            within[(group, cur)] += (done - created).total_seconds() <= sla * 60
+        for (group, cur), n in within.items():
+            of({"run__" + g.key: group, "cur": cur}, "run__").within_sla = n
 
 
 def _decide_percentiles(run_ids: Any, key: str, window: Window, of: Any) -> None:
-    """Time to decide p50/p95 alone (in _requests' query on Postgres)."""
+    """Time to decide p50/p95, from the decided requests' times alone."""
     decided = ApprovalRequest.objects.filter(
         run__in=run_ids, created_at__gte=window.previous_start, status__in=DECIDED
     ).annotate(cur=_current("run__", window))
@@ -471,7 +547,7 @@ def _decide_percentiles(run_ids: Any, key: str, window: Window, of: Any) -> None
         f.decide_p50, f.decide_p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
 
 
-def _value(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
+def _value(base: QuerySet[Run], g: Grouping, of: Any) -> None:
     """Payments and purchase orders the runs' steps wrote: each sandbox row is found by
     its step's idempotency key (unique in its table). From the runs to their steps, as
     _steps."""
@@ -485,15 +561,13 @@ def _value(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
                 actions__name=tool,
             ),
         )
-        return (
-            base.annotate(step=step).filter(step__isnull=False).annotate(cur=_current("", window))
-        )
+        return base.annotate(step=step).filter(step__isnull=False).annotate(cur=g.split(""))
 
     payment = Payment.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
     paid = (
         written(PAY_TOOL)
         .annotate(currency=Subquery(payment.values("currency")[:1]))
-        .values(key, "cur", "currency")
+        .values(g.key, "cur", "currency")
         .annotate(total=Sum(Subquery(payment.values("amount")[:1])))
     )
     for row in paid:
@@ -505,7 +579,7 @@ def _value(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
     order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
     ordered = (
         written(ORDER_TOOL)
-        .values(key, "cur")
+        .values(g.key, "cur")
         .annotate(total=Sum(Subquery(order.values("total")[:1])))
     )
     for row in ordered:
@@ -513,33 +587,222 @@ def _value(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
             of(row).ordered = Decimal(str(row["total"]))
 
 
+# --- the rollup, read ------------------------------------------------------------------------
+
+HOUR = timedelta(hours=1)
+# Figures the rollup (KpiHour) holds a column of, each the sum of its hours'.
+ROLLED = (
+    "runs",
+    "finished",
+    "succeeded",
+    "failed",
+    "diverged",
+    "exceptions",
+    "steps",
+    "denied",
+    "shadow_differs",
+    "held",
+    "rejected",
+    "decided",
+    "expired",
+    "model_calls",
+    "tokens_in",
+    "tokens_out",
+    "cost_eur",
+    "ordered",
+)
+
+
+def floor_hour(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(at: datetime) -> datetime:
+    floor = floor_hour(at)
+    return floor if floor == at else floor + HOUR
+
+
+DAY = timedelta(days=1)
+DAY_HOURS = 24  # KpiHour.hours of a day's row
+
+
+def floor_day(at: datetime) -> datetime:
+    return floor_hour(at).replace(hour=0)
+
+
+def ceil_day(at: datetime) -> datetime:
+    floor = floor_day(at)
+    return floor if floor == at else floor + DAY
+
+
+@dataclass(frozen=True)
+class RollupPlan:
+    """Which runs of a window the rollup holds, and which the journal must give: `rollup`
+    selects rows of the rollup's tables (on agent and hour), `journal` runs."""
+
+    rollup: Q
+    journal: Q
+    hours: int  # whole hours read from the rollup, for the agents of the scope
+
+
+def plan_rollup(scope: Q, window: Window) -> RollupPlan:
+    """The whole hours of the window (and of the window before) that the rollup has
+    examined — less the hour the two windows meet in, unless they meet on the hour, and
+    less the hours still open for an agent (KpiOpenHour) — are read from the rollup, from
+    its day rows where a whole day of an agent is rolled up (windows of days: their bars
+    are days); the rest of the window from the journal. Two queries."""
+    through = KpiRollup.objects.values_list("through", flat=True).first()
+    lo = ceil_hour(window.previous_start)
+    hi = floor_hour(window.end)
+    if through is None or min(hi, through) <= lo:
+        return RollupPlan(rollup=Q(pk__in=[]), journal=Q(), hours=0)
+    hi = min(hi, through)
+    cut = floor_hour(window.start) if floor_hour(window.start) != window.start else None
+    open_hours: dict[datetime, list[int]] = defaultdict(list)
+    open_days: dict[datetime, set[int]] = defaultdict(set)
+    for agent_id, hour in (
+        KpiOpenHour.objects.filter(scope, hour__gte=lo, hour__lt=hi)
+        .order_by("hour", "agent_id")
+        .values_list("agent_id", "hour")
+    ):
+        open_hours[hour].append(agent_id)
+        open_days[floor_day(hour)].add(agent_id)
+    hour_rows = Q(hours=1, hour__gte=lo, hour__lt=hi)
+    # Each range bounded on both sides, so Postgres reads each by the index of the runs'
+    # creation rather than the whole window filtered.
+    journal = Q(created_at__gte=window.previous_start, created_at__lt=lo) | Q(
+        created_at__gte=hi, created_at__lt=window.end
+    )
+    if cut is not None:
+        hour_rows &= ~Q(hour=cut)
+        journal |= Q(created_at__gte=cut, created_at__lt=cut + HOUR)
+    for hour, agents in open_hours.items():
+        hour_rows &= ~Q(hour=hour, agent_id__in=agents)
+        journal |= Q(created_at__gte=hour, created_at__lt=hour + HOUR, agent_id__in=agents)
+    hours = int((hi - lo) / HOUR) - (cut is not None and lo <= cut < hi)
+    # The whole days within, but the one the windows meet in (unless they meet at
+    # midnight) and an agent's days with an hour open, from the day rows; their hours'
+    # rows are then left out.
+    dlo, dhi = ceil_day(lo), floor_day(hi)
+    if window.hourly or dhi <= dlo:
+        return RollupPlan(rollup=hour_rows, journal=journal, hours=hours)
+    day_rows = Q(hours=DAY_HOURS, hour__gte=dlo, hour__lt=dhi)
+    by_days = Q(hour__gte=dlo, hour__lt=dhi)
+    meet = floor_day(window.start)
+    if meet != window.start:
+        day_rows &= ~Q(hour=meet)
+        by_days &= ~Q(hour__gte=meet, hour__lt=meet + DAY)
+    for day, ids in open_days.items():
+        day_rows &= ~Q(hour=day, agent_id__in=sorted(ids))
+        by_days &= ~Q(hour__gte=day, hour__lt=day + DAY, agent_id__in=sorted(ids))
+    return RollupPlan(rollup=(hour_rows & ~by_days) | day_rows, journal=journal, hours=hours)
+
+
+def _from_rollup(scope: Q, key: str, window: Window, plan: RollupPlan) -> dict[int, Pair]:
+    """The additive figures of the plan's rolled-up hours, grouped by `key`, with the
+    runs and exceptions of each sparkline bar. Three queries."""
+    pairs: dict[int, Pair] = defaultdict(Pair)
+
+    def of(row: dict[str, Any]) -> Figures:
+        pair = pairs[row[key]]
+        return pair.current if row["cur"] else pair.previous
+
+    if not plan.hours:
+        return pairs
+    cur = Case(When(hour__gte=window.start, then=Value(True)), default=Value(False))
+    bucket = F("hour") if window.hourly else TruncDay("hour", tzinfo=UTC)
+    # The bars are the current window's; the window before is one group.
+    bar = Case(
+        When(hour__gte=window.start, then=bucket), default=Value(None), output_field=DateTimeField()
+    )
+    buckets = window.buckets
+    index = {at: i for i, at in enumerate(buckets)}
+    rows = (
+        KpiHour.objects.filter(scope, plan.rollup)
+        .annotate(cur=cur, bar=bar)
+        .values(key, "cur", "bar")
+        .annotate(**{f"sum_{name}": Sum(name) for name in ROLLED})
+        .order_by()
+    )
+    for row in rows:
+        f = of(row)
+        for name in ROLLED:
+            value = row[f"sum_{name}"] or 0
+            if name == "ordered":
+                value = Decimal(str(value))
+            elif name == "cost_eur":
+                value = float(value)
+            setattr(f, name, getattr(f, name) + value)
+        at = row["bar"]
+        if at is not None and at.tzinfo is None:  # a truncation in a CASE comes back naive
+            at = at.replace(tzinfo=UTC)
+        slot = index.get(at) if row["cur"] else None
+        if slot is not None:
+            if not f.runs_per_bucket:
+                f.runs_per_bucket = [0] * len(buckets)
+                f.exceptions_per_bucket = [0] * len(buckets)
+            f.runs_per_bucket[slot] += row["sum_runs"] or 0
+            f.exceptions_per_bucket[slot] += row["sum_exceptions"] or 0
+    paid = (
+        KpiHourPaid.objects.filter(scope, plan.rollup)
+        .annotate(cur=cur)
+        .values(key, "cur", "currency")
+        .annotate(total=Sum("amount"))
+        .order_by()
+    )
+    for row in paid:
+        f = of(row)
+        f.paid[row["currency"]] = f.paid.get(row["currency"], Decimal(0)) + Decimal(
+            str(row["total"])
+        )
+    within = (
+        KpiHourWait.objects.filter(
+            scope, plan.rollup, minutes__lte=F("agent__decision_sla_minutes")
+        )
+        .annotate(cur=cur)
+        .values(key, "cur")
+        .annotate(n=Sum("decided"))
+        .order_by()
+    )
+    for row in within:
+        of(row).within_sla += row["n"] or 0
+    return pairs
+
+
 # Figures that are not sums of their parts' (percentiles): asked of the database again.
 PERCENTILES = ("cycle_p50", "cycle_p95", "decide_p50", "decide_p95")
 
 
 def figures_summed(
-    runs: QuerySet[Run], by: str, up: str, parent: Callable[[int], int], window: Window
+    runs: QuerySet[Run],
+    by: str,
+    up: str,
+    parent: Callable[[int], int],
+    window: Window,
+    *,
+    scope: Q | None = None,
 ) -> tuple[dict[int, Pair], dict[int, Pair]]:
     """The KPIs of `runs` grouped `by` (versions, agents) and grouped `up` (agents, teams),
     where `parent` names each group's group up (a version's agent, an agent's team): the
     groups up are their parts added — counts, sums, money, bars — and only their
     percentiles are asked of the database again (two queries), not every figure twice.
-    Same figures as figures(runs, up, window)."""
-    parts = figures(runs, by, window)
-    pairs: dict[int, Pair] = defaultdict(Pair)
-    for gid, pair in parts.items():
-        whole = pairs[parent(gid)]
-        _add(whole.current, pair.current)
-        _add(whole.previous, pair.previous)
-    key = KEYS[up]
+    Same figures as figures(runs, up, window); `scope` as there."""
+    with _without_jit():
+        parts = _figures(runs, by, window, sparklines=True, scope=scope)
+        pairs: dict[int, Pair] = defaultdict(Pair)
+        for gid, pair in parts.items():
+            whole = pairs[parent(gid)]
+            _add(whole.current, pair.current)
+            _add(whole.previous, pair.previous)
+        key = KEYS[up]
 
-    def of(row: dict[str, Any], prefix: str = "") -> Figures:
-        pair = pairs[row[prefix + key]]
-        return pair.current if row["cur"] else pair.previous
+        def of(row: dict[str, Any], prefix: str = "") -> Figures:
+            pair = pairs[row[prefix + key]]
+            return pair.current if row["cur"] else pair.previous
 
-    base = runs.filter(**_between("", window)).order_by()
-    _cycle_percentiles(base, key, window, of)
-    _decide_percentiles(base.values("pk"), key, window, of)
+        base = runs.filter(**_between("", window)).order_by()
+        _cycle_percentiles(base, key, window, of)
+        _decide_percentiles(base.values("pk"), key, window, of)
     return parts, dict(pairs)
 
 
@@ -569,7 +832,7 @@ def _sparklines(base: QuerySet[Run], key: str, window: Window, pairs: dict[int, 
         base.filter(created_at__gte=window.start)
         .annotate(bucket=trunc("created_at", tzinfo=UTC))
         .values(key, "bucket")
-        .annotate(n=Count("pk"), exceptions=Count("pk", filter=_exception(window)))
+        .annotate(n=Count("pk"), exceptions=Count("pk", filter=_exception(window.previous_start)))
     )
     for pair in pairs.values():
         pair.current.runs_per_bucket = [0] * len(buckets)
@@ -592,9 +855,11 @@ def _sparklines(base: QuerySet[Run], key: str, window: Window, pairs: dict[int, 
 def agent_page(agent: Agent, window: Window) -> dict[str, Any]:
     """An agent's KPIs (for an agent the caller may see: agents.permissions), its
     versions' beside them, and during a canary the canary beside the live version."""
-    runs = Run.objects.filter(agent=agent)
+    scope = Q(agent=agent)
     # A run's version is one of its agent's.
-    by_version, by_agent = figures_summed(runs, "version", "agent", lambda _: agent.pk, window)
+    by_version, by_agent = figures_summed(
+        Run.objects.filter(scope), "version", "agent", lambda _: agent.pk, window, scope=scope
+    )
     pair = by_agent.get(agent.pk, Pair())
     _fill_buckets(pair, window)
     versions = {v.pk: v for v in AgentVersion.objects.filter(pk__in=list(by_version))}
@@ -629,10 +894,12 @@ def fleet_page(user: Any, window: Window) -> dict[str, Any]:
     """The KPIs of the teams and agents the person may see (agents.permissions): a team's
     figures cover only its agents the person sees."""
     visible = agents_for_user(user)
-    runs = Run.objects.filter(agent__in=visible.values("pk"))
+    scope = Q(agent__in=visible.values("pk"))
     seen = list(visible.order_by("team__name", "team_id", "name", "pk"))
     team_of = {a.pk: a.team_id for a in seen}
-    by_agent, by_team = figures_summed(runs, "agent", "team", team_of.__getitem__, window)
+    by_agent, by_team = figures_summed(
+        Run.objects.filter(scope), "agent", "team", team_of.__getitem__, window, scope=scope
+    )
     agents = [a for a in seen if a.archived_at is None or a.pk in by_agent]
     teams: dict[int, dict[str, Any]] = {}
     for agent in agents:

@@ -223,8 +223,13 @@ class Run(models.Model):
                 fields=["status", "finished_at"], include=["agent"], name="run_status_finished"
             ),
             # The KPIs of a window of many agents (agents.kpis): the window's runs by their
-            # creation, whoever's they are (run_agent_recent serves one agent's).
-            models.Index(fields=["created_at"], name="run_created"),
+            # creation, whoever's they are (run_agent_recent serves one agent's), and their
+            # cycle times' percentiles from the index alone (Postgres).
+            models.Index(
+                fields=["created_at"],
+                include=["finished_at", "agent", "version"],
+                name="run_created_durations",
+            ),
             # The overview's cards: an agent's runs counted by status from the index alone.
             models.Index(fields=["agent", "status"], name="run_agent_status"),
         ]
@@ -659,3 +664,135 @@ class AlertEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule_id} {self.state}"
+
+
+# --- The KPI rollup (agents.kpis, agents.rollup) ----------------------------------------
+# Derived data, never a second source of truth: the additive KPI figures of each agent's
+# runs per version and hour of their creation, written from the journal once every run
+# created in that hour is final and its approval requests ended, and rebuilt from the
+# journal at will (`manage.py kpi_rollup --rebuild`). The KPI pages read whole rolled-up
+# hours here and everything else (the hours still open, a window's partial edge hours)
+# from the journal, and add the two.
+
+
+class KpiRollup(models.Model):
+    """How far the rollup has looked (one row): every hour before `through` was examined,
+    and each agent's runs of it are rolled up in KpiHour unless KpiOpenHour lists the
+    agent and hour (a run not yet final, or a request not yet ended, then)."""
+
+    through = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"KPI rollup through {self.through}"
+
+
+class KpiHour(models.Model):
+    """One agent version's runs created in one hour (UTC), added up; or in one whole day,
+    once every hour of that day is rolled up for the agent (its hours' rows added, so a
+    month is read from 30 rows an agent version, not 720). Each field is the count or sum
+    agents.kpis.Figures has of the same name."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(AgentVersion, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()
+    # 1: the hour starting at `hour`; 24: the whole day starting there, its hours added.
+    hours = models.PositiveSmallIntegerField(default=1)
+    runs = models.PositiveIntegerField(default=0)
+    finished = models.PositiveIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    diverged = models.PositiveIntegerField(default=0)
+    exceptions = models.PositiveIntegerField(default=0)
+    steps = models.PositiveIntegerField(default=0)
+    denied = models.PositiveIntegerField(default=0)
+    shadow_differs = models.PositiveIntegerField(default=0)
+    held = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    decided = models.PositiveIntegerField(default=0)
+    expired = models.PositiveIntegerField(default=0)
+    model_calls = models.PositiveIntegerField(default=0)
+    tokens_in = models.BigIntegerField(default=0)
+    tokens_out = models.BigIntegerField(default=0)
+    cost_eur = models.FloatField(default=0.0)
+    ordered = models.DecimalField(max_digits=20, decimal_places=2, default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "version", "hour", "hours"], name="kpi_hour_unique"
+            )
+        ]
+        # A window of many agents reads its hours by time (the unique index serves one
+        # agent's).
+        indexes = [models.Index(fields=["hour"], name="kpi_hour_hour")]
+
+    def __str__(self) -> str:
+        return f"KPIs of {self.version_id} at {self.hour}"
+
+
+class KpiHourPaid(models.Model):
+    """What an hour's runs of an agent version paid, in one currency."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(AgentVersion, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()
+    # 1: the hour starting at `hour`; 24: the whole day starting there, its hours added.
+    hours = models.PositiveSmallIntegerField(default=1)
+    currency = models.CharField(max_length=3)
+    amount = models.DecimalField(max_digits=20, decimal_places=2)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "version", "hour", "hours", "currency"],
+                name="kpi_hour_paid_unique",
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="kpi_hour_paid_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency} paid by {self.version_id} at {self.hour}"
+
+
+class KpiHourWait(models.Model):
+    """How many of an hour's requests people decided within `minutes` whole minutes and
+    not within one less (the wait rounded up): decided within an SLA of m minutes is the
+    sum over minutes <= m, so the agent's target may change after the hour was rolled up."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(AgentVersion, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()
+    # 1: the hour starting at `hour`; 24: the whole day starting there, its hours added.
+    hours = models.PositiveSmallIntegerField(default=1)
+    minutes = models.PositiveIntegerField()
+    decided = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "version", "hour", "hours", "minutes"], name="kpi_hour_wait_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="kpi_hour_wait_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.decided} decided in {self.minutes} min for {self.version_id}"
+
+
+class KpiOpenHour(models.Model):
+    """An hour before KpiRollup.through not rolled up for an agent: one of its runs of that
+    hour was not final, or a request of theirs not ended, when it was last examined. The
+    KPIs read it from the journal; the rollup examines it again on each round."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "hour"], name="kpi_open_hour_unique")
+        ]
+        indexes = [models.Index(fields=["hour"], name="kpi_open_hour_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour} open for agent {self.agent_id}"

@@ -67,6 +67,50 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def measure_page(
+    client: Any,
+    url: str,
+    samples: int,
+    *,
+    page_seconds: float | None = None,
+    min_samples: int = 5,
+    sql_chars: int = 200,
+) -> tuple[list[float], int, float, str, float]:
+    """Server times of `url` through Django's test Client (in-process: middleware,
+    session, view, queries, template; no network) after three requests to warm up — or
+    fewer than `samples`, at least `min_samples`, once `page_seconds` have gone by — its
+    queries, the SQL share of its time, its slowest query and the median CPU time of this
+    process a request (its Python work, without waiting for Postgres or for a core: on a
+    shared machine the figure that moves least with the load). bench/pages.py and
+    bench/kpis.py measure with it."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for _ in range(3):
+        assert client.get(url).status_code == 200, url
+    times: list[float] = []
+    cpu: list[float] = []
+    stop = None if page_seconds is None else time.perf_counter() + page_seconds
+    for _ in range(samples):
+        if stop is not None and len(times) >= min_samples and time.perf_counter() > stop:
+            break
+        began, began_cpu = time.perf_counter(), time.process_time()
+        response = client.get(url)
+        times.append(time.perf_counter() - began)
+        cpu.append(time.process_time() - began_cpu)
+        assert response.status_code == 200, url
+    with CaptureQueriesContext(connection) as queries:
+        began = time.perf_counter()
+        client.get(url)
+        total = time.perf_counter() - began
+    sql = sum(float(q["time"]) for q in queries.captured_queries)
+    slowest = max(queries.captured_queries, key=lambda q: float(q["time"]), default=None)
+    what = (
+        f"{float(slowest['time']) * 1000:.1f} ms: {slowest['sql'][:sql_chars]}" if slowest else ""
+    )
+    return times, len(queries), sql / total if total else 0.0, what, pct(cpu, 0.5)
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms"
 
@@ -155,4 +199,4 @@ def start_web(env: dict[str, str], port: int, log: str) -> Any:
     )
 
 
-__all__ = ["pct", "ms", "report", "statistics", "use_bench_database"]
+__all__ = ["pct", "measure_page", "ms", "report", "statistics", "use_bench_database"]

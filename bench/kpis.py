@@ -3,7 +3,9 @@
 days — 730,000 runs with their journal (a model call, a tool step, a model call and a
 note: about 2.6 million steps), the approval requests of the held steps with the people's
 decisions, the payments and purchase orders the steps wrote, the shadow version's
-decisions of the last 30 days, and 1,000 pending requests (ten waiting runs an agent).
+decisions of the last 30 days, and 1,000 pending requests (ten waiting runs an agent);
+then the KPI rollup (agents.rollup) filled as its beat timer keeps it, every closed hour
+rolled up.
 
 Measured, as bench/pages.py measures (Django's test Client in-process: middleware,
 session, view, queries, template; no network), p50 / p95 server time: an agent's KPI page
@@ -275,11 +277,13 @@ def build_history(
     now: datetime | None = None,
     prefix: str = "kpi",
     log: Any = None,
+    rollup: bool = True,
 ) -> History:
     """Teams of agents, each with three versions (v1 retired half a year ago, v2 live; v3 a
     10 % canary for the first agent of a team and the shadow version of the second), and
     `runs_per_day` runs an agent over `days` days ending `now`, with everything the KPIs
-    read; then `pending_per_agent` runs an agent waiting on a pending request. Postgres."""
+    read; then `pending_per_agent` runs an agent waiting on a pending request; then, with
+    `rollup`, the KPI rollup caught up as its beat timer keeps it. Postgres."""
     from django.contrib.auth import get_user_model
     from django.db import connection, transaction
     from django.utils import timezone
@@ -380,45 +384,31 @@ def build_history(
             cursor.execute(
                 "SELECT setval(pg_get_serial_sequence('agents_run', 'id'), max(id)) FROM agents_run"
             )
+    if rollup:
+        # As the beat timer would have kept it (agents.rollup): every closed hour of the
+        # history rolled up, the hours of the waiting runs left open.
+        from agents.rollup import kpi_rollup
+
+        began = time.perf_counter()
+        rolled = kpi_rollup()
+        seconds["rollup"] = time.perf_counter() - began
+        if log:
+            log(
+                f"  rollup: {rolled.hours:,} hours, {rolled.written:,} agent version hours, "
+                f"{rolled.open:,} agent hours open, in {seconds['rollup']:.1f} s"
+            )
     return History(made_teams, agents, n + waiting, seconds)
 
 
 # --- measuring -------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def measure(client: Any, url: str, samples: int) -> tuple[list[float], int, float, str, float]:
-    """Server times of `url` after three to warm up, its queries, the SQL share of its
-    time, its slowest query and the median CPU time of this process a request (as
-    bench/pages.py measures)."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
+    """As bench/pages.py measures (bench.common.measure_page), a page far over the budget
+    for BENCH_KPIS_PAGE_SECONDS at least MIN_SAMPLES times."""
+    from bench.common import measure_page
 
-    for _ in range(3):
-        assert client.get(url).status_code == 200, url
-    times: list[float] = []
-    cpu: list[float] = []
-    stop = time.perf_counter() + PAGE_SECONDS
-    for _ in range(samples):
-        if len(times) >= MIN_SAMPLES and time.perf_counter() > stop:
-            break
-        began, began_cpu = time.perf_counter(), time.process_time()
-        response = client.get(url)
-        times.append(time.perf_counter() - began)
-        cpu.append(time.process_time() - began_cpu)
-        assert response.status_code == 200, url
-    with CaptureQueriesContext(connection) as queries:
-        began = time.perf_counter()
-        client.get(url)
-        total = time.perf_counter() - began
-    sql = sum(float(q["time"]) for q in queries.captured_queries)
-    slowest = max(queries.captured_queries, key=lambda q: float(q["time"]), default=None)
-    what = f"{float(slowest['time']) * 1000:.1f} ms: {slowest['sql'][:200]}" if slowest else ""
-    return times, len(queries), sql / total if total else 0.0, what, pct(cpu, 0.5)
+    return measure_page(client, url, samples, page_seconds=PAGE_SECONDS, min_samples=MIN_SAMPLES)
 
 
 def query_count(client: Any, url: str) -> int:
@@ -507,6 +497,15 @@ def main() -> None:
         one = users.get(username="kpi-supervisor-one")
         compliance = users.get(username="kpi-compliance")
         agents = list(Agent.objects.filter(slug__startswith="kpi-").order_by("slug"))
+        # The hours that closed since, rolled up as the beat timer would have.
+        from agents.rollup import kpi_rollup
+
+        began = time.perf_counter()
+        rolled = kpi_rollup()
+        print(
+            f"  rollup caught up: {rolled.hours:,} hours, {rolled.written:,} rows, "
+            f"{rolled.open:,} agent hours open, in {time.perf_counter() - began:.1f} s"
+        )
     else:
         began = time.perf_counter()
         history = build_history(log=print)
@@ -569,6 +568,8 @@ def main() -> None:
             cursor.execute("SELECT 1")
             cursor.fetchone()
             trips.append(time.perf_counter() - t)
+    from bench.common import pct
+
     trivial, _, _, _, _ = measure(Client(), "/login/", SAMPLES)
     floor = pct(trivial, 0.95)
     rows = [

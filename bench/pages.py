@@ -38,7 +38,7 @@ REUSE = os.environ.get("BENCH_PAGES_REUSE") == "1"
 # bench.audit reads its number of rows when imported.
 os.environ["BENCH_AUDIT_ROWS"] = str(EVENTS)
 
-from bench.common import pct, report, use_bench_database  # noqa: E402
+from bench.common import measure_page, pct, report, use_bench_database  # noqa: E402
 
 
 def setup() -> str:
@@ -81,33 +81,6 @@ def people(teams: list[Any]) -> tuple[Any, Any]:
     compliance = users.create_user("bench-compliance")
     compliance.groups.add(Group.objects.get(name=roles.COMPLIANCE))
     return supervisor, compliance
-
-
-def measure(client: Any, url: str) -> tuple[list[float], int, float, str, float]:
-    """Server times of `url` (after a few to warm up), its queries, the SQL share of its
-    time, its slowest query and the median CPU time of this process a request (its
-    Python work, without waiting for Postgres or for a core: on a shared machine the
-    figure that moves least with the load)."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    for _ in range(3):
-        assert client.get(url).status_code == 200, url
-    times, cpu = [], []
-    for _ in range(SAMPLES):
-        began, began_cpu = time.perf_counter(), time.process_time()
-        response = client.get(url)
-        times.append(time.perf_counter() - began)
-        cpu.append(time.process_time() - began_cpu)
-        assert response.status_code == 200, url
-    with CaptureQueriesContext(connection) as queries:
-        began = time.perf_counter()
-        client.get(url)
-        total = time.perf_counter() - began
-    sql = sum(float(q["time"]) for q in queries.captured_queries)
-    slowest = max(queries.captured_queries, key=lambda q: float(q["time"]), default=None)
-    what = f"{float(slowest['time']) * 1000:.1f} ms: {slowest['sql'][:90]}" if slowest else ""
-    return times, len(queries), sql / total if total else 0.0, what, pct(cpu, 0.5)
 
 
 def main() -> None:
@@ -172,7 +145,7 @@ def main() -> None:
             cursor.execute("SELECT 1")
             cursor.fetchone()
             trips.append(time.perf_counter() - t)
-    trivial, _, _, _, _ = measure(Client(), "/login/")
+    trivial, _, _, _, _ = measure_page(Client(), "/login/", SAMPLES, sql_chars=90)
     floor = pct(trivial, 0.95)
     rows = [
         (
@@ -191,7 +164,7 @@ def main() -> None:
         client = Client()
         client.force_login(user)
         for name, page in pages.items():
-            times, queries, sql_share, what, cpu = measure(client, page)
+            times, queries, sql_share, what, cpu = measure_page(client, page, SAMPLES, sql_chars=90)
             p95 = pct(times, 0.95)
             verdict = "met" if p95 <= BUDGET_P95 else "NOT MET"
             rows.append(

@@ -12,6 +12,8 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # The alert evaluation's task lives with the rules (agents.alerts), above agents.tasks.
 app.autodiscover_tasks(["agents"], related_name="alerts")
+# So does the KPI rollup's (agents.rollup), beside the KPIs.
+app.autodiscover_tasks(["agents"], related_name="rollup")
 # The timers are in settings.CELERY_BEAT_SCHEDULE: one schedule for every layout.
 
 

@@ -257,6 +257,10 @@ BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0)
 # How often the alert rules are measured (agents.alerts): a circuit breaker pauses its
 # agent within one such period of the threshold being crossed.
 BATON_ALERT_EVALUATE_SECONDS = env_float("BATON_ALERT_EVALUATE_SECONDS", 30.0)
+# How often the KPI rollup (agents.rollup) adds the hours that closed since, and how long
+# one round may go on catching up (the rest is the next round's).
+BATON_KPI_ROLLUP_EVERY_SECONDS = env_float("BATON_KPI_ROLLUP_EVERY_SECONDS", 300.0)
+BATON_KPI_ROLLUP_SECONDS = env_float("BATON_KPI_ROLLUP_SECONDS", 60.0)
 BATON_DEMO_WORKLOAD = env_bool("BATON_DEMO_WORKLOAD", False)
 BATON_DEMO_EVERY_SECONDS = env_float("BATON_DEMO_EVERY_SECONDS", 4.0)
 
@@ -430,6 +434,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     },
     "verify audit chain": {"task": "audit.verify", "schedule": BATON_AUDIT_VERIFY_EVERY_SECONDS},
     "evaluate alert rules": {"task": "alerts.evaluate", "schedule": BATON_ALERT_EVALUATE_SECONDS},
+    "roll up KPIs": {"task": "kpis.rollup", "schedule": BATON_KPI_ROLLUP_EVERY_SECONDS},
 }
 # The demo workload only where the demo agents are loaded (`make run` adds it itself).
 if BATON_DEMO_WORKLOAD and "agents.demo" in BATON_AGENT_MODULES:

@@ -7,12 +7,15 @@ Python path the embedded default's SQLite takes."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import re
 import statistics
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,14 +25,20 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.db.models import F, Q
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from agents import kpis
+from agents import kpis, rollup
 from agents.models import (
     Action,
     Agent,
     AgentVersion,
+    KpiHour,
+    KpiHourPaid,
+    KpiHourWait,
+    KpiOpenHour,
+    KpiRollup,
     Payment,
     PurchaseOrder,
     Run,
@@ -310,14 +319,28 @@ def history(make_agent: Any, world: Any) -> dict[str, Any]:
     return {"agents": [a, b, c], "built": built, "canary": a2}
 
 
+@pytest.mark.parametrize("source", ["journal", "rollup"])
 @pytest.mark.parametrize("path", ["sql", "python"])
 @pytest.mark.parametrize("name", ["24h", "7d"])
 def test_every_figure_agrees_with_a_computation_over_the_history_as_built(
-    history: dict[str, Any], name: str, path: str, monkeypatch: pytest.MonkeyPatch
+    history: dict[str, Any], name: str, path: str, source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """From the journal alone (no scope: as the alert rules ask), and from the rollup
+    filled (agents.rollup: every closed hour of the history rolled up, the hours with a
+    run waiting or running left open) with the window's partial hours and the open ones
+    from the journal (the pages): the same figures."""
     if path == "python":  # the embedded default's SQLite path, on the same rows
         monkeypatch.setattr(kpis, "_in_sql", lambda: False)
+    scope = None
+    if source == "rollup":
+        rollup.kpi_rollup()
+        assert KpiHour.objects.exists() and KpiOpenHour.objects.exists()
+        scope = Q()
     window = kpis.window_named(name, NOW)
+    if scope is not None:
+        # The window's edges cut through hours (12:30), and some hours are read whole
+        # from the rollup.
+        assert window.start.minute == 30 and kpis.plan_rollup(scope, window).hours > 0
     groups = {
         "agent": lambda r: r.agent.pk,
         "team": lambda r: r.agent.team_id,
@@ -330,10 +353,12 @@ def test_every_figure_agrees_with_a_computation_over_the_history_as_built(
     parts = {"team": ("agent", team_of.__getitem__), "agent": ("version", agent_of.__getitem__)}
     checked = 0
     for by, group_of in groups.items():
-        results = [kpis.figures(Run.objects.all(), by, window)]
+        results = [kpis.figures(Run.objects.all(), by, window, scope=scope)]
         if by in parts:
             part, parent = parts[by]
-            results.append(kpis.figures_summed(Run.objects.all(), part, by, parent, window)[1])
+            results.append(
+                kpis.figures_summed(Run.objects.all(), part, by, parent, window, scope=scope)[1]
+            )
         ids = {group_of(r) for r in history["built"]}
         for got, gid in ((got, gid) for got in results for gid in ids):
             mine = [r for r in history["built"] if group_of(r) == gid]
@@ -358,6 +383,240 @@ def test_every_figure_agrees_with_a_computation_over_the_history_as_built(
     rare = ("diverged", "denied", "shadow_differs", "rejected", "expired", "within_sla")
     assert all(totals[k] for k in rare)
     assert totals["decided"] > totals["within_sla"] and totals["paid"] and totals["ordered"]
+
+
+# --- the rollup (agents.rollup) -------------------------------------------------------------
+
+
+def same_figures(got: kpis.Figures, want: kpis.Figures, where: str) -> None:
+    for name, value in vars(want).items():
+        if isinstance(value, float):
+            assert getattr(got, name) == pytest.approx(value, rel=1e-9, abs=1e-6), (where, name)
+        else:
+            assert getattr(got, name) == value, (where, name, getattr(got, name), value)
+
+
+def rollup_rows() -> list[Any]:
+    """Every row of the rollup's tables, without their ids."""
+    out: list[Any] = []
+    for model in (KpiHour, KpiHourPaid, KpiHourWait, KpiOpenHour):
+        fields = [f.attname for f in model._meta.concrete_fields if f.attname != "id"]
+        out += sorted((model.__name__, *row) for row in model.objects.values_list(*fields))
+    return out
+
+
+def test_the_rollup_gives_the_journal_figures_over_any_window(history: dict[str, Any]) -> None:
+    """The pages' figures with the rollup filled equal those read from the journal alone,
+    for windows whose edges cut through hours or fall on them, and after an agent's SLA
+    target changed (the rollup keeps the decisions' minutes, not a count for one target)."""
+    rolled = rollup.kpi_rollup()
+    assert rolled.written and rolled.open
+    # Every hour of the history was examined; the hours with a run waiting or running, or
+    # a request pending, are open and hold no rows.
+    through = KpiRollup.objects.get().through
+    assert through is not None and through > NOW
+    unfinished = {
+        (b.agent.pk, kpis.floor_hour(b.created))
+        for b in history["built"]
+        if b.status not in Run.FINAL or any(s.request == (AS.PENDING, None) for s in b.steps)
+    }
+    assert set(KpiOpenHour.objects.values_list("agent_id", "hour")) == unfinished
+    assert not any(
+        (agent, hour) in unfinished
+        for agent, hour in KpiHour.objects.filter(hours=1).values_list("agent", "hour")
+    )
+    # A whole day of an agent is one row a version (its hours' added), unless one of its
+    # hours is open.
+    days = KpiHour.objects.filter(hours=24).values_list("agent", "hour")
+    assert days and not any(
+        (a, d) in {(a, kpis.floor_day(h)) for a, h in unfinished} for a, d in days
+    )
+    a, b, _c = history["agents"]
+    Agent.objects.filter(pk=a.pk).update(decision_sla_minutes=5)
+    Agent.objects.filter(pk=b.pk).update(decision_sla_minutes=60)
+    windows = [
+        kpis.window_named("24h", NOW),
+        kpis.window_named("7d", NOW),
+        kpis.window_named("30d", NOW),
+        kpis.Window("24h", NOW.replace(minute=0)),  # edges on the hour
+        kpis.Window("7d", NOW.replace(minute=0)),  # on the hour, not at midnight
+        kpis.Window("7d", NOW.replace(hour=0, minute=0)),  # at midnight
+        kpis.Window("custom", NOW - timedelta(hours=5, minutes=13), span=timedelta(days=3)),
+    ]
+
+    def compare() -> None:
+        for window in windows:
+            for by in ("agent", "team", "version"):
+                journal = kpis.figures(Run.objects.all(), by, window)
+                both = kpis.figures(Run.objects.all(), by, window, scope=Q())
+                assert set(journal) == set(both) and journal
+                for gid, pair in journal.items():
+                    same_figures(both[gid].current, pair.current, f"{window} {by} {gid} now")
+                    same_figures(both[gid].previous, pair.previous, f"{window} {by} {gid} ago")
+            assert kpis.plan_rollup(Q(), window).hours > 0
+
+    compare()
+    # Every run ends and every request with it: the next round closes every hour, and
+    # whole days are read from their day rows (one straddling the windows' meeting).
+    Run.objects.exclude(status__in=Run.FINAL).update(
+        status=Run.Status.CANCELLED, finished_at=F("created_at") + timedelta(seconds=9)
+    )
+    ApprovalRequest.objects.filter(status=AS.PENDING).update(status=AS.CANCELLED)
+    rollup.kpi_rollup()
+    assert not KpiOpenHour.objects.exists()
+    assert KpiHour.objects.filter(hours=24, hour=kpis.floor_day(NOW - timedelta(days=7))).exists()
+    compare()
+    # The pages' scopes: one agent, the agents a person sees.
+    window = kpis.window_named("7d", NOW)
+    one = kpis.figures(Run.objects.filter(agent=a), "version", window, scope=Q(agent=a))
+    alone = kpis.figures(Run.objects.filter(agent=a), "version", window)
+    for gid, pair in alone.items():
+        same_figures(one[gid].current, pair.current, f"version {gid}")
+
+
+def test_the_rollup_twice_or_by_two_workers_at_once_leaves_the_same_rows(
+    history: dict[str, Any],
+) -> None:
+    rollup.kpi_rollup()
+    first = rollup_rows()
+    again = rollup.kpi_rollup()
+    # Nothing new but the open hours, examined again and still open.
+    assert (again.written, again.open) == (0, KpiOpenHour.objects.count())
+    assert rollup_rows() == first
+    # Rebuilt from the journal, whole or a range: the same rows again.
+    rollup.kpi_rollup_rebuild()
+    assert rollup_rows() == first
+    rollup.kpi_rollup_rebuild(NOW - timedelta(days=3, minutes=20), NOW)
+    assert rollup_rows() == first
+
+
+@pytest.mark.skipif(ON_SQLITE, reason="SQLite has one writer; make run's threads queue")
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_rolling_up_at_once_leave_the_rows_of_one(
+    make_agent: Any, world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(7)
+    agent = make_agent("kpi-two", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    store(build(rng, agent, [agent.live_version], 60))
+    # Not this process's lock: the database's (the rollup's row, locked for update), as
+    # between two worker processes.
+    monkeypatch.setattr(rollup, "_one_at_a_time", contextlib.nullcontext())
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            barrier.wait(timeout=30)
+            rollup.kpi_rollup()
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    together = rollup_rows()
+    assert together and any(row[0] == "KpiHour" for row in together)
+    rollup.kpi_rollup_rebuild()
+    assert rollup_rows() == together
+
+
+def test_a_run_that_finishes_later_has_its_hour_rolled_up_then(make_agent: Any, world: Any) -> None:
+    agent = make_agent("kpi-late", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    hour = kpis.floor_hour(NOW) - timedelta(hours=3)
+    held = Step(Action.Kind.TOOL, "payments.pay", S.HELD, request=(AS.PENDING, None))
+    done = Step(Action.Kind.MODEL, "scripted", S.SUCCEEDED, {"tokens_in": 5, "tokens_out": 2})
+    v = agent.live_version
+    store(
+        [
+            BuiltRun(agent, v, hour + timedelta(minutes=10), Run.Status.WAITING, None, "", [held]),
+            BuiltRun(
+                agent,
+                v,
+                hour + timedelta(minutes=20),
+                Run.Status.SUCCEEDED,
+                hour + timedelta(minutes=21),
+                "",
+                [done],
+            ),
+            BuiltRun(
+                agent,
+                v,
+                hour + timedelta(hours=1, minutes=5),
+                Run.Status.SUCCEEDED,
+                hour + timedelta(hours=1, minutes=6),
+                "",
+                [done],
+            ),
+        ]
+    )
+    rollup.kpi_rollup()
+    assert list(KpiOpenHour.objects.values_list("agent_id", "hour")) == [(agent.pk, hour)]
+    # Nor a row for the day: one of its hours is open.
+    assert list(KpiHour.objects.values_list("hour", "hours", "runs")) == [
+        (hour + timedelta(hours=1), 1, 1)
+    ]
+    window = kpis.window_named("24h", NOW)
+    scope = Q(agent=agent)
+    page = kpis.figures(Run.objects.filter(scope), "agent", window, scope=scope)[agent.pk]
+    assert (page.current.runs, page.current.held, page.current.decided) == (3, 1, 0)
+    # The run is approved and succeeds; the next round rolls its hour up.
+    waiting = Run.objects.get(agent=agent, status=Run.Status.WAITING)
+    request = ApprovalRequest.objects.get(run=waiting)
+    ApprovalRequest.objects.filter(pk=request.pk).update(
+        status=AS.APPROVED, decided_at=request.created_at + timedelta(minutes=4)
+    )
+    Action.objects.filter(run=waiting).update(status=S.SUCCEEDED)
+    Run.objects.filter(pk=waiting.pk).update(
+        status=Run.Status.SUCCEEDED, finished_at=hour + timedelta(minutes=30)
+    )
+    rollup.kpi_rollup()
+    assert not KpiOpenHour.objects.exists()
+    assert sorted(KpiHour.objects.values_list("hour", "hours", "runs", "held", "decided")) == [
+        (kpis.floor_day(hour), 24, 3, 1, 1),  # the whole day, now every hour is closed
+        (hour, 1, 2, 1, 1),
+        (hour + timedelta(hours=1), 1, 1, 0, 0),
+    ]
+    assert sorted(KpiHourWait.objects.values_list("hours", "minutes", "decided")) == [
+        (1, 4, 1),
+        (24, 4, 1),
+    ]
+    page = kpis.figures(Run.objects.filter(scope), "agent", window, scope=scope)[agent.pk]
+    journal = kpis.figures(Run.objects.filter(scope), "agent", window)[agent.pk]
+    same_figures(page.current, journal.current, "after")
+    assert (page.current.runs, page.current.decided, page.current.within_sla) == (3, 1, 1)
+
+
+def test_the_rollup_command_catches_up_and_rebuilds(history: dict[str, Any]) -> None:
+    from django.core.management import CommandError, call_command
+
+    out = io.StringIO()
+    call_command("kpi_rollup", stdout=out)
+    assert "agent version hours rolled up" in out.getvalue()
+    rows = rollup_rows()
+    KpiHour.objects.filter(hour__gte=NOW - timedelta(days=2)).update(runs=999)
+    call_command("kpi_rollup", "--rebuild", "--since", (NOW - timedelta(days=3)).isoformat())
+    assert rollup_rows() == rows
+    with pytest.raises(CommandError, match="ISO 8601"):
+        call_command("kpi_rollup", "--rebuild", "--since", "last tuesday")
+    assert rollup_rows() == rows
+
+
+def test_the_rollup_is_a_beat_timer_of_every_layout() -> None:
+    """In settings.CELERY_BEAT_SCHEDULE, which `make run`'s beat thread, `celery beat`
+    and `celery worker -B` all read, and registered with the worker's app."""
+    from django.conf import settings
+
+    from console.celery import app
+
+    timers = {t["task"]: t["schedule"] for t in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert timers["kpis.rollup"] == settings.BATON_KPI_ROLLUP_EVERY_SECONDS
+    app.loader.import_default_modules()
+    assert "kpis.rollup" in app.tasks
 
 
 def test_the_ratios_divide_like_with_like() -> None:
@@ -434,18 +693,24 @@ def test_the_agent_page_links_to_its_kpis_and_the_nav_to_the_fleet(
     assert f'href="/agents/{a.slug}/kpis/"' in text and 'href="/kpis/"' in text
 
 
-# What each KPI page costs in queries, for compliance (model-wide permissions):
+# What each KPI page costs in queries, for compliance (model-wide permissions), with the
+# rollup filled (agents.rollup):
 #  1-4. the session, the person, their permissions (the person's, then their groups')
-#  the fleet page: 5. the agents the person sees; 6-11. by agent: runs, steps, requests,
-#     payments, orders, the sparkline; 12-13. the teams' percentiles (cycle time, time to
-#     decide), their other figures the agents' added up (kpis.figures_summed)
-#  the agent page: 5. the agent; 6-11. by version (as above); 12-13. the agent's
-#     percentiles; 14. the versions' numbers; 15-20. drift (agents.drift): per window, the
-#     sampled runs' inputs, their decisions, their model outputs; 21. the agent's alert
+#  the fleet page: 5. the agents the person sees; 6, 23. the transaction the figures'
+#     queries run in (a savepoint here, inside the test's transaction), 7. SET LOCAL
+#     jit = off and work_mem; 8-9. how far the rollup has looked, and the hours it left
+#     open; 10-12. by agent, the rollup's whole hours and days: figures and bars, money
+#     paid, decisions within the SLA; 13-18. the rest from the journal: runs, steps,
+#     requests, payments, orders, the sparkline; 19-20. the agents' percentiles (cycle
+#     time, time to decide); 21-22. the teams' percentiles, their other figures the
+#     agents' added up (kpis.figures_summed)
+#  the agent page: 5. the agent; 6-23. by version, and the agent's percentiles (as
+#     above); 24. the versions' numbers; 25-30. drift (agents.drift): per window, the
+#     sampled runs' inputs, their decisions, their model outputs; 31. the agent's alert
 #     rules (agents.alerts.agent_rules)
 #  then the console context: engaged kill switches, where the live stream starts, the
 #  person's groups (base.html).
-PAGE_QUERIES = {"/kpis/": 16, "/agents/kpi-0/kpis/": 24}
+PAGE_QUERIES = {"/kpis/": 26, "/agents/kpi-0/kpis/": 34}
 
 
 @pytest.mark.parametrize("url", list(PAGE_QUERIES))
@@ -458,10 +723,13 @@ def test_the_kpi_pages_cost_the_same_queries_for_three_agents_as_for_eight(
         for i in range(len(Agent.objects.filter(slug__startswith="kpi-")), n):
             agent = make_agent(f"kpi-{i}", "tests.support.agents.counter", ALLOW_ALL_TESTS)
             store(build(rng, agent, [agent.live_version], 12))
+        # The history rolled up (some hours open), so every query of the pages runs.
+        rollup.kpi_rollup()
+        assert KpiHour.objects.exists() and KpiOpenHour.objects.exists()
         assert client.get(url).status_code == 200  # fills the process-wide caches
         with CaptureQueriesContext(connection) as queries:
             assert client.get(url).status_code == 200
-        assert len(queries) == PAGE_QUERIES[url], [q["sql"][:120] for q in queries]
+        assert len(queries) == PAGE_QUERIES[url], [q["sql"][:80] for q in queries]
 
 
 @pytest.mark.skipif(ON_SQLITE, reason="this is the child run")
@@ -491,4 +759,4 @@ def test_the_figures_and_pages_agree_on_sqlite(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert re.search(r"\b11 passed\b", done.stdout) and "failed" not in done.stdout, done.stdout
+    assert re.search(r"\b20 passed\b", done.stdout) and "failed" not in done.stdout, done.stdout

@@ -1,6 +1,7 @@
-"""Every timer runs in every layout: the sweep, approval expiry, the signed checkpoint and
-the scheduled verification, under `make run` (one process, beat as a thread) and under a
-separate `celery worker -B` — each seen happening in the database, never assumed."""
+"""Every timer runs in every layout: the sweep, approval expiry, the signed checkpoint, the
+scheduled verification and the KPI rollup, under `make run` (one process, beat as a
+thread) and under a separate `celery worker -B` — each seen happening in the database,
+never assumed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from agents.models import Run
+from agents.models import KpiHour, Run
 from agents.runtime import execute_run
 from agents.services import run_start
 from approvals.models import ApprovalRequest
@@ -28,6 +29,7 @@ SHORT_TIMERS = {
     "BATON_APPROVAL_EXPIRY_EVERY_SECONDS": "0.5",
     "BATON_AUDIT_CHECKPOINT_EVERY_SECONDS": "0.5",
     "BATON_AUDIT_VERIFY_EVERY_SECONDS": "0.5",
+    "BATON_KPI_ROLLUP_EVERY_SECONDS": "0.5",
 }
 
 # Run in the embedded console's database before it starts: a run whose message is lost
@@ -55,6 +57,15 @@ claim = run_start(
            "description": "stolen bicycle", "amount": 5000},
 )
 execute_run(claim.pk)
+# A run that ended three hours ago: its hour is closed, for the KPI rollup to add up.
+from agents.models import Run
+done = run_start(
+    agent=Agent.objects.get(slug="customer-mailer"),
+    input={"ticket_id": "T-0", "customer": "Ada Brun", "email": "ada@customer.example",
+           "topic": "a refund"},
+)
+ago = timezone.now() - timedelta(hours=3)
+Run.objects.filter(pk=done.pk).update(status="succeeded", created_at=ago, finished_at=ago)
 held = ApprovalRequest.objects.get(run=claim, status="pending")
 ApprovalRequest.objects.filter(pk=held.pk).update(due_at=timezone.now() - timedelta(minutes=1))
 print("prepared", mail.pk, held.pk)
@@ -154,6 +165,11 @@ def test_the_embedded_console_runs_every_timer(tmp_path: Path) -> None:
             timeout=60,
             message=f"the overdue request to expire\n{log.read_text()[-3000:]}",
         )
+        wait_for(
+            lambda: one("SELECT sum(runs) FROM agents_kpihour") == 1,
+            timeout=60,
+            message=f"the closed hour rolled up\n{log.read_text()[-3000:]}",
+        )
     finally:
         stop(proc)
 
@@ -208,6 +224,12 @@ def test_a_worker_with_beat_runs_every_timer(
     execute_run(claim.pk)
     held = ApprovalRequest.objects.get(run=claim, status=ApprovalRequest.Status.PENDING)
     ApprovalRequest.objects.filter(pk=held.pk).update(due_at=timezone.now() - timedelta(minutes=1))
+    # A run that ended three hours ago: its hour is closed, for the KPI rollup to add up.
+    done = run_start(agent=counter, input={"label": "old", "steps": 1})
+    ago = timezone.now() - timedelta(hours=3)
+    Run.objects.filter(pk=done.pk).update(
+        status=Run.Status.SUCCEEDED, created_at=ago, finished_at=ago
+    )
     redis_client.delete(task_queue)  # the broker lost both runs' messages
     assert not Checkpoint.objects.exists() and not Verification.objects.exists()
 
@@ -228,4 +250,9 @@ def test_a_worker_with_beat_runs_every_timer(
         lambda: ApprovalRequest.objects.get(pk=held.pk).status == ApprovalRequest.Status.EXPIRED,
         timeout=30,
         message="the overdue request to expire",
+    )
+    wait_for(
+        lambda: KpiHour.objects.filter(agent=counter, runs=1).exists(),
+        timeout=30,
+        message="the closed hour rolled up",
     )

@@ -33,8 +33,9 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-# Timers whose first round runs as soon as the console is up, not an interval later.
-FIRST_AT_START = ("audit.checkpoint", "audit.verify")
+# Timers whose first round runs as soon as the console is up, not an interval later (the
+# KPI rollup catches up on the hours that closed while the console was down).
+FIRST_AT_START = ("audit.checkpoint", "audit.verify", "kpis.rollup")
 
 
 class Command(BaseCommand):
