@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -203,9 +203,10 @@ def _receiving_for_the_process(client: redis.Redis) -> bool:
     """A receive of this test's Redis database blocked in BZPOPMIN: a Redis layer's one
     receive for every channel of the process."""
     db = client.connection_pool.connection_kwargs.get("db", 0)
+    clients = cast("list[dict[str, str]]", client.client_list())
     return any(
         c.get("cmd") == "bzpopmin" and int(c.get("db", -1)) == db and "b" in c.get("flags", "")
-        for c in client.client_list()
+        for c in clients
     )
 
 
