@@ -313,6 +313,43 @@ def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
     rationale = next(
         (a.meta.get("rationale", "") for a in reversed(steps) if a.kind == Action.Kind.MODEL), ""
     )
+    decidable = may_decide(user, request)
+    return _context(
+        user,
+        request,
+        steps=steps,
+        rationale=rationale,
+        can_decide=decidable,
+        why_not="" if decidable else refusal(user, request),
+    )
+
+
+def panel_context(user: Any, request: ApprovalRequest) -> RequestContext:
+    """What the decision panel shows (the answer to a decision): the request as it stands,
+    its decisions and whether the person may decide it still; no steps. A decided request
+    is nobody's to decide (the rule asks for a pending one), and the panel gives no reason
+    for it: the rule is asked only of a pending request."""
+    pending = request.status == ApprovalRequest.Status.PENDING
+    decidable = pending and may_decide(user, request)
+    return _context(
+        user,
+        request,
+        steps=[],
+        rationale="",
+        can_decide=decidable,
+        why_not=refusal(user, request) if pending and not decidable else "",
+    )
+
+
+def _context(
+    user: Any,
+    request: ApprovalRequest,
+    *,
+    steps: list[Action],
+    rationale: str,
+    can_decide: bool,
+    why_not: str,
+) -> RequestContext:
     decisions = list(request.decisions.select_related("user"))
     given = sum(
         1
@@ -321,7 +358,6 @@ def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
     )
     time_left = request.due_at - timezone.now() if request.due_at else None
     yours = any(d.user_id == user.pk and d.args_hash == request.args_hash for d in decisions)
-    decidable = may_decide(user, request)
     return RequestContext(
         request=request,
         steps=steps,
@@ -330,7 +366,7 @@ def request_context(user: Any, request: ApprovalRequest) -> RequestContext:
         approvals_given=given,
         still_needed=max(request.required_approvals - given, 0),
         time_left=time_left,
-        can_decide=decidable,
+        can_decide=can_decide,
         decided_by_you=yours,
-        why_not="" if decidable else refusal(user, request),
+        why_not=why_not,
     )

@@ -117,7 +117,7 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
     # request; a refusal is explained only to someone who may see the request (404
     # otherwise, as for an id that does not exist).
     try:
-        approval_decide(
+        decided = approval_decide(
             request_id=request_id,
             user=signed_in(request),
             verdict=data["verdict"],
@@ -135,11 +135,20 @@ def decide(request: HtmxHttpRequest, request_id: int) -> HttpResponse:
             return _render_request(request, approval, error=str(exc), status=409)
         status = 409 if isinstance(exc, Conflict) else 400
         return _render_request(request, approval, form=form, error=str(exc), status=status)
-    approval = selectors.request_for_user(request.user, request_id)
     if request.htmx:
+        # The answer is the decision panel only, drawn from the request the decision
+        # returned (as it wrote it): a person the rule let decide sees the request, so
+        # it is not looked up again; the panel needs no steps.
+        ctx = selectors.panel_context(request.user, decided)
+        schema = agent_tool(decided.agent_id, decided.tool).schema if ctx.can_decide else {}
+        answer = render(
+            request,
+            "approvals/request.html#panel",
+            {"ctx": ctx, "form": None, "error": "", "schema": schema},
+        )
         # The queue and the badge listen for it (hx-trigger "approvals-changed from:body").
-        return trigger_client_event(_render_request(request, approval), "approvals-changed")
-    messages.success(request, f"Request {approval.pk}: {data['verdict']} recorded.")
+        return trigger_client_event(answer, "approvals-changed")
+    messages.success(request, f"Request {request_id}: {data['verdict']} recorded.")
     return redirect("approvals")
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
@@ -49,6 +50,9 @@ def console(request: HttpRequest) -> dict[str, Any]:
         return {"baton_embedded": settings.EMBEDDED, "engaged_switches": []}
     return {
         "baton_embedded": settings.EMBEDDED,
-        "engaged_switches": switch_banners(user),
+        # Read when a template shows the banners, once: a page does, an htmx fragment
+        # (a decision's panel, a queue's rows) mostly does not, and the banners are the
+        # larger part of what this costs (the person's visibility, grants, the switches).
+        "engaged_switches": functools.cache(lambda: switch_banners(user)),
         "live_seq": latest_seq(),
     }

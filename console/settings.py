@@ -271,6 +271,9 @@ BATON_MCP_STDIO_COMMANDS = env_list("BATON_MCP_STDIO_COMMANDS")
 # How long a tools/call held for approval waits for the decision before answering
 # "pending approval" (the client then calls again); keep it under the clients' timeout.
 BATON_MCP_HOLD_WAIT_SECONDS = env_float("BATON_MCP_HOLD_WAIT_SECONDS", 25.0)
+# A long poll or a held MCP call waits for the run's doorbell (agents.stepwait), and reads
+# the step again this often without one: a doorbell lost on its way costs at most this.
+BATON_STEP_RECHECK_SECONDS = env_float("BATON_STEP_RECHECK_SECONDS", 5.0)
 # How long an upstream server's tool listing is reused before it is fetched again.
 BATON_MCP_TOOLS_CACHE_SECONDS = env_float("BATON_MCP_TOOLS_CACHE_SECONDS", 30.0)
 # How long one forwarded upstream call may take.

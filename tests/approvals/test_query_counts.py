@@ -116,3 +116,33 @@ def test_the_decide_post_decides_before_it_reads_anything_for_its_answer(
     # 1. the session, 2. the person
     assert len(before) == 2, "\n\n".join(before)
     assert Run.objects.get(pk=request.run_id).status == Run.Status.QUEUED
+
+
+def test_the_decide_post_answers_with_the_panel_in_two_queries_after_the_decision(
+    held: Any, world: Any, client: Any
+) -> None:
+    """After the decision's transaction the htmx answer is the decision panel only, drawn
+    from the request the decision returned: its decisions and the page's live position.
+    Not read again: the request, the person's view of it, the run's steps, the tool's
+    schema (no form on a decided request), the kill switch banners (not in the panel)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    request = held(amount=500, claim="c1")
+    client.force_login(world.supervisor)
+    with CaptureQueriesContext(connection) as captured:
+        answer = client.post(
+            f"/approvals/{request.pk}/decide",
+            {"verdict": "approve", "args_hash": request.args_hash},
+            HTTP_HX_REQUEST="true",
+        )
+    assert answer.status_code == 200
+    assert b'data-testid="request-status">approved<' in answer.content
+    sql = [q["sql"] for q in captured.captured_queries]
+    released = max(i for i, s in enumerate(sql) if "baton_audit_append" in s)
+    after = [s for s in sql[released + 1 :] if not s.startswith(("SAVEPOINT", "RELEASE"))]
+    # 1. the request's decisions with who made them, 2. the trail's last seq (live_seq)
+    assert len(after) == 2, "\n\n".join(after)
+    assert "approvals_approvaldecision" in after[0] and "audit_auditevent" in after[1]
+    # The whole POST: the session, the person, the decision's ten, the answer's two.
+    assert len(sql) == 14, "\n\n".join(sql)
