@@ -40,8 +40,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from channels import DEFAULT_CHANNEL_LAYER
-from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from console import live
@@ -71,17 +70,15 @@ def ring_runs(run_ids: list[int]) -> None:
 
 
 def bells_layer() -> Any:
-    """The layer bells join and receive on: on Redis an instance of its own, whose
-    channels' messages no other receive of the process pops (the groups are in Redis, so
-    the doorbells rung through the default instance reach it); in memory the default
-    instance itself, where the groups are."""
+    """The layer bells join and receive on (console.live.private_layer): on Redis one
+    instance of their own per process; in memory the default one, where the groups are."""
     global _bells_layer
     layer = get_channel_layer()
     if layer is None or isinstance(layer, InMemoryChannelLayer):
         return layer
     with _bells_layer_lock:
         if _bells_layer is None:
-            _bells_layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+            _bells_layer = live.private_layer()
         return _bells_layer
 
 

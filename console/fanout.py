@@ -25,10 +25,9 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 
 from audit.models import AuditEvent
@@ -142,6 +141,9 @@ class Renderer:
         self.wanted: Counter[str] = Counter()
         self.joined: set[str] = set()
         self.channel: str | None = None
+        # Its own instance on Redis (live.private_layer): a socket closing cancels its
+        # consumer's receive, which on the shared instance could take a doorbell with it.
+        self.layer: Any = None
         self.tasks: list[asyncio.Task[None]] = []
 
     # --- sockets ---------------------------------------------------------------------
@@ -177,7 +179,7 @@ class Renderer:
     async def _sync_groups(self) -> bool:
         """Join the groups some class here may see and leave the others, one change at a
         time (a join and a leave racing on one group end as the counts say)."""
-        layer = get_channel_layer()
+        layer = self.layer
         async with self.membership:
             wanted = {g for g, n in self.wanted.items() if n > 0}
             if live.EVERYTHING in wanted:
@@ -198,14 +200,15 @@ class Renderer:
         if self.channel is not None:
             return
         self.after = await database_sync_to_async(latest_seq, thread_sensitive=False)()
-        self.channel = await get_channel_layer().new_channel()
+        self.layer = live.private_layer()
+        self.channel = await self.layer.new_channel()
         self.tasks = [
             asyncio.create_task(self._listen(), name="live-renderer-listen"),
             asyncio.create_task(self._read_forever(), name="live-renderer-read"),
         ]
 
     async def _listen(self) -> None:
-        layer = get_channel_layer()
+        layer = self.layer
         while True:
             try:
                 message = await layer.receive(self.channel)

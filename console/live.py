@@ -16,7 +16,8 @@ import logging
 import threading
 from typing import Any
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels import DEFAULT_CHANNEL_LAYER
+from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 from django.db import transaction
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,20 @@ EVERYTHING = "live.everything"  # every event: for those who see the whole trail
 _web_loop: asyncio.AbstractEventLoop | None = None
 _own_loop: asyncio.AbstractEventLoop | None = None
 _lock = threading.Lock()
+
+
+def private_layer() -> Any:
+    """A channel layer for a receiver that must hear every doorbell (the live renderer, a
+    long poll's bells): on Redis an instance of its own. The Redis layer receives for all
+    the channels of an instance at once, one receive popping the next message of any of
+    them, and a receive cancelled just after Redis popped a message loses it — Channels
+    cancels a consumer's receive when its socket closes. On an instance of its own the
+    doorbells are popped by nobody else (the groups are in Redis, so doorbells rung through
+    the default instance reach it). In memory: the default instance, where the groups are."""
+    layer = get_channel_layer()
+    if layer is None or isinstance(layer, InMemoryChannelLayer):
+        return layer
+    return channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
 
 
 def agent_group(agent_id: int) -> str:

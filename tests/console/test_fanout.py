@@ -4,13 +4,17 @@ sockets on any process receive events committed by any other. Counted, never tim
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import threading
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from asgiref.sync import sync_to_async
+import redis
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
 from django.db import transaction
 from django.test import Client
 
@@ -320,3 +324,54 @@ async def test_frames_waiting_for_a_socket_go_as_one_message_but_never_across_a_
     # Another socket of the class, behind by the same frames: the same joined bytes.
     assert (await other.get()).text == fanout.join([one, two, three])
     assert behind.queue.empty() and behind.held is None
+
+
+def _blocked_receives(client: Any) -> int:
+    """Receives of this test's Redis database blocked in BZPOPMIN: one per layer instance
+    receiving (a Redis layer receives for all the channels of an instance at once)."""
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    return sum(
+        c.get("cmd") == "bzpopmin" and int(c.get("db", -1)) == db and "b" in c.get("flags", "")
+        for c in client.client_list()
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("_close_thread_connections")
+async def test_a_socket_closing_does_not_take_the_renderers_doorbell_with_it(
+    world: Any, make_agent: Any, settings: Any
+) -> None:
+    """Channels cancels a consumer's receive when its socket closes. On the Redis layer's
+    shared instance that receive may be the one that popped the next message of the whole
+    process — here the renderer's doorbell — and the message would go with it: the
+    renderer would not read until its re-check. It receives on an instance of its own."""
+    settings.BATON_LIVE_RECHECK_SECONDS = 60  # only a doorbell wakes the renderer here
+    layer = get_channel_layer()
+    assert type(layer).__name__ == "RedisChannelLayer"
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    # A consumer's receive on the default instance, blocked in Redis before the renderer's.
+    closing = asyncio.ensure_future(layer.receive(await layer.new_channel()))
+    while _blocked_receives(client) < 1:
+        await asyncio.sleep(0.01)
+    socket = await connect(world.supervisor)
+    await socket.receive_from()  # hello: the renderer has joined its groups
+    renderer = fanout.renderer()
+    reads = renderer.stats.reads
+    group = sorted(renderer.joined)[0]
+    # With this loop held, the doorbell goes out from another thread and Redis hands it to
+    # whichever receive is blocked; then the consumer's receive is cancelled, as a socket
+    # closing cancels it, before this loop has read Redis's reply.
+    sender = threading.Thread(
+        target=async_to_sync(layer.group_send), args=(group, {"type": live.DOORBELL})
+    )
+    sender.start()
+    sender.join()
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+    for _ in range(2000):  # at most 20 s, far below the 60 s re-check
+        if renderer.stats.reads > reads:
+            break
+        await asyncio.sleep(0.01)
+    await socket.disconnect()
+    assert renderer.stats.reads > reads, "the renderer's doorbell was lost with the receive"
