@@ -359,7 +359,13 @@ def figures(
 
 
 def _figures(
-    runs: QuerySet[Run], by: str, window: Window, *, sparklines: bool, scope: Q | None
+    runs: QuerySet[Run],
+    by: str,
+    window: Window,
+    *,
+    sparklines: bool,
+    scope: Q | None,
+    up: tuple[str, dict[int, Pair]] | None = None,
 ) -> dict[int, Pair]:
     key = KEYS[by]
     pairs: dict[int, Pair] = defaultdict(Pair)
@@ -385,9 +391,14 @@ def _figures(
     if sparklines:
         for pair in pairs.values():
             _fill_buckets(pair, window)
-    # The percentiles are not sums: from the durations of the whole window.
-    _cycle_percentiles(whole, key, window, of)
-    _decide_percentiles(whole.values("pk"), key, window, of)
+    # The percentiles are not sums: from the durations of the whole window, for the groups
+    # and, when asked (`up`: a KEYS name and the pairs to fill), for the groups up too, in
+    # the same query.
+    groups: list[tuple[str, dict[int, Pair]]] = [(key, pairs)]
+    if up is not None:
+        groups.append((KEYS[up[0]], up[1]))
+    _cycle_percentiles(whole, groups, window)
+    _decide_percentiles(whole.values("pk"), groups, window)
     return dict(pairs)
 
 
@@ -419,25 +430,70 @@ def _runs(base: QuerySet[Run], g: Grouping, of: Any) -> None:
         f.failed, f.diverged, f.exceptions = row["failed"], row["diverged"], row["exceptions"]
 
 
-def _cycle_percentiles(base: QuerySet[Run], key: str, window: Window, of: Any) -> None:
+def _cycle_percentiles(
+    base: QuerySet[Run], groups: list[tuple[str, dict[int, Pair]]], window: Window
+) -> None:
     """Cycle time p50/p95, from the finished runs' creation and end alone (read from the
-    index run_created_durations on Postgres)."""
-    finished = base.filter(finished_at__isnull=False).annotate(cur=_current("", window))
-    if _in_sql():
-        cycle = Seconds(_duration("finished_at", "created_at"))
-        rows = finished.values(key, "cur").annotate(
-            p50=PercentileCont(cycle, 0.5), p95=PercentileCont(cycle, 0.95)
-        )
-        for row in rows:
-            f = of(row)
-            f.cycle_p50, f.cycle_p95 = row["p50"], row["p95"]
+    index run_created_durations on Postgres), for each grouping of `groups` (a KEYS value,
+    the pairs to fill) in one query."""
+    finished = base.filter(finished_at__isnull=False)
+    for f, p50, p95 in _percentiles(finished, "", groups, window, "finished_at"):
+        f.cycle_p50, f.cycle_p95 = p50, p95
+
+
+def _percentiles(
+    rows: QuerySet[Any],
+    prefix: str,
+    groups: list[tuple[str, dict[int, Pair]]],
+    window: Window,
+    later: str,
+) -> Iterator[tuple[Figures, float | None, float | None]]:
+    """The p50 and p95 of `later` - created_at over `rows` (prefix: the path from them to
+    the run), in the window and the window before, for each grouping of `groups`: the
+    Figures each pair of percentiles belongs to. One query: on Postgres, percentile_cont
+    grouped by GROUPING SETS, one set a grouping (the rows read and joined once); on
+    SQLite, the durations grouped in Python, the same definition."""
+    keys = [prefix + key for key, _ in groups]
+    rows = rows.annotate(cur=_current(prefix, window)).order_by()
+
+    def figures_of(i: int, gid: Any, cur: Any) -> Figures:
+        pair = groups[i][1][gid]
+        return pair.current if cur else pair.previous
+
+    if not _in_sql():
+        durations: dict[tuple[int, Any, bool], list[float]] = defaultdict(list)
+        for *gids, cur, created, done in rows.values_list(*keys, "cur", "created_at", later):
+            seconds = (done - created).total_seconds()
+            for i, gid in enumerate(gids):
+                durations[(i, gid, bool(cur))].append(seconds)
+        for (i, gid, cur), values in durations.items():
+            p50, p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
+            yield figures_of(i, gid, cur), p50, p95
         return
-    durations: dict[tuple[int, bool], list[float]] = defaultdict(list)
-    for group, cur, created, done in finished.values_list(key, "cur", "created_at", "finished_at"):
-        durations[(group, cur)].append((done - created).total_seconds())
-    for (group, cur), values in durations.items():
-        f = of({key: group, "cur": cur})
-        f.cycle_p50, f.cycle_p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
+    names = [f"g{i}" for i in range(len(keys))]
+    inner = rows.annotate(
+        **{name: F(k) for name, k in zip(names, keys, strict=True)},
+        d=Seconds(_duration(later, "created_at")),
+    ).values(*names, "cur", "d")
+    sql, params = inner.query.sql_with_params()
+    cols, grouped = ", ".join(names), ", ".join(f"GROUPING({n})" for n in names)
+    sets = ", ".join(f"({n}, cur)" for n in names)
+    # Only this module's names go into the statement; Django's compiled subquery keeps its
+    # values as params.
+    statement = (
+        f"SELECT {cols}, cur, {grouped}, "  # noqa: S608
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY d), "
+        "percentile_cont(0.95) WITHIN GROUP (ORDER BY d) "
+        f"FROM ({sql}) AS durations GROUP BY GROUPING SETS ({sets})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        found = cursor.fetchall()
+    n = len(names)
+    for row in found:
+        gids, cur, flags = row[:n], row[n], row[n + 1 : 2 * n + 1]
+        i = flags.index(0)  # the grouping set of this row: its key not rolled up
+        yield figures_of(i, gids[i], cur), row[-2], row[-1]
 
 
 def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
@@ -523,28 +579,16 @@ def _requests(run_ids: Any, g: Grouping, of: Any) -> None:
             of({"run__" + g.key: group, "cur": cur}, "run__").within_sla = n
 
 
-def _decide_percentiles(run_ids: Any, key: str, window: Window, of: Any) -> None:
-    """Time to decide p50/p95, from the decided requests' times alone."""
+def _decide_percentiles(
+    run_ids: Any, groups: list[tuple[str, dict[int, Pair]]], window: Window
+) -> None:
+    """Time to decide p50/p95, from the decided requests' times alone (read from the index
+    approval_created_decided on Postgres), for each grouping of `groups` in one query."""
     decided = ApprovalRequest.objects.filter(
         run__in=run_ids, created_at__gte=window.previous_start, status__in=DECIDED
-    ).annotate(cur=_current("run__", window))
-    if _in_sql():
-        wait = Seconds(_duration("decided_at", "created_at"))
-        rows = decided.values("run__" + key, "cur").annotate(
-            p50=PercentileCont(wait, 0.5), p95=PercentileCont(wait, 0.95)
-        )
-        for row in rows:
-            f = of(row, "run__")
-            f.decide_p50, f.decide_p95 = row["p50"], row["p95"]
-        return
-    waits: dict[tuple[int, bool], list[float]] = defaultdict(list)
-    for group, cur, created, done in decided.values_list(
-        "run__" + key, "cur", "created_at", "decided_at"
-    ):
-        waits[(group, cur)].append((done - created).total_seconds())
-    for (group, cur), values in waits.items():
-        f = of({"run__" + key: group, "cur": cur}, "run__")
-        f.decide_p50, f.decide_p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
+    )
+    for f, p50, p95 in _percentiles(decided, "run__", groups, window, "decided_at"):
+        f.decide_p50, f.decide_p95 = p50, p95
 
 
 def _value(base: QuerySet[Run], g: Grouping, of: Any) -> None:
@@ -785,24 +829,16 @@ def figures_summed(
     """The KPIs of `runs` grouped `by` (versions, agents) and grouped `up` (agents, teams),
     where `parent` names each group's group up (a version's agent, an agent's team): the
     groups up are their parts added — counts, sums, money, bars — and only their
-    percentiles are asked of the database again (two queries), not every figure twice.
+    percentiles are asked of the database, in the parts' percentile queries (one
+    query for either pair of percentiles), not every figure twice.
     Same figures as figures(runs, up, window); `scope` as there."""
+    pairs: dict[int, Pair] = defaultdict(Pair)
     with _without_jit():
-        parts = _figures(runs, by, window, sparklines=True, scope=scope)
-        pairs: dict[int, Pair] = defaultdict(Pair)
-        for gid, pair in parts.items():
-            whole = pairs[parent(gid)]
-            _add(whole.current, pair.current)
-            _add(whole.previous, pair.previous)
-        key = KEYS[up]
-
-        def of(row: dict[str, Any], prefix: str = "") -> Figures:
-            pair = pairs[row[prefix + key]]
-            return pair.current if row["cur"] else pair.previous
-
-        base = runs.filter(**_between("", window)).order_by()
-        _cycle_percentiles(base, key, window, of)
-        _decide_percentiles(base.values("pk"), key, window, of)
+        parts = _figures(runs, by, window, sparklines=True, scope=scope, up=(up, pairs))
+    for gid, pair in parts.items():
+        whole = pairs[parent(gid)]
+        _add(whole.current, pair.current)
+        _add(whole.previous, pair.previous)
     return parts, dict(pairs)
 
 
