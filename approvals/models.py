@@ -58,7 +58,16 @@ class ApprovalRequest(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "due_at"], name="approval_status_due")]
+        indexes = [
+            models.Index(fields=["status", "due_at"], name="approval_status_due"),
+            # The KPIs read a window's requests by their creation (agents.kpis): held, and
+            # the decided ones' times, from the index alone.
+            models.Index(
+                fields=["created_at"],
+                include=("status", "decided_at", "run"),
+                name="approval_created_decided",
+            ),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(required_approvals__gte=1), name="approval_needs_one_or_more"
