@@ -415,9 +415,10 @@ def _under(q: Q, prefix: str) -> Q:
     """The filter `q` on a model, said from a model that points at it by `prefix`."""
     out = Q()
     out.connector, out.negated = q.connector, q.negated
+    children: list[Any] = list(q.children)  # Q objects and (lookup, value) pairs
     out.children = [
         _under(child, prefix) if isinstance(child, Q) else (prefix + child[0], child[1])
-        for child in q.children
+        for child in children
     ]
     return out
 
@@ -782,32 +783,44 @@ def _from_rollup(scope: Q, key: str, window: Window, plan: RollupPlan) -> dict[i
     )
     buckets = window.buckets
     index = {at: i for i, at in enumerate(buckets)}
+    sums = [f"sum_{name}" for name in ROLLED]
+    runs_at, exceptions_at = ROLLED.index("runs"), ROLLED.index("exceptions")
     rows = (
         KpiHour.objects.filter(scope, plan.rollup)
         .annotate(cur=cur, bar=bar)
         .values(key, "cur", "bar")
         .annotate(**{f"sum_{name}": Sum(name) for name in ROLLED})
         .order_by()
+        .values_list(key, "cur", "bar", *sums)
     )
-    for row in rows:
-        f = of(row)
-        for name in ROLLED:
-            value = row[f"sum_{name}"] or 0
+    # Added up per group and window first (a few thousand rows: an agent's hours or days
+    # of the window), then into the Figures once a group.
+    totals: dict[tuple[int, bool], list[Any]] = {}
+    for gid, is_cur, at, *values in rows:
+        total = totals.get((gid, is_cur))
+        if total is None:
+            total = totals[(gid, is_cur)] = [0] * len(ROLLED)
+        for i, value in enumerate(values):
+            if value:
+                total[i] += value
+        if at is not None and at.tzinfo is None:  # a truncation in a CASE comes back naive
+            at = at.replace(tzinfo=UTC)
+        slot = index.get(at) if is_cur else None
+        if slot is not None:
+            f = of({key: gid, "cur": is_cur})
+            if not f.runs_per_bucket:
+                f.runs_per_bucket = [0] * len(buckets)
+                f.exceptions_per_bucket = [0] * len(buckets)
+            f.runs_per_bucket[slot] += values[runs_at] or 0
+            f.exceptions_per_bucket[slot] += values[exceptions_at] or 0
+    for (gid, is_cur), total in totals.items():
+        f = of({key: gid, "cur": is_cur})
+        for name, value in zip(ROLLED, total, strict=True):
             if name == "ordered":
                 value = Decimal(str(value))
             elif name == "cost_eur":
                 value = float(value)
             setattr(f, name, getattr(f, name) + value)
-        at = row["bar"]
-        if at is not None and at.tzinfo is None:  # a truncation in a CASE comes back naive
-            at = at.replace(tzinfo=UTC)
-        slot = index.get(at) if row["cur"] else None
-        if slot is not None:
-            if not f.runs_per_bucket:
-                f.runs_per_bucket = [0] * len(buckets)
-                f.exceptions_per_bucket = [0] * len(buckets)
-            f.runs_per_bucket[slot] += row["sum_runs"] or 0
-            f.exceptions_per_bucket[slot] += row["sum_exceptions"] or 0
     paid = (
         KpiHourPaid.objects.filter(scope, plan.rollup)
         .annotate(cur=cur)
