@@ -474,6 +474,7 @@ def _percentiles(
     Figures each pair of percentiles belongs to. One query: on Postgres, percentile_cont
     grouped by GROUPING SETS, one set a grouping (the rows read and joined once); on
     SQLite, the durations grouped in Python, the same definition."""
+    assert 1 <= len(groups) <= 2, "the groups, and perhaps the groups up"
     keys = [prefix + key for key, _ in groups]
     rows = rows.annotate(cur=_current(prefix, window)).order_by()
 
@@ -498,7 +499,11 @@ def _percentiles(
     ).values(*names, "cur", "d")
     sql, params = inner.query.sql_with_params()
     cols, grouped = ", ".join(names), ", ".join(f"GROUPING({n})" for n in names)
-    sets = ", ".join(f"({n}, cur)" for n in names)
+    # With groups up (`groups`: the groups, then the groups up), the groups up first: a
+    # group lies within one group up (an agent in its team, a version in its agent), so
+    # the groups' set (up, cur, group) and the groups up's (up, cur) are read from one
+    # sort of the durations.
+    sets = "(g1, cur, g0), (g1, cur)" if len(names) == 2 else "(g0, cur)"
     # Only this module's names go into the statement; Django's compiled subquery keeps its
     # values as params.
     statement = (
