@@ -139,14 +139,9 @@ def database() -> str:
 
 
 def reuse() -> None:
-    from urllib.parse import urlparse, urlunparse
+    from bench.common import use_kept_database
 
-    parts = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"))
-    os.environ["DATABASE_URL"] = urlunparse(parts._replace(path=f"/{DB_NAME}"))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-    import django
-
-    django.setup()
+    use_kept_database(DB_NAME)
 
 
 def main() -> None:

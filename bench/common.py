@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,31 @@ def use_bench_database(name: str = "baton_bench") -> str:
     call_command("migrate", verbosity=0)
     sequencer_start(bench_url)
     return bench_url
+
+
+def use_kept_database(name: str) -> str:
+    """Django on the database an earlier run of a benchmark kept (its BENCH_*_REUSE=1), as
+    that run left it: nothing dropped, migrated or started."""
+    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+    bench_url = urlunparse(urlparse(url)._replace(path=f"/{name}"))
+    os.environ["DATABASE_URL"] = bench_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    import django
+
+    django.setup()
+    return bench_url
+
+
+def audit_keys_in(work: Path, fresh: bool) -> None:
+    """The trail's signing key and checkpoints in the benchmark's own folder (emptied first
+    for a fresh database), never the developer's."""
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.pop("BATON_AUDIT_SIGNING_KEY", None)
+    os.environ.pop("BATON_AUDIT_TRUSTED_KEYS_FILE", None)
+    os.environ["BATON_AUDIT_SIGNING_KEY_FILE"] = str(work / "key.pem")
+    os.environ["BATON_AUDIT_CHECKPOINT_DIR"] = str(work / "checkpoints")
 
 
 def sequencer_start(db_url: str) -> None:

@@ -31,7 +31,6 @@ names start so).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -442,30 +441,17 @@ def people(teams: list[Any], prefix: str = "kpi") -> tuple[Any, Any, Any]:
 
 
 def database() -> str:
-    from bench.common import use_bench_database
+    from bench.common import audit_keys_in, use_bench_database
 
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True, exist_ok=True)
-    os.environ.pop("BATON_AUDIT_SIGNING_KEY", None)
-    os.environ.pop("BATON_AUDIT_TRUSTED_KEYS_FILE", None)
-    os.environ["BATON_AUDIT_SIGNING_KEY_FILE"] = str(WORK / "key.pem")
-    os.environ["BATON_AUDIT_CHECKPOINT_DIR"] = str(WORK / "checkpoints")
+    audit_keys_in(WORK, fresh=True)
     return use_bench_database(DB_NAME)
 
 
 def reuse() -> str:
-    from urllib.parse import urlparse, urlunparse
+    from bench.common import audit_keys_in, use_kept_database
 
-    os.environ["BATON_AUDIT_SIGNING_KEY_FILE"] = str(WORK / "key.pem")
-    os.environ["BATON_AUDIT_CHECKPOINT_DIR"] = str(WORK / "checkpoints")
-    parts = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"))
-    url = urlunparse(parts._replace(path=f"/{DB_NAME}"))
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-    import django
-
-    django.setup()
-    return url
+    audit_keys_in(WORK, fresh=False)
+    return use_kept_database(DB_NAME)
 
 
 def uptime() -> str:

@@ -23,7 +23,7 @@ SAMPLES = int(os.environ.get("BENCH_METRICS_SAMPLES", "50"))
 REUSE = os.environ.get("BENCH_METRICS_REUSE") == "1"
 DB_NAME = "bench_metrics"
 
-from bench.common import ms, pct, report, use_bench_database  # noqa: E402
+from bench.common import ms, pct, report, use_bench_database, use_kept_database  # noqa: E402
 
 RUNS_SQL = """
 INSERT INTO agents_run (input, status, wait_reason, error, created_at, finished_at,
@@ -119,14 +119,7 @@ def busy_window() -> None:
 
 
 def reuse() -> None:
-    from urllib.parse import urlparse, urlunparse
-
-    parts = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"))
-    os.environ["DATABASE_URL"] = urlunparse(parts._replace(path=f"/{DB_NAME}"))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-    import django
-
-    django.setup()
+    use_kept_database(DB_NAME)
 
 
 def main() -> None:

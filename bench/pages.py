@@ -22,7 +22,6 @@ again without building it (it is kept after each run).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -38,33 +37,25 @@ REUSE = os.environ.get("BENCH_PAGES_REUSE") == "1"
 # bench.audit reads its number of rows when imported.
 os.environ["BENCH_AUDIT_ROWS"] = str(EVENTS)
 
-from bench.common import measure_page, pct, report, use_bench_database  # noqa: E402
+from bench.common import (  # noqa: E402
+    audit_keys_in,
+    measure_page,
+    pct,
+    report,
+    use_bench_database,
+    use_kept_database,
+)
 
 
 def setup() -> str:
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True, exist_ok=True)
-    os.environ.pop("BATON_AUDIT_SIGNING_KEY", None)
-    os.environ.pop("BATON_AUDIT_TRUSTED_KEYS_FILE", None)
-    os.environ["BATON_AUDIT_SIGNING_KEY_FILE"] = str(WORK / "key.pem")
-    os.environ["BATON_AUDIT_CHECKPOINT_DIR"] = str(WORK / "checkpoints")
+    audit_keys_in(WORK, fresh=True)
     return use_bench_database(DB_NAME)
 
 
 def reuse() -> str:
     """Django on the kept database of an earlier run (BENCH_PAGES_REUSE=1)."""
-    from urllib.parse import urlparse, urlunparse
-
-    os.environ["BATON_AUDIT_SIGNING_KEY_FILE"] = str(WORK / "key.pem")
-    os.environ["BATON_AUDIT_CHECKPOINT_DIR"] = str(WORK / "checkpoints")
-    parts = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"))
-    url = urlunparse(parts._replace(path=f"/{DB_NAME}"))
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-    import django
-
-    django.setup()
-    return url
+    audit_keys_in(WORK, fresh=False)
+    return use_kept_database(DB_NAME)
 
 
 def people(teams: list[Any]) -> tuple[Any, Any]:
