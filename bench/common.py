@@ -41,6 +41,34 @@ def use_bench_database(name: str = "baton_bench") -> str:
     return bench_url
 
 
+def page_floors(login: list[float], samples: int) -> tuple[float, list[tuple[str, str, str]]]:
+    """The page benchmarks' floors from the same run: a bare `SELECT 1` round trip
+    (samples × 5) and the login page's times given; its p95 (what a page's p95 is
+    measured against) and their report rows."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        trips = []
+        for _ in range(samples * 5):
+            t = time.perf_counter()
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+            trips.append(time.perf_counter() - t)
+    floor = pct(login, 0.95)
+    return floor, [
+        (
+            "floor: SELECT 1 p50 / p95",
+            f"{pct(trips, 0.5) * 1000:.3f} ms",
+            f"/ {pct(trips, 0.95) * 1000:.3f} ms",
+        ),
+        (
+            "floor: login page p50 / p95",
+            f"{pct(login, 0.5) * 1000:.2f} ms",
+            f"/ {floor * 1000:.2f} ms",
+        ),
+    ]
+
+
 def use_kept_database(name: str) -> str:
     """Django on the database an earlier run of a benchmark kept (its BENCH_*_REUSE=1), as
     that run left it: nothing dropped, migrated or started."""

@@ -547,29 +547,10 @@ def main() -> None:
             counts[who] = [query_count(client, f"/kpis/?window={w}") for w in ("24h", "7d", "30d")]
         print(f"  fleet KPI queries, supervisor of one team / of five: {counts}")
         assert counts["one team"] == counts["five teams"], counts
-    with connection.cursor() as cursor:
-        trips = []
-        for _ in range(SAMPLES * 5):
-            t = time.perf_counter()
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-            trips.append(time.perf_counter() - t)
-    from bench.common import pct
+    from bench.common import page_floors, pct
 
     trivial, _, _, _, _ = measure(Client(), "/login/", SAMPLES)
-    floor = pct(trivial, 0.95)
-    rows = [
-        (
-            "floor: SELECT 1 p50 / p95",
-            f"{pct(trips, 0.5) * 1000:.3f} ms",
-            f"/ {pct(trips, 0.95) * 1000:.3f} ms",
-        ),
-        (
-            "floor: login page p50 / p95",
-            f"{pct(trivial, 0.5) * 1000:.2f} ms",
-            f"/ {floor * 1000:.2f} ms",
-        ),
-    ]
+    floor, rows = page_floors(trivial, SAMPLES)
     slowest = []
     missed = []
     for who, user in (("supervisor (5 teams)", supervisor), ("compliance (all)", compliance)):

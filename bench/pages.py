@@ -40,6 +40,7 @@ os.environ["BENCH_AUDIT_ROWS"] = str(EVENTS)
 from bench.common import (  # noqa: E402
     audit_keys_in,
     measure_page,
+    page_floors,
     pct,
     report,
     use_bench_database,
@@ -129,27 +130,8 @@ def main() -> None:
         "run": f"/runs/{run.pk}/",
     }
     # The floor: a bare round trip, and a trivial page through the same stack.
-    with connection.cursor() as cursor:
-        trips = []
-        for _ in range(SAMPLES * 5):
-            t = time.perf_counter()
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-            trips.append(time.perf_counter() - t)
     trivial, _, _, _, _ = measure_page(Client(), "/login/", SAMPLES, sql_chars=90)
-    floor = pct(trivial, 0.95)
-    rows = [
-        (
-            "floor: SELECT 1 p50 / p95",
-            f"{pct(trips, 0.5) * 1000:.3f} ms",
-            f"/ {pct(trips, 0.95) * 1000:.3f} ms",
-        ),
-        (
-            "floor: login page p50 / p95",
-            f"{pct(trivial, 0.5) * 1000:.2f} ms",
-            f"/ {floor * 1000:.2f} ms",
-        ),
-    ]
+    floor, rows = page_floors(trivial, SAMPLES)
     slowest = []
     for who, user in (("supervisor (5 teams)", supervisor), ("compliance (all)", compliance)):
         client = Client()
