@@ -724,8 +724,9 @@ class KpiHour(models.Model):
             )
         ]
         # A window of many agents reads its hours by time (the unique index serves one
-        # agent's).
-        indexes = [models.Index(fields=["hour"], name="kpi_hour_hour")]
+        # agent's): its day rows apart from its hour rows, so a month's day rows are read
+        # without the 700 hour rows of each day beside them.
+        indexes = [models.Index(fields=["hours", "hour"], name="kpi_hour_span_hour")]
 
     def __str__(self) -> str:
         return f"KPIs of {self.version_id} at {self.hour}"
@@ -749,7 +750,7 @@ class KpiHourPaid(models.Model):
                 name="kpi_hour_paid_unique",
             )
         ]
-        indexes = [models.Index(fields=["hour"], name="kpi_hour_paid_hour")]
+        indexes = [models.Index(fields=["hours", "hour"], name="kpi_hour_paid_span_hour")]
 
     def __str__(self) -> str:
         return f"{self.amount} {self.currency} paid by {self.version_id} at {self.hour}"
@@ -774,7 +775,7 @@ class KpiHourWait(models.Model):
                 fields=["agent", "version", "hour", "hours", "minutes"], name="kpi_hour_wait_unique"
             )
         ]
-        indexes = [models.Index(fields=["hour"], name="kpi_hour_wait_hour")]
+        indexes = [models.Index(fields=["hours", "hour"], name="kpi_hour_wait_span_hour")]
 
     def __str__(self) -> str:
         return f"{self.decided} decided in {self.minutes} min for {self.version_id}"

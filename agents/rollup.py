@@ -177,7 +177,7 @@ def kpi_rollup_rebuild(since: datetime | None = None, until: datetime | None = N
             if mark.through is None:
                 break
             if lo is None:
-                first = KpiHour.objects.order_by("hour").values_list("hour").first()
+                first = KpiHour.objects.filter(hours=1).order_by("hour").values_list("hour").first()
                 lo = first[0] if first else mark.through
             top = mark.through if until is None else min(mark.through, floor_hour(until))
             if lo >= top:
