@@ -54,7 +54,6 @@ from django.db.models import (
     Aggregate,
     Case,
     Count,
-    DateTimeField,
     DurationField,
     Exists,
     ExpressionWrapper,
@@ -779,7 +778,7 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
 
 def _from_rollup(scope: Q, key: str, window: Window, plan: RollupPlan) -> dict[int, Pair]:
     """The additive figures of the plan's rolled-up hours, grouped by `key`, with the
-    runs and exceptions of each sparkline bar. Three queries."""
+    runs and exceptions of each sparkline bar. Four queries."""
     pairs: dict[int, Pair] = defaultdict(Pair)
 
     def of(row: dict[str, Any]) -> Figures:
@@ -790,50 +789,50 @@ def _from_rollup(scope: Q, key: str, window: Window, plan: RollupPlan) -> dict[i
         return pairs
     cur = Case(When(hour__gte=window.start, then=Value(True)), default=Value(False))
     bucket = F("hour") if window.hourly else TruncDay("hour", tzinfo=UTC)
-    # The bars are the current window's; the window before is one group.
-    bar = Case(
-        When(hour__gte=window.start, then=bucket), default=Value(None), output_field=DateTimeField()
-    )
     buckets = window.buckets
     index = {at: i for i, at in enumerate(buckets)}
     sums = [f"sum_{name}" for name in ROLLED]
-    runs_at, exceptions_at = ROLLED.index("runs"), ROLLED.index("exceptions")
+    rolled = KpiHour.objects.filter(scope, plan.rollup).annotate(cur=cur)
+    # The sums a group and window (a few hundred rows), apart from the bars (runs and
+    # exceptions a group and hour or day of the current window: thousands of rows, two
+    # figures each) — one row a bar with every figure cost the page more in Python than
+    # the query.
     rows = (
-        KpiHour.objects.filter(scope, plan.rollup)
-        .annotate(cur=cur, bar=bar)
-        .values(key, "cur", "bar")
+        rolled.values(key, "cur")
         .annotate(**{f"sum_{name}": Sum(name) for name in ROLLED})
         .order_by()
-        .values_list(key, "cur", "bar", *sums)
+        .values_list(key, "cur", *sums)
     )
-    # Added up per group and window first (a few thousand rows: an agent's hours or days
-    # of the window), then into the Figures once a group.
-    totals: dict[tuple[int, bool], list[Any]] = {}
-    for gid, is_cur, at, *values in rows:
-        total = totals.get((gid, is_cur))
-        if total is None:
-            total = totals[(gid, is_cur)] = [0] * len(ROLLED)
-        for i, value in enumerate(values):
-            if value:
-                total[i] += value
-        if at is not None and at.tzinfo is None:  # a truncation in a CASE comes back naive
-            at = at.replace(tzinfo=UTC)
-        slot = index.get(at) if is_cur else None
-        if slot is not None:
-            f = of({key: gid, "cur": is_cur})
-            if not f.runs_per_bucket:
-                f.runs_per_bucket = [0] * len(buckets)
-                f.exceptions_per_bucket = [0] * len(buckets)
-            f.runs_per_bucket[slot] += values[runs_at] or 0
-            f.exceptions_per_bucket[slot] += values[exceptions_at] or 0
-    for (gid, is_cur), total in totals.items():
+    for gid, is_cur, *values in rows:
         f = of({key: gid, "cur": is_cur})
-        for name, value in zip(ROLLED, total, strict=True):
+        for name, value in zip(ROLLED, values, strict=True):
+            if not value:
+                continue
             if name == "ordered":
                 value = Decimal(str(value))
             elif name == "cost_eur":
                 value = float(value)
             setattr(f, name, getattr(f, name) + value)
+    bars = (
+        rolled.filter(hour__gte=window.start)
+        .annotate(bar=bucket)
+        .values(key, "bar")
+        .annotate(runs_at=Sum("runs"), exceptions_at=Sum("exceptions"))
+        .order_by()
+        .values_list(key, "bar", "runs_at", "exceptions_at")
+    )
+    for gid, at, runs, exceptions in bars:
+        if at.tzinfo is None:  # a truncation comes back naive on SQLite
+            at = at.replace(tzinfo=UTC)
+        slot = index.get(at)
+        if slot is None:
+            continue
+        f = pairs[gid].current
+        if not f.runs_per_bucket:
+            f.runs_per_bucket = [0] * len(buckets)
+            f.exceptions_per_bucket = [0] * len(buckets)
+        f.runs_per_bucket[slot] += runs or 0
+        f.exceptions_per_bucket[slot] += exceptions or 0
     paid = (
         KpiHourPaid.objects.filter(scope, plan.rollup)
         .annotate(cur=cur)

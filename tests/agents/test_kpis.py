@@ -704,21 +704,21 @@ def test_the_agent_page_links_to_its_kpis_and_the_nav_to_the_fleet(
 # What each KPI page costs in queries, for compliance (model-wide permissions), with the
 # rollup filled (agents.rollup):
 #  1-4. the session, the person, their permissions (the person's, then their groups')
-#  the fleet page: 5. the agents the person sees; 6, 21. the transaction the figures'
+#  the fleet page: 5. the agents the person sees; 6, 22. the transaction the figures'
 #     queries run in (a savepoint here, inside the test's transaction), 7. SET LOCAL
 #     jit = off and work_mem; 8-9. how far the rollup has looked, and the hours it left
-#     open; 10-12. by agent, the rollup's whole hours and days: figures and bars, money
-#     paid, decisions within the SLA; 13-18. the rest from the journal: runs, steps,
-#     requests, payments, orders, the sparkline; 19-20. the percentiles (cycle time,
-#     time to decide) of the agents and of the teams, one query each (GROUPING SETS);
+#     open; 10-13. by agent, the rollup's whole hours and days: figures, bars, money
+#     paid, decisions within the SLA; 14-19. the rest from the journal: runs, steps,
+#     requests, payments, orders, the sparkline; 20-21. the percentiles (cycle time,
+#     time to decide) of the teams, one query each (the agents' are not shown there);
 #     the teams' other figures the agents' added up (kpis.figures_summed)
-#  the agent page: 5. the agent; 6-21. by version, and the versions' and the agent's
-#     percentiles (as above); 22. the versions' numbers; 23-28. drift (agents.drift):
-#     per window, the sampled runs' inputs, their decisions, their model outputs;
-#     29. the agent's alert rules (agents.alerts.agent_rules)
+#  the agent page: 5. the agent; 6-22. by version, and the versions' and the agent's
+#     percentiles in one query each (GROUPING SETS); 23. the versions' numbers; 24-29.
+#     drift (agents.drift): per window, the sampled runs' inputs, their decisions, their
+#     model outputs; 30. the agent's alert rules (agents.alerts.agent_rules)
 #  then the console context: engaged kill switches, where the live stream starts, the
 #  person's groups (base.html).
-PAGE_QUERIES = {"/kpis/": 24, "/agents/kpi-0/kpis/": 32}
+PAGE_QUERIES = {"/kpis/": 25, "/agents/kpi-0/kpis/": 33}
 
 
 @pytest.mark.parametrize("url", list(PAGE_QUERIES))
