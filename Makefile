@@ -64,6 +64,10 @@ bench: install
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.remote_api
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.mcp
 	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.remote_longpoll
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.pages
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.kpis
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.alerts
+	$(SERVICES) BATON_AGENT_MODULES=agents.demo,bench.support $(BIN)/python -m bench.metrics
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

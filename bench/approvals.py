@@ -9,7 +9,6 @@ Run: make bench
 
 from __future__ import annotations
 
-import http.cookiejar
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -19,7 +18,16 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from bench.common import ms, pct, report, service_env, start_web, start_worker, use_bench_database
+from bench.common import (
+    console_login,
+    ms,
+    pct,
+    report,
+    service_env,
+    start_web,
+    start_worker,
+    use_bench_database,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -123,27 +131,7 @@ def main() -> None:
             time.sleep(0.2)
 
         base = f"http://127.0.0.1:{port}"
-        jar = http.cookiejar.CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-        opener.open(f"{base}/login/")
-
-        def token() -> str:
-            value = next(c.value for c in jar if c.name == "csrftoken")
-            assert value is not None
-            return value
-
-        opener.open(
-            urllib.request.Request(
-                f"{base}/login/",
-                data=urllib.parse.urlencode(
-                    {
-                        "username": "bench-supervisor",
-                        "password": "bench-pass-123",
-                        "csrfmiddlewaretoken": token(),
-                    }
-                ).encode(),
-            )
-        )
+        opener, token = console_login(base, "bench-supervisor", "bench-pass-123")
 
         timings, answered = [], []
         for run in runs:

@@ -18,8 +18,10 @@ Run: make bench. BENCH_AUDIT_ROWS overrides the 10,000,000 events (e.g. 200000 f
 run); BENCH_AUDIT_PARTITION_ROWS the 10,000,000 events a partition of the trail;
 BENCH_AUDIT_SAMPLES the 200 samples a page; BENCH_KEEP=1 keeps the database
 `baton_bench_audit` (dropped otherwise) and BENCH_AUDIT_REUSE=1 measures a kept one again
-without loading it. BENCH_AUDIT_DB names the database (and its work folder) instead of
-`baton_bench_audit`, so two runs on one machine do not share one.
+without loading it (and keeps it). BENCH_AUDIT_DB names the database (and its work
+folder) instead of `baton_bench_audit`, so two runs on one machine do not share one.
+BENCH_AUDIT_ONLY measures only the parts named (comma-separated: pages, search, export,
+verify, scheduled), e.g. the scheduled verification again on a kept trail.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from bench.common import pct, report, use_bench_database
+from bench.common import chained_all, pct, report, sequencer_start, use_bench_database
 
 ROWS = int(os.environ.get("BENCH_AUDIT_ROWS", "10000000"))
 # Events a range partition of the trail (audit/partitions.py has the production size).
@@ -52,6 +54,9 @@ KEEP = os.environ.get("BENCH_KEEP") == "1"
 REUSE = os.environ.get("BENCH_AUDIT_REUSE") == "1"
 SAMPLES = int(os.environ.get("BENCH_AUDIT_SAMPLES", "200"))
 DB_NAME = os.environ.get("BENCH_AUDIT_DB", "baton_bench_audit")
+PARTS = ("pages", "search", "export", "verify", "scheduled")
+ONLY = [p for p in os.environ.get("BENCH_AUDIT_ONLY", "").split(",") if p] or list(PARTS)
+assert set(ONLY) <= set(PARTS), f"BENCH_AUDIT_ONLY: one or more of {', '.join(PARTS)}"
 WORK = Path(tempfile.gettempdir()) / DB_NAME  # the signing key and the checkpoint file
 CHECKPOINTS = 10  # one signed checkpoint every tenth of the trail, the last at the head
 DEEP_PAGE = 10_000
@@ -889,6 +894,8 @@ def setup() -> tuple[str, bool]:
         import django
 
         django.setup()
+        # The scheduled verification appends events: chained as in a deployment.
+        sequencer_start(_bench_url())
         return _bench_url(), True
     return use_bench_database(DB_NAME), False
 
@@ -942,8 +949,6 @@ def main() -> None:
     free = shutil.disk_usage("/work").free
     print(f"audit benchmark: {ROWS:,} events; {gb(free)} free on /work")
     url, reused = setup()
-    from django.db.models import Q
-
     from agents.models import Agent
     from audit.models import AuditEvent, ChainHead, Checkpoint
 
@@ -1017,44 +1022,57 @@ def main() -> None:
         Case("run", [{"run": str(r)} for r in runs], f"(over {len(runs)} runs)"),
         Case("no filter", [{}]),
     ]
-    print(f"\n  filtered pages ({SAMPLES} samples each; form + audit_page, compliance officer):")
-    pages(user, cases)
-    print("\n  text search (body ILIKE: a scan, not index-backed):")
-    pages(
-        user,
-        [
-            Case("q=payments.payout", [{"q": "payments.payout"}]),
-            Case("q=Zahlung (rarer)", [{"q": "Zahlung"}]),
-        ],
-    )
+    if "pages" in ONLY:
+        print(
+            f"\n  filtered pages ({SAMPLES} samples each; form + audit_page, compliance officer):"
+        )
+        pages(user, cases)
+    if "search" in ONLY:
+        print("\n  text search (body ILIKE: a scan, not index-backed):")
+        pages(
+            user,
+            [
+                Case("q=payments.payout", [{"q": "payments.payout"}]),
+                Case("q=Zahlung (rarer)", [{"q": "Zahlung"}]),
+            ],
+        )
+    if {"export", "verify", "scheduled"} & set(ONLY):
+        print("\n  the floor: the whole trail through COPY TO STDOUT, raw:")
+        floor = copy_floor(url, head.seq)
+        report(
+            [
+                (
+                    "floor: COPY TO STDOUT, raw",
+                    f"{floor[0]:,.0f} rows/s",
+                    f"{floor[1] / 1024**2:,.0f} MB/s",
+                )
+            ]
+        )
+    if "export" in ONLY:
+        export_all(head.seq, busiest, first_slice, floor)
+    if "verify" in ONLY:
+        print("\n  verification:")
+        verify(first_slice, floor[0])
+    if "scheduled" in ONLY:
+        print("\n  scheduled verification:")
+        scheduled_verification(floor[0])
 
-    print("\n  export and its floor (whole trail, in-process):")
-    floor = copy_floor(url, head.seq)
-    everything = export_runs(head.seq, Q(), "whole trail")
-    agent_q = Q(agent_id=busiest.id)
-    one_agent = export_runs(head.seq, agent_q, f"one agent ({busiest.slug})")
-    report(
-        [
-            (
-                "floor: COPY TO STDOUT, raw",
-                f"{floor[0]:,.0f} rows/s",
-                f"{floor[1] / 1024**2:,.0f} MB/s",
-            ),
-            *export_rows(everything, floor[0]),
-            *export_rows(one_agent, floor[0]),
-        ]
-    )
-    csv_rows(first_slice, Q(), "all shown")
-    csv_rows(head.seq, agent_q, f"one agent ({busiest.slug})")
-
-    print("\n  verification:")
-    verify(first_slice, floor[0])
-    scheduled_verification(floor[0])
-
-    if KEEP:
-        print(f"\n  kept {DB_NAME} and {WORK} (BENCH_KEEP=1)")
+    if KEEP or REUSE:
+        print(f"\n  kept {DB_NAME} and {WORK} (BENCH_KEEP=1 or BENCH_AUDIT_REUSE=1)")
     else:
         drop(url)
+
+
+def export_all(head: int, busiest: AgentRef, first_slice: int, floor: tuple[float, float]) -> None:
+    from django.db.models import Q
+
+    print("\n  export (in-process):")
+    everything = export_runs(head, Q(), "whole trail")
+    agent_q = Q(agent_id=busiest.id)
+    one_agent = export_runs(head, agent_q, f"one agent ({busiest.slug})")
+    report([*export_rows(everything, floor[0]), *export_rows(one_agent, floor[0])])
+    csv_rows(first_slice, Q(), "all shown")
+    csv_rows(head, agent_q, f"one agent ({busiest.slug})")
 
 
 def copy_floor(url: str, rows: int) -> tuple[float, float]:
@@ -1237,6 +1255,8 @@ def scheduled_verification(copy_rate: float) -> None:
                         subject_id=i,
                         payload={"bench": "scheduled verification", "i": i},
                     )
+        # The checkpoint is signed at the chain head: every new event chained first.
+        chained_all()
         assert checkpoint_sign() is not None
         appended += time.perf_counter() - began
         began = time.perf_counter()

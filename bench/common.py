@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
@@ -116,6 +117,18 @@ def sequencer_start(db_url: str) -> None:
     atexit.register(proc.terminate)
 
 
+def chained_all(timeout: float = 60) -> float:
+    """Wait until every queued event is chained; how long that took."""
+    from audit.models import PendingEvent
+
+    started = time.perf_counter()
+    while PendingEvent.objects.exists():
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError("the sequencer did not chain the queued events")
+        time.sleep(0.005)
+    return time.perf_counter() - started
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -200,6 +213,29 @@ def start(cmd: list[str], env: dict[str, str], log: Path, ready: str) -> subproc
             break
         time.sleep(0.1)
     raise RuntimeError(f"{cmd[2]} did not start:\n{log.read_text()[-2000:]}")
+
+
+def console_login(base: str, username: str, password: str) -> tuple[Any, Callable[[], str]]:
+    """A person logged in to the console at `base` through its login form: an opener that
+    keeps the session's cookies, and the CSRF token to send with a POST."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(f"{base}/login/")
+
+    def token() -> str:
+        value = next(c.value for c in jar if c.name == "csrftoken")
+        assert value is not None
+        return value
+
+    form = {"username": username, "password": password, "csrfmiddlewaretoken": token()}
+    opener.open(
+        urllib.request.Request(f"{base}/login/", data=urllib.parse.urlencode(form).encode())
+    )
+    return opener, token
 
 
 def start_worker(env: dict[str, str], queue: str, concurrency: int, log: str) -> Any:

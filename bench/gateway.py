@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from bench.common import ms, pct, report, use_bench_database
+from bench.common import chained_all, ms, pct, report, use_bench_database
 
 if TYPE_CHECKING:
     from agents.models import Agent
@@ -146,18 +146,6 @@ class LagSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def chained_all(timeout: float = 60) -> float:
-    """Wait until every queued event is chained; how long that took."""
-    from audit.models import PendingEvent
-
-    started = time.perf_counter()
-    while PendingEvent.objects.exists():
-        if time.perf_counter() - started > timeout:
-            raise RuntimeError("the sequencer did not chain the queued events")
-        time.sleep(0.005)
-    return time.perf_counter() - started
 
 
 def main() -> None:

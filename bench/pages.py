@@ -12,11 +12,12 @@ stack) and a bare `SELECT 1` round trip.
 The fleet goes in with bulk_create (bench/fleet.py: the rows the query-count tests build,
 at scale) and the events with bench/audit.py's loader (COPY, hashes chained, checkpoints
 signed). Run: python -m bench.pages. BENCH_PAGES_EVENTS sets the number of events
-(3,000,000; the issue asks for 10M, which bench/audit.py loads in about 6 minutes),
-BENCH_PAGES_HISTORY the finished runs per agent (30), BENCH_PAGES_SAMPLES the samples a
-page (100); BENCH_PAGES_DB names the database (`bench_fleet`), so two people on one
-machine keep theirs apart; BENCH_PAGES_REUSE=1 measures that database of an earlier run
-again without building it (it is kept after each run).
+(3,000,000; the issue asks for 10M, which took 557 s to load, COPY and indexes, on the
+quiet 2-core machine: bench/README.md), BENCH_PAGES_HISTORY the finished runs per agent
+(30), BENCH_PAGES_SAMPLES the samples a page (100); BENCH_PAGES_DB names the database
+(`bench_fleet`), so two people on one machine keep theirs apart; BENCH_PAGES_REUSE=1
+measures that database of an earlier run again without building it (it is kept after
+each run).
 """
 
 from __future__ import annotations
