@@ -46,7 +46,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from django.db.models import Count, QuerySet, TextField
+from django.db.models import Case, QuerySet, TextField, When
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils.html import format_html, format_html_join
@@ -241,30 +241,40 @@ def _record(text: str | None) -> Any:
         return None
 
 
+STEP_KINDS = (Action.Kind.TOOL, Action.Kind.MODEL)
+
+
 def _sample(agent: Agent, window: Window) -> tuple[int, _Samples, Counter[str]]:
-    """Three queries: the runs' inputs, their tool steps' decisions, their model outputs."""
+    """Two queries: the runs' inputs; their steps — the tool steps' decisions and the
+    model steps' outputs in one read of the sampled runs' steps (two reads of them, one a
+    kind, were half of a month's drift report)."""
     runs = _runs(agent, window)
     samples = _Samples()
     inputs = list(runs.values_list(Cast("input", TextField()), flat=True))
     for text in inputs:
         samples.add(INPUT, INPUT, _record(text))
-    ids = runs.values("pk")
     decisions: Counter[str] = Counter()
-    for decision, n in (
-        Action.objects.filter(run__in=ids, kind=Action.Kind.TOOL)
-        .order_by()
-        .values_list("decision")
-        .annotate(n=Count("pk"))
-    ):
-        decisions[DECISIONS.get(decision, "undecided")] += n
-    outputs = (
-        Action.objects.filter(run__in=ids, kind=Action.Kind.MODEL)
+    steps = (
+        Action.objects.filter(run__in=runs.values("pk"), kind__in=STEP_KINDS)
         .order_by("-run_id", "seq")
-        .values_list(KT("args__purpose"), Cast("result", TextField()))[:CAP]
+        .values_list(
+            "kind",
+            "decision",
+            KT("args__purpose"),
+            # A tool step's result is not read (only its decision).
+            Case(When(kind=Action.Kind.MODEL, then=Cast("result", TextField()))),
+        )
     )
-    for purpose, result in outputs:
-        purpose = purpose or ""
-        samples.add(MODEL, f"model:{purpose}", _record(result), f"{purpose}." if purpose else "")
+    outputs = 0
+    for kind, decision, purpose, result in steps:
+        if kind == Action.Kind.TOOL:
+            decisions[DECISIONS.get(decision, "undecided")] += 1
+        elif outputs < CAP:
+            outputs += 1
+            purpose = purpose or ""
+            samples.add(
+                MODEL, f"model:{purpose}", _record(result), f"{purpose}." if purpose else ""
+            )
     return len(inputs), samples, decisions
 
 
@@ -369,7 +379,7 @@ def _too_many(values: Counter[str]) -> bool:
 
 def drift_report(agent: Agent, current: Window, baseline: Window) -> DriftReport:
     """How the agent's inputs, decisions and model outputs in `current` compare with
-    `baseline` (six queries)."""
+    `baseline` (four queries)."""
     base_runs, base, base_decisions = _sample(agent, baseline)
     cur_runs, cur, cur_decisions = _sample(agent, current)
     fields: list[FieldDrift] = []

@@ -255,7 +255,8 @@ def test_categories_with_an_empty_bin_stay_finite() -> None:
     assert f.psi == pytest.approx(expected)
 
 
-def test_the_report_costs_six_queries_however_many_runs(make_agent: Any) -> None:
+def test_the_report_costs_four_queries_however_many_runs(make_agent: Any) -> None:
+    """Per window: the sampled runs' inputs, then their steps (decisions and outputs)."""
     counts = []
     for i, n in enumerate((60, 240)):
         agent = make_agent(f"drift-q{i}", "tests.support.agents.counter", ALLOW_ALL_TESTS)
@@ -263,7 +264,7 @@ def test_the_report_costs_six_queries_however_many_runs(make_agent: Any) -> None
         with CaptureQueriesContext(connection) as queries:
             drift.drift_report(agent, CURRENT, BASELINE)
         counts.append(len(queries))
-    assert counts == [6, 6], counts
+    assert counts == [4, 4], counts
 
 
 def _client(user: Any) -> Client:

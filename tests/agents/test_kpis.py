@@ -713,12 +713,13 @@ def test_the_agent_page_links_to_its_kpis_and_the_nav_to_the_fleet(
 #     time to decide) of the teams, one query each (the agents' are not shown there);
 #     the teams' other figures the agents' added up (kpis.figures_summed)
 #  the agent page: 5. the agent; 6-22. by version, and the versions' and the agent's
-#     percentiles in one query each (GROUPING SETS); 23. the versions' numbers; 24-29.
-#     drift (agents.drift): per window, the sampled runs' inputs, their decisions, their
-#     model outputs; 30. the agent's alert rules (agents.alerts.agent_rules)
+#     percentiles in one query each (GROUPING SETS); 23. the versions' numbers; 24-27.
+#     drift (agents.drift): per window, the sampled runs' inputs, then their steps (the
+#     tool steps' decisions, the model steps' outputs); 28. the agent's alert rules
+#     (agents.alerts.agent_rules)
 #  then the console context: engaged kill switches, where the live stream starts, the
 #  person's groups (base.html).
-PAGE_QUERIES = {"/kpis/": 25, "/agents/kpi-0/kpis/": 33}
+PAGE_QUERIES = {"/kpis/": 25, "/agents/kpi-0/kpis/": 31}
 
 
 @pytest.mark.parametrize("url", list(PAGE_QUERIES))
