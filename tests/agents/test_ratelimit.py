@@ -1,0 +1,94 @@
+"""Rate limits are a sliding window: at most `limit` admitted in any `per` seconds, on the
+shared Redis (production) and on the embedded default's in-process cache alike — never
+twice the limit across a window's edge, whatever the wall clock reads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from django.core.cache.backends.locmem import LocMemCache
+
+from agents import ratelimit
+from agents.policy import RateLimit
+
+pytestmark = pytest.mark.django_db
+
+
+def admissions(take: Any, limit: RateLimit, seconds: float) -> list[float]:
+    """Try as fast as possible for `seconds`; the times of the admitted tries."""
+    admitted = []
+    stop = time.time() + seconds
+    while time.time() < stop:
+        if take(limit) == 0:
+            admitted.append(time.time())
+        else:
+            time.sleep(0.005)
+    return admitted
+
+
+def most_in_any(times: list[float], span: float) -> int:
+    return max((sum(1 for u in times if t <= u < t + span) for t in times), default=0)
+
+
+def on_redis(limit: RateLimit) -> float:
+    return ratelimit.take(7, limit)
+
+
+def in_process(cache: LocMemCache) -> Any:
+    return lambda limit: ratelimit._take_here(cache, "rl:7", limit)
+
+
+@pytest.mark.parametrize("where", ["redis", "in-process"])
+def test_no_more_than_the_limit_in_any_window_whatever_the_clock(where: str) -> None:
+    """Tried without pause over 2.5 windows of one second: a fixed window (the clock's
+    seconds) admits 3 just before a second turns and 3 just after; a sliding one never
+    more than 3 in any second (less 50 ms for the time an answer takes to come back)."""
+    limit = RateLimit(tool="test.*", limit=3, per=1)
+    take = on_redis if where == "redis" else in_process(LocMemCache("rl", {}))
+    admitted = admissions(take, limit, 2.5)
+    assert len(admitted) >= 6, admitted  # the windows turned over: it admits again
+    assert most_in_any(admitted, 0.95) <= 3, admitted
+
+
+@pytest.mark.parametrize("where", ["redis", "in-process"])
+def test_a_refused_action_learns_when_one_more_may_go(where: str) -> None:
+    limit = RateLimit(tool="test.*", limit=1, per=2)
+    take = on_redis if where == "redis" else in_process(LocMemCache("rl", {}))
+    assert take(limit) == 0
+    wait = take(limit)
+    # The one admitted ages out two seconds after it was admitted: less than that now.
+    assert 0 < wait <= 2
+    time.sleep(wait)
+    assert take(limit) == 0
+
+
+def test_concurrent_workers_never_take_more_than_the_limit() -> None:
+    """Eight threads (each its own Redis connection) at once against a limit of 5 an
+    hour: exactly 5 admitted, not one more (the check and the add are one atomic step)."""
+    limit = RateLimit(tool="test.*", limit=5, per=3600)
+    results: list[float] = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(4):
+            results.append(ratelimit.take(8, limit))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(1 for r in results if r == 0) == 5, results
+    assert all(0 < r <= 3600 for r in results if r), results
+
+
+def test_each_agent_and_rule_counts_apart() -> None:
+    hourly = RateLimit(tool="payments.*", limit=1, per=3600)
+    assert ratelimit.take(1, hourly) == 0
+    assert ratelimit.take(1, hourly) > 0
+    assert ratelimit.take(2, hourly) == 0  # another agent
+    assert ratelimit.take(1, RateLimit(tool="email.*", limit=1, per=3600)) == 0  # another rule
