@@ -172,11 +172,13 @@ def apikey_authenticate(presented: str) -> ApiKey:
     """The live key for `bk_<prefix>.<secret>`, or Unauthorized saying why not."""
     body = presented.removeprefix("bk_")
     prefix, _, secret = body.partition(".")
+    # A key is printable ASCII; anything else (a NUL the database cannot even compare)
+    # is no key, and is not looked up.
     key = (
         ApiKey.objects.select_related("agent__team", "agent__live_version")
         .filter(prefix=prefix)
         .first()
-        if prefix and secret
+        if prefix and secret and presented.isascii() and presented.isprintable()
         else None
     )
     if key is None or not hmac.compare_digest(key.secret_hash, _hash(secret)):

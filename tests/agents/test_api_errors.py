@@ -187,8 +187,17 @@ def test_a_malformed_request_gets_json_with_a_stable_code_and_changes_nothing(
 
 @pytest.mark.parametrize(
     "auth",
-    [None, "Basic abc", "Bearer ", "Bearer bk_nope.nope", "Bearer bk_\u00e9\u00e9.x"],
-    ids=["missing", "basic", "empty", "unknown", "latin1"],
+    [
+        None,
+        "Basic abc",
+        "Bearer ",
+        "Bearer bk_nope.nope",
+        "Bearer bk_\u00e9\u00e9.x",
+        "Bearer bk_a\x00b.c",
+        "Bearer bk_ab.c\x00",
+        "Bearer bk_" + "a" * 10_000 + ".x",
+    ],
+    ids=["missing", "basic", "empty", "unknown", "latin1", "nul-prefix", "nul-secret", "long"],
 )
 def test_a_missing_or_wrong_key_gets_json_401(key: str, auth: str | None) -> None:
     response = call(None, "POST", RUNS, '{"input": {}}', auth=auth)
