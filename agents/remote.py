@@ -336,9 +336,10 @@ def _decide(
     try:
         outcome = decide_step(gate, seq, tool, args)
     except LeaseLost:
-        if again and seq not in gate.journal and _journaled(gate.run, seq):
-            # The same step, sent twice at once: the other request journaled it first.
-            # Answered as a resubmission is (its state, or 409 for another call).
+        if again and _moved(gate, seq):
+            # The same step sent (or an approved one polled) twice at once: the other
+            # request journaled or admitted it first. Answered as a resubmission is: the
+            # step's state, or 409 for another call.
             return _decide(_gate(gate.run, gate.tools), seq, tool, args, again=False)
         raise Conflict(RUN_NOT_RUNNING.format(run=gate.run.pk, status=_status(gate.run))) from None
     except Divergence:
@@ -360,8 +361,11 @@ def _decide(
     raise AssertionError(f"unexpected outcome {outcome!r}")
 
 
-def _journaled(run: Run, seq: int) -> bool:
-    return Action.objects.filter(run=run, seq=seq).exists()
+def _moved(gate: Gate, seq: int) -> bool:
+    """Whether another request wrote step `seq` since `gate` read the journal."""
+    read = gate.journal.get(seq)
+    now = Action.objects.filter(run=gate.run, seq=seq).values_list("status", "attempts").first()
+    return now is not None and (read is None or (read.status, read.attempts) != now)
 
 
 def _status(run: Run) -> str:

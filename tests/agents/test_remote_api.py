@@ -340,6 +340,39 @@ def test_a_model_call_sent_twice_at_once_is_journaled_once(
     assert response.json()["error"] == "step 2 was submitted before as a different call"
 
 
+def test_an_approved_step_polled_twice_at_once_is_admitted_once_and_both_get_allow(
+    api: Api, world: Any, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two long polls of one step (a client that timed out and asked again while its first
+    # poll still waits) wake on the same approval: one admits the step, both answer allow.
+    run_id = start(api)
+    pay = {"seq": 1, "tool": "test.pay", "args": {"claim_id": "C-1", "amount": 900}}
+    assert api.post(f"/runs/{run_id}/steps", pay).json()["decision"] == "pending"
+    request = ApprovalRequest.objects.get(run_id=run_id)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+    )
+    run = remote.remote_run(remote.apikey_authenticate(key), run_id)
+    read = remote._gate
+    raced: list[Any] = []
+
+    def stale_read(run: Run, tools: Any) -> Any:
+        gate = read(run, tools)  # the step read as approved, before the other poll admits it
+        if not raced:
+            raced.append(None)
+            raced[0] = remote.remote_action_poll(run=run, seq=1)
+        return gate
+
+    monkeypatch.setattr(remote, "_gate", stale_read)
+    answer = remote.remote_action_poll(run=run, seq=1)
+    assert raced[0]["decision"] == "allow"
+    assert answer == raced[0]
+    assert AuditEvent.objects.filter(run_id=run_id, verb="action.allowed").count() == 1
+
+
 def test_a_run_cannot_finish_with_a_step_still_open(api: Api) -> None:
     run_id = start(api)
     api.post(f"/runs/{run_id}/steps", {"seq": 1, "tool": "test.count", "args": {"label": "x"}})
