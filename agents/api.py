@@ -51,6 +51,10 @@ MAX_WAIT_SECONDS = 30
 MAX_BODY_BYTES = 1_000_000
 TOOL_NAME_LENGTH = Action._meta.get_field("name").max_length
 MAX_ID = 2**31 - 1  # step numbers beyond this are refused
+# A model call's figures, as the KPIs can add them up in Postgres (agents.kpis): tokens
+# as integers, costs as doubles whose sum stays finite.
+MAX_TOKENS = 2**31 - 1
+MAX_COST_EUR = 1e9
 
 BAD_JSON = "the body must be a JSON object"
 BAD_FIELD = "{field}: {problem}"
@@ -359,9 +363,9 @@ class ModelCall(Schema):
     seq: Whole = Field(ge=1, le=MAX_ID)
     model: StrictStr = Field(min_length=1, max_length=TOOL_NAME_LENGTH)
     purpose: StrictStr = ""
-    tokens_in: Whole = Field(ge=0, le=2**53)
-    tokens_out: Whole = Field(ge=0, le=2**53)
-    cost_eur: float | None = Field(None, ge=0, allow_inf_nan=False)
+    tokens_in: Whole = Field(ge=0, le=MAX_TOKENS)
+    tokens_out: Whole = Field(ge=0, le=MAX_TOKENS)
+    cost_eur: float | None = Field(None, ge=0, le=MAX_COST_EUR, allow_inf_nan=False)
     output: Any = None
 
 
