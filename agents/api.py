@@ -261,7 +261,14 @@ class Error(Schema):
     code: str = Field(description="the stable code, for programs")
 
 
-class RunStart(Schema):
+class Body(Schema):
+    """A request body: a field the API does not know is refused (a typo such as
+    `arguments` for `args` would otherwise run the step without its arguments)."""
+
+    model_config = {"extra": "forbid"}
+
+
+class RunStart(Body):
     input: dict[str, Any] = Field(default_factory=dict, description="the run's input")
 
 
@@ -275,7 +282,7 @@ class RunOut(Schema):
     steps: int = Field(description="how many steps the journal holds")
 
 
-class StepIn(Schema):
+class StepIn(Body):
     seq: Whole = Field(ge=1, le=MAX_ID, description="the step's number: 1, 2, …")
     tool: StrictStr = Field(max_length=TOOL_NAME_LENGTH)
     args: dict[str, Any] = Field(default_factory=dict)
@@ -345,7 +352,7 @@ class RetryLater(Schema):
     error: str
 
 
-class StepReport(Schema):
+class StepReport(Body):
     model_config = {
         # ok false needs the error's text.
         "json_schema_extra": {
@@ -359,7 +366,7 @@ class StepReport(Schema):
     error: StrictStr | None = Field(None, description="required when ok is false")
 
 
-class ModelCall(Schema):
+class ModelCall(Body):
     seq: Whole = Field(ge=1, le=MAX_ID)
     model: StrictStr = Field(min_length=1, max_length=TOOL_NAME_LENGTH)
     purpose: StrictStr = ""
@@ -369,7 +376,7 @@ class ModelCall(Schema):
     output: Any = None
 
 
-class RunFinish(Schema):
+class RunFinish(Body):
     output: Any = None
     error: StrictStr = Field("", description="set it when the run failed")
 

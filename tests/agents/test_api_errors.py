@@ -94,6 +94,19 @@ MALFORMED = [
     ("ok-string", "POST", RESULT, '{"ok": "yes"}', JSON, 400, "bad_field"),
     ("error-missing", "POST", RESULT, '{"ok": false}', JSON, 400, "bad_field"),
     ("error-number", "POST", FINISH, '{"error": 5}', JSON, 400, "bad_field"),
+    # A field the API does not know: a typo must not run the step without its arguments.
+    (
+        "unknown-field",
+        "POST",
+        STEPS,
+        '{"seq": 1, "tool": "test.count", "arguments": {"label": "x"}}',
+        JSON,
+        400,
+        "bad_field",
+    ),
+    ("unknown-field-run", "POST", RUNS, '{"inputs": {"claim": "C-2"}}', JSON, 400, "bad_field"),
+    ("unknown-field-result", "POST", RESULT, '{"ok": true, "results": 1}', JSON, 400, "bad_field"),
+    ("unknown-field-finish", "POST", FINISH, '{"outputs": 1}', JSON, 400, "bad_field"),
     ("text-plain", "POST", RUNS, '{"input": {}}', "text/plain", 415, "unsupported_media_type"),
     (
         "form",
