@@ -51,6 +51,10 @@ MAX_WAIT_SECONDS = 30
 MAX_BODY_BYTES = 1_000_000
 TOOL_NAME_LENGTH = Action._meta.get_field("name").max_length
 MAX_ID = 2**31 - 1  # step numbers beyond this are refused
+# A model call's figures, as the KPIs can add them up in Postgres (agents.kpis): tokens
+# as integers, costs as doubles whose sum stays finite.
+MAX_TOKENS = 2**31 - 1
+MAX_COST_EUR = 1e9
 
 BAD_JSON = "the body must be a JSON object"
 BAD_FIELD = "{field}: {problem}"
@@ -257,7 +261,14 @@ class Error(Schema):
     code: str = Field(description="the stable code, for programs")
 
 
-class RunStart(Schema):
+class Body(Schema):
+    """A request body: a field the API does not know is refused (a typo such as
+    `arguments` for `args` would otherwise run the step without its arguments)."""
+
+    model_config = {"extra": "forbid"}
+
+
+class RunStart(Body):
     input: dict[str, Any] = Field(default_factory=dict, description="the run's input")
 
 
@@ -271,7 +282,7 @@ class RunOut(Schema):
     steps: int = Field(description="how many steps the journal holds")
 
 
-class StepIn(Schema):
+class StepIn(Body):
     seq: Whole = Field(ge=1, le=MAX_ID, description="the step's number: 1, 2, …")
     tool: StrictStr = Field(max_length=TOOL_NAME_LENGTH)
     args: dict[str, Any] = Field(default_factory=dict)
@@ -341,7 +352,7 @@ class RetryLater(Schema):
     error: str
 
 
-class StepReport(Schema):
+class StepReport(Body):
     model_config = {
         # ok false needs the error's text.
         "json_schema_extra": {
@@ -355,17 +366,17 @@ class StepReport(Schema):
     error: StrictStr | None = Field(None, description="required when ok is false")
 
 
-class ModelCall(Schema):
+class ModelCall(Body):
     seq: Whole = Field(ge=1, le=MAX_ID)
     model: StrictStr = Field(min_length=1, max_length=TOOL_NAME_LENGTH)
     purpose: StrictStr = ""
-    tokens_in: Whole = Field(ge=0, le=2**53)
-    tokens_out: Whole = Field(ge=0, le=2**53)
-    cost_eur: float | None = Field(None, ge=0, allow_inf_nan=False)
+    tokens_in: Whole = Field(ge=0, le=MAX_TOKENS)
+    tokens_out: Whole = Field(ge=0, le=MAX_TOKENS)
+    cost_eur: float | None = Field(None, ge=0, le=MAX_COST_EUR, allow_inf_nan=False)
     output: Any = None
 
 
-class RunFinish(Schema):
+class RunFinish(Body):
     output: Any = None
     error: StrictStr = Field("", description="set it when the run failed")
 

@@ -172,11 +172,13 @@ def apikey_authenticate(presented: str) -> ApiKey:
     """The live key for `bk_<prefix>.<secret>`, or Unauthorized saying why not."""
     body = presented.removeprefix("bk_")
     prefix, _, secret = body.partition(".")
+    # A key is printable ASCII; anything else (a NUL the database cannot even compare)
+    # is no key, and is not looked up.
     key = (
         ApiKey.objects.select_related("agent__team", "agent__live_version")
         .filter(prefix=prefix)
         .first()
-        if prefix and secret
+        if prefix and secret and presented.isascii() and presented.isprintable()
         else None
     )
     if key is None or not hmac.compare_digest(key.secret_hash, _hash(secret)):
@@ -327,11 +329,18 @@ def describe(action: Action) -> dict[str, Any]:
     return {**base, "decision": "rejected", "reason": action.error or action.reason}
 
 
-def _decide(gate: Gate, seq: int, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+def _decide(
+    gate: Gate, seq: int, tool: str, args: dict[str, Any], *, again: bool = True
+) -> dict[str, Any]:
     """The gateway's decision on step `seq`, as the API answers it."""
     try:
         outcome = decide_step(gate, seq, tool, args)
     except LeaseLost:
+        if again and _moved(gate, seq):
+            # The same step sent (or an approved one polled) twice at once: the other
+            # request journaled or admitted it first. Answered as a resubmission is: the
+            # step's state, or 409 for another call.
+            return _decide(_gate(gate.run, gate.tools), seq, tool, args, again=False)
         raise Conflict(RUN_NOT_RUNNING.format(run=gate.run.pk, status=_status(gate.run))) from None
     except Divergence:
         raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=seq)) from None
@@ -350,6 +359,13 @@ def _decide(gate: Gate, seq: int, tool: str, args: dict[str, Any]) -> dict[str, 
         case Stop(mode, reason):
             return _stop_answer(seq, mode, reason)
     raise AssertionError(f"unexpected outcome {outcome!r}")
+
+
+def _moved(gate: Gate, seq: int) -> bool:
+    """Whether another request wrote step `seq` since `gate` read the journal."""
+    read = gate.journal.get(seq)
+    now = Action.objects.filter(run=gate.run, seq=seq).values_list("status", "attempts").first()
+    return now is not None and (read is None or (read.status, read.attempts) != now)
 
 
 def _status(run: Run) -> str:
@@ -394,12 +410,7 @@ def remote_action_report(
     if action is None:
         raise NotFound(f"run {run.pk} has no step {seq}")
     if action.status != S.STARTED:
-        same = (action.status == S.SUCCEEDED and ok and action.result == plain_json(result)) or (
-            action.status == S.FAILED and not ok and action.error == error
-        )
-        if same:  # a repeated report after a lost answer
-            return describe(action)
-        raise Conflict(STEP_NOT_OPEN.format(seq=seq, status=action.status))
+        return _reported(action, ok, result, error)
     status, verb = (S.SUCCEEDED, Verb.ACTION_SUCCEEDED) if ok else (S.FAILED, Verb.ACTION_FAILED)
     value = plain_json(result) if ok else None
     try:
@@ -422,12 +433,21 @@ def remote_action_report(
             },
         )
     except LeaseLost:
-        raise Conflict(STEP_NOT_OPEN.format(seq=seq, status=_status_of(action))) from None
+        # Another report of the step committed first (the same one, sent twice at once?).
+        action.refresh_from_db()
+        return _reported(action, ok, result, error)
     return describe(action)
 
 
-def _status_of(action: Action) -> str:
-    return Action.objects.filter(pk=action.pk).values_list("status", flat=True).first() or "gone"
+def _reported(action: Action, ok: bool, result: Any, error: str) -> dict[str, Any]:
+    """A report of a step that is no longer running: the same report again (after a lost
+    answer, or sent twice at once) answers the step; another is 409."""
+    same = (action.status == S.SUCCEEDED and ok and action.result == plain_json(result)) or (
+        action.status == S.FAILED and not ok and action.error == error
+    )
+    if same:
+        return describe(action)
+    raise Conflict(STEP_NOT_OPEN.format(seq=action.seq, status=action.status))
 
 
 def remote_run_finish(*, run: Run, output: Any = None, error: str = "") -> Run:
@@ -480,13 +500,7 @@ def remote_model_record(
     request = {"purpose": purpose, "tokens_in": tokens_in, "tokens_out": tokens_out}
     existing = gate.journal.get(seq)
     if existing is not None:
-        try:
-            check_same(gate, existing, Action.Kind.MODEL, model, request)
-        except Divergence:
-            raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=seq)) from None
-        if plain_json(output) != existing.result:
-            raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=seq))
-        return describe(existing), False
+        return _same_model_call(gate, existing, model, request, output), False
     expected = max(gate.journal, default=0) + 1
     if seq != expected:
         raise Conflict(STEP_OUT_OF_ORDER.format(seq=seq, expected=expected))
@@ -521,8 +535,25 @@ def remote_model_record(
     except Stopped as stopped:
         return _stop_answer(seq, stopped.mode, stopped.reason), False
     except LeaseLost:
-        raise Conflict(RUN_NOT_RUNNING.format(run=run.pk, status=_status(run))) from None
+        existing = Action.objects.filter(run=run, seq=seq).first()
+        if existing is None:
+            raise Conflict(RUN_NOT_RUNNING.format(run=run.pk, status=_status(run))) from None
+        # The same call, sent twice at once: the other request journaled it first.
+        return _same_model_call(gate, existing, model, request, output), False
     return describe(action), True
+
+
+def _same_model_call(
+    gate: Gate, existing: Action, model: str, request: dict[str, Any], output: Any
+) -> dict[str, Any]:
+    """The journal's step `existing` if it is this model call; 409 if it is another."""
+    try:
+        check_same(gate, existing, Action.Kind.MODEL, model, request)
+    except Divergence:
+        raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=existing.seq)) from None
+    if plain_json(output) != existing.result:
+        raise Conflict(SAME_STEP_DIFFERENT_CALL.format(seq=existing.seq))
+    return describe(existing)
 
 
 def _stop_answer(seq: int, mode: str, reason: str) -> dict[str, Any]:

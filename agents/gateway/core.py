@@ -32,7 +32,7 @@ from agents.models import Action, AgentVersion, Run, ShadowDecision
 from agents.policy import Policy, Verdict, policy_of
 from agents.registry import Tool, ToolCall, UnknownTool, get_tool
 from audit.chain import canonical_json_v1
-from audit.jsonsafe import plain_json
+from audit.jsonsafe import plain_json, scrubbed
 from audit.services import Actor, audit_append
 from audit.verbs import Verb
 
@@ -228,7 +228,7 @@ def _new_step(gate: Gate, seq: int, name: str, args: dict[str, Any]) -> Outcome:
     try:
         requested = plain_json(args)
     except (TypeError, ValueError) as exc:
-        requested = {k: repr(v)[:200] for k, v in args.items()}
+        requested = _described(args)
         return _refuse(gate, seq, name, requested, S.INVALID, f"arguments are not JSON: {exc}")
     try:
         tool = gate.tools(name)
@@ -253,6 +253,16 @@ def _new_step(gate: Gate, seq: int, name: str, args: dict[str, Any]) -> Outcome:
         with transaction.atomic():  # the shadow decision commits with the step's row
             return Allow(_start(gate, seq, tool, requested, verdict), tool)
     return Allow(_start(gate, seq, tool, requested, verdict), tool)
+
+
+def _described(args: dict[str, Any]) -> dict[str, str]:
+    """Arguments that are not JSON, as the journal of their refusal holds them: each name
+    as text and each value by its repr, escaped (a NUL or a lone surrogate, in a name too,
+    would make the journal row itself unstorable) and cut to 200 characters."""
+    return {
+        scrubbed(k if isinstance(k, str) else repr(k))[:200]: scrubbed(repr(v))[:200]
+        for k, v in args.items()
+    }
 
 
 def shadow_record(gate: Gate, action: Action) -> None:

@@ -3,7 +3,8 @@
 Every HTTP request is authenticated by the agent's API key (`Authorization: Bearer
 bk_…`, agents.remote.apikey_authenticate), so a revoked key stops a session at its next
 request; anything else answers 401. The SDK's session manager then serves it, and binds
-each session to the key that opened it (another key gets 404 for it).
+each session to the key that opened it (another key gets 404 for it). A body is held
+to the HTTP API's limit (413 past it).
 
 The manager needs a running task group. The console is served with the ASGI lifespan off
 (`manage.py up`, the test server), so it is started by the first request to /mcp/, in a
@@ -27,6 +28,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from agents import remote
+from agents.api import BODY_TOO_LARGE, MAX_BODY_BYTES
 from agents.mcp import server as mcp_server
 from agents.services import Unauthorized
 
@@ -53,6 +55,38 @@ async def _json(send: Any, status: int, body: dict[str, Any], headers: list[Any]
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return next((v.decode("latin-1") for k, v in scope["headers"] if k == name), None)
+
+
+async def _bounded_body(scope: dict[str, Any], receive: Any) -> Any:
+    """A `receive` that replays the request's body, read here first and at most
+    MAX_BODY_BYTES of it (the HTTP API's limit; the SDK reads a body whole, however big),
+    or None when the body is bigger: declared so, or sent so in chunks."""
+    try:
+        declared = int(_header(scope, b"content-length") or 0)
+    except ValueError:
+        declared = 0
+    if declared > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size, message = 0, {"more_body": True}
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_BODY_BYTES:
+            return None
+    body, replayed = b"".join(chunks), False
+
+    async def replay() -> Any:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 class McpEndpoint:
@@ -87,6 +121,15 @@ class McpEndpoint:
             message = SESSIONS_ONLY.format(versions=", ".join(HANDSHAKE_PROTOCOL_VERSIONS))
             body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}
             return await _json(send, 400, body, [])
+        if scope["method"] == "POST":
+            receive = await _bounded_body(scope, receive)
+            if receive is None:
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": -32600, "message": BODY_TOO_LARGE},
+                }
+                return await _json(send, 413, body, [])
         token = AccessToken(token=key.prefix, client_id=f"baton-apikey-{key.pk}", scopes=[])
         scope = {**scope, "user": AuthenticatedUser(token), mcp_server.KEY_SCOPE: key}
         await self._started()

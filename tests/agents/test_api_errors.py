@@ -94,6 +94,19 @@ MALFORMED = [
     ("ok-string", "POST", RESULT, '{"ok": "yes"}', JSON, 400, "bad_field"),
     ("error-missing", "POST", RESULT, '{"ok": false}', JSON, 400, "bad_field"),
     ("error-number", "POST", FINISH, '{"error": 5}', JSON, 400, "bad_field"),
+    # A field the API does not know: a typo must not run the step without its arguments.
+    (
+        "unknown-field",
+        "POST",
+        STEPS,
+        '{"seq": 1, "tool": "test.count", "arguments": {"label": "x"}}',
+        JSON,
+        400,
+        "bad_field",
+    ),
+    ("unknown-field-run", "POST", RUNS, '{"inputs": {"claim": "C-2"}}', JSON, 400, "bad_field"),
+    ("unknown-field-result", "POST", RESULT, '{"ok": true, "results": 1}', JSON, 400, "bad_field"),
+    ("unknown-field-finish", "POST", FINISH, '{"outputs": 1}', JSON, 400, "bad_field"),
     ("text-plain", "POST", RUNS, '{"input": {}}', "text/plain", 415, "unsupported_media_type"),
     (
         "form",
@@ -187,8 +200,17 @@ def test_a_malformed_request_gets_json_with_a_stable_code_and_changes_nothing(
 
 @pytest.mark.parametrize(
     "auth",
-    [None, "Basic abc", "Bearer ", "Bearer bk_nope.nope", "Bearer bk_\u00e9\u00e9.x"],
-    ids=["missing", "basic", "empty", "unknown", "latin1"],
+    [
+        None,
+        "Basic abc",
+        "Bearer ",
+        "Bearer bk_nope.nope",
+        "Bearer bk_\u00e9\u00e9.x",
+        "Bearer bk_a\x00b.c",
+        "Bearer bk_ab.c\x00",
+        "Bearer bk_" + "a" * 10_000 + ".x",
+    ],
+    ids=["missing", "basic", "empty", "unknown", "latin1", "nul-prefix", "nul-secret", "long"],
 )
 def test_a_missing_or_wrong_key_gets_json_401(key: str, auth: str | None) -> None:
     response = call(None, "POST", RUNS, '{"input": {}}', auth=auth)

@@ -12,7 +12,8 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from agents.api import MAX_BODY_BYTES
+from agents import kpis
+from agents.api import MAX_BODY_BYTES, MAX_COST_EUR
 from agents.models import Action, Agent, Run
 from agents.remote import apikey_create
 from agents.services import agent_create, killswitch_engage, version_create, version_publish
@@ -132,6 +133,18 @@ def test_a_model_call_under_a_pause_is_a_423_and_not_journaled(
     assert not Action.objects.filter(run_id=run_id).exists()
 
 
+def test_the_largest_model_calls_taken_still_add_up_on_the_kpi_page(key: str, agent: Agent) -> None:
+    # The KPIs sum tokens as integers and costs as doubles, in Postgres: what the API takes
+    # must add up there (an integer past 2**31 - 1, or two costs near 1e308, failed the page).
+    run_id = start(key)
+    for seq in (1, 2):
+        call = {"seq": seq, "model": "m", "tokens_in": 2**31 - 1, "tokens_out": 2**31 - 1}
+        response = post(key, f"/runs/{run_id}/model-calls", {**call, "cost_eur": MAX_COST_EUR})
+        assert response.status_code == 201, response.content
+    figures = kpis.agent_page(agent, kpis.window_named("24h"))
+    assert figures
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -140,6 +153,9 @@ def test_a_model_call_under_a_pause_is_a_423_and_not_journaled(
         ({"seq": 1, "model": "", "tokens_in": 1, "tokens_out": 1}, "model"),
         ({"seq": "1", "model": "m", "tokens_in": 1, "tokens_out": 1}, "seq"),
         ({"seq": 1, "model": "m", "tokens_in": 1, "tokens_out": 1, "cost_eur": "x"}, "cost_eur"),
+        ({"seq": 1, "model": "m", "tokens_in": 2**31, "tokens_out": 1}, "tokens_in"),
+        ({"seq": 1, "model": "m", "tokens_in": 1, "tokens_out": 2**53}, "tokens_out"),
+        ({"seq": 1, "model": "m", "tokens_in": 1, "tokens_out": 1, "cost_eur": 1e308}, "cost_eur"),
     ],
 )
 def test_a_bad_model_call_names_its_field(key: str, body: dict[str, Any], field: str) -> None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from agents.api import BODY_TOO_LARGE
 from agents.catalog import Invalid
 from agents.mcp import catalog
 from agents.mcp.services import mcp_server_add, mcp_server_remove
@@ -455,6 +456,30 @@ def test_malformed_requests_are_refused_and_create_nothing(served: Any, key: str
     orphan = httpx.post(f"{served.url}/mcp/", json=call, headers=headers)
     assert orphan.status_code == 400
     assert not Run.objects.exists() and payments() == []
+
+
+def test_a_body_over_the_limit_is_a_413_declared_or_chunked(served: Any, key: str) -> None:
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    call: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    call["params"] = {"name": "lookup"}
+    big = json.dumps({**call, "params": {"name": "lookup", "arguments": {"q": "x" * 2**20}}})
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536].encode()
+
+    for content in (big.encode(), chunks()):
+        answer = httpx.post(f"{served.url}/mcp/", content=content, headers=headers, timeout=30)
+        assert answer.status_code == 413
+        assert answer.json()["error"]["message"] == BODY_TOO_LARGE
+    # Within the limit the SDK answers as ever: here, that a session comes first.
+    small = httpx.post(f"{served.url}/mcp/", json=call, headers=headers, timeout=30)
+    assert small.status_code == 400
+    assert not Run.objects.exists() and not Action.objects.exists()
 
 
 def test_a_wrong_or_revoked_key_gets_401(served: Any, key: str, agent: Agent) -> None:

@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from agents import remote, store
 from agents.models import Action, Agent, ApiKey, Payment, Run
 from agents.remote import apikey_create, apikey_revoke
 from agents.services import (
@@ -242,6 +243,134 @@ def test_reporting_twice_is_harmless_and_reporting_an_unstarted_step_is_refused(
     assert other.status_code == 409 and "step 1 is succeeded" in other.json()["error"]
     assert api.post(f"/runs/{run_id}/steps/9/result", report).status_code == 404
     assert AuditEvent.objects.filter(run_id=run_id, verb="action.succeeded").count() == 1
+
+
+# --- the same request twice at once -----------------------------------------------------------
+# Each test lets "the other request" commit between this request's read and its write,
+# where a real race would put it; both must come to one effect and the same answer.
+
+
+def test_a_step_sent_twice_at_once_is_journaled_once_and_both_get_its_state(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = start(api)
+    step = {"seq": 1, "tool": "test.count", "args": {"label": "x"}}
+    read = remote._gate
+    raced: list[Any] = []
+
+    def stale_read(run: Run, tools: Any) -> Any:
+        gate = read(run, tools)  # read before the other request's step commits
+        if not raced:
+            raced.append(None)
+            raced[0] = api.post(f"/runs/{run_id}/steps", step)
+        return gate
+
+    monkeypatch.setattr(remote, "_gate", stale_read)
+    response = api.post(f"/runs/{run_id}/steps", step)
+    assert raced[0].status_code == 200
+    assert (response.status_code, response.json()) == (200, raced[0].json())
+    assert response.json()["decision"] == "allow"
+    assert Action.objects.filter(run_id=run_id).count() == 1
+    assert AuditEvent.objects.filter(run_id=run_id, verb="action.allowed").count() == 1
+    # Another call at that step, racing the same way, is still the conflict it always is.
+    raced.clear()
+    other = {"seq": 2, "tool": "test.count", "args": {"label": "y"}}
+
+    def other_first(run: Run, tools: Any) -> Any:
+        gate = read(run, tools)
+        if not raced:
+            raced.append(None)
+            raced[0] = api.post(f"/runs/{run_id}/steps", other)
+        return gate
+
+    monkeypatch.setattr(remote, "_gate", other_first)
+    response = api.post(f"/runs/{run_id}/steps", {**other, "args": {"label": "z"}})
+    assert response.status_code == 409
+    assert response.json()["error"] == "step 2 was submitted before as a different call"
+
+
+def test_a_report_sent_twice_at_once_is_recorded_once_and_both_get_the_step(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = start(api)
+    api.post(f"/runs/{run_id}/steps", {"seq": 1, "tool": "test.count", "args": {"label": "x"}})
+    report = {"ok": True, "result": {"n": 1}}
+    finish = store.finish_step
+    raced: list[Any] = []
+
+    def other_first(**kwargs: Any) -> None:
+        if not raced:  # the other report commits after this one read the step as started
+            raced.append(None)
+            raced[0] = api.post(f"/runs/{run_id}/steps/1/result", report)
+        finish(**kwargs)
+
+    monkeypatch.setattr(store, "finish_step", other_first)
+    response = api.post(f"/runs/{run_id}/steps/1/result", report)
+    assert raced[0].status_code == 200
+    assert (response.status_code, response.json()) == (200, raced[0].json())
+    assert AuditEvent.objects.filter(run_id=run_id, verb="action.succeeded").count() == 1
+
+
+def test_a_model_call_sent_twice_at_once_is_journaled_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = start(api)
+    call = {"seq": 1, "model": "m", "tokens_in": 3, "tokens_out": 4, "output": "hi"}
+    read = remote._gate
+    first: list[Any] = [call]  # what the other request sends
+    raced: list[Any] = []
+
+    def stale_read(run: Run, tools: Any = None) -> Any:
+        gate = read(run)
+        if not raced:
+            raced.append(None)
+            raced[0] = api.post(f"/runs/{run_id}/model-calls", first[0])
+        return gate
+
+    monkeypatch.setattr(remote, "_gate", stale_read)
+    response = api.post(f"/runs/{run_id}/model-calls", call)
+    assert raced[0].status_code == 201
+    assert (response.status_code, response.json()) == (200, raced[0].json())
+    assert AuditEvent.objects.filter(run_id=run_id, verb="model.called").count() == 1
+    # Another call at that step, racing the same way, is the conflict it always is.
+    first[0], raced[:] = {**call, "seq": 2}, []
+    response = api.post(f"/runs/{run_id}/model-calls", {**call, "seq": 2, "output": "bye"})
+    assert raced[0].status_code == 201
+    assert response.status_code == 409
+    assert response.json()["error"] == "step 2 was submitted before as a different call"
+
+
+def test_an_approved_step_polled_twice_at_once_is_admitted_once_and_both_get_allow(
+    api: Api, world: Any, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two long polls of one step (a client that timed out and asked again while its first
+    # poll still waits) wake on the same approval: one admits the step, both answer allow.
+    run_id = start(api)
+    pay = {"seq": 1, "tool": "test.pay", "args": {"claim_id": "C-1", "amount": 900}}
+    assert api.post(f"/runs/{run_id}/steps", pay).json()["decision"] == "pending"
+    request = ApprovalRequest.objects.get(run_id=run_id)
+    approval_decide(
+        request_id=request.pk,
+        user=world.supervisor,
+        verdict="approve",
+        seen_args_hash=request.args_hash,
+    )
+    run = remote.remote_run(remote.apikey_authenticate(key), run_id)
+    read = remote._gate
+    raced: list[Any] = []
+
+    def stale_read(run: Run, tools: Any) -> Any:
+        gate = read(run, tools)  # the step read as approved, before the other poll admits it
+        if not raced:
+            raced.append(None)
+            raced[0] = remote.remote_action_poll(run=run, seq=1)
+        return gate
+
+    monkeypatch.setattr(remote, "_gate", stale_read)
+    answer = remote.remote_action_poll(run=run, seq=1)
+    assert raced[0]["decision"] == "allow"
+    assert answer == raced[0]
+    assert AuditEvent.objects.filter(run_id=run_id, verb="action.allowed").count() == 1
 
 
 def test_a_run_cannot_finish_with_a_step_still_open(api: Api) -> None:

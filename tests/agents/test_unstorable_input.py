@@ -15,6 +15,7 @@ import pytest
 from django.db import transaction
 from django.test import Client
 
+from agents import remote
 from agents.errors import ActionError
 from agents.models import Action, Agent, KillSwitch, Run
 from agents.registry import ToolCall, program, tool
@@ -287,3 +288,48 @@ def test_an_agents_own_error_text_is_stored_escaped_and_the_run_ends_failed(
     assert run.status == Run.Status.FAILED
     assert run.error == "ValueError: the program gives up \\u0000"
     assert AuditEvent.objects.filter(run_id=run.pk, verb=Verb.RUN_FAILED).exists()
+
+
+UNSTORABLE_KEYS = {"nul": "a\x00", "surrogate": "\udfff", "long-nul": "k" * 300 + "\x00"}
+
+
+@program
+def asks_with_an_unstorable_key(ctx: Any, input: dict[str, Any]) -> dict[str, Any]:
+    try:
+        ctx.tool("test.count", label="x", **{UNSTORABLE_KEYS[input["key"]]: 1})
+    except ActionError as refused:
+        return {"refused": refused.reason}
+    return {"refused": ""}
+
+
+@pytest.mark.parametrize("which", sorted(UNSTORABLE_KEYS))
+def test_a_hosted_program_asking_with_an_unstorable_argument_name_gets_a_clear_refusal(
+    make_agent: Any, which: str
+) -> None:
+    # The refused step is journaled with its arguments described, names too: a NUL or a
+    # lone surrogate in a name would make the journal row itself unstorable.
+    agent = make_agent("key-asker", f"{__name__}.asks_with_an_unstorable_key", ALLOW_ALL_TESTS)
+    run = run_start(agent=agent, input={"key": which})
+    execute_run(run.pk)
+    run.refresh_from_db()
+    action = Action.objects.get(run=run, seq=1)
+    assert action.status == Action.Status.INVALID
+    assert "a key" in action.reason
+    assert run.status == Run.Status.SUCCEEDED
+    assert run.output == {"refused": action.reason}
+    jsonsafe.plain_json(action.requested_args)  # storable, and stored
+    assert all(len(name) <= 200 for name in action.requested_args)
+
+
+@pytest.mark.parametrize("which", sorted(UNSTORABLE_KEYS))
+def test_a_remote_step_with_an_unstorable_argument_name_is_journaled_invalid(
+    remote_agent: Agent, world: Any, which: str
+) -> None:
+    # What the MCP gateway passes on as it came (agents.mcp.server): the HTTP API refuses
+    # such a body before it reaches the gateway.
+    key = apikey_create(agent=remote_agent, name="prod", user=world.admin)[0]
+    run = remote.remote_run_start(key=key, input={})
+    args = {"label": "x", UNSTORABLE_KEYS[which]: 1}
+    answer = remote.remote_action_submit(run=run, seq=1, tool="test.count", args=args)
+    assert answer["decision"] == "deny" and "a key" in answer["reason"]
+    assert Action.objects.get(run=run, seq=1).status == Action.Status.INVALID
