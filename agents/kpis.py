@@ -23,9 +23,11 @@ The figures:
 - value moved: payments (per currency) and purchase orders the run's steps wrote.
 
 Each figure set is a few aggregate queries grouped by agent, team or version, whatever
-the number of agents or runs; percentiles are computed by Postgres (percentile_cont),
-and, on the embedded default's SQLite, from the durations in Python with the same
-definition (linear interpolation between the closest ranks).
+the number of agents or runs. The percentiles are Postgres' percentile_cont (linear
+interpolation between the closest ranks), computed here with numpy from the durations
+the database returns packed a group at a time (on the embedded default's SQLite, one by
+one): the same definition on both databases, and no sort of a month's durations in
+Postgres.
 
 The pages read the additive figures of a window's whole hours (and whole days) from the
 rollup agents.rollup keeps from the journal — derived data, computed by this module's
@@ -40,18 +42,19 @@ approval requests.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 from django.db import connection, transaction
 from django.db.models import (
     Aggregate,
+    BinaryField,
     Case,
     Count,
     DurationField,
@@ -72,8 +75,10 @@ from django.db.models import (
 )
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncDay, TruncHour
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from agents.models import (
     Action,
@@ -226,34 +231,30 @@ class Pair:
 
 
 class Seconds(Func):
-    """An interval in seconds (Postgres)."""
+    """An interval in seconds (Postgres), as a double: date_part, not EXTRACT, which gives
+    a numeric (converting a month's durations from it cost a third of their read)."""
 
-    template = "EXTRACT(EPOCH FROM %(expressions)s)::double precision"
+    template = "date_part('epoch', %(expressions)s)"
     output_field = FloatField()
 
 
-class PercentileCont(Aggregate):
-    """Postgres' percentile_cont: the continuous percentile of the non-null values."""
+class Durations(Aggregate):
+    """A group's durations in seconds as one bytea of big-endian float8s (Postgres): a
+    month of a fleet's runs (120,000) comes back in a few hundred values, neither sorted
+    by Postgres (the percentiles' sorts were most of a month's page) nor parsed a number
+    at a time; numpy reads each with np.frombuffer."""
 
-    function = "percentile_cont"
-    output_field = FloatField()
-
-    def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
-        # The fraction is a constant of this module, never input.
-        self.template = (
-            f"percentile_cont({float(fraction)!r}) WITHIN GROUP (ORDER BY %(expressions)s)"
-        )
-        super().__init__(expression, **extra)
+    function = "string_agg"
+    template = "string_agg(float8send(%(expressions)s), ''::bytea)"
+    output_field = BinaryField()
 
 
-def percentile_cont(values: list[float], fraction: float) -> float | None:
-    """percentile_cont in Python: linear interpolation between the closest ranks."""
-    if not values:
+def percentile_cont(values: Sequence[float] | np.ndarray, fraction: float) -> float | None:
+    """Postgres' percentile_cont: linear interpolation between the closest ranks (numpy's
+    default method)."""
+    if len(values) == 0:
         return None
-    ordered = sorted(values)
-    at = fraction * (len(ordered) - 1)
-    low, high = math.floor(at), math.ceil(at)
-    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+    return float(np.percentile(values, fraction * 100))
 
 
 def _in_sql() -> bool:
@@ -364,11 +365,17 @@ def _figures(
     *,
     sparklines: bool,
     scope: Q | None,
-    up: tuple[str, dict[int, Pair]] | None = None,
+    up: Target | None = None,
+    up_key: str = "",
     part_percentiles: bool = True,
 ) -> dict[int, Pair]:
+    """figures(), and with `up` (and `up_key`, its KEYS value) the groups up's percentiles
+    and sparkline bars, which go straight into their pairs: the pages draw the bars of
+    the groups up alone (a team's, an agent's), so they are counted a group up and bar —
+    not a group and bar, then added."""
     key = KEYS[by]
     pairs: dict[int, Pair] = defaultdict(Pair)
+    bars = (key, pairs) if up is None else (up_key, up[0])
 
     def of(row: dict[str, Any], prefix: str = "") -> Figures:
         pair = pairs[row[prefix + key]]
@@ -376,35 +383,27 @@ def _figures(
 
     whole = runs.filter(**_between("", window)).order_by()
     base = whole
-    rolled: dict[int, Pair] = {}
-    if scope is not None:
-        plan = plan_rollup(scope, window)
+    plan = plan_rollup(scope, window) if scope is not None else None
+    if plan is not None and plan.hours:
         # The journal's part alone (its ranges lie within the window): with the window's
         # range around them too, Postgres took the ranges' share of the window's share and
         # expected a handful of runs where there are a thousand (nested loops over them).
-        if plan.hours:
-            base = runs.filter(plan.journal).order_by()
-        rolled = _from_rollup(scope, key, window, plan)
-    grouping = _paging(key, window)
-    journal_figures(base, grouping, of)
+        base = runs.filter(plan.journal).order_by()
+    # The journal's figures first (they are set), then the rollup's added to them.
+    journal_figures(base, _paging(key, window), of)
+    if plan is not None and scope is not None:
+        _from_rollup(scope, key, window, plan, of, bars if sparklines else None)
     if sparklines:
-        _sparklines(base, key, window, pairs)
-    for gid, pair in rolled.items():
-        _add(pairs[gid].current, pair.current)
-        _add(pairs[gid].previous, pair.previous)
-    if sparklines:
-        for pair in pairs.values():
+        _sparklines(base, *bars, window)
+        for pair in bars[1].values():
             _fill_buckets(pair, window)
     # The percentiles are not sums: from the durations of the whole window, for the groups
-    # and, when asked (`up`: a KEYS name and the pairs to fill), for the groups up too, in
-    # the same query.
-    groups: list[tuple[str, dict[int, Pair]]] = [(key, pairs)]
+    # and, when asked (`up`: the pairs of the groups up, and each group's group up), for
+    # the groups up too, from the same read of the durations.
+    targets: list[Target] = [(pairs, _same)]
     if up is not None:
-        groups.append((KEYS[up[0]], up[1]))
-        if not part_percentiles:
-            # The groups up's alone: each duration sorted once, not once a grouping.
-            groups = groups[1:]
-    _cycle_percentiles(whole, groups, window)
+        targets = [*targets, up] if part_percentiles else [up]
+    _cycle_percentiles(whole, key, targets, window)
     # The requests of the window's runs: by the scope on their run, joined, when there is
     # one — Postgres then reads the window's requests and each one's run by its key,
     # rather than hashing every run of the window (two months of a fleet: 120,000) for
@@ -414,8 +413,12 @@ def _figures(
         if scope is None
         else _under(scope, "run__") & Q(**_between("run__", window))
     )
-    _decide_percentiles(of_runs, groups, window)
+    _decide_percentiles(of_runs, key, targets, window)
     return dict(pairs)
+
+
+def _same(gid: int) -> int:
+    return gid
 
 
 def _under(q: Q, prefix: str) -> Q:
@@ -458,75 +461,60 @@ def _runs(base: QuerySet[Run], g: Grouping, of: Any) -> None:
         f.failed, f.diverged, f.exceptions = row["failed"], row["diverged"], row["exceptions"]
 
 
+# Where a group's percentiles go: its pairs, and the group of each part (a leaf group).
+Target = tuple[dict[int, Pair], Callable[[int], int]]
+
+
 def _cycle_percentiles(
-    base: QuerySet[Run], groups: list[tuple[str, dict[int, Pair]]], window: Window
+    base: QuerySet[Run], key: str, targets: list[Target], window: Window
 ) -> None:
     """Cycle time p50/p95, from the finished runs' creation and end alone (read from the
-    index run_created_durations on Postgres), for each grouping of `groups` (a KEYS value,
-    the pairs to fill) in one query."""
+    index run_created_durations on Postgres), for each of `targets`."""
     finished = base.filter(finished_at__isnull=False)
-    for f, p50, p95 in _percentiles(finished, "", groups, window, "finished_at"):
+    for f, p50, p95 in _percentiles(finished, "", key, targets, window, "finished_at"):
         f.cycle_p50, f.cycle_p95 = p50, p95
 
 
 def _percentiles(
     rows: QuerySet[Any],
     prefix: str,
-    groups: list[tuple[str, dict[int, Pair]]],
+    key: str,
+    targets: list[Target],
     window: Window,
     later: str,
 ) -> Iterator[tuple[Figures, float | None, float | None]]:
     """The p50 and p95 of `later` - created_at over `rows` (prefix: the path from them to
-    the run), in the window and the window before, for each grouping of `groups`: the
-    Figures each pair of percentiles belongs to. One query: on Postgres, percentile_cont
-    grouped by GROUPING SETS, one set a grouping (the rows read and joined once); on
-    SQLite, the durations grouped in Python, the same definition."""
-    assert 1 <= len(groups) <= 2, "the groups, and perhaps the groups up"
-    keys = [prefix + key for key, _ in groups]
-    rows = rows.annotate(cur=_current(prefix, window)).order_by()
-
-    def figures_of(i: int, gid: Any, cur: Any) -> Figures:
-        pair = groups[i][1][gid]
-        return pair.current if cur else pair.previous
-
-    if not _in_sql():
-        durations: dict[tuple[int, Any, bool], list[float]] = defaultdict(list)
-        for *gids, cur, created, done in rows.values_list(*keys, "cur", "created_at", later):
-            seconds = (done - created).total_seconds()
-            for i, gid in enumerate(gids):
-                durations[(i, gid, bool(cur))].append(seconds)
-        for (i, gid, cur), values in durations.items():
-            p50, p95 = percentile_cont(values, 0.5), percentile_cont(values, 0.95)
-            yield figures_of(i, gid, cur), p50, p95
-        return
-    names = [f"g{i}" for i in range(len(keys))]
-    inner = rows.annotate(
-        **{name: F(k) for name, k in zip(names, keys, strict=True)},
-        d=Seconds(_duration(later, "created_at")),
-    ).values(*names, "cur", "d")
-    sql, params = inner.query.sql_with_params()
-    cols, grouped = ", ".join(names), ", ".join(f"GROUPING({n})" for n in names)
-    # With groups up (`groups`: the groups, then the groups up), the groups up first: a
-    # group lies within one group up (an agent in its team, a version in its agent), so
-    # the groups' set (up, cur, group) and the groups up's (up, cur) are read from one
-    # sort of the durations.
-    sets = "(g1, cur, g0), (g1, cur)" if len(names) == 2 else "(g0, cur)"
-    # Only this module's names go into the statement; Django's compiled subquery keeps its
-    # values as params.
-    statement = (
-        f"SELECT {cols}, cur, {grouped}, "  # noqa: S608
-        "percentile_cont(0.5) WITHIN GROUP (ORDER BY d), "
-        "percentile_cont(0.95) WITHIN GROUP (ORDER BY d) "
-        f"FROM ({sql}) AS durations GROUP BY GROUPING SETS ({sets})"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        found = cursor.fetchall()
-    n = len(names)
-    for row in found:
-        gids, cur, flags = row[:n], row[n], row[n + 1 : 2 * n + 1]
-        i = flags.index(0)  # the grouping set of this row: its key not rolled up
-        yield figures_of(i, gids[i], cur), row[-2], row[-1]
+    the run), in the window and the window before, for each target (the pairs to fill,
+    and the group of each part `key` names): the Figures each pair of percentiles belongs
+    to. One query, the durations of each part `key` and window (on Postgres packed by
+    Durations, on SQLite read one by one); the percentiles of a group from its parts'
+    durations together, computed here — one definition for both databases."""
+    rows = rows.filter(**{f"{later}__isnull": False}).annotate(cur=_current(prefix, window))
+    rows = rows.order_by()
+    parts: dict[tuple[Any, bool], np.ndarray] = {}
+    if _in_sql():
+        packed = (
+            rows.annotate(d=Seconds(_duration(later, "created_at")))
+            .values(prefix + key, "cur")
+            .annotate(ds=Durations("d"))
+            .values_list(prefix + key, "cur", "ds")
+        )
+        for gid, cur, blob in packed:
+            parts[(gid, bool(cur))] = np.frombuffer(blob, dtype=">f8")
+    else:
+        durations: dict[tuple[Any, bool], list[float]] = defaultdict(list)
+        for gid, cur, created, done in rows.values_list(prefix + key, "cur", "created_at", later):
+            durations[(gid, bool(cur))].append((done - created).total_seconds())
+        parts = {at: np.asarray(values, dtype=float) for at, values in durations.items()}
+    for pairs, group_of in targets:
+        together: dict[tuple[Any, bool], list[np.ndarray]] = defaultdict(list)
+        for (gid, cur), values in parts.items():
+            together[(group_of(gid), cur)].append(values)
+        for (gid, cur), found in together.items():
+            values = found[0] if len(found) == 1 else np.concatenate(found)
+            p50, p95 = (float(p) for p in np.percentile(values, [50, 95]))
+            pair = pairs[gid]
+            yield pair.current if cur else pair.previous, p50, p95
 
 
 def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
@@ -612,16 +600,13 @@ def _requests(run_ids: Any, g: Grouping, of: Any) -> None:
             of({"run__" + g.key: group, "cur": cur}, "run__").within_sla = n
 
 
-def _decide_percentiles(
-    of_runs: Q, groups: list[tuple[str, dict[int, Pair]]], window: Window
-) -> None:
+def _decide_percentiles(of_runs: Q, key: str, targets: list[Target], window: Window) -> None:
     """Time to decide p50/p95, from the decided requests' times alone, of the runs
-    `of_runs` selects (a filter on the requests), for each grouping of `groups` in one
-    query."""
+    `of_runs` selects (a filter on the requests), for each of `targets`."""
     decided = ApprovalRequest.objects.filter(
         of_runs, created_at__gte=window.previous_start, status__in=DECIDED
     )
-    for f, p50, p95 in _percentiles(decided, "run__", groups, window, "decided_at"):
+    for f, p50, p95 in _percentiles(decided, "run__", key, targets, window, "decided_at"):
         f.decide_p50, f.decide_p95 = p50, p95
 
 
@@ -726,71 +711,96 @@ class RollupPlan:
 def plan_rollup(scope: Q, window: Window) -> RollupPlan:
     """The whole hours of the window (and of the window before) that the rollup has
     examined — less the hour the two windows meet in, unless they meet on the hour, and
-    less the hours still open for an agent (KpiOpenHour) — are read from the rollup, from
-    its day rows where a whole day of an agent is rolled up (windows of days: their bars
-    are days); the rest of the window from the journal. Two queries."""
+    less every hour still open for an agent of the scope (KpiOpenHour) — are read from
+    the rollup, from its day rows where a whole day is rolled up (windows of days: their
+    bars are days); the rest of the window from the journal. An open hour is read from
+    the journal for every agent of the scope, not only for the agents it is open for: a
+    few runs more, and the plan is hour ranges alone (no list of agents per hour in
+    every query: with the hours of a thousand waiting runs open, building and binding
+    those lists was most of the fleet page's time). Two queries."""
     through = KpiRollup.objects.values_list("through", flat=True).first()
     lo = ceil_hour(window.previous_start)
     hi = floor_hour(window.end)
     if through is None or min(hi, through) <= lo:
         return RollupPlan(rollup=Q(pk__in=[]), journal=Q(), hours=0)
     hi = min(hi, through)
-    cut = floor_hour(window.start) if floor_hour(window.start) != window.start else None
-    open_hours: dict[datetime, list[int]] = defaultdict(list)
-    open_days: dict[datetime, set[int]] = defaultdict(set)
-    for agent_id, hour in (
+    # The hours of [lo, hi) read from the journal: the one the windows meet in, unless
+    # they meet on the hour, and the open ones.
+    from_journal = set(
         KpiOpenHour.objects.filter(scope, hour__gte=lo, hour__lt=hi)
-        .order_by("hour", "agent_id")
-        .values_list("agent_id", "hour")
-    ):
-        open_hours[hour].append(agent_id)
-        open_days[floor_day(hour)].add(agent_id)
-    hour_rows = Q(hours=1, hour__gte=lo, hour__lt=hi)
-    # Each range bounded on both sides, so Postgres reads each by the index of the runs'
-    # creation rather than the whole window filtered.
-    journal = Q(created_at__gte=window.previous_start, created_at__lt=lo) | Q(
-        created_at__gte=hi, created_at__lt=window.end
+        .order_by()
+        .values_list("hour", flat=True)
+        .distinct()
     )
-    if cut is not None:
-        hour_rows &= ~Q(hour=cut)
-        journal |= Q(created_at__gte=cut, created_at__lt=cut + HOUR)
-    for hour, agents in open_hours.items():
-        hour_rows &= ~Q(hour=hour, agent_id__in=agents)
-        journal |= Q(created_at__gte=hour, created_at__lt=hour + HOUR, agent_id__in=agents)
-    hours = int((hi - lo) / HOUR) - (cut is not None and lo <= cut < hi)
-    # The whole days within, but the one the windows meet in (unless they meet at
-    # midnight) and an agent's days with an hour open, from the day rows; their hours'
-    # rows are then left out.
-    dlo, dhi = ceil_day(lo), floor_day(hi)
-    if window.hourly or dhi <= dlo:
-        return RollupPlan(rollup=hour_rows, journal=journal, hours=hours)
-    day_rows = Q(hours=DAY_HOURS, hour__gte=dlo, hour__lt=dhi)
-    by_days = Q(hour__gte=dlo, hour__lt=dhi)
-    meet = floor_day(window.start)
-    if meet != window.start:
-        day_rows &= ~Q(hour=meet)
-        by_days &= ~Q(hour__gte=meet, hour__lt=meet + DAY)
-    for day, ids in open_days.items():
-        day_rows &= ~Q(hour=day, agent_id__in=sorted(ids))
-        by_days &= ~Q(hour__gte=day, hour__lt=day + DAY, agent_id__in=sorted(ids))
-    return RollupPlan(rollup=(hour_rows & ~by_days) | day_rows, journal=journal, hours=hours)
+    if floor_hour(window.start) != window.start:
+        from_journal.add(floor_hour(window.start))
+    # Whole days (of a window of days) from the day rows: within [lo, hi), none of their
+    # hours from the journal, and not the day the windows meet in unless they meet at
+    # midnight (its hours lie in both).
+    days: set[datetime] = set()
+    if not window.hourly:
+        day, meet = ceil_day(lo), floor_day(window.start)
+        while day + DAY <= hi:
+            if (day != meet or meet == window.start) and not any(
+                day <= h < day + DAY for h in from_journal
+            ):
+                days.add(day)
+            day += DAY
+    hour_ranges, day_ranges = [], []
+    at = lo
+    while at < hi:
+        if at in days:
+            day_ranges.append((at, at + DAY))
+            at += DAY
+        elif at in from_journal:
+            at += HOUR
+        else:
+            hour_ranges.append((at, at + HOUR))
+            at += HOUR
+    rollup = any_of(Q(hours=1, hour__gte=a, hour__lt=b) for a, b in _merged(hour_ranges))
+    rollup |= any_of(Q(hours=DAY_HOURS, hour__gte=a, hour__lt=b) for a, b in _merged(day_ranges))
+    # Each journal range bounded on both sides, so Postgres reads each by the index of
+    # the runs' creation rather than the whole window filtered.
+    spans = [(window.previous_start, lo), (hi, window.end)]
+    spans += [(h, h + HOUR) for h in from_journal]
+    journal = any_of(Q(created_at__gte=a, created_at__lt=b) for a, b in _merged(spans) if a < b)
+    hours = len(hour_ranges) + DAY_HOURS * len(day_ranges)
+    return RollupPlan(rollup=rollup, journal=journal, hours=hours)
 
 
-def _from_rollup(scope: Q, key: str, window: Window, plan: RollupPlan) -> dict[int, Pair]:
-    """The additive figures of the plan's rolled-up hours, grouped by `key`, with the
-    runs and exceptions of each sparkline bar. Four queries."""
-    pairs: dict[int, Pair] = defaultdict(Pair)
+def _merged(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The ranges [a, b) joined where they touch or overlap, in order."""
+    out: list[tuple[datetime, datetime]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
-    def of(row: dict[str, Any]) -> Figures:
-        pair = pairs[row[key]]
-        return pair.current if row["cur"] else pair.previous
 
+def any_of(qs: Iterable[Q]) -> Q:
+    """The filters joined by OR; none: nothing."""
+    out: Q | None = None
+    for q in qs:
+        out = q if out is None else out | q
+    return Q(pk__in=[]) if out is None else out
+
+
+def _from_rollup(
+    scope: Q,
+    key: str,
+    window: Window,
+    plan: RollupPlan,
+    of: Callable[..., Figures],
+    bars: tuple[str, dict[int, Pair]] | None,
+) -> None:
+    """The additive figures of the plan's rolled-up hours, grouped by `key`, added to
+    the Figures `of(row)` names, and when asked the runs and exceptions of each sparkline
+    bar, grouped by `bars`' key into its pairs. Four queries (three without bars)."""
     if not plan.hours:
-        return pairs
+        return
     cur = Case(When(hour__gte=window.start, then=Value(True)), default=Value(False))
-    bucket = F("hour") if window.hourly else TruncDay("hour", tzinfo=UTC)
-    buckets = window.buckets
-    index = {at: i for i, at in enumerate(buckets)}
     sums = [f"sum_{name}" for name in ROLLED]
     rolled = KpiHour.objects.filter(scope, plan.rollup).annotate(cur=cur)
     # The sums a group and window (a few hundred rows), apart from the bars (runs and
@@ -813,26 +823,8 @@ def _from_rollup(scope: Q, key: str, window: Window, plan: RollupPlan) -> dict[i
             elif name == "cost_eur":
                 value = float(value)
             setattr(f, name, getattr(f, name) + value)
-    bars = (
-        rolled.filter(hour__gte=window.start)
-        .annotate(bar=bucket)
-        .values(key, "bar")
-        .annotate(runs_at=Sum("runs"), exceptions_at=Sum("exceptions"))
-        .order_by()
-        .values_list(key, "bar", "runs_at", "exceptions_at")
-    )
-    for gid, at, runs, exceptions in bars:
-        if at.tzinfo is None:  # a truncation comes back naive on SQLite
-            at = at.replace(tzinfo=UTC)
-        slot = index.get(at)
-        if slot is None:
-            continue
-        f = pairs[gid].current
-        if not f.runs_per_bucket:
-            f.runs_per_bucket = [0] * len(buckets)
-            f.exceptions_per_bucket = [0] * len(buckets)
-        f.runs_per_bucket[slot] += runs or 0
-        f.exceptions_per_bucket[slot] += exceptions or 0
+    if bars is not None:
+        _bars_from_rollup(rolled, window, *bars)
     paid = (
         KpiHourPaid.objects.filter(scope, plan.rollup)
         .annotate(cur=cur)
@@ -856,7 +848,35 @@ def _from_rollup(scope: Q, key: str, window: Window, plan: RollupPlan) -> dict[i
     )
     for row in within:
         of(row).within_sla += row["n"] or 0
-    return pairs
+
+
+def _bars_from_rollup(
+    rolled: QuerySet[KpiHour], window: Window, key: str, pairs: dict[int, Pair]
+) -> None:
+    """The runs and exceptions of each bar of the current window, grouped by `key`."""
+    buckets = window.buckets
+    index = {at: i for i, at in enumerate(buckets)}
+    bucket = F("hour") if window.hourly else TruncDay("hour", tzinfo=UTC)
+    by_bar = (
+        rolled.filter(hour__gte=window.start)
+        .annotate(bar=bucket)
+        .values(key, "bar")
+        .annotate(runs_at=Sum("runs"), exceptions_at=Sum("exceptions"))
+        .order_by()
+        .values_list(key, "bar", "runs_at", "exceptions_at")
+    )
+    for gid, at, runs, exceptions in by_bar:
+        if at.tzinfo is None:  # a truncation comes back naive on SQLite
+            at = at.replace(tzinfo=UTC)
+        slot = index.get(at)
+        if slot is None:
+            continue
+        f = pairs[gid].current
+        if not f.runs_per_bucket:
+            f.runs_per_bucket = [0] * len(buckets)
+            f.exceptions_per_bucket = [0] * len(buckets)
+        f.runs_per_bucket[slot] += runs or 0
+        f.exceptions_per_bucket[slot] += exceptions or 0
 
 
 # Figures that are not sums of their parts' (percentiles): asked of the database again.
@@ -875,9 +895,9 @@ def figures_summed(
 ) -> tuple[dict[int, Pair], dict[int, Pair]]:
     """The KPIs of `runs` grouped `by` (versions, agents) and grouped `up` (agents, teams),
     where `parent` names each group's group up (a version's agent, an agent's team): the
-    groups up are their parts added — counts, sums, money, bars — and only their
-    percentiles are asked of the database, in the parts' percentile queries (one
-    query for either pair of percentiles), not every figure twice; without
+    groups up are their parts added — counts, sums, money — their sparkline bars are
+    counted a group up and bar, and their percentiles come from their parts' durations
+    (one query for either pair of percentiles), not every figure twice; without
     `part_percentiles`, the groups up's percentiles only (the parts' stay None: the fleet
     page shows no agent's).
     Same figures as figures(runs, up, window); `scope` as there."""
@@ -889,7 +909,8 @@ def figures_summed(
             window,
             sparklines=True,
             scope=scope,
-            up=(up, pairs),
+            up=(pairs, parent),
+            up_key=KEYS[up],
             part_percentiles=part_percentiles,
         )
     for gid, pair in parts.items():
@@ -899,25 +920,27 @@ def figures_summed(
     return parts, dict(pairs)
 
 
+BARS = ("runs_per_bucket", "exceptions_per_bucket")
+# The figures a group's Figures add up from its parts' as plain numbers.
+SUMMED = tuple(f.name for f in fields(Figures) if f.name not in (*PERCENTILES, *BARS, "paid"))
+
+
 def _add(into: Figures, part: Figures) -> None:
-    for name, value in vars(part).items():
-        if name in PERCENTILES:
-            continue
-        if name == "paid":
-            for currency, amount in value.items():
-                into.paid[currency] = into.paid.get(currency, Decimal(0)) + amount
-        elif isinstance(value, list):
-            mine = getattr(into, name)
-            if len(mine) < len(value):
-                mine.extend([0] * (len(value) - len(mine)))
-            for i, n in enumerate(value):
-                mine[i] += n
-        else:
-            setattr(into, name, getattr(into, name) + value)
+    for name in SUMMED:
+        setattr(into, name, getattr(into, name) + getattr(part, name))
+    for currency, amount in part.paid.items():
+        into.paid[currency] = into.paid.get(currency, Decimal(0)) + amount
+    for name in BARS:
+        value, mine = getattr(part, name), getattr(into, name)
+        if len(mine) < len(value):
+            mine.extend([0] * (len(value) - len(mine)))
+        for i, n in enumerate(value):
+            mine[i] += n
 
 
-def _sparklines(base: QuerySet[Run], key: str, window: Window, pairs: dict[int, Pair]) -> None:
-    """Runs and exceptions per hour (a day's window) or per day, over the window."""
+def _sparklines(base: QuerySet[Run], key: str, pairs: dict[int, Pair], window: Window) -> None:
+    """Runs and exceptions per hour (a day's window) or per day, over the window, grouped
+    by `key`, added to the bars of `pairs` (the rollup's may be there already)."""
     buckets = window.buckets
     index = {at: i for i, at in enumerate(buckets)}
     trunc = TruncHour if window.hourly else TruncDay
@@ -927,9 +950,6 @@ def _sparklines(base: QuerySet[Run], key: str, window: Window, pairs: dict[int, 
         .values(key, "bucket")
         .annotate(n=Count("pk"), exceptions=Count("pk", filter=_exception(window.previous_start)))
     )
-    for pair in pairs.values():
-        pair.current.runs_per_bucket = [0] * len(buckets)
-        pair.current.exceptions_per_bucket = [0] * len(buckets)
     for row in rows:
         slot = index.get(row["bucket"])
         if slot is None:
@@ -1017,9 +1037,25 @@ def fleet_page(user: Any, window: Window) -> dict[str, Any]:
                 "chart": sparkline(pair.current, window),
                 "agents": [],
             }
-        pair = by_agent.get(agent.pk, Pair())
-        team["agents"].append({"agent": agent, "f": pair.current, "before": pair.previous})
+        f = by_agent.get(agent.pk, Pair()).current
+        team["agents"].append(
+            {
+                "agent": agent,
+                "url": f"{reverse('agent-kpis', args=[agent.slug])}?window={window.name}",
+                "cells": [show(getattr(f, name), how) for name, how in AGENT_CELLS],
+            }
+        )
     return {"teams": list(teams.values())}
+
+
+# The figures of an agent's row on the fleet page (the columns of its table), as `show`s.
+AGENT_CELLS = (
+    ("runs", "count"),
+    ("exception_rate", "share"),
+    ("held_share", "share"),
+    ("sla_attainment", "share"),
+    ("cost_per_run", "eur"),
+)
 
 
 def _fill_buckets(pair: Pair, window: Window) -> None:
@@ -1123,18 +1159,19 @@ def sparkline(f: Figures, window: Window) -> str:
     width = max(len(runs), 1) * (bar + gap)
     unit = "hour" if window.hourly else "day"
 
-    def bars() -> Any:
-        for i, (n, e) in enumerate(zip(runs, exceptions, strict=True)):
-            x, h, he = i * (bar + gap), round(n / peak * height, 1), round(e / peak * height, 1)
-            tip = f"{n} run{'s' if n != 1 else ''}, {e} with an exception"
-            yield x, height - h, bar, h, tip, x, height - he, bar, he
-
-    parts = format_html_join(
-        "",
-        '<rect class="runs" x="{}" y="{}" width="{}" height="{}"><title>{}</title></rect>'
-        '<rect class="exceptions" x="{}" y="{}" width="{}" height="{}"></rect>',
-        bars(),
-    )
+    # Numbers alone go into the bars (made ints and floats here), so they need no
+    # escaping: a page draws hundreds of them.
+    rects = []
+    for i, (n, e) in enumerate(zip(runs, exceptions, strict=True)):
+        n, e = int(n), int(e)
+        x, h, he = i * (bar + gap), round(n / peak * height, 1), round(e / peak * height, 1)
+        rects.append(
+            f'<rect class="runs" x="{x}" y="{height - h}" width="{bar}" height="{h}">'
+            f"<title>{n} run{'s' if n != 1 else ''}, {e} with an exception</title></rect>"
+            f'<rect class="exceptions" x="{x}" y="{height - he}" width="{bar}" '
+            f'height="{he}"></rect>'
+        )
+    parts = mark_safe("".join(rects))  # noqa: S308  (numbers only, built above)
     label = (
         f"runs per {unit} over the last {window.name}: {', '.join(map(str, runs)) or 'none'}; "
         f"with an exception: {', '.join(map(str, exceptions)) or 'none'}"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +42,7 @@ from agents.kpis import (
     ROLLED,
     Figures,
     Grouping,
+    any_of,
     floor_day,
     floor_hour,
     journal_figures,
@@ -85,13 +85,6 @@ class Span:
     def rows(self) -> Q:
         q = Q(hour__gte=self.lo, hour__lt=self.hi)
         return q if self.agents is None else q & Q(agent_id__in=self.agents)
-
-
-def _any(qs: Iterable[Q]) -> Q:
-    out = Q(pk__in=[])
-    for q in qs:
-        out |= q
-    return out
 
 
 @dataclass
@@ -190,7 +183,7 @@ def kpi_rollup_rebuild(since: datetime | None = None, until: datetime | None = N
 
 def _unclosed(spans: list[Span]) -> set[tuple[int, datetime]]:
     """The agents' hours of the spans with a run not final or a request still pending."""
-    runs = _any(s.runs() for s in spans)
+    runs = any_of(s.runs() for s in spans)
     since = min(s.lo for s in spans)
     out = {
         (agent_id, floor_hour(created))
@@ -210,7 +203,7 @@ def _unclosed(spans: list[Span]) -> set[tuple[int, datetime]]:
 def _examine(spans: list[Span], out: Rolled, through: datetime) -> None:
     """Replace the rollup's rows of the spans' hours: the closed agent-hours' figures, and
     the open ones listed. In the caller's transaction."""
-    runs = Run.objects.filter(_any(s.runs() for s in spans)).order_by()
+    runs = Run.objects.filter(any_of(s.runs() for s in spans)).order_by()
     since = min(s.lo for s in spans)
     unclosed = _unclosed(spans)
     hours: dict[tuple[int, datetime], Figures] = defaultdict(Figures)

@@ -482,6 +482,35 @@ def test_the_rollup_gives_the_journal_figures_over_any_window(history: dict[str,
         same_figures(one[gid].current, pair.current, f"version {gid}")
 
 
+def test_an_hour_open_for_one_agent_is_read_from_the_journal_for_every_agent(
+    history: dict[str, Any],
+) -> None:
+    """The plan is hour ranges alone: an hour open for one agent (a run waiting in it) is
+    read from the journal for all the agents of the scope, and none of its rolled-up rows
+    is read beside (no run counted twice, none left out); no query carries a list of the
+    agents each open hour is open for."""
+    rollup.kpi_rollup()
+    window = kpis.window_named("30d", NOW)
+    opened = KpiOpenHour.objects.filter(hour__gte=kpis.ceil_hour(window.previous_start))
+    open_agent, hour = opened.values_list("agent_id", "hour").earliest("hour")
+    others = KpiHour.objects.filter(hours=1, hour=hour).exclude(agent_id=open_agent)
+    assert others.exists(), "another agent's runs of the open hour are rolled up"
+    ids = list(Agent.objects.values_list("pk", flat=True))
+    for scope in (Q(), Q(agent_id__in=ids)):
+        plan = kpis.plan_rollup(scope, window)
+        assert (
+            not KpiHour.objects.filter(scope, plan.rollup, hour__gte=hour)
+            .filter(hour__lt=hour + kpis.HOUR)
+            .exists()
+        )
+        in_hour = Run.objects.filter(scope, created_at__gte=hour, created_at__lt=hour + kpis.HOUR)
+        assert in_hour.filter(plan.journal).count() == in_hour.count() > 1
+        assert "agent" not in str(plan.journal) and "agent" not in str(plan.rollup)
+        # Its day is read hour by hour: no day row of it.
+        day = kpis.floor_day(hour)
+        assert not KpiHour.objects.filter(plan.rollup, hours=24, hour=day).exists()
+
+
 def test_the_rollup_twice_or_by_two_workers_at_once_leaves_the_same_rows(
     history: dict[str, Any],
 ) -> None:
