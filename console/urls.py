@@ -153,5 +153,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     # The API for remote agents (django-ninja): its OpenAPI document and docs are under it.
     path("api/v1/", api.urls()),
-    re_path(r"^api/(?P<rest>.*)$", api.not_found),  # the API answers JSON, even a 404
+    # The API answers JSON, even a 404 — for any rest of the address, control characters
+    # and line breaks included (`.` alone stops at a decoded %0A and Django's HTML 404 answers).
+    re_path(r"^api/(?P<rest>(?s:.*))$", api.not_found),
 ]

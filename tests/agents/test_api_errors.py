@@ -155,6 +155,12 @@ MALFORMED = [
     ),
     ("unknown-step-get", "GET", "/api/v1/runs/{run}/steps/7", None, JSON, 404, "not_found"),
     ("run-id-not-a-number", "GET", "/api/v1/runs/abc", None, JSON, 404, "not_found"),
+    # Addresses no route takes, control characters and line breaks in them: JSON all the same.
+    ("seq-line-break", "GET", "/api/v1/runs/{run}/steps/%0A7%C3%9D", None, JSON, 404, "not_found"),
+    ("run-id-line-break", "POST", "/api/v1/runs/1%0A/finish", "{}", JSON, 404, "not_found"),
+    ("trailing-line-break", "GET", "/api/v1/runs/{run}%0A", None, JSON, 404, "not_found"),
+    ("control-characters", "GET", "/api/v1/%00%1F%7F", None, JSON, 404, "not_found"),
+    ("bare-api", "GET", "/api/", None, JSON, 404, "not_found"),
     ("unknown-endpoint", "POST", "/api/v1/agents", "{}", JSON, 404, "not_found"),
     ("unknown-version", "GET", "/api/v2/runs", None, JSON, 404, "not_found"),
     ("wrong-method", "PUT", RUNS, "{}", JSON, 405, "method_not_allowed"),

@@ -797,4 +797,9 @@ def test_the_figures_and_pages_agree_on_sqlite(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert re.search(r"\b20 passed\b", done.stdout) and "failed" not in done.stdout, done.stdout
+    # Every test of the module ran there but the one that needs two writers (no count to
+    # keep in step: a test added here is run there too).
+    passed = re.search(r"\b(\d+) passed\b", done.stdout)
+    skipped = re.findall(r"^SKIPPED \[\d+\] (.*)$", done.stdout, re.MULTILINE)
+    assert passed and int(passed[1]) >= 21 and "failed" not in done.stdout, done.stdout
+    assert all("SQLite has one writer" in reason for reason in skipped), skipped

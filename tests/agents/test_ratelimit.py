@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -44,7 +45,10 @@ def on_redis(limit: RateLimit) -> float:
     return ratelimit.take(7, limit)
 
 
-def in_process(cache: LocMemCache) -> Any:
+def in_process() -> Any:
+    """A cache of its own: LocMemCache keeps its entries per name for the whole process, so
+    a shared name would carry another test's admissions into this one."""
+    cache = LocMemCache(f"rl-{uuid.uuid4().hex}", {})
     return lambda limit: ratelimit._take_here(cache, "rl:7", limit)
 
 
@@ -54,7 +58,7 @@ def test_no_more_than_the_limit_in_any_window_whatever_the_clock(where: str) -> 
     seconds) admits 3 just before a second turns and 3 just after; a sliding one never
     more than 3 in any second: the 4th admission after any one comes a second later."""
     limit = RateLimit(tool="test.*", limit=3, per=1)
-    take = on_redis if where == "redis" else in_process(LocMemCache("rl", {}))
+    take = on_redis if where == "redis" else in_process()
     admitted = admissions(take, limit, 2.5)
     assert len(admitted) >= 6, admitted  # the window moved on: it admits again
     assert min(spans(admitted, 3)) >= 1.0, spans(admitted, 3)
@@ -63,7 +67,7 @@ def test_no_more_than_the_limit_in_any_window_whatever_the_clock(where: str) -> 
 @pytest.mark.parametrize("where", ["redis", "in-process"])
 def test_a_refused_action_learns_when_one_more_may_go(where: str) -> None:
     limit = RateLimit(tool="test.*", limit=1, per=2)
-    take = on_redis if where == "redis" else in_process(LocMemCache("rl", {}))
+    take = on_redis if where == "redis" else in_process()
     assert take(limit) == 0
     wait = take(limit)
     # The one admitted ages out two seconds after it was admitted: less than that now.
