@@ -34,7 +34,10 @@ rollup agents.rollup keeps from the journal — derived data, computed by this m
 journal queries grouped by hour, rebuilt from the journal at will — and only the rest
 from the journal: the partial hours at the window's edges, the hours not examined yet,
 and the hours still open (a run not final, a request pending). The percentiles are
-always taken from the whole window's durations (plan_rollup, figures).
+taken from the durations of both parts together, the rolled-up part's read from the
+journal. Nothing in a rolled-up hour changes any more, so the page keeps what it read of
+that part in the shared cache, under everything it depends on (closed_part), and reads
+only the journal's part on every request.
 
 This module sits above the approvals app in the layers (pyproject.toml): it reads the
 approval requests.
@@ -42,6 +45,8 @@ approval requests.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +56,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+from django.core.cache import caches
 from django.db import connection, transaction
 from django.db.models import (
     Aggregate,
@@ -309,10 +315,45 @@ class Grouping:
     key: str
     split: Callable[[str], Any]
     since: datetime
+    # The runs' sparkline bars, when asked: the bar of a run of the current window (the
+    # start of its hour or day), and where each group's runs and exceptions of a bar go.
+    bar: Any = None
+    add_bar: Callable[[int, datetime, int, int], None] | None = None
 
 
-def _paging(key: str, window: Window) -> Grouping:
-    return Grouping(key, lambda prefix: _current(prefix, window), window.previous_start)
+def _paging(key: str, window: Window, add_bar: Any = None) -> Grouping:
+    bar = None
+    if add_bar is not None:
+        trunc = TruncHour if window.hourly else TruncDay
+        bar = Case(
+            When(created_at__gte=window.start, then=trunc("created_at", tzinfo=UTC)),
+            default=None,
+        )
+    return Grouping(
+        key, lambda prefix: _current(prefix, window), window.previous_start, bar, add_bar
+    )
+
+
+def _bar_adder(window: Window, pairs: dict[int, Pair], group_of: Callable[[int], int]) -> Any:
+    """Adds a part's runs and exceptions of a bar (its start) to the bars of its group's
+    current Figures in `pairs`."""
+    buckets = window.buckets
+    index = {at: i for i, at in enumerate(buckets)}
+
+    def add_bar(gid: int, at: datetime, runs: int, exceptions: int) -> None:
+        if at.tzinfo is None:  # a truncation comes back naive on SQLite
+            at = at.replace(tzinfo=UTC)
+        slot = index.get(at)
+        if slot is None:
+            return
+        f = pairs[group_of(gid)].current
+        if not f.runs_per_bucket:
+            f.runs_per_bucket = [0] * len(buckets)
+            f.exceptions_per_bucket = [0] * len(buckets)
+        f.runs_per_bucket[slot] += runs or 0
+        f.exceptions_per_bucket[slot] += exceptions or 0
+
+    return add_bar
 
 
 @contextmanager
@@ -365,17 +406,18 @@ def _figures(
     *,
     sparklines: bool,
     scope: Q | None,
+    kept_as: str = "",
     up: Target | None = None,
-    up_key: str = "",
     part_percentiles: bool = True,
 ) -> dict[int, Pair]:
-    """figures(), and with `up` (and `up_key`, its KEYS value) the groups up's percentiles
-    and sparkline bars, which go straight into their pairs: the pages draw the bars of
-    the groups up alone (a team's, an agent's), so they are counted a group up and bar —
-    not a group and bar, then added."""
+    """figures(), and with `up` the groups up's percentiles and sparkline bars, which go
+    straight into their pairs: the pages draw the bars of the groups up alone (a team's,
+    an agent's)."""
     key = KEYS[by]
     pairs: dict[int, Pair] = defaultdict(Pair)
-    bars = (key, pairs) if up is None else (up_key, up[0])
+    # The bars are drawn for the groups up alone when there are any (their pairs, and the
+    # group up of each group): counted a group and bar, added into the group up's.
+    add_bar = _bar_adder(window, *((pairs, _same) if up is None else up)) if sparklines else None
 
     def of(row: dict[str, Any], prefix: str = "") -> Figures:
         pair = pairs[row[prefix + key]]
@@ -384,36 +426,41 @@ def _figures(
     whole = runs.filter(**_between("", window)).order_by()
     base = whole
     plan = plan_rollup(scope, window) if scope is not None else None
-    if plan is not None and plan.hours:
+    closed = Closed()
+    if plan is not None and scope is not None and plan.hours:
         # The journal's part alone (its ranges lie within the window): with the window's
         # range around them too, Postgres took the ranges' share of the window's share and
         # expected a handful of runs where there are a thousand (nested loops over them).
         base = runs.filter(plan.journal).order_by()
-    # The journal's figures first (they are set), then the rollup's added to them.
-    journal_figures(base, _paging(key, window), of)
-    if plan is not None and scope is not None:
-        _from_rollup(scope, key, window, plan, of, bars if sparklines else None)
+        closed = closed_part(scope, kept_as, key, window, plan, sparklines)
+    journal_figures(base, _paging(key, window, add_bar), of)
+    _add_closed(closed, of, key, add_bar)
     if sparklines:
-        _sparklines(base, *bars, window)
-        for pair in bars[1].values():
+        for pair in (pairs if up is None else up[0]).values():
             _fill_buckets(pair, window)
-    # The percentiles are not sums: from the durations of the whole window, for the groups
-    # and, when asked (`up`: the pairs of the groups up, and each group's group up), for
-    # the groups up too, from the same read of the durations.
+    # The percentiles are not sums: from the durations of the journal's part and of the
+    # rolled-up part together, for the groups and, when asked (`up`: the pairs of the
+    # groups up, and each group's group up), for the groups up too, from the same
+    # durations.
     targets: list[Target] = [(pairs, _same)]
     if up is not None:
         targets = [*targets, up] if part_percentiles else [up]
-    _cycle_percentiles(whole, key, targets, window)
-    # The requests of the window's runs: by the scope on their run, joined, when there is
-    # one — Postgres then reads the window's requests and each one's run by its key,
-    # rather than hashing every run of the window (two months of a fleet: 120,000) for
-    # a semi-join.
-    of_runs = (
-        Q(run__in=whole.values("pk"))
-        if scope is None
-        else _under(scope, "run__") & Q(**_between("run__", window))
-    )
-    _decide_percentiles(of_runs, key, targets, window)
+    cycle = _cycle_durations(base, key, window)
+    for f, p50, p95 in _percentiles([cycle, closed.cycle], targets):
+        f.cycle_p50, f.cycle_p95 = p50, p95
+    # The requests of the journal part's runs: by the scope on their run, joined, when
+    # there is one — Postgres then reads the window's requests and each one's run by its
+    # key, rather than hashing every run of the window (two months of a fleet: 120,000)
+    # for a semi-join.
+    if scope is None:
+        of_runs = Q(run__in=whole.values("pk"))
+    else:
+        of_runs = _under(scope, "run__") & Q(**_between("run__", window))
+        if plan is not None and plan.hours:
+            of_runs &= _under(plan.journal, "run__")
+    decide = _decide_durations(of_runs, key, window)
+    for f, p50, p95 in _percentiles([decide, closed.decide], targets):
+        f.decide_p50, f.decide_p95 = p50, p95
     return dict(pairs)
 
 
@@ -443,55 +490,58 @@ def journal_figures(base: QuerySet[Run], grouping: Grouping, of: Callable[..., F
 
 
 def _runs(base: QuerySet[Run], g: Grouping, of: Any) -> None:
-    rows = (
-        base.annotate(cur=g.split(""))
-        .values(g.key, "cur")
-        .annotate(
-            n=Count("pk"),
-            finished=Count("pk", filter=Q(finished_at__isnull=False)),
-            succeeded=Count("pk", filter=Q(status=Run.Status.SUCCEEDED)),
-            failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
-            diverged=Count("pk", filter=Q(status=Run.Status.FAILED, error__contains=DIVERGED)),
-            exceptions=Count("pk", filter=_exception(g.since)),
-        )
+    """The runs' counts, and their sparkline bars when the grouping asks for them (a row
+    a group, window and bar: the exceptions' look-ups run once for both)."""
+    rows = base.annotate(cur=g.split(""))
+    grouped = [g.key, "cur"]
+    if g.bar is not None:
+        rows, grouped = rows.annotate(bar=g.bar), [*grouped, "bar"]
+    rows = rows.values(*grouped).annotate(
+        n=Count("pk"),
+        finished=Count("pk", filter=Q(finished_at__isnull=False)),
+        succeeded=Count("pk", filter=Q(status=Run.Status.SUCCEEDED)),
+        failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
+        diverged=Count("pk", filter=Q(status=Run.Status.FAILED, error__contains=DIVERGED)),
+        exceptions=Count("pk", filter=_exception(g.since)),
     )
     for row in rows:
         f = of(row)
-        f.runs, f.finished, f.succeeded = row["n"], row["finished"], row["succeeded"]
-        f.failed, f.diverged, f.exceptions = row["failed"], row["diverged"], row["exceptions"]
+        f.runs += row["n"]
+        f.finished += row["finished"]
+        f.succeeded += row["succeeded"]
+        f.failed += row["failed"]
+        f.diverged += row["diverged"]
+        f.exceptions += row["exceptions"]
+        if g.add_bar is not None and row["bar"] is not None:
+            g.add_bar(row[g.key], row["bar"], row["n"], row["exceptions"])
 
 
-# Where a group's percentiles go: its pairs, and the group of each part (a leaf group).
-Target = tuple[dict[int, Pair], Callable[[int], int]]
+# A part's durations in seconds, by (part id, in the current window): big-endian float8s.
+Parts = dict[tuple[int, bool], bytes]
 
 
-def _cycle_percentiles(
-    base: QuerySet[Run], key: str, targets: list[Target], window: Window
-) -> None:
-    """Cycle time p50/p95, from the finished runs' creation and end alone (read from the
-    index run_created_durations on Postgres), for each of `targets`."""
+def _cycle_durations(base: QuerySet[Run], key: str, window: Window) -> Parts:
+    """The finished runs' cycle times, from their creation and end alone (read from the
+    index run_created_durations on Postgres)."""
     finished = base.filter(finished_at__isnull=False)
-    for f, p50, p95 in _percentiles(finished, "", key, targets, window, "finished_at"):
-        f.cycle_p50, f.cycle_p95 = p50, p95
+    return _durations(finished, "", key, window, "finished_at")
 
 
-def _percentiles(
-    rows: QuerySet[Any],
-    prefix: str,
-    key: str,
-    targets: list[Target],
-    window: Window,
-    later: str,
-) -> Iterator[tuple[Figures, float | None, float | None]]:
-    """The p50 and p95 of `later` - created_at over `rows` (prefix: the path from them to
-    the run), in the window and the window before, for each target (the pairs to fill,
-    and the group of each part `key` names): the Figures each pair of percentiles belongs
-    to. One query, the durations of each part `key` and window (on Postgres packed by
-    Durations, on SQLite read one by one); the percentiles of a group from its parts'
-    durations together, computed here — one definition for both databases."""
+def _decide_durations(of_runs: Q, key: str, window: Window) -> Parts:
+    """The times to decide of the decided requests of the runs `of_runs` selects (a filter
+    on the requests), from the requests' times alone."""
+    decided = ApprovalRequest.objects.filter(
+        of_runs, created_at__gte=window.previous_start, status__in=DECIDED
+    )
+    return _durations(decided, "run__", key, window, "decided_at")
+
+
+def _durations(rows: QuerySet[Any], prefix: str, key: str, window: Window, later: str) -> Parts:
+    """`later` - created_at over `rows` (prefix: the path from them to the run), by each
+    part `key` names and window. One query: on Postgres each part's packed by Durations,
+    on SQLite read one by one and packed here."""
     rows = rows.filter(**{f"{later}__isnull": False}).annotate(cur=_current(prefix, window))
     rows = rows.order_by()
-    parts: dict[tuple[Any, bool], np.ndarray] = {}
     if _in_sql():
         packed = (
             rows.annotate(d=Seconds(_duration(later, "created_at")))
@@ -499,19 +549,36 @@ def _percentiles(
             .annotate(ds=Durations("d"))
             .values_list(prefix + key, "cur", "ds")
         )
-        for gid, cur, blob in packed:
-            parts[(gid, bool(cur))] = np.frombuffer(blob, dtype=">f8")
-    else:
-        durations: dict[tuple[Any, bool], list[float]] = defaultdict(list)
-        for gid, cur, created, done in rows.values_list(prefix + key, "cur", "created_at", later):
-            durations[(gid, bool(cur))].append((done - created).total_seconds())
-        parts = {at: np.asarray(values, dtype=float) for at, values in durations.items()}
+        return {(gid, bool(cur)): bytes(blob) for gid, cur, blob in packed}
+    durations: dict[tuple[Any, bool], list[float]] = defaultdict(list)
+    for gid, cur, created, done in rows.values_list(prefix + key, "cur", "created_at", later):
+        durations[(gid, bool(cur))].append((done - created).total_seconds())
+    return {at: np.asarray(v, dtype=">f8").tobytes() for at, v in durations.items()}
+
+
+# Where a group's percentiles go: its pairs, and the group of each part (a leaf group).
+Target = tuple[dict[int, Pair], Callable[[int], int]]
+
+
+def _percentiles(
+    sources: Iterable[Parts], targets: list[Target]
+) -> Iterator[tuple[Figures, float, float]]:
+    """The p50 and p95 of each group of each target (the pairs to fill, and the group of
+    each part), from its parts' durations in every source together (the journal's part of
+    the window and the rollup's): the Figures each pair of percentiles belongs to. One
+    definition for both databases (percentile_cont's, by numpy)."""
+    parts: dict[tuple[int, bool], list[bytes]] = defaultdict(list)
+    for source in sources:
+        for at, blob in source.items():
+            parts[at].append(blob)
     for pairs, group_of in targets:
-        together: dict[tuple[Any, bool], list[np.ndarray]] = defaultdict(list)
-        for (gid, cur), values in parts.items():
-            together[(group_of(gid), cur)].append(values)
-        for (gid, cur), found in together.items():
-            values = found[0] if len(found) == 1 else np.concatenate(found)
+        together: dict[tuple[int, bool], list[bytes]] = defaultdict(list)
+        for (gid, cur), blobs in parts.items():
+            together[(group_of(gid), cur)] += blobs
+        for (gid, cur), blobs in together.items():
+            values = np.frombuffer(b"".join(blobs), dtype=">f8")
+            if not len(values):
+                continue
             p50, p95 = (float(p) for p in np.percentile(values, [50, 95]))
             pair = pairs[gid]
             yield pair.current if cur else pair.previous, p50, p95
@@ -598,16 +665,6 @@ def _requests(run_ids: Any, g: Grouping, of: Any) -> None:
             within[(group, cur)] += (done - created).total_seconds() <= sla * 60
         for (group, cur), n in within.items():
             of({"run__" + g.key: group, "cur": cur}, "run__").within_sla = n
-
-
-def _decide_percentiles(of_runs: Q, key: str, targets: list[Target], window: Window) -> None:
-    """Time to decide p50/p95, from the decided requests' times alone, of the runs
-    `of_runs` selects (a filter on the requests), for each of `targets`."""
-    decided = ApprovalRequest.objects.filter(
-        of_runs, created_at__gte=window.previous_start, status__in=DECIDED
-    )
-    for f, p50, p95 in _percentiles(decided, "run__", key, targets, window, "decided_at"):
-        f.decide_p50, f.decide_p95 = p50, p95
 
 
 def _value(base: QuerySet[Run], g: Grouping, of: Any) -> None:
@@ -701,11 +758,17 @@ def ceil_day(at: datetime) -> datetime:
 @dataclass(frozen=True)
 class RollupPlan:
     """Which runs of a window the rollup holds, and which the journal must give: `rollup`
-    selects rows of the rollup's tables (on agent and hour), `journal` runs."""
+    selects rows of the rollup's tables (on agent and hour), `rolled` the runs they hold,
+    `journal` the other runs."""
 
     rollup: Q
     journal: Q
     hours: int  # whole hours read from the rollup, for the agents of the scope
+    rolled: Q = field(default_factory=lambda: Q(pk__in=[]))
+    # What the rollup's part is, said as plain values (the closed part's cache key):
+    # the hour and day ranges read from it, and the rollup's generation.
+    ranges: tuple[tuple[int, datetime, datetime], ...] = ()
+    generation: uuid.UUID | None = None
 
 
 def plan_rollup(scope: Q, window: Window) -> RollupPlan:
@@ -718,7 +781,8 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
     few runs more, and the plan is hour ranges alone (no list of agents per hour in
     every query: with the hours of a thousand waiting runs open, building and binding
     those lists was most of the fleet page's time). Two queries."""
-    through = KpiRollup.objects.values_list("through", flat=True).first()
+    mark = KpiRollup.objects.values_list("through", "generation").first()
+    through, generation = mark if mark is not None else (None, None)
     lo = ceil_hour(window.previous_start)
     hi = floor_hour(window.end)
     if through is None or min(hi, through) <= lo:
@@ -757,15 +821,22 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
         else:
             hour_ranges.append((at, at + HOUR))
             at += HOUR
-    rollup = any_of(Q(hours=1, hour__gte=a, hour__lt=b) for a, b in _merged(hour_ranges))
-    rollup |= any_of(Q(hours=DAY_HOURS, hour__gte=a, hour__lt=b) for a, b in _merged(day_ranges))
+    hour_ranges, day_ranges = _merged(hour_ranges), _merged(day_ranges)
+    rollup = any_of(Q(hours=1, hour__gte=a, hour__lt=b) for a, b in hour_ranges)
+    rollup |= any_of(Q(hours=DAY_HOURS, hour__gte=a, hour__lt=b) for a, b in day_ranges)
+    rolled = any_of(
+        Q(created_at__gte=a, created_at__lt=b) for a, b in _merged(hour_ranges + day_ranges)
+    )
     # Each journal range bounded on both sides, so Postgres reads each by the index of
     # the runs' creation rather than the whole window filtered.
     spans = [(window.previous_start, lo), (hi, window.end)]
     spans += [(h, h + HOUR) for h in from_journal]
     journal = any_of(Q(created_at__gte=a, created_at__lt=b) for a, b in _merged(spans) if a < b)
-    hours = len(hour_ranges) + DAY_HOURS * len(day_ranges)
-    return RollupPlan(rollup=rollup, journal=journal, hours=hours)
+    hours = sum((b - a) // HOUR for a, b in hour_ranges + day_ranges)
+    ranges = tuple((1, a, b) for a, b in hour_ranges) + tuple(
+        (DAY_HOURS, a, b) for a, b in day_ranges
+    )
+    return RollupPlan(rollup, journal, hours, rolled, ranges, generation)
 
 
 def _merged(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -787,33 +858,129 @@ def any_of(qs: Iterable[Q]) -> Q:
     return Q(pk__in=[]) if out is None else out
 
 
-def _from_rollup(
-    scope: Q,
-    key: str,
-    window: Window,
-    plan: RollupPlan,
-    of: Callable[..., Figures],
-    bars: tuple[str, dict[int, Pair]] | None,
-) -> None:
-    """The additive figures of the plan's rolled-up hours, grouped by `key`, added to
-    the Figures `of(row)` names, and when asked the runs and exceptions of each sparkline
-    bar, grouped by `bars`' key into its pairs. Four queries (three without bars)."""
+@dataclass
+class Closed:
+    """The rolled-up part of a window, as read (closed_part): the rows of the rollup's
+    queries — the sums a part and window, the money paid a part, window and currency,
+    the decisions within the agent's target a part and window, and the runs and
+    exceptions a part and bar — and the part's durations from the journal."""
+
+    sums: list[tuple[Any, ...]] = field(default_factory=list)
+    paid: list[tuple[Any, ...]] = field(default_factory=list)
+    within: list[tuple[Any, ...]] = field(default_factory=list)
+    bars: list[tuple[Any, ...]] = field(default_factory=list)
+    cycle: Parts = field(default_factory=dict)
+    decide: Parts = field(default_factory=dict)
+
+
+# What a page keeps of a window's rolled-up part (closed_part): its format (counted up
+# when Closed or its queries change), and how long — the plan moves on each hour, so an
+# entry is read for an hour at most, and then left to expire.
+CLOSED_FORMAT = 1
+CLOSED_KEPT_SECONDS = 2 * 3600
+
+
+def closed_part(
+    scope: Q, kept_as: str, key: str, window: Window, plan: RollupPlan, bars: bool
+) -> Closed:
+    """The plan's rolled-up part of the window for the agents of `scope`, grouped by `key`
+    (and by bar, when asked: `bars`). The rolled-up hours are closed — no run of them,
+    step, request or payment changes any more — so the part is the same for as long as
+    the plan's ranges, the rollup's generation and what `kept_as` says of the scope's
+    agents (their ids, teams and SLA targets: kept_as_for) are: it is read once and kept
+    in the shared cache under all of them (not kept when `kept_as` is empty). Six
+    queries when read, none when kept."""
+    if not kept_as:
+        return _read_closed(scope, key, window, plan, bars)
+    said = repr(
+        (
+            CLOSED_FORMAT,
+            kept_as,
+            key,
+            bars,
+            window.length,
+            floor_hour(window.start),
+            len(window.buckets),
+            plan.ranges,
+            plan.generation,
+        )
+    )
+    name = "kpis:closed:" + hashlib.sha256(said.encode()).hexdigest()
+    cache = caches["default"]
+    kept = cache.get(name)
+    if isinstance(kept, Closed):
+        return kept
+    closed = _read_closed(scope, key, window, plan, bars)
+    cache.set(name, closed, CLOSED_KEPT_SECONDS)
+    return closed
+
+
+def kept_as_for(agents: Iterable[Agent]) -> str:
+    """What the rolled-up part of these agents' figures depends on besides the rollup:
+    the agents, the team each is in (a team's bars) and its SLA target (the decisions
+    within it)."""
+    said = ";".join(f"{a.pk},{a.team_id},{a.decision_sla_minutes}" for a in agents)
+    return hashlib.sha256(said.encode()).hexdigest()
+
+
+def _read_closed(scope: Q, key: str, window: Window, plan: RollupPlan, bars: bool) -> Closed:
+    out = Closed()
     if not plan.hours:
-        return
+        return out
     cur = Case(When(hour__gte=window.start, then=Value(True)), default=Value(False))
-    sums = [f"sum_{name}" for name in ROLLED]
     rolled = KpiHour.objects.filter(scope, plan.rollup).annotate(cur=cur)
     # The sums a group and window (a few hundred rows), apart from the bars (runs and
     # exceptions a group and hour or day of the current window: thousands of rows, two
     # figures each) — one row a bar with every figure cost the page more in Python than
     # the query.
-    rows = (
+    out.sums = list(
         rolled.values(key, "cur")
         .annotate(**{f"sum_{name}": Sum(name) for name in ROLLED})
         .order_by()
-        .values_list(key, "cur", *sums)
+        .values_list(key, "cur", *(f"sum_{name}" for name in ROLLED))
     )
-    for gid, is_cur, *values in rows:
+    if bars:
+        bar = F("hour") if window.hourly else TruncDay("hour", tzinfo=UTC)
+        out.bars = list(
+            rolled.filter(hour__gte=window.start)
+            .annotate(bar=bar)
+            .values(key, "bar")
+            .annotate(runs_at=Sum("runs"), exceptions_at=Sum("exceptions"))
+            .order_by()
+            .values_list(key, "bar", "runs_at", "exceptions_at")
+        )
+    out.paid = list(
+        KpiHourPaid.objects.filter(scope, plan.rollup)
+        .annotate(cur=cur)
+        .values(key, "cur", "currency")
+        .annotate(total=Sum("amount"))
+        .order_by()
+        .values_list(key, "cur", "currency", "total")
+    )
+    out.within = list(
+        KpiHourWait.objects.filter(
+            scope, plan.rollup, minutes__lte=F("agent__decision_sla_minutes")
+        )
+        .annotate(cur=cur)
+        .values(key, "cur")
+        .annotate(n=Sum("decided"))
+        .order_by()
+        .values_list(key, "cur", "n")
+    )
+    # The durations of the rolled-up hours' runs and requests, from the journal (the
+    # rollup keeps sums, and a percentile is not one).
+    runs = Run.objects.filter(scope, plan.rolled).order_by()
+    out.cycle = _cycle_durations(runs, key, window)
+    out.decide = _decide_durations(
+        _under(scope, "run__") & _under(plan.rolled, "run__"), key, window
+    )
+    return out
+
+
+def _add_closed(closed: Closed, of: Callable[..., Figures], key: str, add_bar: Any) -> None:
+    """The closed part's sums added to the Figures `of(row)` names, and its bars by
+    `add_bar` (None: none)."""
+    for gid, is_cur, *values in closed.sums:
         f = of({key: gid, "cur": is_cur})
         for name, value in zip(ROLLED, values, strict=True):
             if not value:
@@ -823,60 +990,14 @@ def _from_rollup(
             elif name == "cost_eur":
                 value = float(value)
             setattr(f, name, getattr(f, name) + value)
-    if bars is not None:
-        _bars_from_rollup(rolled, window, *bars)
-    paid = (
-        KpiHourPaid.objects.filter(scope, plan.rollup)
-        .annotate(cur=cur)
-        .values(key, "cur", "currency")
-        .annotate(total=Sum("amount"))
-        .order_by()
-    )
-    for row in paid:
-        f = of(row)
-        f.paid[row["currency"]] = f.paid.get(row["currency"], Decimal(0)) + Decimal(
-            str(row["total"])
-        )
-    within = (
-        KpiHourWait.objects.filter(
-            scope, plan.rollup, minutes__lte=F("agent__decision_sla_minutes")
-        )
-        .annotate(cur=cur)
-        .values(key, "cur")
-        .annotate(n=Sum("decided"))
-        .order_by()
-    )
-    for row in within:
-        of(row).within_sla += row["n"] or 0
-
-
-def _bars_from_rollup(
-    rolled: QuerySet[KpiHour], window: Window, key: str, pairs: dict[int, Pair]
-) -> None:
-    """The runs and exceptions of each bar of the current window, grouped by `key`."""
-    buckets = window.buckets
-    index = {at: i for i, at in enumerate(buckets)}
-    bucket = F("hour") if window.hourly else TruncDay("hour", tzinfo=UTC)
-    by_bar = (
-        rolled.filter(hour__gte=window.start)
-        .annotate(bar=bucket)
-        .values(key, "bar")
-        .annotate(runs_at=Sum("runs"), exceptions_at=Sum("exceptions"))
-        .order_by()
-        .values_list(key, "bar", "runs_at", "exceptions_at")
-    )
-    for gid, at, runs, exceptions in by_bar:
-        if at.tzinfo is None:  # a truncation comes back naive on SQLite
-            at = at.replace(tzinfo=UTC)
-        slot = index.get(at)
-        if slot is None:
-            continue
-        f = pairs[gid].current
-        if not f.runs_per_bucket:
-            f.runs_per_bucket = [0] * len(buckets)
-            f.exceptions_per_bucket = [0] * len(buckets)
-        f.runs_per_bucket[slot] += runs or 0
-        f.exceptions_per_bucket[slot] += exceptions or 0
+    for gid, is_cur, currency, total in closed.paid:
+        f = of({key: gid, "cur": is_cur})
+        f.paid[currency] = f.paid.get(currency, Decimal(0)) + Decimal(str(total))
+    for gid, is_cur, n in closed.within:
+        of({key: gid, "cur": is_cur}).within_sla += n or 0
+    if add_bar is not None:
+        for gid, at, runs, exceptions in closed.bars:
+            add_bar(gid, at, runs, exceptions)
 
 
 # Figures that are not sums of their parts' (percentiles): asked of the database again.
@@ -891,6 +1012,7 @@ def figures_summed(
     window: Window,
     *,
     scope: Q | None = None,
+    kept_as: str = "",
     part_percentiles: bool = True,
 ) -> tuple[dict[int, Pair], dict[int, Pair]]:
     """The KPIs of `runs` grouped `by` (versions, agents) and grouped `up` (agents, teams),
@@ -900,7 +1022,8 @@ def figures_summed(
     (one query for either pair of percentiles), not every figure twice; without
     `part_percentiles`, the groups up's percentiles only (the parts' stay None: the fleet
     page shows no agent's).
-    Same figures as figures(runs, up, window); `scope` as there."""
+    Same figures as figures(runs, up, window); `scope` as there, and `kept_as` what the
+    rolled-up part is kept under between requests (closed_part; "": read each time)."""
     pairs: dict[int, Pair] = defaultdict(Pair)
     with _without_jit():
         parts = _figures(
@@ -909,8 +1032,8 @@ def figures_summed(
             window,
             sparklines=True,
             scope=scope,
+            kept_as=kept_as,
             up=(pairs, parent),
-            up_key=KEYS[up],
             part_percentiles=part_percentiles,
         )
     for gid, pair in parts.items():
@@ -938,40 +1061,22 @@ def _add(into: Figures, part: Figures) -> None:
             mine[i] += n
 
 
-def _sparklines(base: QuerySet[Run], key: str, pairs: dict[int, Pair], window: Window) -> None:
-    """Runs and exceptions per hour (a day's window) or per day, over the window, grouped
-    by `key`, added to the bars of `pairs` (the rollup's may be there already)."""
-    buckets = window.buckets
-    index = {at: i for i, at in enumerate(buckets)}
-    trunc = TruncHour if window.hourly else TruncDay
-    rows = (
-        base.filter(created_at__gte=window.start)
-        .annotate(bucket=trunc("created_at", tzinfo=UTC))
-        .values(key, "bucket")
-        .annotate(n=Count("pk"), exceptions=Count("pk", filter=_exception(window.previous_start)))
-    )
-    for row in rows:
-        slot = index.get(row["bucket"])
-        if slot is None:
-            continue
-        current = pairs[row[key]].current
-        if not current.runs_per_bucket:
-            current.runs_per_bucket = [0] * len(buckets)
-            current.exceptions_per_bucket = [0] * len(buckets)
-        current.runs_per_bucket[slot] += row["n"]
-        current.exceptions_per_bucket[slot] += row["exceptions"]
-
-
 # --- what the pages show -------------------------------------------------------------------
 
 
 def agent_page(agent: Agent, window: Window) -> dict[str, Any]:
     """An agent's KPIs (for an agent the caller may see: agents.permissions), its
     versions' beside them, and during a canary the canary beside the live version."""
-    scope = Q(agent=agent)
+    scope = Q(agent_id=agent.pk)
     # A run's version is one of its agent's.
     by_version, by_agent = figures_summed(
-        Run.objects.filter(scope), "version", "agent", lambda _: agent.pk, window, scope=scope
+        Run.objects.filter(scope),
+        "version",
+        "agent",
+        lambda _: agent.pk,
+        window,
+        scope=scope,
+        kept_as=kept_as_for([agent]),
     )
     pair = by_agent.get(agent.pk, Pair())
     _fill_buckets(pair, window)
@@ -1022,6 +1127,7 @@ def fleet_page(user: Any, window: Window) -> dict[str, Any]:
         team_of.__getitem__,
         window,
         scope=scope,
+        kept_as=kept_as_for(seen),
         part_percentiles=False,
     )
     agents = [a for a in seen if a.archived_at is None or a.pk in by_agent]

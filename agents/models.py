@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -682,6 +683,10 @@ class KpiRollup(models.Model):
 
     through = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(null=True, blank=True)
+    # A new one each time rows of hours already examined are written again (a rebuild), and
+    # with the row (a database made anew): what a page kept of the rolled-up part of a
+    # window holds for one generation only (agents.kpis.closed_part).
+    generation = models.UUIDField(default=uuid.uuid4)
 
     def __str__(self) -> str:
         return f"KPI rollup through {self.through}"

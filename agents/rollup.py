@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -159,7 +160,8 @@ def kpi_rollup_rebuild(since: datetime | None = None, until: datetime | None = N
             for model in (KpiHour, KpiHourPaid, KpiHourWait, KpiOpenHour):
                 model.objects.all().delete()
             mark.through = None
-            mark.save(update_fields=["through"])
+            mark.generation = uuid.uuid4()
+            mark.save(update_fields=["through", "generation"])
         rolled = kpi_rollup()
         out.hours, out.written, out.open = rolled.hours, rolled.written, rolled.open
         return out
@@ -177,6 +179,8 @@ def kpi_rollup_rebuild(since: datetime | None = None, until: datetime | None = N
                 break
             hi = min(lo + CHUNK, top)
             _examine([Span(lo, hi)], out, mark.through)
+            mark.generation = uuid.uuid4()
+            mark.save(update_fields=["generation"])
         lo = hi
     return out
 
