@@ -887,7 +887,7 @@ def closed_part(
     (and by bar, when asked: `bars`). The rolled-up hours are closed — no run of them,
     step, request or payment changes any more — so the part is the same for as long as
     the plan's ranges, the rollup's generation and what `kept_as` says of the scope's
-    agents (their ids, teams and SLA targets: kept_as_for) are: it is read once and kept
+    agents (their ids and SLA targets: kept_as_for) are: it is read once and kept
     in the shared cache under all of them (not kept when `kept_as` is empty). Six
     queries when read, none when kept."""
     if not kept_as:
@@ -916,10 +916,11 @@ def closed_part(
 
 
 def kept_as_for(agents: Iterable[Agent]) -> str:
-    """What the rolled-up part of these agents' figures depends on besides the rollup:
-    the agents, the team each is in (a team's bars) and its SLA target (the decisions
-    within it)."""
-    said = ";".join(f"{a.pk},{a.team_id},{a.decision_sla_minutes}" for a in agents)
+    """What the rolled-up part of these agents' figures depends on besides the rollup and
+    the plan: the agents, and the SLA target of each (the decisions within it). Not their
+    teams: the part is read a part (agent, version) at a time, added up to the groups up
+    as it is used."""
+    said = ";".join(f"{a.pk},{a.decision_sla_minutes}" for a in agents)
     return hashlib.sha256(said.encode()).hexdigest()
 
 

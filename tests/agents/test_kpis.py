@@ -555,11 +555,16 @@ def test_the_kept_rolled_up_part_gives_the_figures_read_anew_whatever_changed(
     same(pages(kept=True), first, "kept")
     # Kept: none of the rolled-up part's six queries.
     assert queries(kept=True) == queries(kept=False) - 6
-    # An SLA target changed: the decisions within it are counted anew.
-    Agent.objects.filter(pk=b.pk).update(decision_sla_minutes=1)
+    # An SLA target changed (5 minutes to 60): the decisions within it are counted anew,
+    # those of the rolled-up hours too.
+    Agent.objects.filter(pk=b.pk).update(decision_sla_minutes=60)
+    scope = Q(agent_id=b.pk)
+    assert kpis._read_closed(
+        scope, "agent_id", window, kpis.plan_rollup(scope, window), False
+    ).within
     moved = pages(kept=True)
     same(moved, pages(kept=False), "sla")
-    assert moved[0][b.pk].current.within_sla < first[0][b.pk].current.within_sla
+    assert moved[0][b.pk].current.within_sla > first[0][b.pk].current.within_sla
     # An agent moved to another team: the teams' figures and bars follow it.
     Agent.objects.filter(pk=c.pk).update(team=a.team)
     moved = pages(kept=True)
