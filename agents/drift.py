@@ -12,8 +12,9 @@ What is compared, per agent:
   by the call's purpose ("assess claim.amount"), numeric or categorical as above.
 
 Samples: the newest CAP runs created in each window (newest first, ties by id: the same
-rows every time), their tool steps' decisions and up to CAP of their model steps. Six
-queries, whatever the number of runs.
+rows every time), their tool steps' decisions and up to CAP of their model steps. Five
+queries, whatever the number of runs; the baseline's sample is kept for the hour
+(_baseline_sample), and then three.
 
 Per field, the population stability index, PSI = Σ (now − base) · ln(now / base) over the
 shares of each bin, each share floored at EPSILON so an empty bin stays finite. Numeric
@@ -37,6 +38,7 @@ This module reads the KPI windows (agents.kpis) and sits beside it in the layers
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter, defaultdict
@@ -46,13 +48,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from django.db.models import Case, QuerySet, TextField, When
+from django.core.cache import caches
+from django.db.models import Case, Count, Max, QuerySet, TextField, When
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils.html import format_html, format_html_join
 from scipy import stats
 
-from agents.kpis import DEFAULT_WINDOW, Window, window_named
+from agents.kpis import DEFAULT_WINDOW, Window, floor_hour, window_named
 from agents.models import Action, Agent, Run
 
 # Runs sampled per window, and model steps. PSI's sampling noise over ten bins is about
@@ -177,11 +180,13 @@ def band(psi: float) -> str:
 
 def baseline_before(current: Window) -> Window:
     """The default baseline: the BASELINE_WINDOWS windows of the current one's length
-    right before it (28 days before a week)."""
+    before it (28 days before a week), ending at the start of the hour the current
+    window starts in — so that a page asked again within the hour compares with the
+    same baseline, whose sample it keeps (_baseline_sample)."""
     span = current.length * BASELINE_WINDOWS
     days, rest = divmod(span, timedelta(days=1))
     name = f"{days}d" if not rest else f"{int(span / timedelta(hours=1))}h"
-    return Window(name, current.start, span=span)
+    return Window(name, floor_hour(current.start), span=span)
 
 
 def drift_score(agent: Agent, now: datetime | None = None) -> float | None:
@@ -242,6 +247,33 @@ def _record(text: str | None) -> Any:
 
 
 STEP_KINDS = (Action.Kind.TOOL, Action.Kind.MODEL)
+
+
+# A baseline's sample, kept in the shared cache: for as long as the baseline holds the
+# same runs (their number and the newest id: a run written into it later, by an import,
+# is seen) and at most this long. Its runs are a whole window old or more: what the
+# sample reads of them — the input, the steps' decisions, the model's outputs — was
+# written when they ran.
+BASELINE_KEPT_SECONDS = 3600
+SAMPLE_FORMAT = 1  # counted up when _Samples or what _sample reads changes
+
+
+def _baseline_sample(agent: Agent, window: Window) -> tuple[int, _Samples, Counter[str]]:
+    """_sample of the baseline, kept (BASELINE_KEPT_SECONDS). One query when kept."""
+    runs = Run.objects.filter(agent=agent, created_at__gte=window.start, created_at__lt=window.end)
+    held = runs.aggregate(n=Count("pk"), newest=Max("pk"))
+    # The agent by its id and its creation (an id alone may name another agent in a
+    # database made anew beside a cache that was not).
+    who = (agent.pk, agent.created_at)
+    said = repr((SAMPLE_FORMAT, CAP, who, window.start, window.end, held["n"], held["newest"]))
+    name = "drift:baseline:" + hashlib.sha256(said.encode()).hexdigest()
+    cache = caches["default"]
+    kept = cache.get(name)
+    if isinstance(kept, tuple):
+        return kept
+    sample = _sample(agent, window)
+    cache.set(name, sample, BASELINE_KEPT_SECONDS)
+    return sample
 
 
 def _sample(agent: Agent, window: Window) -> tuple[int, _Samples, Counter[str]]:
@@ -379,8 +411,8 @@ def _too_many(values: Counter[str]) -> bool:
 
 def drift_report(agent: Agent, current: Window, baseline: Window) -> DriftReport:
     """How the agent's inputs, decisions and model outputs in `current` compare with
-    `baseline` (four queries)."""
-    base_runs, base, base_decisions = _sample(agent, baseline)
+    `baseline` (five queries; three when the baseline's sample is kept)."""
+    base_runs, base, base_decisions = _baseline_sample(agent, baseline)
     cur_runs, cur, cur_decisions = _sample(agent, current)
     fields: list[FieldDrift] = []
     skipped: list[tuple[str, str, str]] = []
