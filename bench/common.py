@@ -72,7 +72,8 @@ def page_floors(login: list[float], samples: int) -> tuple[float, list[tuple[str
 
 def use_kept_database(name: str) -> str:
     """Django on the database an earlier run of a benchmark kept (its BENCH_*_REUSE=1), as
-    that run left it: nothing dropped, migrated or started."""
+    that run left it — nothing dropped or started — but migrated to this code's schema (a
+    kept history outlives a migration)."""
     url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
     bench_url = urlunparse(urlparse(url)._replace(path=f"/{name}"))
     os.environ["DATABASE_URL"] = bench_url
@@ -80,6 +81,9 @@ def use_kept_database(name: str) -> str:
     import django
 
     django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
     return bench_url
 
 
