@@ -38,7 +38,6 @@ This module reads the KPI windows (agents.kpis) and sits beside it in the layers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import Counter, defaultdict
@@ -48,14 +47,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from django.core.cache import caches
 from django.db.models import Case, Count, Max, QuerySet, TextField, When
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils.html import format_html, format_html_join
 from scipy import stats
 
-from agents.kpis import DEFAULT_WINDOW, Window, floor_hour, window_named
+from agents.kpis import DEFAULT_WINDOW, Window, floor_hour, kept, window_named
 from agents.models import Action, Agent, Run
 
 # Runs sampled per window, and model steps. PSI's sampling noise over ten bins is about
@@ -265,15 +263,8 @@ def _baseline_sample(agent: Agent, window: Window) -> tuple[int, _Samples, Count
     # The agent by its id and its creation (an id alone may name another agent in a
     # database made anew beside a cache that was not).
     who = (agent.pk, agent.created_at)
-    said = repr((SAMPLE_FORMAT, CAP, who, window.start, window.end, held["n"], held["newest"]))
-    name = "drift:baseline:" + hashlib.sha256(said.encode()).hexdigest()
-    cache = caches["default"]
-    kept = cache.get(name)
-    if isinstance(kept, tuple):
-        return kept
-    sample = _sample(agent, window)
-    cache.set(name, sample, BASELINE_KEPT_SECONDS)
-    return sample
+    said = (SAMPLE_FORMAT, CAP, who, window.start, window.end, held["n"], held["newest"])
+    return kept("drift:baseline", said, lambda: _sample(agent, window), BASELINE_KEPT_SECONDS)
 
 
 def _sample(agent: Agent, window: Window) -> tuple[int, _Samples, Counter[str]]:

@@ -46,6 +46,7 @@ approval requests.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -53,7 +54,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from django.core.cache import caches
@@ -85,6 +86,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+from redis.exceptions import RedisError
 
 from agents.models import (
     Action,
@@ -101,6 +103,8 @@ from agents.models import (
 )
 from agents.permissions import agents_for_user
 from approvals.models import ApprovalRequest
+
+log = logging.getLogger(__name__)
 
 WINDOWS: dict[str, timedelta] = {
     "24h": timedelta(hours=24),
@@ -892,27 +896,47 @@ def closed_part(
     queries when read, none when kept."""
     if not kept_as:
         return _read_closed(scope, key, window, plan, bars)
-    said = repr(
-        (
-            CLOSED_FORMAT,
-            kept_as,
-            key,
-            bars,
-            window.length,
-            floor_hour(window.start),
-            len(window.buckets),
-            plan.ranges,
-            plan.generation,
-        )
+    said = (
+        CLOSED_FORMAT,
+        kept_as,
+        key,
+        bars,
+        window.length,
+        floor_hour(window.start),
+        len(window.buckets),
+        plan.ranges,
+        plan.generation,
     )
-    name = "kpis:closed:" + hashlib.sha256(said.encode()).hexdigest()
+    return kept(
+        "kpis:closed",
+        said,
+        lambda: _read_closed(scope, key, window, plan, bars),
+        CLOSED_KEPT_SECONDS,
+    )
+
+
+T = TypeVar("T")
+
+
+def kept(name: str, said: tuple[Any, ...], read: Callable[[], T], seconds: int) -> T:
+    """`read()`, kept in the shared cache for `seconds` under `name` and `said` — every
+    plain value the result depends on — and read anew without a kept one. The cache
+    unreachable, the page reads and says so in the log, rather than failing."""
+    entry = f"{name}:{hashlib.sha256(repr(said).encode()).hexdigest()}"
     cache = caches["default"]
-    kept = cache.get(name)
-    if isinstance(kept, Closed):
-        return kept
-    closed = _read_closed(scope, key, window, plan, bars)
-    cache.set(name, closed, CLOSED_KEPT_SECONDS)
-    return closed
+    try:
+        found = cache.get(entry)
+    except (RedisError, OSError):
+        log.warning("kpis.cache_unreachable", exc_info=True)
+        return read()
+    if found is not None:
+        return cast(T, found)
+    value = read()
+    try:
+        cache.set(entry, value, seconds)
+    except (RedisError, OSError):
+        log.warning("kpis.cache_unreachable", exc_info=True)
+    return value
 
 
 def kept_as_for(agents: Iterable[Agent]) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.cache.backends.redis import RedisCache
 from django.db import connection
 from django.db.models import F, Q
 from django.test import Client
@@ -596,6 +597,21 @@ def test_the_kept_rolled_up_part_gives_the_figures_read_anew_whatever_changed(
     rollup.kpi_rollup()
     assert kpis.plan_rollup(Q(), window).hours > before
     same(pages(kept=True), pages(kept=False), "closed")
+
+
+def test_with_the_cache_unreachable_the_pages_read_the_rollup_and_log_it(
+    history: dict[str, Any], world: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The shared cache down (a Redis nobody listens for): the KPI pages read what they
+    would have kept, answer 200, and the log says why they were slower."""
+    rollup.kpi_rollup()
+    a = history["agents"][0]
+    down = RedisCache("redis://127.0.0.1:9/0", {"OPTIONS": {"socket_connect_timeout": 1}})
+    monkeypatch.setattr(kpis, "caches", {"default": down})
+    client = _client(world.compliance)
+    for url in ("/kpis/?window=30d", f"/agents/{a.slug}/kpis/?window=30d"):
+        assert client.get(url).status_code == 200, url
+    assert "kpis.cache_unreachable" in caplog.text
 
 
 def test_the_rollup_twice_or_by_two_workers_at_once_leaves_the_same_rows(
