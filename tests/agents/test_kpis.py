@@ -531,18 +531,7 @@ def test_the_kept_rolled_up_part_gives_the_figures_read_anew_whatever_changed(
     window = kpis.window_named("7d", NOW)
 
     def pages(kept: bool) -> tuple[dict[int, kpis.Pair], dict[int, kpis.Pair]]:
-        agents = list(Agent.objects.order_by("pk"))
-        scope = Q(agent_id__in=[x.pk for x in agents])
-        team_of = {x.pk: x.team_id for x in agents}
-        return kpis.figures_summed(
-            Run.objects.filter(scope),
-            "agent",
-            "team",
-            team_of.__getitem__,
-            window,
-            scope=scope,
-            kept_as=kpis.kept_as_for(agents) if kept else "",
-        )
+        return kpis.fleet_figures(list(Agent.objects.order_by("pk")), window, keep=kept)
 
     def same(got: Any, want: Any, where: str) -> None:
         for i in (0, 1):
