@@ -248,8 +248,8 @@ STEP_KINDS = (Action.Kind.TOOL, Action.Kind.MODEL)
 
 
 # A baseline's sample, kept in the shared cache: for as long as the baseline holds the
-# same runs (their number and the newest id: a run written into it later, by an import,
-# is seen) and at most this long. Its runs are a whole window old or more: what the
+# same runs (their number and the newest one's creation: a run written into it later, by
+# an import, is seen) and at most this long. Its runs are a whole window old or more: what the
 # sample reads of them — the input, the steps' decisions, the model's outputs — was
 # written when they ran.
 BASELINE_KEPT_SECONDS = 3600
@@ -259,7 +259,8 @@ SAMPLE_FORMAT = 1  # counted up when _Samples or what _sample reads changes
 def _baseline_sample(agent: Agent, window: Window) -> tuple[int, _Samples, Counter[str]]:
     """_sample of the baseline, kept (BASELINE_KEPT_SECONDS). One query when kept."""
     runs = Run.objects.filter(agent=agent, created_at__gte=window.start, created_at__lt=window.end)
-    held = runs.aggregate(n=Count("pk"), newest=Max("pk"))
+    # Both from the index of the agent's runs by creation alone (no row read).
+    held = runs.aggregate(n=Count("*"), newest=Max("created_at"))
     # The agent by its id and its creation (an id alone may name another agent in a
     # database made anew beside a cache that was not).
     who = (agent.pk, agent.created_at)

@@ -322,42 +322,55 @@ class Grouping:
     # The runs' sparkline bars, when asked: the bar of a run of the current window (the
     # start of its hour or day), and where each group's runs and exceptions of a bar go.
     bar: Any = None
-    add_bar: Callable[[int, datetime, int, int], None] | None = None
+    bars: Bars | None = None
 
 
-def _paging(key: str, window: Window, add_bar: Any = None) -> Grouping:
+def _paging(key: str, window: Window, bars: Bars | None = None) -> Grouping:
     bar = None
-    if add_bar is not None:
+    if bars is not None:
         trunc = TruncHour if window.hourly else TruncDay
         bar = Case(
             When(created_at__gte=window.start, then=trunc("created_at", tzinfo=UTC)),
             default=None,
         )
-    return Grouping(
-        key, lambda prefix: _current(prefix, window), window.previous_start, bar, add_bar
-    )
+    return Grouping(key, lambda prefix: _current(prefix, window), window.previous_start, bar, bars)
 
 
-def _bar_adder(window: Window, pairs: dict[int, Pair], group_of: Callable[[int], int]) -> Any:
-    """Adds a part's runs and exceptions of a bar (its start) to the bars of its group's
-    current Figures in `pairs`."""
-    buckets = window.buckets
-    index = {at: i for i, at in enumerate(buckets)}
+class Bars:
+    """Sparkline bars being counted: each part's runs and exceptions a bar, added to its
+    group's (`group_of`) as an array of two rows (runs, exceptions) and a column a bar;
+    written into the groups' current Figures by `done`."""
 
-    def add_bar(gid: int, at: datetime, runs: int, exceptions: int) -> None:
+    def __init__(self, window: Window, group_of: Callable[[int], int] = lambda gid: gid):
+        self.buckets = window.buckets
+        self.index = {at: i for i, at in enumerate(self.buckets)}
+        self.group_of = group_of
+        self.counts: dict[int, np.ndarray] = {}
+
+    def _of(self, gid: int) -> np.ndarray:
+        group = self.group_of(gid)
+        counts = self.counts.get(group)
+        if counts is None:
+            counts = self.counts[group] = np.zeros((2, len(self.buckets)), dtype=np.int64)
+        return counts
+
+    def add(self, gid: int, at: datetime, runs: int | None, exceptions: int | None) -> None:
         if at.tzinfo is None:  # a truncation comes back naive on SQLite
             at = at.replace(tzinfo=UTC)
-        slot = index.get(at)
-        if slot is None:
-            return
-        f = pairs[group_of(gid)].current
-        if not f.runs_per_bucket:
-            f.runs_per_bucket = [0] * len(buckets)
-            f.exceptions_per_bucket = [0] * len(buckets)
-        f.runs_per_bucket[slot] += runs or 0
-        f.exceptions_per_bucket[slot] += exceptions or 0
+        slot = self.index.get(at)
+        if slot is not None:
+            counts = self._of(gid)
+            counts[0, slot] += runs or 0
+            counts[1, slot] += exceptions or 0
 
-    return add_bar
+    def add_counts(self, gid: int, counts: np.ndarray) -> None:
+        mine = self._of(gid)
+        mine += counts
+
+    def done(self, pairs: dict[int, Pair]) -> None:
+        for group, counts in self.counts.items():
+            f = pairs[group].current
+            f.runs_per_bucket, f.exceptions_per_bucket = counts[0].tolist(), counts[1].tolist()
 
 
 @contextmanager
@@ -421,7 +434,10 @@ def _figures(
     pairs: dict[int, Pair] = defaultdict(Pair)
     # The bars are drawn for the groups up alone when there are any (their pairs, and the
     # group up of each group): counted a group and bar, added into the group up's.
-    add_bar = _bar_adder(window, *((pairs, _same) if up is None else up)) if sparklines else None
+    # The bars are drawn for the groups up alone when there are any: counted a part at a
+    # time, added into the group up's.
+    bar_pairs, bar_group = (pairs, _same) if up is None else up
+    bars = Bars(window, bar_group) if sparklines else None
 
     def of(row: dict[str, Any], prefix: str = "") -> Figures:
         pair = pairs[row[prefix + key]]
@@ -437,10 +453,11 @@ def _figures(
         # expected a handful of runs where there are a thousand (nested loops over them).
         base = runs.filter(plan.journal).order_by()
         closed = closed_part(scope, kept_as, key, window, plan, sparklines)
-    journal_figures(base, _paging(key, window, add_bar), of)
-    _add_closed(closed, of, key, add_bar)
-    if sparklines:
-        for pair in (pairs if up is None else up[0]).values():
+    journal_figures(base, _paging(key, window, bars), of)
+    _add_closed(closed, of, key, bars)
+    if bars is not None:
+        bars.done(bar_pairs)
+        for pair in bar_pairs.values():
             _fill_buckets(pair, window)
     # The percentiles are not sums: from the durations of the journal's part and of the
     # rolled-up part together, for the groups and, when asked (`up`: the pairs of the
@@ -516,8 +533,8 @@ def _runs(base: QuerySet[Run], g: Grouping, of: Any) -> None:
         f.failed += row["failed"]
         f.diverged += row["diverged"]
         f.exceptions += row["exceptions"]
-        if g.add_bar is not None and row["bar"] is not None:
-            g.add_bar(row[g.key], row["bar"], row["n"], row["exceptions"])
+        if g.bars is not None and row["bar"] is not None:
+            g.bars.add(row[g.key], row["bar"], row["n"], row["exceptions"])
 
 
 # A part's durations in seconds, by (part id, in the current window): big-endian float8s.
@@ -866,13 +883,13 @@ def any_of(qs: Iterable[Q]) -> Q:
 class Closed:
     """The rolled-up part of a window, as read (closed_part): the rows of the rollup's
     queries — the sums a part and window, the money paid a part, window and currency,
-    the decisions within the agent's target a part and window, and the runs and
-    exceptions a part and bar — and the part's durations from the journal."""
+    the decisions within the agent's target a part and window, and each part's runs and
+    exceptions a bar (Bars.counts) — and the part's durations from the journal."""
 
     sums: list[tuple[Any, ...]] = field(default_factory=list)
     paid: list[tuple[Any, ...]] = field(default_factory=list)
     within: list[tuple[Any, ...]] = field(default_factory=list)
-    bars: list[tuple[Any, ...]] = field(default_factory=list)
+    bars: dict[int, np.ndarray] = field(default_factory=dict)  # a part's: Bars.counts
     cycle: Parts = field(default_factory=dict)
     decide: Parts = field(default_factory=dict)
 
@@ -880,7 +897,7 @@ class Closed:
 # What a page keeps of a window's rolled-up part (closed_part): its format (counted up
 # when Closed or its queries change), and how long — the plan moves on each hour, so an
 # entry is read for an hour at most, and then left to expire.
-CLOSED_FORMAT = 1
+CLOSED_FORMAT = 2
 CLOSED_KEPT_SECONDS = 2 * 3600
 
 
@@ -966,14 +983,17 @@ def _read_closed(scope: Q, key: str, window: Window, plan: RollupPlan, bars: boo
     )
     if bars:
         bar = F("hour") if window.hourly else TruncDay("hour", tzinfo=UTC)
-        out.bars = list(
+        counted = Bars(window)
+        for gid, at, runs, exceptions in (
             rolled.filter(hour__gte=window.start)
             .annotate(bar=bar)
             .values(key, "bar")
             .annotate(runs_at=Sum("runs"), exceptions_at=Sum("exceptions"))
             .order_by()
             .values_list(key, "bar", "runs_at", "exceptions_at")
-        )
+        ):
+            counted.add(gid, at, runs, exceptions)
+        out.bars = counted.counts
     out.paid = list(
         KpiHourPaid.objects.filter(scope, plan.rollup)
         .annotate(cur=cur)
@@ -1002,9 +1022,9 @@ def _read_closed(scope: Q, key: str, window: Window, plan: RollupPlan, bars: boo
     return out
 
 
-def _add_closed(closed: Closed, of: Callable[..., Figures], key: str, add_bar: Any) -> None:
-    """The closed part's sums added to the Figures `of(row)` names, and its bars by
-    `add_bar` (None: none)."""
+def _add_closed(closed: Closed, of: Callable[..., Figures], key: str, bars: Bars | None) -> None:
+    """The closed part's sums added to the Figures `of(row)` names, and its bars to
+    `bars` (None: none)."""
     for gid, is_cur, *values in closed.sums:
         f = of({key: gid, "cur": is_cur})
         for name, value in zip(ROLLED, values, strict=True):
@@ -1020,9 +1040,9 @@ def _add_closed(closed: Closed, of: Callable[..., Figures], key: str, add_bar: A
         f.paid[currency] = f.paid.get(currency, Decimal(0)) + Decimal(str(total))
     for gid, is_cur, n in closed.within:
         of({key: gid, "cur": is_cur}).within_sla += n or 0
-    if add_bar is not None:
-        for gid, at, runs, exceptions in closed.bars:
-            add_bar(gid, at, runs, exceptions)
+    if bars is not None:
+        for gid, counts in closed.bars.items():
+            bars.add_counts(gid, counts)
 
 
 # Figures that are not sums of their parts' (percentiles): asked of the database again.

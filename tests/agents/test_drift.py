@@ -264,7 +264,7 @@ def test_the_report_costs_five_queries_however_many_runs_and_three_again(
     make_agent: Any,
 ) -> None:
     """Per window: the sampled runs' inputs, then their steps (decisions and outputs); and
-    what the baseline holds (its runs' number and newest id), by which its sample is kept:
+    what the baseline holds (its runs' number and newest creation), by which it is kept:
     asked again, the current window's two queries and that one."""
     counts = []
     for i, n in enumerate((60, 240)):
