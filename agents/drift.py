@@ -249,9 +249,9 @@ STEP_KINDS = (Action.Kind.TOOL, Action.Kind.MODEL)
 
 # A baseline's sample, kept in the shared cache: for as long as the baseline holds the
 # same runs (their number and the newest one's creation: a run written into it later, by
-# an import, is seen) and at most this long. Its runs are a whole window old or more: what the
-# sample reads of them — the input, the steps' decisions, the model's outputs — was
-# written when they ran.
+# an import, is seen) and at most this long. Its runs are a whole window old or more:
+# what the sample reads of them — the input, the steps' decisions, the model's outputs —
+# was written when they ran.
 BASELINE_KEPT_SECONDS = 3600
 SAMPLE_FORMAT = 1  # counted up when _Samples or what _sample reads changes
 

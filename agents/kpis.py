@@ -341,10 +341,10 @@ class Bars:
     group's (`group_of`) as an array of two rows (runs, exceptions) and a column a bar;
     written into the groups' current Figures by `done`."""
 
-    def __init__(self, window: Window, group_of: Callable[[int], int] = lambda gid: gid):
+    def __init__(self, window: Window, group_of: Callable[[int], int] | None = None):
         self.buckets = window.buckets
         self.index = {at: i for i, at in enumerate(self.buckets)}
-        self.group_of = group_of
+        self.group_of = group_of or _same
         self.counts: dict[int, np.ndarray] = {}
 
     def _of(self, gid: int) -> np.ndarray:
@@ -433,9 +433,7 @@ def _figures(
     key = KEYS[by]
     pairs: dict[int, Pair] = defaultdict(Pair)
     # The bars are drawn for the groups up alone when there are any (their pairs, and the
-    # group up of each group): counted a group and bar, added into the group up's.
-    # The bars are drawn for the groups up alone when there are any: counted a part at a
-    # time, added into the group up's.
+    # group up of each group): counted a part at a time, added into the group up's.
     bar_pairs, bar_group = (pairs, _same) if up is None else up
     bars = Bars(window, bar_group) if sparklines else None
 
