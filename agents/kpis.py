@@ -323,6 +323,9 @@ class Grouping:
     # start of its hour or day), and where each group's runs and exceptions of a bar go.
     bar: Any = None
     bars: Bars | None = None
+    # Whether the runs' cycle times and the requests' times to decide are asked too (the
+    # pages' percentiles: journal_figures).
+    durations: bool = False
 
 
 def _paging(key: str, window: Window, bars: Bars | None = None) -> Grouping:
@@ -333,7 +336,9 @@ def _paging(key: str, window: Window, bars: Bars | None = None) -> Grouping:
             When(created_at__gte=window.start, then=trunc("created_at", tzinfo=UTC)),
             default=None,
         )
-    return Grouping(key, lambda prefix: _current(prefix, window), window.previous_start, bar, bars)
+    return Grouping(
+        key, lambda prefix: _current(prefix, window), window.previous_start, bar, bars, True
+    )
 
 
 class Bars:
@@ -441,8 +446,7 @@ def _figures(
         pair = pairs[row[prefix + key]]
         return pair.current if row["cur"] else pair.previous
 
-    whole = runs.filter(**_between("", window)).order_by()
-    base = whole
+    base = runs.filter(**_between("", window)).order_by()
     plan = plan_rollup(scope, window) if scope is not None else None
     closed = Closed()
     if plan is not None and scope is not None and plan.hours:
@@ -451,7 +455,7 @@ def _figures(
         # expected a handful of runs where there are a thousand (nested loops over them).
         base = runs.filter(plan.journal).order_by()
         closed = closed_part(scope, kept_as, key, window, plan, sparklines)
-    journal_figures(base, _paging(key, window, bars), of)
+    cycle, decide = journal_figures(base, _paging(key, window, bars), of)
     _add_closed(closed, of, key, bars)
     if bars is not None:
         bars.done(bar_pairs)
@@ -464,20 +468,8 @@ def _figures(
     targets: list[Target] = [(pairs, _same)]
     if up is not None:
         targets = [*targets, up] if part_percentiles else [up]
-    cycle = _cycle_durations(base, key, window)
     for f, p50, p95 in _percentiles([cycle, closed.cycle], targets):
         f.cycle_p50, f.cycle_p95 = p50, p95
-    # The requests of the journal part's runs: by the scope on their run, joined, when
-    # there is one — Postgres then reads the window's requests and each one's run by its
-    # key, rather than hashing every run of the window (two months of a fleet: 120,000)
-    # for a semi-join.
-    if scope is None:
-        of_runs = Q(run__in=whole.values("pk"))
-    else:
-        of_runs = _under(scope, "run__") & Q(**_between("run__", window))
-        if plan is not None and plan.hours:
-            of_runs &= _under(plan.journal, "run__")
-    decide = _decide_durations(of_runs, key, window)
     for f, p50, p95 in _percentiles([decide, closed.decide], targets):
         f.decide_p50, f.decide_p95 = p50, p95
     return dict(pairs)
@@ -499,22 +491,52 @@ def _under(q: Q, prefix: str) -> Q:
     return out
 
 
-def journal_figures(base: QuerySet[Run], grouping: Grouping, of: Callable[..., Figures]) -> None:
+# A part's durations in seconds, by (part id, in the current window): big-endian float8s.
+Parts = dict[tuple[int, bool], bytes]
+
+
+def journal_figures(
+    base: QuerySet[Run], grouping: Grouping, of: Callable[..., Figures]
+) -> tuple[Parts, Parts]:
     """Every additive figure of the runs of `base`, grouped (Grouping), read from the
-    journal into the Figures `of(row, prefix)` names. Five queries."""
-    _runs(base, grouping, of)
+    journal into the Figures `of(row, prefix)` names. Four queries. When the grouping asks
+    for durations, also the finished runs' cycle times and the decided requests' times to
+    decide, by part and split (Parts; else empty): on Postgres packed by the runs' and the
+    requests' queries themselves, on SQLite read by two more."""
+    cycle: Parts = {}
+    decide: Parts = {}
+    packed = grouping.durations and _in_sql()
+    _runs(base, grouping, of, cycle if packed else None)
     _steps(base, grouping, of)
-    _requests(base.values("pk"), grouping, of)
+    _requests(base.values("pk"), grouping, of, decide if packed else None)
     _value(base, grouping, of)
+    if grouping.durations and not packed:
+        cycle = _cycle_durations(base, grouping.key, grouping.split)
+        decide = _decide_durations(
+            Q(run__in=base.values("pk")), grouping.key, grouping.since, grouping.split
+        )
+    return cycle, decide
 
 
-def _runs(base: QuerySet[Run], g: Grouping, of: Any) -> None:
+def _pack(parts: Parts, gid: int, cur: Any, blob: Any) -> None:
+    """A group's packed durations (Durations) added to its part's, if it has any."""
+    if blob:
+        at = (gid, bool(cur))
+        parts[at] = parts.get(at, b"") + bytes(blob)
+
+
+def _runs(base: QuerySet[Run], g: Grouping, of: Any, cycle: Parts | None) -> None:
     """The runs' counts, and their sparkline bars when the grouping asks for them (a row
-    a group, window and bar: the exceptions' look-ups run once for both)."""
+    a group, window and bar: the exceptions' look-ups run once for both); with `cycle`
+    (Postgres), the finished runs' cycle times packed into it."""
     rows = base.annotate(cur=g.split(""))
     grouped = [g.key, "cur"]
     if g.bar is not None:
         rows, grouped = rows.annotate(bar=g.bar), [*grouped, "bar"]
+    # An unfinished run's cycle time is NULL, which string_agg leaves out.
+    packed = (
+        {} if cycle is None else {"ds": Durations(Seconds(_duration("finished_at", "created_at")))}
+    )
     rows = rows.values(*grouped).annotate(
         n=Count("pk"),
         finished=Count("pk", filter=Q(finished_at__isnull=False)),
@@ -522,8 +544,11 @@ def _runs(base: QuerySet[Run], g: Grouping, of: Any) -> None:
         failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
         diverged=Count("pk", filter=Q(status=Run.Status.FAILED, error__contains=DIVERGED)),
         exceptions=Count("pk", filter=_exception(g.since)),
+        **packed,
     )
     for row in rows:
+        if cycle is not None:
+            _pack(cycle, row[g.key], row["cur"], row["ds"])
         f = of(row)
         f.runs += row["n"]
         f.finished += row["finished"]
@@ -535,31 +560,27 @@ def _runs(base: QuerySet[Run], g: Grouping, of: Any) -> None:
             g.bars.add(row[g.key], row["bar"], row["n"], row["exceptions"])
 
 
-# A part's durations in seconds, by (part id, in the current window): big-endian float8s.
-Parts = dict[tuple[int, bool], bytes]
-
-
-def _cycle_durations(base: QuerySet[Run], key: str, window: Window) -> Parts:
+def _cycle_durations(base: QuerySet[Run], key: str, split: Callable[[str], Any]) -> Parts:
     """The finished runs' cycle times, from their creation and end alone (read from the
     index run_created_durations on Postgres)."""
     finished = base.filter(finished_at__isnull=False)
-    return _durations(finished, "", key, window, "finished_at")
+    return _durations(finished, "", key, split, "finished_at")
 
 
-def _decide_durations(of_runs: Q, key: str, window: Window) -> Parts:
+def _decide_durations(of_runs: Q, key: str, since: datetime, split: Callable[[str], Any]) -> Parts:
     """The times to decide of the decided requests of the runs `of_runs` selects (a filter
     on the requests), from the requests' times alone."""
-    decided = ApprovalRequest.objects.filter(
-        of_runs, created_at__gte=window.previous_start, status__in=DECIDED
-    )
-    return _durations(decided, "run__", key, window, "decided_at")
+    decided = ApprovalRequest.objects.filter(of_runs, created_at__gte=since, status__in=DECIDED)
+    return _durations(decided, "run__", key, split, "decided_at")
 
 
-def _durations(rows: QuerySet[Any], prefix: str, key: str, window: Window, later: str) -> Parts:
+def _durations(
+    rows: QuerySet[Any], prefix: str, key: str, split: Callable[[str], Any], later: str
+) -> Parts:
     """`later` - created_at over `rows` (prefix: the path from them to the run), by each
-    part `key` names and window. One query: on Postgres each part's packed by Durations,
-    on SQLite read one by one and packed here."""
-    rows = rows.filter(**{f"{later}__isnull": False}).annotate(cur=_current(prefix, window))
+    part `key` names and `split` (of the run's creation). One query: on Postgres each
+    part's packed by Durations, on SQLite read one by one and packed here."""
+    rows = rows.filter(**{f"{later}__isnull": False}).annotate(cur=split(prefix))
     rows = rows.order_by()
     if _in_sql():
         packed = (
@@ -640,8 +661,9 @@ def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
         f.cost_eur = float(row["cost"] or 0)
 
 
-def _requests(run_ids: Any, g: Grouping, of: Any) -> None:
-    """The requests held for people, and those decided within the agent's target."""
+def _requests(run_ids: Any, g: Grouping, of: Any, decide: Parts | None) -> None:
+    """The requests held for people, and those decided within the agent's target; with
+    `decide` (Postgres), the decided ones' times to decide packed into it."""
     in_sql = _in_sql()
     decided = Q(status__in=DECIDED)
     # A request is held after its run was created, so none of the window's runs has one
@@ -659,6 +681,8 @@ def _requests(run_ids: Any, g: Grouping, of: Any) -> None:
         )
         requests = requests.annotate(wait=wait)
         extra = {"within": Count("pk", filter=Q(wait__lte=F("agent__decision_sla_minutes") * 60))}
+        if decide is not None:  # NULL for a request not decided: left out
+            extra["ds"] = Durations("wait")
     rows = requests.values("run__" + g.key, "cur").annotate(
         held=Count("pk"),
         decided=Count("pk", filter=decided),
@@ -667,6 +691,8 @@ def _requests(run_ids: Any, g: Grouping, of: Any) -> None:
         **extra,
     )
     for row in rows:
+        if decide is not None:
+            _pack(decide, row["run__" + g.key], row["cur"], row["ds"])
         f = of(row, "run__")
         f.held, f.decided, f.rejected, f.expired = (
             row["held"],
@@ -687,43 +713,44 @@ def _requests(run_ids: Any, g: Grouping, of: Any) -> None:
 
 
 def _value(base: QuerySet[Run], g: Grouping, of: Any) -> None:
-    """Payments and purchase orders the runs' steps wrote: each sandbox row is found by
-    its step's idempotency key (unique in its table). From the runs to their steps, as
-    _steps."""
-
-    def written(tool: str) -> QuerySet[Run]:
-        step = FilteredRelation(
-            "actions",
-            condition=Q(
-                actions__kind=Action.Kind.TOOL,
-                actions__status=Action.Status.SUCCEEDED,
-                actions__name=tool,
-            ),
-        )
-        return base.annotate(step=step).filter(step__isnull=False).annotate(cur=g.split(""))
-
+    """Payments and purchase orders the runs' steps wrote, in one query: each sandbox row
+    is found by its step's idempotency key (unique in its table), a payment's amount and
+    currency in the payments, an order's total in the orders (its currency NULL). From the
+    runs to their steps, as _steps."""
+    step = FilteredRelation(
+        "actions",
+        condition=Q(
+            actions__kind=Action.Kind.TOOL,
+            actions__status=Action.Status.SUCCEEDED,
+            actions__name__in=(PAY_TOOL, ORDER_TOOL),
+        ),
+    )
     payment = Payment.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
-    paid = (
-        written(PAY_TOOL)
-        .annotate(currency=Subquery(payment.values("currency")[:1]))
-        .values(g.key, "cur", "currency")
-        .annotate(total=Sum(Subquery(payment.values("amount")[:1])))
-    )
-    for row in paid:
-        if row["currency"] is not None and row["total"] is not None:
-            f = of(row)
-            f.paid[row["currency"]] = f.paid.get(row["currency"], Decimal(0)) + Decimal(
-                str(row["total"])
-            )
     order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
-    ordered = (
-        written(ORDER_TOOL)
-        .values(g.key, "cur")
-        .annotate(total=Sum(Subquery(order.values("total")[:1])))
+    paying = Q(step__name=PAY_TOOL)
+    amount = Case(
+        When(paying, then=Subquery(payment.values("amount")[:1])),
+        default=Subquery(order.values("total")[:1]),
     )
-    for row in ordered:
-        if row["total"] is not None:
-            of(row).ordered = Decimal(str(row["total"]))
+    rows = (
+        base.annotate(step=step)
+        .filter(step__isnull=False)
+        .annotate(
+            cur=g.split(""),
+            tool=F("step__name"),
+            currency=Case(When(paying, then=Subquery(payment.values("currency")[:1]))),
+        )
+        .values(g.key, "cur", "tool", "currency")
+        .annotate(total=Sum(amount))
+    )
+    for row in rows:
+        if row["total"] is None:
+            continue
+        f, total = of(row), Decimal(str(row["total"]))
+        if row["tool"] == ORDER_TOOL:
+            f.ordered += total
+        elif row["currency"] is not None:
+            f.paid[row["currency"]] = f.paid.get(row["currency"], Decimal(0)) + total
 
 
 # --- the rollup, read ------------------------------------------------------------------------
@@ -1013,9 +1040,10 @@ def _read_closed(scope: Q, key: str, window: Window, plan: RollupPlan, bars: boo
     # The durations of the rolled-up hours' runs and requests, from the journal (the
     # rollup keeps sums, and a percentile is not one).
     runs = Run.objects.filter(scope, plan.rolled).order_by()
-    out.cycle = _cycle_durations(runs, key, window)
+    split = lambda prefix: _current(prefix, window)  # noqa: E731
+    out.cycle = _cycle_durations(runs, key, split)
     out.decide = _decide_durations(
-        _under(scope, "run__") & _under(plan.rolled, "run__"), key, window
+        _under(scope, "run__") & _under(plan.rolled, "run__"), key, window.previous_start, split
     )
     return out
 
@@ -1154,7 +1182,14 @@ def agent_page(agent: Agent, window: Window) -> dict[str, Any]:
 def fleet_page(user: Any, window: Window) -> dict[str, Any]:
     """The KPIs of the teams and agents the person may see (agents.permissions): a team's
     figures cover only its agents the person sees."""
-    seen = list(agents_for_user(user).order_by("team__name", "team_id", "name", "pk"))
+    # With their teams, not their live versions (agents_for_user's default): the page shows
+    # no version, and a hundred versions' policies were a quarter of this query's time.
+    seen = list(
+        agents_for_user(user)
+        .select_related(None)
+        .select_related("team")
+        .order_by("team__name", "team_id", "name", "pk")
+    )
     # The agents by their ids, not by the permission query again as a subquery in every
     # query: Postgres then filters the window's runs by the list as it reads them from the
     # index, where the subquery made it misjudge the journal's part and join it with every

@@ -334,6 +334,14 @@ class Action(models.Model):
                 name="action_awaiting",
                 condition=models.Q(status__in=["held", "unknown", "approved"]),
             ),
+            # The few tool steps denied by policy: the KPIs' look-up of a window's runs
+            # with a step denied (agents.kpis._exception) reads them from here, not every
+            # step of the window.
+            models.Index(
+                fields=["-created_at"],
+                name="action_denied_recent",
+                condition=models.Q(kind="tool", status="denied"),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -832,10 +832,11 @@ def test_the_agent_page_links_to_its_kpis_and_the_nav_to_the_fleet(
 #     looked (and its generation), and the hours it left open; when read: by agent, the
 #     rollup's whole hours and days: figures, bars, money paid, decisions within the
 #     SLA, and the cycle times and times to decide of their runs; then the rest from the
-#     journal: runs (and their sparkline bars), steps, requests, payments, orders; the percentiles
-#     (cycle time, time to decide) of the teams, one query each, over the journal's
-#     part (the agents' are not shown there); the teams' other figures the agents' added
-#     up (kpis.figures_summed)
+#     journal: runs (and their sparkline bars, and their cycle times packed), steps,
+#     requests (and the decided ones' times to decide packed), payments and orders
+#     together; the teams' percentiles from those durations and the rolled-up part's
+#     (the agents' are not shown there); the teams' other figures the agents' added up
+#     (kpis.figures_summed)
 #  the agent page: 5. the agent; by version, as the fleet page by agent, and the
 #     versions' and the agent's percentiles from the same durations; the versions'
 #     numbers; drift (agents.drift): what the baseline holds (its sample kept since the
@@ -844,7 +845,7 @@ def test_the_agent_page_links_to_its_kpis_and_the_nav_to_the_fleet(
 #     (agents.alerts.agent_rules)
 #  then the console context: engaged kill switches, where the live stream starts, the
 #  person's groups (base.html).
-PAGE_QUERIES = {"/kpis/": (26, 20), "/agents/kpi-0/kpis/": (31, 25)}
+PAGE_QUERIES = {"/kpis/": (23, 17), "/agents/kpi-0/kpis/": (28, 22)}
 
 
 @pytest.mark.parametrize("url", list(PAGE_QUERIES))
