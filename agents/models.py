@@ -336,9 +336,10 @@ class Action(models.Model):
             ),
             # The few tool steps denied by policy: the KPIs' look-up of a window's runs
             # with a step denied (agents.kpis._exception) reads them from here, not every
-            # step of the window.
+            # step of the window (their runs in it too: read from the index alone).
             models.Index(
                 fields=["-created_at"],
+                include=["run"],
                 name="action_denied_recent",
                 condition=models.Q(kind="tool", status="denied"),
             ),

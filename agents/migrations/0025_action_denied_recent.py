@@ -14,6 +14,7 @@ class Migration(migrations.Migration):
             index=models.Index(
                 condition=models.Q(("kind", "tool"), ("status", "denied")),
                 fields=["-created_at"],
+                include=["run"],
                 name="action_denied_recent",
             ),
         ),
