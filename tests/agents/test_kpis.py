@@ -332,7 +332,7 @@ def test_every_figure_agrees_with_a_computation_over_the_history_as_built(
     run waiting or running left open) with the window's partial hours and the open ones
     from the journal (the pages): the same figures."""
     if path == "python":  # the embedded default's SQLite path, on the same rows
-        monkeypatch.setattr(kpis, "_in_sql", lambda: False)
+        monkeypatch.setattr(kpis.journal, "_in_sql", lambda: False)
     scope = None
     if source == "rollup":
         rollup.kpi_rollup()
@@ -555,7 +555,7 @@ def test_the_kept_rolled_up_part_gives_the_figures_read_anew_whatever_changed(
     # those of the rolled-up hours too.
     Agent.objects.filter(pk=b.pk).update(decision_sla_minutes=60)
     scope = Q(agent_id=b.pk)
-    assert kpis._read_closed(
+    assert kpis.rolled._read_closed(
         scope, "agent_id", window, kpis.plan_rollup(scope, window), False
     ).within
     moved = pages(kept=True)
@@ -596,7 +596,7 @@ def test_with_the_cache_unreachable_the_pages_read_the_rollup_and_log_it(
     rollup.kpi_rollup()
     a = history["agents"][0]
     down = RedisCache("redis://127.0.0.1:9/0", {"OPTIONS": {"socket_connect_timeout": 1}})
-    monkeypatch.setattr(kpis, "caches", {"default": down})
+    monkeypatch.setattr(kpis.rolled, "caches", {"default": down})
     client = _client(world.compliance)
     for url in ("/kpis/?window=30d", f"/agents/{a.slug}/kpis/?window=30d"):
         assert client.get(url).status_code == 200, url

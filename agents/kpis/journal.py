@@ -1,0 +1,495 @@
+"""The KPIs read from the journal: a few aggregate queries grouped by a part (agent, team,
+version) and by a split of the runs' creation (the window or the one before; the hour, for
+the rollup), whatever the number of runs — and, for the percentiles, the parts' durations
+packed."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from django.db import connection, transaction
+from django.db.models import (
+    Aggregate,
+    BinaryField,
+    Case,
+    Count,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    FilteredRelation,
+    FloatField,
+    Func,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, TruncDay, TruncHour
+
+from agents.kpis.windows import Figures, Pair, Window
+from agents.models import (
+    Action,
+    Payment,
+    PurchaseOrder,
+    Run,
+)
+from approvals.models import ApprovalRequest
+
+# How the runtime words a run it failed because its program asked for another step than
+# the journal holds (agents.gateway.core.check_same; tests/agents/test_gateway.py).
+DIVERGED = "diverged at step"
+# The sandbox tables and the tools that write them, keyed by the step's idempotency key.
+PAY_TOOL = "payments.pay"
+ORDER_TOOL = "purchasing.create_po"
+
+KEYS = {"agent": "agent_id", "team": "agent__team_id", "version": "version_id"}
+DECIDED = (ApprovalRequest.Status.APPROVED, ApprovalRequest.Status.REJECTED)
+
+
+class Seconds(Func):
+    """An interval in seconds (Postgres), as a double: date_part, not EXTRACT, which gives
+    a numeric (converting a month's durations from it cost a third of their read)."""
+
+    template = "date_part('epoch', %(expressions)s)"
+    output_field = FloatField()
+
+
+class Durations(Aggregate):
+    """A group's durations in seconds as one bytea of big-endian float8s (Postgres): a
+    month of a fleet's runs (120,000) comes back in a few hundred values, neither sorted
+    by Postgres (the percentiles' sorts were most of a month's page) nor parsed a number
+    at a time; numpy reads each with np.frombuffer."""
+
+    function = "string_agg"
+    template = "string_agg(float8send(%(expressions)s), ''::bytea)"
+    output_field = BinaryField()
+
+
+def percentile_cont(values: Sequence[float] | np.ndarray, fraction: float) -> float | None:
+    """Postgres' percentile_cont: linear interpolation between the closest ranks (numpy's
+    default method)."""
+    if len(values) == 0:
+        return None
+    return float(np.percentile(values, fraction * 100))
+
+
+def _in_sql() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _between(prefix: str, window: Window) -> dict[str, Any]:
+    return {
+        f"{prefix}created_at__gte": window.previous_start,
+        f"{prefix}created_at__lt": window.end,
+    }
+
+
+def _current(prefix: str, window: Window) -> Case:
+    return Case(
+        When(**{f"{prefix}created_at__gte": window.start}, then=Value(True)),
+        default=Value(False),
+    )
+
+
+def _exception(since: datetime) -> Q:
+    """A run failed, had a tool step denied or a held step rejected. The steps and requests
+    are looked for from `since`, the earliest creation of the runs asked about (a run's
+    come after it): Postgres may answer the EXISTS from a hash of every denied step, which
+    must not grow with the history."""
+    denied = Action.objects.filter(
+        run=OuterRef("pk"),
+        kind=Action.Kind.TOOL,
+        status=Action.Status.DENIED,
+        created_at__gte=since,
+    )
+    rejected = ApprovalRequest.objects.filter(
+        run=OuterRef("pk"), status=ApprovalRequest.Status.REJECTED, created_at__gte=since
+    )
+    return Q(status=Run.Status.FAILED) | Q(Exists(denied)) | Q(Exists(rejected))
+
+
+def _duration(later: str, earlier: str) -> ExpressionWrapper:
+    return ExpressionWrapper(F(later) - F(earlier), output_field=DurationField())
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How the journal's figures are grouped: by `key` (a KEYS value) and by `split(prefix)`,
+    an expression of the run's creation (prefix: the path from the rows to the run) — the
+    window or the window before (the pages), or the hour (the rollup: agents.rollup) — over
+    runs created from `since` on (their steps and requests come after it)."""
+
+    key: str
+    split: Callable[[str], Any]
+    since: datetime
+    # The runs' sparkline bars, when asked: the bar of a run of the current window (the
+    # start of its hour or day), and where each group's runs and exceptions of a bar go.
+    bar: Any = None
+    bars: Bars | None = None
+    # Whether the runs' cycle times and the requests' times to decide are asked too (the
+    # pages' percentiles: journal_figures).
+    durations: bool = False
+
+
+def _paging(key: str, window: Window, bars: Bars | None = None) -> Grouping:
+    bar = None
+    if bars is not None:
+        trunc = TruncHour if window.hourly else TruncDay
+        bar = Case(
+            When(created_at__gte=window.start, then=trunc("created_at", tzinfo=UTC)),
+            default=None,
+        )
+    return Grouping(
+        key, lambda prefix: _current(prefix, window), window.previous_start, bar, bars, True
+    )
+
+
+class Bars:
+    """Sparkline bars being counted: each part's runs and exceptions a bar, added to its
+    group's (`group_of`) as an array of two rows (runs, exceptions) and a column a bar;
+    written into the groups' current Figures by `done`."""
+
+    def __init__(self, window: Window, group_of: Callable[[int], int] | None = None):
+        self.buckets = window.buckets
+        self.index = {at: i for i, at in enumerate(self.buckets)}
+        self.group_of = group_of or _same
+        self.counts: dict[int, np.ndarray] = {}
+
+    def _of(self, gid: int) -> np.ndarray:
+        group = self.group_of(gid)
+        counts = self.counts.get(group)
+        if counts is None:
+            counts = self.counts[group] = np.zeros((2, len(self.buckets)), dtype=np.int64)
+        return counts
+
+    def add(self, gid: int, at: datetime, runs: int | None, exceptions: int | None) -> None:
+        if at.tzinfo is None:  # a truncation comes back naive on SQLite
+            at = at.replace(tzinfo=UTC)
+        slot = self.index.get(at)
+        if slot is not None:
+            counts = self._of(gid)
+            counts[0, slot] += runs or 0
+            counts[1, slot] += exceptions or 0
+
+    def add_counts(self, gid: int, counts: np.ndarray) -> None:
+        mine = self._of(gid)
+        mine += counts
+
+    def done(self, pairs: dict[int, Pair]) -> None:
+        for group, counts in self.counts.items():
+            f = pairs[group].current
+            f.runs_per_bucket, f.exceptions_per_bucket = counts[0].tolist(), counts[1].tolist()
+
+
+@contextmanager
+def _without_jit() -> Iterator[None]:
+    """Postgres JIT-compiles a query its planner thinks big before running it, which cost
+    these aggregates more than it saved (150–400 ms a query: bench/README.md): off for the
+    figures' queries; and the percentiles' sorts of a month of a fleet's runs (120,000
+    durations, 11 MB) kept in memory rather than spilled to disk. SET LOCAL: this
+    transaction only."""
+    if not _in_sql() or getattr(connection, "_kpis_jit_off", False):
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # SET LOCAL both, in one statement (as any client protocol takes it).
+            cursor.execute(
+                "SELECT set_config('jit', 'off', true), set_config('work_mem', '32MB', true)"
+            )
+        connection._kpis_jit_off = True  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            connection._kpis_jit_off = False  # type: ignore[attr-defined]
+
+
+def _same(gid: int) -> int:
+    return gid
+
+
+def _under(q: Q, prefix: str) -> Q:
+    """The filter `q` on a model, said from a model that points at it by `prefix`."""
+    out = Q()
+    out.connector, out.negated = q.connector, q.negated
+    children: list[Any] = list(q.children)  # Q objects and (lookup, value) pairs
+    out.children = [
+        _under(child, prefix) if isinstance(child, Q) else (prefix + child[0], child[1])
+        for child in children
+    ]
+    return out
+
+
+# A part's durations in seconds, by (part id, in the current window): big-endian float8s.
+Parts = dict[tuple[int, bool], bytes]
+
+
+def journal_figures(
+    base: QuerySet[Run], grouping: Grouping, of: Callable[..., Figures]
+) -> tuple[Parts, Parts]:
+    """Every additive figure of the runs of `base`, grouped (Grouping), read from the
+    journal into the Figures `of(row, prefix)` names. Four queries. When the grouping asks
+    for durations, also the finished runs' cycle times and the decided requests' times to
+    decide, by part and split (Parts; else empty): on Postgres packed by the runs' and the
+    requests' queries themselves, on SQLite read by two more."""
+    cycle: Parts = {}
+    decide: Parts = {}
+    packed = grouping.durations and _in_sql()
+    _runs(base, grouping, of, cycle if packed else None)
+    _steps(base, grouping, of)
+    _requests(base.values("pk"), grouping, of, decide if packed else None)
+    _value(base, grouping, of)
+    if grouping.durations and not packed:
+        cycle = _cycle_durations(base, grouping.key, grouping.split)
+        decide = _decide_durations(
+            Q(run__in=base.values("pk")), grouping.key, grouping.since, grouping.split
+        )
+    return cycle, decide
+
+
+def _pack(parts: Parts, gid: int, cur: Any, blob: Any) -> None:
+    """A group's packed durations (Durations) added to its part's, if it has any."""
+    if blob:
+        at = (gid, bool(cur))
+        parts[at] = parts.get(at, b"") + bytes(blob)
+
+
+def _runs(base: QuerySet[Run], g: Grouping, of: Any, cycle: Parts | None) -> None:
+    """The runs' counts, and their sparkline bars when the grouping asks for them (a row
+    a group, window and bar: the exceptions' look-ups run once for both); with `cycle`
+    (Postgres), the finished runs' cycle times packed into it."""
+    rows = base.annotate(cur=g.split(""))
+    grouped = [g.key, "cur"]
+    if g.bar is not None:
+        rows, grouped = rows.annotate(bar=g.bar), [*grouped, "bar"]
+    # An unfinished run's cycle time is NULL, which string_agg leaves out.
+    packed = (
+        {} if cycle is None else {"ds": Durations(Seconds(_duration("finished_at", "created_at")))}
+    )
+    rows = rows.values(*grouped).annotate(
+        n=Count("pk"),
+        finished=Count("pk", filter=Q(finished_at__isnull=False)),
+        succeeded=Count("pk", filter=Q(status=Run.Status.SUCCEEDED)),
+        failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
+        diverged=Count("pk", filter=Q(status=Run.Status.FAILED, error__contains=DIVERGED)),
+        exceptions=Count("pk", filter=_exception(g.since)),
+        **packed,
+    )
+    for row in rows:
+        if cycle is not None:
+            _pack(cycle, row[g.key], row["cur"], row["ds"])
+        f = of(row)
+        f.runs += row["n"]
+        f.finished += row["finished"]
+        f.succeeded += row["succeeded"]
+        f.failed += row["failed"]
+        f.diverged += row["diverged"]
+        f.exceptions += row["exceptions"]
+        if g.bars is not None and row["bar"] is not None:
+            g.bars.add(row[g.key], row["bar"], row["n"], row["exceptions"])
+
+
+def _cycle_durations(base: QuerySet[Run], key: str, split: Callable[[str], Any]) -> Parts:
+    """The finished runs' cycle times, from their creation and end alone (read from the
+    index run_created_durations on Postgres)."""
+    finished = base.filter(finished_at__isnull=False)
+    return _durations(finished, "", key, split, "finished_at")
+
+
+def _decide_durations(of_runs: Q, key: str, since: datetime, split: Callable[[str], Any]) -> Parts:
+    """The times to decide of the decided requests of the runs `of_runs` selects (a filter
+    on the requests), from the requests' times alone."""
+    decided = ApprovalRequest.objects.filter(of_runs, created_at__gte=since, status__in=DECIDED)
+    return _durations(decided, "run__", key, split, "decided_at")
+
+
+def _durations(
+    rows: QuerySet[Any], prefix: str, key: str, split: Callable[[str], Any], later: str
+) -> Parts:
+    """`later` - created_at over `rows` (prefix: the path from them to the run), by each
+    part `key` names and `split` (of the run's creation). One query: on Postgres each
+    part's packed by Durations, on SQLite read one by one and packed here."""
+    rows = rows.filter(**{f"{later}__isnull": False}).annotate(cur=split(prefix))
+    rows = rows.order_by()
+    if _in_sql():
+        packed = (
+            rows.annotate(d=Seconds(_duration(later, "created_at")))
+            .values(prefix + key, "cur")
+            .annotate(ds=Durations("d"))
+            .values_list(prefix + key, "cur", "ds")
+        )
+        return {(gid, bool(cur)): bytes(blob) for gid, cur, blob in packed}
+    durations: dict[tuple[Any, bool], list[float]] = defaultdict(list)
+    for gid, cur, created, done in rows.values_list(prefix + key, "cur", "created_at", later):
+        durations[(gid, bool(cur))].append((done - created).total_seconds())
+    return {at: np.asarray(v, dtype=">f8").tobytes() for at, v in durations.items()}
+
+
+# Where a group's percentiles go: its pairs, and the group of each part (a leaf group).
+Target = tuple[dict[int, Pair], Callable[[int], int]]
+
+
+def _percentiles(
+    sources: Iterable[Parts], targets: list[Target]
+) -> Iterator[tuple[Figures, float, float]]:
+    """The p50 and p95 of each group of each target (the pairs to fill, and the group of
+    each part), from its parts' durations in every source together (the journal's part of
+    the window and the rollup's): the Figures each pair of percentiles belongs to. One
+    definition for both databases (percentile_cont's, by numpy)."""
+    parts: dict[tuple[int, bool], list[bytes]] = defaultdict(list)
+    for source in sources:
+        for at, blob in source.items():
+            parts[at].append(blob)
+    for pairs, group_of in targets:
+        together: dict[tuple[int, bool], list[bytes]] = defaultdict(list)
+        for (gid, cur), blobs in parts.items():
+            together[(group_of(gid), cur)] += blobs
+        for (gid, cur), blobs in together.items():
+            values = np.frombuffer(b"".join(blobs), dtype=">f8")
+            if not len(values):
+                continue
+            p50, p95 = (float(p) for p in np.percentile(values, [50, 95]))
+            pair = pairs[gid]
+            yield pair.current if cur else pair.previous, p50, p95
+
+
+def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
+    """From the runs to their steps (the reverse join), so Postgres reads the runs of the
+    window by their index and each run's steps by theirs; a step query filtered by
+    `run__in` had to join every run of the history for the group and the window."""
+    tool, model = Q(actions__kind=Action.Kind.TOOL), Q(actions__kind=Action.Kind.MODEL)
+    rows = (
+        base.annotate(cur=g.split(""))
+        .values(g.key, "cur")
+        .annotate(
+            steps=Count("actions", filter=tool),
+            denied=Count("actions", filter=tool & Q(actions__status=Action.Status.DENIED)),
+            shadow_differs=Count(
+                "actions",
+                filter=tool
+                & Q(actions__shadow__isnull=False)
+                & ~Q(actions__shadow__effect=F("actions__decision")),
+            ),
+            model_calls=Count("actions", filter=model),
+            tokens_in=Sum(
+                Cast(KeyTextTransform("tokens_in", "actions__meta"), IntegerField()), filter=model
+            ),
+            tokens_out=Sum(
+                Cast(KeyTextTransform("tokens_out", "actions__meta"), IntegerField()), filter=model
+            ),
+            cost=Sum(
+                Cast(KeyTextTransform("cost_eur", "actions__meta"), FloatField()), filter=model
+            ),
+        )
+    )
+    for row in rows:
+        f = of(row)
+        f.steps, f.denied, f.model_calls = row["steps"], row["denied"], row["model_calls"]
+        f.shadow_differs = row["shadow_differs"]
+        f.tokens_in, f.tokens_out = row["tokens_in"] or 0, row["tokens_out"] or 0
+        f.cost_eur = float(row["cost"] or 0)
+
+
+def _requests(run_ids: Any, g: Grouping, of: Any, decide: Parts | None) -> None:
+    """The requests held for people, and those decided within the agent's target; with
+    `decide` (Postgres), the decided ones' times to decide packed into it."""
+    in_sql = _in_sql()
+    decided = Q(status__in=DECIDED)
+    # A request is held after its run was created, so none of the window's runs has one
+    # created before the window: said outright, Postgres reads the window's requests and
+    # then their runs, instead of every run of the history for the join.
+    requests = ApprovalRequest.objects.filter(run__in=run_ids, created_at__gte=g.since).annotate(
+        cur=g.split("run__")
+    )
+    extra: dict[str, Any] = {}
+    if in_sql:
+        wait = Case(
+            When(decided, then=Seconds(_duration("decided_at", "created_at"))),
+            default=None,
+            output_field=FloatField(),
+        )
+        requests = requests.annotate(wait=wait)
+        extra = {"within": Count("pk", filter=Q(wait__lte=F("agent__decision_sla_minutes") * 60))}
+        if decide is not None:  # NULL for a request not decided: left out
+            extra["ds"] = Durations("wait")
+    rows = requests.values("run__" + g.key, "cur").annotate(
+        held=Count("pk"),
+        decided=Count("pk", filter=decided),
+        rejected=Count("pk", filter=Q(status=ApprovalRequest.Status.REJECTED)),
+        expired=Count("pk", filter=Q(status=ApprovalRequest.Status.EXPIRED)),
+        **extra,
+    )
+    for row in rows:
+        if decide is not None:
+            _pack(decide, row["run__" + g.key], row["cur"], row["ds"])
+        f = of(row, "run__")
+        f.held, f.decided, f.rejected, f.expired = (
+            row["held"],
+            row["decided"],
+            row["rejected"],
+            row["expired"],
+        )
+        if in_sql:
+            f.within_sla = row["within"]
+    if not in_sql:
+        within: dict[tuple[int, Any], int] = defaultdict(int)
+        for group, cur, created, done, sla in requests.filter(decided).values_list(
+            "run__" + g.key, "cur", "created_at", "decided_at", "agent__decision_sla_minutes"
+        ):
+            within[(group, cur)] += (done - created).total_seconds() <= sla * 60
+        for (group, cur), n in within.items():
+            of({"run__" + g.key: group, "cur": cur}, "run__").within_sla = n
+
+
+def _value(base: QuerySet[Run], g: Grouping, of: Any) -> None:
+    """Payments and purchase orders the runs' steps wrote, in one query: each sandbox row
+    is found by its step's idempotency key (unique in its table), a payment's amount and
+    currency in the payments, an order's total in the orders (its currency NULL). From the
+    runs to their steps, as _steps."""
+    step = FilteredRelation(
+        "actions",
+        condition=Q(
+            actions__kind=Action.Kind.TOOL,
+            actions__status=Action.Status.SUCCEEDED,
+            actions__name__in=(PAY_TOOL, ORDER_TOOL),
+        ),
+    )
+    payment = Payment.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
+    order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
+    paying = Q(step__name=PAY_TOOL)
+    amount = Case(
+        When(paying, then=Subquery(payment.values("amount")[:1])),
+        default=Subquery(order.values("total")[:1]),
+    )
+    rows = (
+        base.annotate(step=step)
+        .filter(step__isnull=False)
+        .annotate(
+            cur=g.split(""),
+            tool=F("step__name"),
+            currency=Case(When(paying, then=Subquery(payment.values("currency")[:1]))),
+        )
+        .values(g.key, "cur", "tool", "currency")
+        .annotate(total=Sum(amount))
+    )
+    for row in rows:
+        if row["total"] is None:
+            continue
+        f, total = of(row), Decimal(str(row["total"]))
+        if row["tool"] == ORDER_TOOL:
+            f.ordered += total
+        elif row["currency"] is not None:
+            f.paid[row["currency"]] = f.paid.get(row["currency"], Decimal(0)) + total
