@@ -47,13 +47,7 @@ requests.
 """
 
 from agents.kpis.figures import figures, figures_summed
-from agents.kpis.journal import (
-    DECIDED,
-    KEYS,
-    Grouping,
-    journal_figures,
-    percentile_cont,
-)
+from agents.kpis.journal import DECIDED, KEYS, Grouping, journal_figures, percentile_cont
 from agents.kpis.pages import LINES, agent_page, fleet_figures, fleet_page, show
 from agents.kpis.rolled import ROLLED, any_of, closed_part, kept, plan_rollup
 from agents.kpis.windows import (

@@ -9,10 +9,7 @@ from dataclasses import fields
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import (
-    Q,
-    QuerySet,
-)
+from django.db.models import Q, QuerySet
 
 from agents.kpis.journal import (
     KEYS,
@@ -27,9 +24,7 @@ from agents.kpis.journal import (
 )
 from agents.kpis.rolled import Closed, _add_closed, closed_part, plan_rollup
 from agents.kpis.windows import Figures, Pair, Window, _fill_buckets
-from agents.models import (
-    Run,
-)
+from agents.models import Run
 
 
 def figures(

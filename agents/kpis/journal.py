@@ -40,12 +40,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncDay, TruncHour
 
 from agents.kpis.windows import Figures, Pair, Window
-from agents.models import (
-    Action,
-    Payment,
-    PurchaseOrder,
-    Run,
-)
+from agents.models import Action, Payment, PurchaseOrder, Run
 from approvals.models import ApprovalRequest
 
 # How the runtime words a run it failed because its program asked for another step than

@@ -7,9 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import (
-    Q,
-)
+from django.db.models import Q
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
@@ -17,11 +15,7 @@ from django.utils.safestring import mark_safe
 from agents.kpis.figures import figures_summed
 from agents.kpis.rolled import kept_as_for
 from agents.kpis.windows import Figures, Pair, Window, _fill_buckets
-from agents.models import (
-    Agent,
-    AgentVersion,
-    Run,
-)
+from agents.models import Agent, AgentVersion, Run
 from agents.permissions import agents_for_user
 
 

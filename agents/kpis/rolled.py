@@ -15,25 +15,11 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 from django.core.cache import caches
-from django.db.models import (
-    Case,
-    F,
-    Q,
-    Sum,
-    Value,
-    When,
-)
+from django.db.models import Case, F, Q, Sum, Value, When
 from django.db.models.functions import TruncDay
 from redis.exceptions import RedisError
 
-from agents.kpis.journal import (
-    Bars,
-    Parts,
-    _current,
-    _cycle_durations,
-    _decide_durations,
-    _under,
-)
+from agents.kpis.journal import Bars, Parts, _current, _cycle_durations, _decide_durations, _under
 from agents.kpis.windows import (
     DAY,
     DAY_HOURS,
@@ -45,15 +31,7 @@ from agents.kpis.windows import (
     floor_day,
     floor_hour,
 )
-from agents.models import (
-    Agent,
-    KpiHour,
-    KpiHourPaid,
-    KpiHourWait,
-    KpiOpenHour,
-    KpiRollup,
-    Run,
-)
+from agents.models import Agent, KpiHour, KpiHourPaid, KpiHourWait, KpiOpenHour, KpiRollup, Run
 
 log = logging.getLogger(__name__)
 
