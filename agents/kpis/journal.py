@@ -40,7 +40,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncDay, TruncHour
 
 from agents.kpis.windows import Figures, Pair, Window
-from agents.models import Action, Payment, PurchaseOrder, Run
+from agents.models import Action, Payment, PurchaseOrder, Run, ShadowDecision
 from approvals.models import ApprovalRequest
 
 # How the runtime words a run it failed because its program asked for another step than
@@ -366,18 +366,18 @@ def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
     window by their index and each run's steps by theirs; a step query filtered by
     `run__in` had to join every run of the history for the group and the window."""
     tool, model = Q(actions__kind=Action.Kind.TOOL), Q(actions__kind=Action.Kind.MODEL)
+    # A shadow decision looked for by its step, and for tool steps alone (an EXISTS after
+    # the kind): joined to every step, it was a look-up a step, model calls included.
+    differs = ShadowDecision.objects.filter(action=OuterRef("actions__id")).exclude(
+        effect=OuterRef("actions__decision")
+    )
     rows = (
         base.annotate(cur=g.split(""))
         .values(g.key, "cur")
         .annotate(
             steps=Count("actions", filter=tool),
             denied=Count("actions", filter=tool & Q(actions__status=Action.Status.DENIED)),
-            shadow_differs=Count(
-                "actions",
-                filter=tool
-                & Q(actions__shadow__isnull=False)
-                & ~Q(actions__shadow__effect=F("actions__decision")),
-            ),
+            shadow_differs=Count("actions", filter=tool & Q(Exists(differs))),
             model_calls=Count("actions", filter=model),
             tokens_in=Sum(
                 Cast(KeyTextTransform("tokens_in", "actions__meta"), IntegerField()), filter=model
