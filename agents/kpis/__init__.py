@@ -41,12 +41,12 @@ only the journal's part on every request.
 
 The package, in the order its modules build on each other: `windows` (windows, the hours
 and days, the figure sets), `journal` (the journal's queries), `rolled` (the rollup read,
-and its part kept), `figures` (both parts together), `pages` (what the pages show). It
-sits above the approvals app in the layers (pyproject.toml): it reads the approval
-requests.
+and its part kept), `grouped` (both parts together, by part and by group up), `pages`
+(what the pages show). It sits above the approvals app in the layers (pyproject.toml): it
+reads the approval requests.
 """
 
-from agents.kpis.figures import figures, figures_summed
+from agents.kpis.grouped import figures, figures_summed
 from agents.kpis.journal import DECIDED, KEYS, Grouping, journal_figures, percentile_cont
 from agents.kpis.pages import LINES, agent_page, fleet_figures, fleet_page, show
 from agents.kpis.rolled import ROLLED, any_of, closed_part, kept, plan_rollup

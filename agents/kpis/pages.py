@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from agents.kpis.figures import figures_summed
+from agents.kpis.grouped import figures_summed
 from agents.kpis.rolled import kept_as_for
 from agents.kpis.windows import Figures, Pair, Window, _fill_buckets
 from agents.models import Agent, AgentVersion, Run
