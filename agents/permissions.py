@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib.auth.models import Permission
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, Q, QuerySet
 from django.db.models.expressions import RawSQL
@@ -95,14 +96,29 @@ def agents_for_user(user: Any, capability: str = "view") -> QuerySet[Agent]:
     return agents.filter(pk__in=_granted_agents(user, capability))
 
 
+# The compiled subquery of each person's grants, by person and capability (and the content
+# types it names): its SQL depends on nothing else — it reads the grants, the person's
+# groups and their permissions when it runs — so a process compiles it once, not once a
+# request (guardian's querysets took a supervisor's page ~5 ms to build). Bounded: emptied
+# when full.
+_GRANTED: dict[tuple[Any, ...], RawSQL] = {}
+GRANTED_KEPT = 4096
+
+
 def _granted_agents(user: Any, capability: str) -> RawSQL:
     """The agents a person's grants reach (on them, or on their teams), as a subquery
-    compiled once a request: guardian's nested subqueries took Django longer to compile
+    compiled once (_GRANTED): guardian's nested subqueries took Django longer to compile
     than Postgres took to run them, and a page at fleet size puts them in a dozen
-    queries. Remembered on the user object, as `user_can`'s answers are; the SQL reads
-    the grants when it runs, so a grant made later in the request still counts."""
-    memo: dict[str, RawSQL] = user.__dict__.setdefault("_baton_granted", {})
-    if capability not in memo:
+    queries. The SQL reads the grants when it runs, so a grant made or taken back later —
+    in the same request or any after — counts at once."""
+    said = (
+        user.pk,
+        capability,
+        ContentType.objects.get_for_model(Agent).pk,
+        ContentType.objects.get_for_model(Team).pk,
+    )
+    found = _GRANTED.get(said)
+    if found is None:
         by_agent = get_objects_for_user(
             user,
             f"agents.{capability}_agent",
@@ -117,8 +133,11 @@ def _granted_agents(user: Any, capability: str) -> RawSQL:
         granted = Agent.objects.filter(Q(pk__in=by_agent) | Q(team_id__in=by_team)).order_by()
         sql, params = granted.values("pk").query.sql_with_params()
         # Django compiled it from querysets, with its parameters apart: nothing raw in it.
-        memo[capability] = RawSQL(sql, params)  # noqa: S611
-    return memo[capability]
+        found = RawSQL(sql, params)  # noqa: S611
+        if len(_GRANTED) >= GRANTED_KEPT:
+            _GRANTED.clear()
+        _GRANTED[said] = found
+    return found
 
 
 def agent_ids_for_user(user: Any, capability: str) -> QuerySet[Agent, Any]:

@@ -58,6 +58,34 @@ def test_a_grant_on_one_agent_covers_that_agent_only(world: Any, agents: Any) ->
     assert user_can(world.outsider, "supervise", support)
 
 
+def test_the_grants_subquery_is_compiled_once_a_person_and_reads_the_grants_as_they_are(
+    world: Any, agents: Any
+) -> None:
+    """A person's grants subquery is kept across requests (agents.permissions._GRANTED), and
+    still answers with the grants as they are when it runs: a team granted, a team taken
+    back, a group joined — each counts at the next request (a fresh person object, as a
+    request has)."""
+    from django.contrib.auth import get_user_model
+
+    from agents import roles
+    from agents.permissions import _granted_agents
+
+    def fresh() -> Any:
+        return get_user_model().objects.get(pk=world.supervisor.pk)
+
+    assert slugs(fresh()) == {"claims-bot"}
+    assert _granted_agents(fresh(), "view") is _granted_agents(fresh(), "view")
+    roles.role_grant(user=world.supervisor, role=roles.SUPERVISOR, target=world.support)
+    assert slugs(fresh()) == {"claims-bot", "support-bot"}
+    roles.role_revoke(user=world.supervisor, role=roles.SUPERVISOR, target=world.claims)
+    assert slugs(fresh()) == {"support-bot"}
+    roles.role_revoke(user=world.supervisor, role=roles.SUPERVISOR, target=world.support)
+    assert slugs(fresh()) == set()
+    # Another person is never answered with this one's subquery.
+    assert slugs(world.support_supervisor) == {"support-bot"}
+    assert _granted_agents(world.support_supervisor, "view") is not _granted_agents(fresh(), "view")
+
+
 def test_an_inactive_person_loses_everything(world: Any, agents: Any) -> None:
     world.supervisor.is_active = False
     world.supervisor.save()
