@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +22,7 @@ from agents.kpis.journal import (
     _same,
     _without_jit,
     journal_figures,
+    journal_runs,
 )
 from agents.kpis.rolled import Closed, _add_closed, closed_part, plan_rollup
 from agents.kpis.windows import Figures, Pair, Window, _fill_buckets
@@ -57,10 +59,12 @@ def _figures(
     kept_as: str = "",
     up: Target | None = None,
     part_percentiles: bool = True,
+    agent_ids: list[int] | None = None,
 ) -> dict[int, Pair]:
     """figures(), and with `up` the groups up's percentiles and sparkline bars, which go
     straight into their pairs: the pages draw the bars of the groups up alone (a team's,
-    an agent's)."""
+    an agent's). With `agent_ids` — a page's: `runs` and `scope` are those agents' runs —
+    the journal's part is read by the page's kept statements (journal_runs)."""
     key = KEYS[by]
     pairs: dict[int, Pair] = defaultdict(Pair)
     # The bars are drawn for the groups up alone when there are any (their pairs, and the
@@ -73,6 +77,7 @@ def _figures(
         return pair.current if row["cur"] else pair.previous
 
     base = runs.filter(**_between("", window)).order_by()
+    journal_ranges: tuple[tuple[datetime, datetime], ...] = ((window.previous_start, window.end),)
     plan = plan_rollup(scope, window) if scope is not None else None
     closed = Closed()
     if plan is not None and scope is not None and plan.hours:
@@ -80,8 +85,15 @@ def _figures(
         # range around them too, Postgres took the ranges' share of the window's share and
         # expected a handful of runs where there are a thousand (nested loops over them).
         base = runs.filter(plan.journal).order_by()
+        journal_ranges = plan.journal_ranges
         closed = closed_part(scope, kept_as, key, window, plan, sparklines)
-    cycle, decide = journal_figures(base, _paging(key, window, bars), of)
+    if agent_ids is None:
+        grouping = _paging(key, window, bars)
+    else:
+        base, runs_shape, values = journal_runs(agent_ids, journal_ranges)
+        grouping = _paging(key, window, bars, runs_shape)
+        grouping = replace(grouping, values={**(grouping.values or {}), **values})
+    cycle, decide = journal_figures(base, grouping, of)
     _add_closed(closed, of, key, bars)
     if bars is not None:
         bars.done(bar_pairs)
@@ -115,6 +127,7 @@ def figures_summed(
     scope: Q | None = None,
     kept_as: str = "",
     part_percentiles: bool = True,
+    agent_ids: list[int] | None = None,
 ) -> tuple[dict[int, Pair], dict[int, Pair]]:
     """The KPIs of `runs` grouped `by` (versions, agents) and grouped `up` (agents, teams),
     where `parent` names each group's group up (a version's agent, an agent's team): the
@@ -124,7 +137,8 @@ def figures_summed(
     `part_percentiles`, the groups up's percentiles only (the parts' stay None: the fleet
     page shows no agent's).
     Same figures as figures(runs, up, window); `scope` as there, and `kept_as` what the
-    rolled-up part is kept under between requests (closed_part; "": read each time)."""
+    rolled-up part is kept under between requests (closed_part; "": read each time), and
+    `agent_ids` as in _figures."""
     pairs: dict[int, Pair] = defaultdict(Pair)
     with _without_jit():
         parts = _figures(
@@ -136,6 +150,7 @@ def figures_summed(
             kept_as=kept_as,
             up=(pairs, parent),
             part_percentiles=part_percentiles,
+            agent_ids=agent_ids,
         )
     for gid, pair in parts.items():
         whole = pairs[parent(gid)]
@@ -150,8 +165,10 @@ SUMMED = tuple(f.name for f in fields(Figures) if f.name not in (*PERCENTILES, *
 
 
 def _add(into: Figures, part: Figures) -> None:
+    # On the figures' dicts: a fleet page adds a hundred agents' pairs, 20 figures each.
+    mine, theirs = vars(into), vars(part)
     for name in SUMMED:
-        setattr(into, name, getattr(into, name) + getattr(part, name))
+        mine[name] += theirs[name]
     for currency, amount in part.paid.items():
         into.paid[currency] = into.paid.get(currency, Decimal(0)) + amount
     for name in BARS:

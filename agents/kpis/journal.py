@@ -20,6 +20,7 @@ from django.db.models import (
     BinaryField,
     Case,
     Count,
+    DateTimeField,
     DurationField,
     Exists,
     ExpressionWrapper,
@@ -39,6 +40,14 @@ from django.db.models import (
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncDay, TruncHour
 
+from agents.kpis.statements import (
+    AmongIds,
+    Bound,
+    BoundIds,
+    compiled,
+    kept_statement,
+    run_statement,
+)
 from agents.kpis.windows import Figures, Pair, Window
 from agents.models import Action, Payment, PurchaseOrder, Run, ShadowDecision
 from approvals.models import ApprovalRequest
@@ -92,9 +101,11 @@ def _between(prefix: str, window: Window) -> dict[str, Any]:
     }
 
 
-def _current(prefix: str, window: Window) -> Case:
+def _current(prefix: str, start: Any) -> Case:
+    """Whether the run was created in the current window (from `start`, a datetime or a
+    Bound one) rather than the window before."""
     return Case(
-        When(**{f"{prefix}created_at__gte": window.start}, then=Value(True)),
+        When(**{f"{prefix}created_at__gte": start}, then=Value(True)),
         default=Value(False),
     )
 
@@ -137,19 +148,63 @@ class Grouping:
     # Whether the runs' cycle times and the requests' times to decide are asked too (the
     # pages' percentiles: journal_figures).
     durations: bool = False
+    # A page's grouping: its expressions and its runs' filter hold Bound values, `values`
+    # gives them, and `shape` says what else its queries depend on — they are compiled
+    # once a process (statements.kept_statement). None: built and compiled each time.
+    shape: tuple[Any, ...] | None = None
+    values: dict[str, Any] | None = None
 
 
-def _paging(key: str, window: Window, bars: Bars | None = None) -> Grouping:
+def _fetch(name: str, g: Grouping, build: Callable[[], QuerySet[Any]]) -> Iterator[dict[str, Any]]:
+    """The rows of the query `build` makes (a queryset of values), kept under the
+    grouping's shape when it has one."""
+    if g.shape is None:
+        return run_statement(compiled(build()), g.values)
+    return run_statement(kept_statement((name, *g.shape), build), g.values)
+
+
+def _paging(
+    key: str, window: Window, bars: Bars | None = None, runs_shape: tuple[Any, ...] | None = None
+) -> Grouping:
+    """A page's grouping: the window or the window before, and the current window's bars
+    when asked (`bars`). With `runs_shape` — what the runs' filter depends on besides its
+    Bound values (journal_runs) — the window's bounds are Bound values too, and the
+    page's queries are kept (statements)."""
+    start: Any = window.start
+    since: Any = window.previous_start
+    shape, values = None, None
+    if runs_shape is not None:
+        start, since = Bound("start", DateTimeField()), Bound("since", DateTimeField())
+        shape = (key, window.hourly, bars is not None, *runs_shape)
+        values = {"start": window.start, "since": window.previous_start}
     bar = None
     if bars is not None:
         trunc = TruncHour if window.hourly else TruncDay
         bar = Case(
-            When(created_at__gte=window.start, then=trunc("created_at", tzinfo=UTC)),
+            When(created_at__gte=start, then=trunc("created_at", tzinfo=UTC)),
             default=None,
         )
     return Grouping(
-        key, lambda prefix: _current(prefix, window), window.previous_start, bar, bars, True
+        key, lambda prefix: _current(prefix, start), since, bar, bars, True, shape, values
     )
+
+
+def journal_runs(
+    agent_ids: list[int], ranges: Sequence[tuple[datetime, datetime]]
+) -> tuple[QuerySet[Run], tuple[Any, ...], dict[str, Any]]:
+    """The runs of these agents created within these ranges, as a page's queries keep
+    them (_paging): the queryset, with Bound values; its shape (how many ranges); and
+    its values."""
+    within = Q(pk__in=[])
+    values: dict[str, Any] = {"agents": agent_ids}
+    for i, (a, b) in enumerate(ranges):
+        values[f"from{i}"], values[f"to{i}"] = a, b
+        within |= Q(
+            created_at__gte=Bound(f"from{i}", DateTimeField()),
+            created_at__lt=Bound(f"to{i}", DateTimeField()),
+        )
+    runs = Run.objects.filter(AmongIds("agent_id", BoundIds("agents")), within).order_by()
+    return runs, ("ranges", len(ranges)), values
 
 
 class Bars:
@@ -245,12 +300,16 @@ def journal_figures(
     packed = grouping.durations and _in_sql()
     _runs(base, grouping, of, cycle if packed else None)
     _steps(base, grouping, of)
-    _requests(base.values("pk"), grouping, of, decide if packed else None)
+    _requests(base, grouping, of, decide if packed else None)
     _value(base, grouping, of)
     if grouping.durations and not packed:
-        cycle = _cycle_durations(base, grouping.key, grouping.split)
+        cycle = _cycle_durations(base, grouping.key, grouping.split, grouping.values)
         decide = _decide_durations(
-            Q(run__in=base.values("pk")), grouping.key, grouping.since, grouping.split
+            Q(run__in=base.values("pk")),
+            grouping.key,
+            grouping.since,
+            grouping.split,
+            grouping.values,
         )
     return cycle, decide
 
@@ -266,24 +325,29 @@ def _runs(base: QuerySet[Run], g: Grouping, of: Any, cycle: Parts | None) -> Non
     """The runs' counts, and their sparkline bars when the grouping asks for them (a row
     a group, window and bar: the exceptions' look-ups run once for both); with `cycle`
     (Postgres), the finished runs' cycle times packed into it."""
-    rows = base.annotate(cur=g.split(""))
-    grouped = [g.key, "cur"]
-    if g.bar is not None:
-        rows, grouped = rows.annotate(bar=g.bar), [*grouped, "bar"]
-    # An unfinished run's cycle time is NULL, which string_agg leaves out.
-    packed = (
-        {} if cycle is None else {"ds": Durations(Seconds(_duration("finished_at", "created_at")))}
-    )
-    rows = rows.values(*grouped).annotate(
-        n=Count("pk"),
-        finished=Count("pk", filter=Q(finished_at__isnull=False)),
-        succeeded=Count("pk", filter=Q(status=Run.Status.SUCCEEDED)),
-        failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
-        diverged=Count("pk", filter=Q(status=Run.Status.FAILED, error__contains=DIVERGED)),
-        exceptions=Count("pk", filter=_exception(g.since)),
-        **packed,
-    )
-    for row in rows:
+
+    def build() -> QuerySet[Any]:
+        runs = base.annotate(cur=g.split(""))
+        grouped = [g.key, "cur"]
+        if g.bar is not None:
+            runs, grouped = runs.annotate(bar=g.bar), [*grouped, "bar"]
+        # An unfinished run's cycle time is NULL, which string_agg leaves out.
+        packed = (
+            {}
+            if cycle is None
+            else {"ds": Durations(Seconds(_duration("finished_at", "created_at")))}
+        )
+        return runs.values(*grouped).annotate(
+            n=Count("pk"),
+            finished=Count("pk", filter=Q(finished_at__isnull=False)),
+            succeeded=Count("pk", filter=Q(status=Run.Status.SUCCEEDED)),
+            failed=Count("pk", filter=Q(status=Run.Status.FAILED)),
+            diverged=Count("pk", filter=Q(status=Run.Status.FAILED, error__contains=DIVERGED)),
+            exceptions=Count("pk", filter=_exception(g.since)),
+            **packed,
+        )
+
+    for row in _fetch("runs" if cycle is None else "runs+durations", g, build):
         if cycle is not None:
             _pack(cycle, row[g.key], row["cur"], row["ds"])
         f = of(row)
@@ -297,39 +361,61 @@ def _runs(base: QuerySet[Run], g: Grouping, of: Any, cycle: Parts | None) -> Non
             g.bars.add(row[g.key], row["bar"], row["n"], row["exceptions"])
 
 
-def _cycle_durations(base: QuerySet[Run], key: str, split: Callable[[str], Any]) -> Parts:
+def _cycle_durations(
+    base: QuerySet[Run],
+    key: str,
+    split: Callable[[str], Any],
+    values: dict[str, Any] | None = None,
+) -> Parts:
     """The finished runs' cycle times, from their creation and end alone (read from the
-    index run_created_durations on Postgres)."""
+    index run_created_durations on Postgres); `values`: the Bound values of `base` and
+    `split`, if they have any."""
     finished = base.filter(finished_at__isnull=False)
-    return _durations(finished, "", key, split, "finished_at")
+    return _durations(finished, "", key, split, "finished_at", values)
 
 
-def _decide_durations(of_runs: Q, key: str, since: datetime, split: Callable[[str], Any]) -> Parts:
+def _decide_durations(
+    of_runs: Q,
+    key: str,
+    since: Any,
+    split: Callable[[str], Any],
+    values: dict[str, Any] | None = None,
+) -> Parts:
     """The times to decide of the decided requests of the runs `of_runs` selects (a filter
     on the requests), from the requests' times alone."""
     decided = ApprovalRequest.objects.filter(of_runs, created_at__gte=since, status__in=DECIDED)
-    return _durations(decided, "run__", key, split, "decided_at")
+    return _durations(decided, "run__", key, split, "decided_at", values)
 
 
 def _durations(
-    rows: QuerySet[Any], prefix: str, key: str, split: Callable[[str], Any], later: str
+    rows: QuerySet[Any],
+    prefix: str,
+    key: str,
+    split: Callable[[str], Any],
+    later: str,
+    values: dict[str, Any] | None,
 ) -> Parts:
     """`later` - created_at over `rows` (prefix: the path from them to the run), by each
     part `key` names and `split` (of the run's creation). One query: on Postgres each
     part's packed by Durations, on SQLite read one by one and packed here."""
     rows = rows.filter(**{f"{later}__isnull": False}).annotate(cur=split(prefix))
     rows = rows.order_by()
+    gid = prefix + key
     if _in_sql():
         packed = (
             rows.annotate(d=Seconds(_duration(later, "created_at")))
-            .values(prefix + key, "cur")
+            .values(gid, "cur")
             .annotate(ds=Durations("d"))
-            .values_list(prefix + key, "cur", "ds")
         )
-        return {(gid, bool(cur)): bytes(blob) for gid, cur, blob in packed}
+        return {
+            (row[gid], bool(row["cur"])): bytes(row["ds"])
+            for row in run_statement(compiled(packed), values)
+        }
     durations: dict[tuple[Any, bool], list[float]] = defaultdict(list)
-    for gid, cur, created, done in rows.values_list(prefix + key, "cur", "created_at", later):
-        durations[(gid, bool(cur))].append((done - created).total_seconds())
+    read = rows.values(gid, "cur", "created_at", later)
+    for row in run_statement(compiled(read), values):
+        done, created = row[later], row["created_at"]
+        durations[(row[gid], bool(row["cur"]))].append((done - created).total_seconds())
     return {at: np.asarray(v, dtype=">f8").tobytes() for at, v in durations.items()}
 
 
@@ -361,36 +447,39 @@ def _percentiles(
             yield pair.current if cur else pair.previous, p50, p95
 
 
+def _meta(name: str, as_type: Any) -> Cast:
+    """A figure a model call's step keeps in its meta (tokens, cost), as a number."""
+    return Cast(KeyTextTransform(name, "actions__meta"), as_type)
+
+
 def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
     """From the runs to their steps (the reverse join), so Postgres reads the runs of the
     window by their index and each run's steps by theirs; a step query filtered by
     `run__in` had to join every run of the history for the group and the window."""
-    tool, model = Q(actions__kind=Action.Kind.TOOL), Q(actions__kind=Action.Kind.MODEL)
-    # A shadow decision looked for by its step, and for tool steps alone (an EXISTS after
-    # the kind): joined to every step, it was a look-up a step, model calls included.
-    differs = ShadowDecision.objects.filter(action=OuterRef("actions__id")).exclude(
-        effect=OuterRef("actions__decision")
-    )
-    rows = (
-        base.annotate(cur=g.split(""))
-        .values(g.key, "cur")
-        .annotate(
-            steps=Count("actions", filter=tool),
-            denied=Count("actions", filter=tool & Q(actions__status=Action.Status.DENIED)),
-            shadow_differs=Count("actions", filter=tool & Q(Exists(differs))),
-            model_calls=Count("actions", filter=model),
-            tokens_in=Sum(
-                Cast(KeyTextTransform("tokens_in", "actions__meta"), IntegerField()), filter=model
-            ),
-            tokens_out=Sum(
-                Cast(KeyTextTransform("tokens_out", "actions__meta"), IntegerField()), filter=model
-            ),
-            cost=Sum(
-                Cast(KeyTextTransform("cost_eur", "actions__meta"), FloatField()), filter=model
-            ),
+
+    def build() -> QuerySet[Any]:
+        tool, model = Q(actions__kind=Action.Kind.TOOL), Q(actions__kind=Action.Kind.MODEL)
+        # A shadow decision looked for by its step, and for tool steps alone (an EXISTS
+        # after the kind): joined to every step, it was a look-up a step, model calls
+        # included.
+        differs = ShadowDecision.objects.filter(action=OuterRef("actions__id")).exclude(
+            effect=OuterRef("actions__decision")
         )
-    )
-    for row in rows:
+        return (
+            base.annotate(cur=g.split(""))
+            .values(g.key, "cur")
+            .annotate(
+                steps=Count("actions", filter=tool),
+                denied=Count("actions", filter=tool & Q(actions__status=Action.Status.DENIED)),
+                shadow_differs=Count("actions", filter=tool & Q(Exists(differs))),
+                model_calls=Count("actions", filter=model),
+                tokens_in=Sum(_meta("tokens_in", IntegerField()), filter=model),
+                tokens_out=Sum(_meta("tokens_out", IntegerField()), filter=model),
+                cost=Sum(_meta("cost_eur", FloatField()), filter=model),
+            )
+        )
+
+    for row in _fetch("steps", g, build):
         f = of(row)
         f.steps, f.denied, f.model_calls = row["steps"], row["denied"], row["model_calls"]
         f.shadow_differs = row["shadow_differs"]
@@ -398,36 +487,42 @@ def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
         f.cost_eur = float(row["cost"] or 0)
 
 
-def _requests(run_ids: Any, g: Grouping, of: Any, decide: Parts | None) -> None:
+def _requests(base: QuerySet[Run], g: Grouping, of: Any, decide: Parts | None) -> None:
     """The requests held for people, and those decided within the agent's target; with
     `decide` (Postgres), the decided ones' times to decide packed into it."""
     in_sql = _in_sql()
     decided = Q(status__in=DECIDED)
-    # A request is held after its run was created, so none of the window's runs has one
-    # created before the window: said outright, Postgres reads the window's requests and
-    # then their runs, instead of every run of the history for the join.
-    requests = ApprovalRequest.objects.filter(run__in=run_ids, created_at__gte=g.since).annotate(
-        cur=g.split("run__")
-    )
-    extra: dict[str, Any] = {}
-    if in_sql:
-        wait = Case(
-            When(decided, then=Seconds(_duration("decided_at", "created_at"))),
-            default=None,
-            output_field=FloatField(),
+
+    def requests() -> QuerySet[Any]:
+        # A request is held after its run was created, so none of the window's runs has
+        # one created before the window: said outright, Postgres reads the window's
+        # requests and then their runs, instead of every run of the history for the join.
+        held = ApprovalRequest.objects.filter(run__in=base.values("pk"), created_at__gte=g.since)
+        return held.annotate(cur=g.split("run__"))
+
+    def build() -> QuerySet[Any]:
+        extra: dict[str, Any] = {}
+        held = requests()
+        if in_sql:
+            wait = Case(
+                When(decided, then=Seconds(_duration("decided_at", "created_at"))),
+                default=None,
+                output_field=FloatField(),
+            )
+            held = held.annotate(wait=wait)
+            within = Q(wait__lte=F("agent__decision_sla_minutes") * 60)
+            extra = {"within": Count("pk", filter=within)}
+            if decide is not None:  # NULL for a request not decided: left out
+                extra["ds"] = Durations("wait")
+        return held.values("run__" + g.key, "cur").annotate(
+            held=Count("pk"),
+            decided=Count("pk", filter=decided),
+            rejected=Count("pk", filter=Q(status=ApprovalRequest.Status.REJECTED)),
+            expired=Count("pk", filter=Q(status=ApprovalRequest.Status.EXPIRED)),
+            **extra,
         )
-        requests = requests.annotate(wait=wait)
-        extra = {"within": Count("pk", filter=Q(wait__lte=F("agent__decision_sla_minutes") * 60))}
-        if decide is not None:  # NULL for a request not decided: left out
-            extra["ds"] = Durations("wait")
-    rows = requests.values("run__" + g.key, "cur").annotate(
-        held=Count("pk"),
-        decided=Count("pk", filter=decided),
-        rejected=Count("pk", filter=Q(status=ApprovalRequest.Status.REJECTED)),
-        expired=Count("pk", filter=Q(status=ApprovalRequest.Status.EXPIRED)),
-        **extra,
-    )
-    for row in rows:
+
+    for row in _fetch("requests" if decide is None else "requests+durations", g, build):
         if decide is not None:
             _pack(decide, row["run__" + g.key], row["cur"], row["ds"])
         f = of(row, "run__")
@@ -441,10 +536,17 @@ def _requests(run_ids: Any, g: Grouping, of: Any, decide: Parts | None) -> None:
             f.within_sla = row["within"]
     if not in_sql:
         within: dict[tuple[int, Any], int] = defaultdict(int)
-        for group, cur, created, done, sla in requests.filter(decided).values_list(
-            "run__" + g.key, "cur", "created_at", "decided_at", "agent__decision_sla_minutes"
-        ):
-            within[(group, cur)] += (done - created).total_seconds() <= sla * 60
+        times = (
+            requests()
+            .filter(decided)
+            .values(
+                "run__" + g.key, "cur", "created_at", "decided_at", "agent__decision_sla_minutes"
+            )
+        )
+        for row in run_statement(compiled(times), g.values):
+            waited = (row["decided_at"] - row["created_at"]).total_seconds()
+            at = (row["run__" + g.key], row["cur"])
+            within[at] += waited <= row["agent__decision_sla_minutes"] * 60
         for (group, cur), n in within.items():
             of({"run__" + g.key: group, "cur": cur}, "run__").within_sla = n
 
@@ -454,33 +556,36 @@ def _value(base: QuerySet[Run], g: Grouping, of: Any) -> None:
     is found by its step's idempotency key (unique in its table), a payment's amount and
     currency in the payments, an order's total in the orders (its currency NULL). From the
     runs to their steps, as _steps."""
-    step = FilteredRelation(
-        "actions",
-        condition=Q(
-            actions__kind=Action.Kind.TOOL,
-            actions__status=Action.Status.SUCCEEDED,
-            actions__name__in=(PAY_TOOL, ORDER_TOOL),
-        ),
-    )
-    payment = Payment.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
-    order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
-    paying = Q(step__name=PAY_TOOL)
-    amount = Case(
-        When(paying, then=Subquery(payment.values("amount")[:1])),
-        default=Subquery(order.values("total")[:1]),
-    )
-    rows = (
-        base.annotate(step=step)
-        .filter(step__isnull=False)
-        .annotate(
-            cur=g.split(""),
-            tool=F("step__name"),
-            currency=Case(When(paying, then=Subquery(payment.values("currency")[:1]))),
+
+    def build() -> QuerySet[Any]:
+        step = FilteredRelation(
+            "actions",
+            condition=Q(
+                actions__kind=Action.Kind.TOOL,
+                actions__status=Action.Status.SUCCEEDED,
+                actions__name__in=(PAY_TOOL, ORDER_TOOL),
+            ),
         )
-        .values(g.key, "cur", "tool", "currency")
-        .annotate(total=Sum(amount))
-    )
-    for row in rows:
+        payment = Payment.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
+        order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
+        paying = Q(step__name=PAY_TOOL)
+        amount = Case(
+            When(paying, then=Subquery(payment.values("amount")[:1])),
+            default=Subquery(order.values("total")[:1]),
+        )
+        return (
+            base.annotate(step=step)
+            .filter(step__isnull=False)
+            .annotate(
+                cur=g.split(""),
+                tool=F("step__name"),
+                currency=Case(When(paying, then=Subquery(payment.values("currency")[:1]))),
+            )
+            .values(g.key, "cur", "tool", "currency")
+            .annotate(total=Sum(amount))
+        )
+
+    for row in _fetch("value", g, build):
         if row["total"] is None:
             continue
         f, total = of(row), Decimal(str(row["total"]))

@@ -32,6 +32,7 @@ def agent_page(agent: Agent, window: Window) -> dict[str, Any]:
         window,
         scope=scope,
         kept_as=kept_as_for([agent]),
+        agent_ids=[agent.pk],
     )
     pair = by_agent.get(agent.pk, Pair())
     _fill_buckets(pair, window)
@@ -126,7 +127,8 @@ def fleet_figures(
     """The fleet page's figures of these agents, by agent and by team (the teams' are
     their agents' here; the agents' percentiles are not asked: the page shows none), the
     window's rolled-up part kept between requests (`keep`; closed_part)."""
-    scope = Q(agent_id__in=[a.pk for a in agents])
+    ids = [a.pk for a in agents]
+    scope = Q(agent_id__in=ids)
     team_of = {a.pk: a.team_id for a in agents}
     return figures_summed(
         Run.objects.filter(scope),
@@ -137,6 +139,7 @@ def fleet_figures(
         scope=scope,
         kept_as=kept_as_for(agents) if keep else "",
         part_percentiles=False,
+        agent_ids=ids,
     )
 
 

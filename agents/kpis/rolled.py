@@ -69,6 +69,9 @@ class RollupPlan:
     journal: Q
     hours: int  # whole hours read from the rollup, for the agents of the scope
     rolled: Q = field(default_factory=lambda: Q(pk__in=[]))
+    # The ranges of creation `journal` selects, as plain values (a page's kept queries:
+    # journal.journal_runs).
+    journal_ranges: tuple[tuple[datetime, datetime], ...] = ()
     # What the rollup's part is, said as plain values (the closed part's cache key):
     # the hour and day ranges read from it, and the rollup's generation.
     ranges: tuple[tuple[int, datetime, datetime], ...] = ()
@@ -135,12 +138,13 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
     # the runs' creation rather than the whole window filtered.
     spans = [(window.previous_start, lo), (hi, window.end)]
     spans += [(h, h + HOUR) for h in from_journal]
-    journal = any_of(Q(created_at__gte=a, created_at__lt=b) for a, b in _merged(spans) if a < b)
+    journal_ranges = tuple((a, b) for a, b in _merged(spans) if a < b)
+    journal = any_of(Q(created_at__gte=a, created_at__lt=b) for a, b in journal_ranges)
     hours = sum((b - a) // HOUR for a, b in hour_ranges + day_ranges)
     ranges = tuple((1, a, b) for a, b in hour_ranges) + tuple(
         (DAY_HOURS, a, b) for a, b in day_ranges
     )
-    return RollupPlan(rollup, journal, hours, rolled, ranges, generation)
+    return RollupPlan(rollup, journal, hours, rolled, journal_ranges, ranges, generation)
 
 
 def _merged(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -298,7 +302,7 @@ def _read_closed(scope: Q, key: str, window: Window, plan: RollupPlan, bars: boo
     # The durations of the rolled-up hours' runs and requests, from the journal (the
     # rollup keeps sums, and a percentile is not one).
     runs = Run.objects.filter(scope, plan.rolled).order_by()
-    split = lambda prefix: _current(prefix, window)  # noqa: E731
+    split = lambda prefix: _current(prefix, window.start)  # noqa: E731
     out.cycle = _cycle_durations(runs, key, split)
     out.decide = _decide_durations(
         _under(scope, "run__") & _under(plan.rolled, "run__"), key, window.previous_start, split
@@ -310,7 +314,7 @@ def _add_closed(closed: Closed, of: Callable[..., Figures], key: str, bars: Bars
     """The closed part's sums added to the Figures `of(row)` names, and its bars to
     `bars` (None: none)."""
     for gid, is_cur, *values in closed.sums:
-        f = of({key: gid, "cur": is_cur})
+        mine = vars(of({key: gid, "cur": is_cur}))
         for name, value in zip(ROLLED, values, strict=True):
             if not value:
                 continue
@@ -318,7 +322,7 @@ def _add_closed(closed: Closed, of: Callable[..., Figures], key: str, bars: Bars
                 value = Decimal(str(value))
             elif name == "cost_eur":
                 value = float(value)
-            setattr(f, name, getattr(f, name) + value)
+            mine[name] += value
     for gid, is_cur, currency, total in closed.paid:
         f = of({key: gid, "cur": is_cur})
         f.paid[currency] = f.paid.get(currency, Decimal(0)) + Decimal(str(total))

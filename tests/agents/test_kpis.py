@@ -32,6 +32,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from agents import kpis, rollup
+from agents.kpis import statements
 from agents.models import (
     Action,
     Agent,
@@ -367,6 +368,21 @@ def test_every_figure_agrees_with_a_computation_over_the_history_as_built(
             )
             results.append(alone[1])
             assert all(p.current.cycle_p50 is None for p in alone[0].values()), by
+            # As the pages ask, by the agents' ids: the journal's part read by the pages'
+            # kept statements (agents.kpis.statements).
+            ids = sorted(team_of)
+            mine = Q(agent_id__in=ids) if scope is not None else None
+            results.append(
+                kpis.figures_summed(
+                    Run.objects.filter(agent_id__in=ids),
+                    part,
+                    by,
+                    parent,
+                    window,
+                    scope=mine,
+                    agent_ids=ids,
+                )[1]
+            )
         ids = {group_of(r) for r in history["built"]}
         for got, gid in ((got, gid) for got in results for gid in ids):
             mine = [r for r in history["built"] if group_of(r) == gid]
@@ -385,14 +401,64 @@ def test_every_figure_agrees_with_a_computation_over_the_history_as_built(
     totals = expected(
         [r for r in history["built"] if window.previous_start <= r.created < window.end]
     )
-    # Each run checked seven times: by agent, team and version; the teams and the agents
-    # as their parts added up, with and without the parts' percentiles.
-    assert checked == 7 * totals["runs"] and totals["runs"] > 0
+    # Each run checked nine times: by agent, team and version; the teams and the agents
+    # as their parts added up, with and without the parts' percentiles, and as the pages
+    # read them.
+    assert checked == 9 * totals["runs"] and totals["runs"] > 0
     if name == "24h":
         return
     rare = ("diverged", "denied", "shadow_differs", "rejected", "expired", "within_sla")
     assert all(totals[k] for k in rare)
     assert totals["decided"] > totals["within_sla"] and totals["paid"] and totals["ordered"]
+
+
+def test_the_pages_statements_are_compiled_once_and_run_with_each_requests_values(
+    history: dict[str, Any],
+) -> None:
+    """The pages' journal queries are compiled once a shape (grouping, kind of window,
+    number of journal ranges) and then run with each request's values: other agents and
+    another window's bounds in the same statements give their own figures, the same as
+    built anew; the values never go into the SQL text; a value missing is an error, not a
+    query run without it."""
+    a, b, c = history["agents"]
+    rollup.kpi_rollup()
+    statements._KEPT.clear()
+    team_of = dict(Agent.objects.values_list("pk", "team_id"))
+    asked = [
+        ([a.pk, b.pk, c.pk], NOW),
+        ([a.pk, b.pk, c.pk], NOW - timedelta(minutes=7)),
+        ([c.pk], NOW - timedelta(hours=5)),
+        ([b.pk], NOW),
+    ]
+    ranges = []
+    for ids, now in asked:
+        window = kpis.window_named("7d", now)
+        scope = Q(agent_id__in=ids)
+        ranges.append(len(kpis.plan_rollup(scope, window).journal_ranges))
+        runs = Run.objects.filter(scope)
+        kept = kpis.figures_summed(
+            runs, "agent", "team", team_of.__getitem__, window, scope=scope, agent_ids=ids
+        )
+        anew = kpis.figures_summed(runs, "agent", "team", team_of.__getitem__, window, scope=scope)
+        assert set(kept[0]) == set(anew[0]) and set(kept[0]) <= set(ids)
+        for got, want in zip(kept, anew, strict=True):
+            for gid, pair in want.items():
+                same_figures(got[gid].current, pair.current, f"{gid} now")
+                same_figures(got[gid].previous, pair.previous, f"{gid} before")
+        # A page's four queries a shape: a new one only for a new number of ranges.
+        assert len(statements._KEPT) == 4 * len(set(ranges)), ranges
+        for statement in statements._KEPT.values():
+            assert str(window.start.date()) not in statement.sql
+            # The request's values are slots: no bound, no agents' ids among the constants.
+            assert not [p for p in statement.params if isinstance(p, datetime | list)]
+            slots = {p.name for p in statement.params if isinstance(p, statements.Slot)}
+            assert {"agents", "from0", "to0"} <= slots
+    assert len(set(ranges)) < len(ranges)  # some asked again in a shape already kept
+    kept_one = next(iter(statements._KEPT.values()))
+    with pytest.raises(KeyError):
+        list(statements.run_statement(kept_one, {}))
+    with pytest.raises(KeyError):
+        list(statements.run_statement(kept_one))
 
 
 # --- the rollup (agents.rollup) -------------------------------------------------------------
