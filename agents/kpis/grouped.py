@@ -78,7 +78,7 @@ def _figures(
 
     base = runs.filter(**_between("", window)).order_by()
     journal_ranges: tuple[tuple[datetime, datetime], ...] = ((window.previous_start, window.end),)
-    plan = plan_rollup(scope, window) if scope is not None else None
+    plan = plan_rollup(scope, window, agent_ids) if scope is not None else None
     closed = Closed()
     if plan is not None and scope is not None and plan.hours:
         # The journal's part alone (its ranges lie within the window): with the window's

@@ -90,6 +90,22 @@ def percentile_cont(values: Sequence[float] | np.ndarray, fraction: float) -> fl
     return float(np.percentile(values, fraction * 100))
 
 
+def _p50_p95(values: np.ndarray) -> tuple[float, float]:
+    """percentile_cont's p50 and p95 of values (not empty), from the values at the ranks
+    each lies between alone (np.partition): np.percentile, the same, cost more in its
+    own steps than in the values for a page's few hundred groups."""
+    last = len(values) - 1
+    ranks = (0.5 * last, 0.95 * last)
+    below = [int(r) for r in ranks]
+    around = sorted({*below, *(min(b + 1, last) for b in below)})
+    part = np.partition(values, around)
+    out = []
+    for rank, b in zip(ranks, below, strict=True):
+        lo, hi = float(part[b]), float(part[min(b + 1, last)])
+        out.append(lo + (hi - lo) * (rank - b))
+    return out[0], out[1]
+
+
 def _in_sql() -> bool:
     return connection.vendor == "postgresql"
 
@@ -439,10 +455,10 @@ def _percentiles(
         for (gid, cur), blobs in parts.items():
             together[(group_of(gid), cur)] += blobs
         for (gid, cur), blobs in together.items():
-            values = np.frombuffer(b"".join(blobs), dtype=">f8")
+            values = np.frombuffer(b"".join(blobs), dtype=">f8").astype(np.float64)
             if not len(values):
                 continue
-            p50, p95 = (float(p) for p in np.percentile(values, [50, 95]))
+            p50, p95 = _p50_p95(values)
             pair = pairs[gid]
             yield pair.current if cur else pair.previous, p50, p95
 

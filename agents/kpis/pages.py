@@ -4,8 +4,7 @@ the runs' sparklines drawn as SVG."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from django.db.models import Q
 from django.urls import reverse
@@ -111,11 +110,13 @@ def fleet_page(user: Any, window: Window) -> dict[str, Any]:
                 "agents": [],
             }
         f = by_agent.get(agent.pk, Pair()).current
+        # A row of plain values, its cells by name (the table's columns, in the template).
         team["agents"].append(
             {
-                "agent": agent,
+                "slug": agent.slug,
+                "name": agent.name,
                 "url": f"{reverse('agent-kpis', args=[agent.slug])}?window={window.name}",
-                "cells": [show(getattr(f, name), how) for name, how in AGENT_CELLS],
+                **{name: show(getattr(f, name), how) for name, how in AGENT_CELLS},
             }
         )
     return {"teams": list(teams.values())}
@@ -143,7 +144,8 @@ def fleet_figures(
     )
 
 
-# The figures of an agent's row on the fleet page (the columns of its table), as `show`s.
+# The figures of an agent's row on the fleet page (the columns of its table, named in
+# templates/agents/fleet_kpis.html), as `show`s.
 AGENT_CELLS = (
     ("runs", "count"),
     ("exception_rate", "share"),
@@ -153,10 +155,11 @@ AGENT_CELLS = (
 )
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(TypedDict):
     """One figure as a page shows it: now, in the window before, and which way it went
-    (`worse` when it moved the way a manager would not want)."""
+    (`worse` when it moved the way a manager would not want). A dict: the template reads
+    a dict's keys at once, an object's attributes after a failed key look-up each (a
+    fleet page shows 180 lines)."""
 
     name: str
     label: str
@@ -229,7 +232,16 @@ def lines(pair: Pair) -> list[Line]:
         now, before = getattr(pair.current, name), getattr(pair.previous, name)
         trend = _trend(now, before)
         worse = rise_is_bad is not None and trend == ("up" if rise_is_bad else "down")
-        out.append(Line(name, label, show(now, how), show(before, how), trend, worse))
+        out.append(
+            Line(
+                name=name,
+                label=label,
+                now=show(now, how),
+                before=show(before, how),
+                trend=trend,
+                worse=worse,
+            )
+        )
     return out
 
 

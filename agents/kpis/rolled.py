@@ -15,11 +15,12 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 from django.core.cache import caches
-from django.db.models import Case, F, Q, Sum, Value, When
+from django.db.models import Case, DateTimeField, F, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncDay
 from redis.exceptions import RedisError
 
 from agents.kpis.journal import Bars, Parts, _current, _cycle_durations, _decide_durations, _under
+from agents.kpis.statements import AmongIds, Bound, BoundIds, kept_statement, run_statement
 from agents.kpis.windows import (
     DAY,
     DAY_HOURS,
@@ -78,7 +79,7 @@ class RollupPlan:
     generation: uuid.UUID | None = None
 
 
-def plan_rollup(scope: Q, window: Window) -> RollupPlan:
+def plan_rollup(scope: Q, window: Window, agent_ids: list[int] | None = None) -> RollupPlan:
     """The whole hours of the window (and of the window before) that the rollup has
     examined — less the hour the two windows meet in, unless they meet on the hour, and
     less every hour still open for an agent of the scope (KpiOpenHour) — are read from
@@ -87,7 +88,8 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
     the journal for every agent of the scope, not only for the agents it is open for: a
     few runs more, and the plan is hour ranges alone (no list of agents per hour in
     every query: with the hours of a thousand waiting runs open, building and binding
-    those lists was most of the fleet page's time). Two queries."""
+    those lists was most of the fleet page's time). Two queries; with `agent_ids` (a
+    page's, the agents `scope` selects), the open hours' one a kept statement."""
     mark = KpiRollup.objects.values_list("through", "generation").first()
     through, generation = mark if mark is not None else (None, None)
     lo = ceil_hour(window.previous_start)
@@ -97,12 +99,7 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
     hi = min(hi, through)
     # The hours of [lo, hi) read from the journal: the one the windows meet in, unless
     # they meet on the hour, and the open ones.
-    from_journal = set(
-        KpiOpenHour.objects.filter(scope, hour__gte=lo, hour__lt=hi)
-        .order_by()
-        .values_list("hour", flat=True)
-        .distinct()
-    )
+    from_journal = _open_hours(scope, lo, hi, agent_ids)
     if floor_hour(window.start) != window.start:
         from_journal.add(floor_hour(window.start))
     # Whole days (of a window of days) from the day rows: within [lo, hi), none of their
@@ -145,6 +142,30 @@ def plan_rollup(scope: Q, window: Window) -> RollupPlan:
         (DAY_HOURS, a, b) for a, b in day_ranges
     )
     return RollupPlan(rollup, journal, hours, rolled, journal_ranges, ranges, generation)
+
+
+def _open_hours(scope: Q, lo: datetime, hi: datetime, agent_ids: list[int] | None) -> set[datetime]:
+    """The hours of [lo, hi) still open for an agent of the scope."""
+    if agent_ids is None:
+        return set(
+            KpiOpenHour.objects.filter(scope, hour__gte=lo, hour__lt=hi)
+            .order_by()
+            .values_list("hour", flat=True)
+            .distinct()
+        )
+
+    def build() -> QuerySet[Any]:
+        hours = KpiOpenHour.objects.filter(
+            AmongIds("agent_id", BoundIds("agents")),
+            hour__gte=Bound("lo", DateTimeField()),
+            hour__lt=Bound("hi", DateTimeField()),
+        )
+        return hours.order_by().values("hour").distinct()
+
+    found = run_statement(
+        kept_statement(("open hours",), build), {"agents": agent_ids, "lo": lo, "hi": hi}
+    )
+    return {row["hour"] for row in found}
 
 
 def _merged(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:

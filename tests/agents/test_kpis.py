@@ -24,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from django.core.cache.backends.redis import RedisCache
 from django.db import connection
@@ -370,17 +371,16 @@ def test_every_figure_agrees_with_a_computation_over_the_history_as_built(
             assert all(p.current.cycle_p50 is None for p in alone[0].values()), by
             # As the pages ask, by the agents' ids: the journal's part read by the pages'
             # kept statements (agents.kpis.statements).
-            ids = sorted(team_of)
-            mine = Q(agent_id__in=ids) if scope is not None else None
+            every = sorted(team_of)
             results.append(
                 kpis.figures_summed(
-                    Run.objects.filter(agent_id__in=ids),
+                    Run.objects.filter(agent_id__in=every),
                     part,
                     by,
                     parent,
                     window,
-                    scope=mine,
-                    agent_ids=ids,
+                    scope=None if scope is None else Q(agent_id__in=every),
+                    agent_ids=every,
                 )[1]
             )
         ids = {group_of(r) for r in history["built"]}
@@ -445,14 +445,15 @@ def test_the_pages_statements_are_compiled_once_and_run_with_each_requests_value
             for gid, pair in want.items():
                 same_figures(got[gid].current, pair.current, f"{gid} now")
                 same_figures(got[gid].previous, pair.previous, f"{gid} before")
-        # A page's four queries a shape: a new one only for a new number of ranges.
-        assert len(statements._KEPT) == 4 * len(set(ranges)), ranges
+        # A page's four queries a shape, a new one only for a new number of ranges, and
+        # the open hours' look-up (agents.kpis.rolled.plan_rollup).
+        assert len(statements._KEPT) == 4 * len(set(ranges)) + 1, ranges
         for statement in statements._KEPT.values():
             assert str(window.start.date()) not in statement.sql
             # The request's values are slots: no bound, no agents' ids among the constants.
             assert not [p for p in statement.params if isinstance(p, datetime | list)]
             slots = {p.name for p in statement.params if isinstance(p, statements.Slot)}
-            assert {"agents", "from0", "to0"} <= slots
+            assert {"agents", "from0", "to0"} <= slots or slots == {"agents", "lo", "hi"}
     assert len(set(ranges)) < len(ranges)  # some asked again in a shape already kept
     kept_one = next(iter(statements._KEPT.values()))
     with pytest.raises(KeyError):
@@ -827,6 +828,22 @@ def test_percentile_cont_in_python_interpolates_between_the_closest_ranks() -> N
     assert kpis.percentile_cont([7.0], 0.95) == 7.0
     assert kpis.percentile_cont([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
     assert kpis.percentile_cont([10.0, 20.0], 0.95) == pytest.approx(19.5)
+
+
+def test_the_pages_percentiles_are_percentile_cont_s() -> None:
+    """The pages' p50 and p95 of a group (from the values at the ranks they lie between)
+    are numpy's percentiles — Postgres' percentile_cont — for any number of values, ties
+    and one value included (fixed seed)."""
+    rng = random.Random(21)
+    for n in (1, 2, 3, 4, 5, 19, 20, 21, 100, 1001, 20000):
+        for _ in range(5):
+            values = [rng.choice([1.0, 2.0, rng.expovariate(0.01)]) for _ in range(n)]
+            got = kpis.journal._p50_p95(np.asarray(values))
+            assert got == pytest.approx(
+                [kpis.percentile_cont(values, 0.5), kpis.percentile_cont(values, 0.95)],
+                rel=1e-12,
+                abs=1e-12,
+            ), n
 
 
 def test_an_unknown_window_is_refused() -> None:
