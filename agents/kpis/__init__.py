@@ -37,10 +37,14 @@ and the hours still open (a run not final, a request pending). The percentiles a
 taken from the durations of both parts together, the rolled-up part's read from the
 journal. Nothing in a rolled-up hour changes any more, so the page keeps what it read of
 that part in the shared cache, under everything it depends on (closed_part), and reads
-only the journal's part on every request.
+only the journal's part on every request — by statements compiled once a process and run
+with each request's values (statements: the window's bounds, the journal's ranges and the
+agents' ids go in as parameters), as building and compiling them took Django longer than
+Postgres took to run them.
 
 The package, in the order its modules build on each other: `windows` (windows, the hours
-and days, the figure sets), `journal` (the journal's queries), `rolled` (the rollup read,
+and days, the figure sets), `statements` (querysets compiled once, run with a request's
+values), `journal` (the journal's queries), `rolled` (the rollup read,
 and its part kept), `grouped` (both parts together, by part and by group up), `pages`
 (what the pages show). It sits above the approvals app in the layers (pyproject.toml): it
 reads the approval requests.

@@ -5,6 +5,7 @@ packed."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,6 @@ from django.db.models import (
     Exists,
     ExpressionWrapper,
     F,
-    FilteredRelation,
     FloatField,
     Func,
     IntegerField,
@@ -34,6 +34,7 @@ from django.db.models import (
     QuerySet,
     Subquery,
     Sum,
+    TextField,
     Value,
     When,
 )
@@ -307,7 +308,7 @@ def journal_figures(
     base: QuerySet[Run], grouping: Grouping, of: Callable[..., Figures]
 ) -> tuple[Parts, Parts]:
     """Every additive figure of the runs of `base`, grouped (Grouping), read from the
-    journal into the Figures `of(row, prefix)` names. Four queries. When the grouping asks
+    journal into the Figures `of(row, prefix)` names. Three queries. When the grouping asks
     for durations, also the finished runs' cycle times and the decided requests' times to
     decide, by part and split (Parts; else empty): on Postgres packed by the runs' and the
     requests' queries themselves, on SQLite read by two more."""
@@ -317,7 +318,6 @@ def journal_figures(
     _runs(base, grouping, of, cycle if packed else None)
     _steps(base, grouping, of)
     _requests(base, grouping, of, decide if packed else None)
-    _value(base, grouping, of)
     if grouping.durations and not packed:
         cycle = _cycle_durations(base, grouping.key, grouping.split, grouping.values)
         decide = _decide_durations(
@@ -468,10 +468,70 @@ def _meta(name: str, as_type: Any) -> Cast:
     return Cast(KeyTextTransform(name, "actions__meta"), as_type)
 
 
+class JsonArray(Func):
+    """A JSON array of the expressions (jsonb on Postgres, whose text Django reads)."""
+
+    function = "JSONB_BUILD_ARRAY"
+    output_field = TextField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        return super().as_sql(compiler, connection, function="JSON_ARRAY", **extra_context)
+
+
+class JsonArrays(Aggregate):
+    """A group's JSON arrays (JsonArray) in one JSON array, as text: the values may be
+    anything an agent wrote (a currency), which no separator would be safe from. On
+    SQLite a row the filter leaves out is a null in it."""
+
+    function = "JSONB_AGG"
+    output_field = TextField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        return super().as_sql(compiler, connection, function="JSON_GROUP_ARRAY", **extra_context)
+
+
+def _moved() -> JsonArrays:
+    """The money the steps moved, a tool step that succeeded at a time: [tool, currency,
+    amount] for a payment (its amount and currency in the payments) or a purchase order
+    (its total in the orders, no currency), each sandbox row found by its step's
+    idempotency key (unique in its table). The amount as text: read as a Decimal."""
+    payment = Payment.objects.filter(idempotency_key=OuterRef("actions__idempotency_key"))
+    order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("actions__idempotency_key"))
+    paying = Q(actions__name=PAY_TOOL)
+    amount = Case(
+        When(paying, then=Subquery(payment.values("amount")[:1])),
+        default=Subquery(order.values("total")[:1]),
+    )
+    currency = Case(When(paying, then=Subquery(payment.values("currency")[:1])))
+    moved = Q(
+        actions__kind=Action.Kind.TOOL,
+        actions__status=Action.Status.SUCCEEDED,
+        actions__name__in=(PAY_TOOL, ORDER_TOOL),
+    )
+    return JsonArrays(
+        JsonArray(F("actions__name"), currency, Cast(amount, TextField())), filter=moved
+    )
+
+
+def _add_moved(f: Figures, moved: str | None) -> None:
+    """The money a group's steps moved (_moved) added to its figures."""
+    for step in json.loads(moved) if moved else ():
+        if step is None or step[2] is None:  # left out (SQLite), or no sandbox row
+            continue
+        tool, currency, amount = step
+        total = Decimal(str(amount))
+        if tool == ORDER_TOOL:
+            f.ordered += total
+        elif currency is not None:
+            f.paid[currency] = f.paid.get(currency, Decimal(0)) + total
+
+
 def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
     """From the runs to their steps (the reverse join), so Postgres reads the runs of the
     window by their index and each run's steps by theirs; a step query filtered by
-    `run__in` had to join every run of the history for the group and the window."""
+    `run__in` had to join every run of the history for the group and the window. The
+    steps' counts, their model calls' tokens and cost, and the money they moved (a query
+    of its own read every step of the runs a second time)."""
 
     def build() -> QuerySet[Any]:
         tool, model = Q(actions__kind=Action.Kind.TOOL), Q(actions__kind=Action.Kind.MODEL)
@@ -492,6 +552,7 @@ def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
                 tokens_in=Sum(_meta("tokens_in", IntegerField()), filter=model),
                 tokens_out=Sum(_meta("tokens_out", IntegerField()), filter=model),
                 cost=Sum(_meta("cost_eur", FloatField()), filter=model),
+                moved=_moved(),
             )
         )
 
@@ -501,6 +562,7 @@ def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
         f.shadow_differs = row["shadow_differs"]
         f.tokens_in, f.tokens_out = row["tokens_in"] or 0, row["tokens_out"] or 0
         f.cost_eur = float(row["cost"] or 0)
+        _add_moved(f, row["moved"])
 
 
 def _requests(base: QuerySet[Run], g: Grouping, of: Any, decide: Parts | None) -> None:
@@ -565,47 +627,3 @@ def _requests(base: QuerySet[Run], g: Grouping, of: Any, decide: Parts | None) -
             within[at] += waited <= row["agent__decision_sla_minutes"] * 60
         for (group, cur), n in within.items():
             of({"run__" + g.key: group, "cur": cur}, "run__").within_sla = n
-
-
-def _value(base: QuerySet[Run], g: Grouping, of: Any) -> None:
-    """Payments and purchase orders the runs' steps wrote, in one query: each sandbox row
-    is found by its step's idempotency key (unique in its table), a payment's amount and
-    currency in the payments, an order's total in the orders (its currency NULL). From the
-    runs to their steps, as _steps."""
-
-    def build() -> QuerySet[Any]:
-        step = FilteredRelation(
-            "actions",
-            condition=Q(
-                actions__kind=Action.Kind.TOOL,
-                actions__status=Action.Status.SUCCEEDED,
-                actions__name__in=(PAY_TOOL, ORDER_TOOL),
-            ),
-        )
-        payment = Payment.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
-        order = PurchaseOrder.objects.filter(idempotency_key=OuterRef("step__idempotency_key"))
-        paying = Q(step__name=PAY_TOOL)
-        amount = Case(
-            When(paying, then=Subquery(payment.values("amount")[:1])),
-            default=Subquery(order.values("total")[:1]),
-        )
-        return (
-            base.annotate(step=step)
-            .filter(step__isnull=False)
-            .annotate(
-                cur=g.split(""),
-                tool=F("step__name"),
-                currency=Case(When(paying, then=Subquery(payment.values("currency")[:1]))),
-            )
-            .values(g.key, "cur", "tool", "currency")
-            .annotate(total=Sum(amount))
-        )
-
-    for row in _fetch("value", g, build):
-        if row["total"] is None:
-            continue
-        f, total = of(row), Decimal(str(row["total"]))
-        if row["tool"] == ORDER_TOOL:
-            f.ordered += total
-        elif row["currency"] is not None:
-            f.paid[row["currency"]] = f.paid.get(row["currency"], Decimal(0)) + total

@@ -1,5 +1,5 @@
 """The journal's queries of the KPI pages, compiled once a process and run with each
-request's values: building and compiling the four aggregate querysets of a page took
+request's values: building and compiling the aggregate querysets of a page took
 Django longer than Postgres took to run them (bench/README.md).
 
 A page's queries have the same shape from one request to the next — the grouping, the
