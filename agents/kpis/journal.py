@@ -308,16 +308,16 @@ def journal_figures(
     base: QuerySet[Run], grouping: Grouping, of: Callable[..., Figures]
 ) -> tuple[Parts, Parts]:
     """Every additive figure of the runs of `base`, grouped (Grouping), read from the
-    journal into the Figures `of(row, prefix)` names. Three queries. When the grouping asks
-    for durations, also the finished runs' cycle times and the decided requests' times to
-    decide, by part and split (Parts; else empty): on Postgres packed by the runs' and the
-    requests' queries themselves, on SQLite read by two more."""
+    journal into the Figures `of(row, prefix)` names. Two queries (the runs', the steps'
+    with the requests that held them; on SQLite a third for the decisions within the
+    target). When the grouping asks for durations, also the finished runs' cycle times and
+    the decided requests' times to decide, by part and split (Parts; else empty): on
+    Postgres packed by those two queries themselves, on SQLite read by two more."""
     cycle: Parts = {}
     decide: Parts = {}
     packed = grouping.durations and _in_sql()
     _runs(base, grouping, of, cycle if packed else None)
-    _steps(base, grouping, of)
-    _requests(base, grouping, of, decide if packed else None)
+    _steps(base, grouping, of, decide if packed else None)
     if grouping.durations and not packed:
         cycle = _cycle_durations(base, grouping.key, grouping.split, grouping.values)
         decide = _decide_durations(
@@ -526,12 +526,26 @@ def _add_moved(f: Figures, moved: str | None) -> None:
             f.paid[currency] = f.paid.get(currency, Decimal(0)) + total
 
 
-def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
+# The path from a run to the approval requests of its steps (a step holds one at most).
+HELD = "actions__approval_request__"
+
+
+def _held(field: str, **lookups: Any) -> Q:
+    """A filter on the request of the step, by `field` (the steps' join: HELD)."""
+    return Q(**{f"{HELD}{field}__{lookup}": v for lookup, v in lookups.items()})
+
+
+def _steps(base: QuerySet[Run], g: Grouping, of: Any, decide: Parts | None) -> None:
     """From the runs to their steps (the reverse join), so Postgres reads the runs of the
     window by their index and each run's steps by theirs; a step query filtered by
     `run__in` had to join every run of the history for the group and the window. The
-    steps' counts, their model calls' tokens and cost, and the money they moved (a query
-    of its own read every step of the runs a second time)."""
+    steps' counts, their model calls' tokens and cost, the money they moved, and the
+    requests they were held by — decided, within the agent's target (Postgres) — with
+    `decide` (Postgres) the decided ones' times to decide packed into it: one query (the
+    money's and the requests' of their own read every step of the runs, or every request
+    since the window before began, again)."""
+    in_sql = _in_sql()
+    decided = _held("status", **{"in": DECIDED})
 
     def build() -> QuerySet[Any]:
         tool, model = Q(actions__kind=Action.Kind.TOOL), Q(actions__kind=Action.Kind.MODEL)
@@ -541,89 +555,70 @@ def _steps(base: QuerySet[Run], g: Grouping, of: Any) -> None:
         differs = ShadowDecision.objects.filter(action=OuterRef("actions__id")).exclude(
             effect=OuterRef("actions__decision")
         )
-        return (
-            base.annotate(cur=g.split(""))
-            .values(g.key, "cur")
-            .annotate(
-                steps=Count("actions", filter=tool),
-                denied=Count("actions", filter=tool & Q(actions__status=Action.Status.DENIED)),
-                shadow_differs=Count("actions", filter=tool & Q(Exists(differs))),
-                model_calls=Count("actions", filter=model),
-                tokens_in=Sum(_meta("tokens_in", IntegerField()), filter=model),
-                tokens_out=Sum(_meta("tokens_out", IntegerField()), filter=model),
-                cost=Sum(_meta("cost_eur", FloatField()), filter=model),
-                moved=_moved(),
+        request = f"{HELD}id"
+        runs = base.annotate(cur=g.split(""))
+        extra: dict[str, Any] = {}
+        if in_sql:
+            wait = Case(
+                When(decided, then=Seconds(_duration(f"{HELD}decided_at", f"{HELD}created_at"))),
+                default=None,
+                output_field=FloatField(),
             )
+            runs = runs.annotate(wait=wait)
+            within = Q(wait__lte=F("agent__decision_sla_minutes") * 60)
+            extra = {"within": Count(request, filter=within)}
+            if decide is not None:  # NULL for a request not decided: left out
+                extra["ds"] = Durations("wait")
+        return runs.values(g.key, "cur").annotate(
+            steps=Count("actions", filter=tool),
+            denied=Count("actions", filter=tool & Q(actions__status=Action.Status.DENIED)),
+            shadow_differs=Count("actions", filter=tool & Q(Exists(differs))),
+            model_calls=Count("actions", filter=model),
+            tokens_in=Sum(_meta("tokens_in", IntegerField()), filter=model),
+            tokens_out=Sum(_meta("tokens_out", IntegerField()), filter=model),
+            cost=Sum(_meta("cost_eur", FloatField()), filter=model),
+            moved=_moved(),
+            held=Count(request),
+            decided=Count(request, filter=decided),
+            rejected=Count(request, filter=_held("status", exact=ApprovalRequest.Status.REJECTED)),
+            expired=Count(request, filter=_held("status", exact=ApprovalRequest.Status.EXPIRED)),
+            **extra,
         )
 
-    for row in _fetch("steps", g, build):
+    name = "steps" if decide is None else "steps+durations"
+    for row in _fetch(name, g, build):
+        if decide is not None:
+            _pack(decide, row[g.key], row["cur"], row["ds"])
         f = of(row)
         f.steps, f.denied, f.model_calls = row["steps"], row["denied"], row["model_calls"]
         f.shadow_differs = row["shadow_differs"]
         f.tokens_in, f.tokens_out = row["tokens_in"] or 0, row["tokens_out"] or 0
         f.cost_eur = float(row["cost"] or 0)
         _add_moved(f, row["moved"])
-
-
-def _requests(base: QuerySet[Run], g: Grouping, of: Any, decide: Parts | None) -> None:
-    """The requests held for people, and those decided within the agent's target; with
-    `decide` (Postgres), the decided ones' times to decide packed into it."""
-    in_sql = _in_sql()
-    decided = Q(status__in=DECIDED)
-
-    def requests() -> QuerySet[Any]:
-        # A request is held after its run was created, so none of the window's runs has
-        # one created before the window: said outright, Postgres reads the window's
-        # requests and then their runs, instead of every run of the history for the join.
-        held = ApprovalRequest.objects.filter(run__in=base.values("pk"), created_at__gte=g.since)
-        return held.annotate(cur=g.split("run__"))
-
-    def build() -> QuerySet[Any]:
-        extra: dict[str, Any] = {}
-        held = requests()
-        if in_sql:
-            wait = Case(
-                When(decided, then=Seconds(_duration("decided_at", "created_at"))),
-                default=None,
-                output_field=FloatField(),
-            )
-            held = held.annotate(wait=wait)
-            within = Q(wait__lte=F("agent__decision_sla_minutes") * 60)
-            extra = {"within": Count("pk", filter=within)}
-            if decide is not None:  # NULL for a request not decided: left out
-                extra["ds"] = Durations("wait")
-        return held.values("run__" + g.key, "cur").annotate(
-            held=Count("pk"),
-            decided=Count("pk", filter=decided),
-            rejected=Count("pk", filter=Q(status=ApprovalRequest.Status.REJECTED)),
-            expired=Count("pk", filter=Q(status=ApprovalRequest.Status.EXPIRED)),
-            **extra,
-        )
-
-    for row in _fetch("requests" if decide is None else "requests+durations", g, build):
-        if decide is not None:
-            _pack(decide, row["run__" + g.key], row["cur"], row["ds"])
-        f = of(row, "run__")
-        f.held, f.decided, f.rejected, f.expired = (
-            row["held"],
-            row["decided"],
-            row["rejected"],
-            row["expired"],
-        )
+        f.held, f.decided = row["held"], row["decided"]
+        f.rejected, f.expired = row["rejected"], row["expired"]
         if in_sql:
             f.within_sla = row["within"]
     if not in_sql:
-        within: dict[tuple[int, Any], int] = defaultdict(int)
-        times = (
-            requests()
-            .filter(decided)
-            .values(
-                "run__" + g.key, "cur", "created_at", "decided_at", "agent__decision_sla_minutes"
-            )
+        _within_in_python(base, g, of, decided)
+
+
+def _within_in_python(base: QuerySet[Run], g: Grouping, of: Any, decided: Q) -> None:
+    """The decisions within the agent's target, a decided request at a time (SQLite)."""
+    within: dict[tuple[int, Any], int] = defaultdict(int)
+    times = (
+        base.filter(decided)
+        .annotate(cur=g.split(""))
+        .values(
+            g.key,
+            "cur",
+            f"{HELD}created_at",
+            f"{HELD}decided_at",
+            "agent__decision_sla_minutes",
         )
-        for row in run_statement(compiled(times), g.values):
-            waited = (row["decided_at"] - row["created_at"]).total_seconds()
-            at = (row["run__" + g.key], row["cur"])
-            within[at] += waited <= row["agent__decision_sla_minutes"] * 60
-        for (group, cur), n in within.items():
-            of({"run__" + g.key: group, "cur": cur}, "run__").within_sla = n
+    )
+    for row in run_statement(compiled(times), g.values):
+        waited = (row[f"{HELD}decided_at"] - row[f"{HELD}created_at"]).total_seconds()
+        within[(row[g.key], row["cur"])] += waited <= row["agent__decision_sla_minutes"] * 60
+    for (group, cur), n in within.items():
+        of({g.key: group, "cur": cur}).within_sla = n

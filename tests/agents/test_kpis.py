@@ -445,9 +445,9 @@ def test_the_pages_statements_are_compiled_once_and_run_with_each_requests_value
             for gid, pair in want.items():
                 same_figures(got[gid].current, pair.current, f"{gid} now")
                 same_figures(got[gid].previous, pair.previous, f"{gid} before")
-        # A page's three queries a shape, a new one only for a new number of ranges, and
+        # A page's two queries a shape, a new one only for a new number of ranges, and
         # the open hours' look-up (agents.kpis.rolled.plan_rollup).
-        assert len(statements._KEPT) == 3 * len(set(ranges)) + 1, ranges
+        assert len(statements._KEPT) == 2 * len(set(ranges)) + 1, ranges
         for statement in statements._KEPT.values():
             assert str(window.start.date()) not in statement.sql
             # The request's values are slots: no bound, no agents' ids among the constants.
@@ -916,10 +916,10 @@ def test_the_agent_page_links_to_its_kpis_and_the_nav_to_the_fleet(
 #     rollup's whole hours and days: figures, bars, money paid, decisions within the
 #     SLA, and the cycle times and times to decide of their runs; then the rest from the
 #     journal: runs (and their sparkline bars, and their cycle times packed), steps
-#     (and the payments and orders they made), requests (and the decided ones' times to
-#     decide packed); the teams' percentiles from those durations and the rolled-up part's
-#     (the agents' are not shown there); the teams' other figures the agents' added up
-#     (kpis.figures_summed)
+#     (the payments and orders they made, the requests they were held by, and the
+#     decided ones' times to decide packed); the teams' percentiles from those
+#     durations and the rolled-up part's (the agents' are not shown there); the teams'
+#     other figures the agents' added up (kpis.figures_summed)
 #  the agent page: 5. the agent; by version, as the fleet page by agent, and the
 #     versions' and the agent's percentiles from the same durations; the versions'
 #     numbers; drift (agents.drift): what the baseline holds (its sample kept since the
@@ -928,7 +928,7 @@ def test_the_agent_page_links_to_its_kpis_and_the_nav_to_the_fleet(
 #     (agents.alerts.agent_rules)
 #  then the console context: engaged kill switches, where the live stream starts, the
 #  person's groups (base.html).
-PAGE_QUERIES = {"/kpis/": (22, 16), "/agents/kpi-0/kpis/": (27, 21)}
+PAGE_QUERIES = {"/kpis/": (21, 15), "/agents/kpi-0/kpis/": (26, 20)}
 
 
 @pytest.mark.parametrize("url", list(PAGE_QUERIES))
