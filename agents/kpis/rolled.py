@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -217,8 +220,9 @@ def closed_part(
     step, request or payment changes any more — so the part is the same for as long as
     the plan's ranges, the rollup's generation and what `kept_as` says of the scope's
     agents (their ids and SLA targets: kept_as_for) are: it is read once and kept
-    in the shared cache under all of them (not kept when `kept_as` is empty). Six
-    queries when read, none when kept."""
+    in the shared cache under all of them, and in the process that read it (kept,
+    in_process; not kept when `kept_as` is empty). Six queries when read, none when
+    kept."""
     if not kept_as:
         return _read_closed(scope, key, window, plan, bars)
     said = (
@@ -232,36 +236,87 @@ def closed_part(
         plan.ranges,
         plan.generation,
     )
-    return kept(
+    part = kept(
         "kpis:closed",
         said,
         lambda: _read_closed(scope, key, window, plan, bars),
         CLOSED_KEPT_SECONDS,
+        in_process=True,
     )
+    # Shared by the requests of this process from now on: read only (its bytes and
+    # tuples are immutable already).
+    for counts in part.bars.values():
+        counts.setflags(write=False)
+    return part
 
 
 T = TypeVar("T")
 
 
-def kept(name: str, said: tuple[Any, ...], read: Callable[[], T], seconds: int) -> T:
+def kept(
+    name: str,
+    said: tuple[Any, ...],
+    read: Callable[[], T],
+    seconds: int,
+    *,
+    in_process: bool = False,
+) -> T:
     """`read()`, kept in the shared cache for `seconds` under `name` and `said` — every
     plain value the result depends on — and read anew without a kept one. The cache
-    unreachable, the page reads and says so in the log, rather than failing."""
+    unreachable, the page reads and says so in the log, rather than failing. With
+    `in_process` (a value no caller changes), also kept in this process (_IN_PROCESS)."""
     entry = f"{name}:{hashlib.sha256(repr(said).encode()).hexdigest()}"
+    if in_process:
+        found = _in_process_get(entry)
+        if found is not None:
+            return cast(T, found)
     cache = caches["default"]
+    reachable = True
     try:
         found = cache.get(entry)
     except (RedisError, OSError):
         log.warning("kpis.cache_unreachable", exc_info=True)
-        return read()
-    if found is not None:
-        return cast(T, found)
-    value = read()
-    try:
-        cache.set(entry, value, seconds)
-    except (RedisError, OSError):
-        log.warning("kpis.cache_unreachable", exc_info=True)
-    return value
+        found, reachable = None, False
+    if found is None:
+        found = read()
+        try:
+            if reachable:
+                cache.set(entry, found, seconds)
+        except (RedisError, OSError):
+            log.warning("kpis.cache_unreachable", exc_info=True)
+    if in_process:
+        _in_process_put(entry, found, seconds)
+    return cast(T, found)
+
+
+# The entries a process read last (kept, in_process), with when each expires: a page asked
+# again finds its rolled-up part without the shared cache's round trip and unpickling (a
+# fleet's month of durations is a megabyte). Its key says all the entry depends on, as in
+# the shared cache, so a copy here is as good as the one there; at most IN_PROCESS_KEPT
+# entries, the least recently read dropped first.
+_IN_PROCESS: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+_IN_PROCESS_LOCK = threading.Lock()
+IN_PROCESS_KEPT = 16
+
+
+def _in_process_get(entry: str) -> Any:
+    with _IN_PROCESS_LOCK:
+        found = _IN_PROCESS.get(entry)
+        if found is None:
+            return None
+        if found[0] <= time.monotonic():
+            del _IN_PROCESS[entry]
+            return None
+        _IN_PROCESS.move_to_end(entry)
+        return found[1]
+
+
+def _in_process_put(entry: str, value: Any, seconds: int) -> None:
+    with _IN_PROCESS_LOCK:
+        _IN_PROCESS[entry] = (time.monotonic() + seconds, value)
+        _IN_PROCESS.move_to_end(entry)
+        while len(_IN_PROCESS) > IN_PROCESS_KEPT:
+            _IN_PROCESS.popitem(last=False)
 
 
 def kept_as_for(agents: Iterable[Agent]) -> str:

@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -668,6 +669,41 @@ def test_with_the_cache_unreachable_the_pages_read_the_rollup_and_log_it(
     for url in ("/kpis/?window=30d", f"/agents/{a.slug}/kpis/?window=30d"):
         assert client.get(url).status_code == 200, url
     assert "kpis.cache_unreachable" in caplog.text
+
+
+def test_a_kept_part_is_kept_in_the_process_too_for_its_time_and_a_bounded_few(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a page kept (kpis.kept, in_process) is found again in the process without the
+    shared cache — still answered with the cache down — until its time is up, then read
+    anew; and a process keeps only the IN_PROCESS_KEPT entries read last."""
+    rolled = kpis.rolled
+    monkeypatch.setattr(rolled, "_IN_PROCESS", type(rolled._IN_PROCESS)())
+    reads: list[int] = []
+
+    def read(n: int) -> Any:
+        reads.append(n)
+        return ("part", n)
+
+    said = ("test", uuid.uuid4().hex)
+    assert rolled.kept("t", said, lambda: read(1), 60, in_process=True) == ("part", 1)
+    down = RedisCache("redis://127.0.0.1:9/0", {"OPTIONS": {"socket_connect_timeout": 1}})
+    monkeypatch.setattr(rolled, "caches", {"default": down})
+    assert rolled.kept("t", said, lambda: read(2), 60, in_process=True) == ("part", 1)
+    assert reads == [1]
+    # Its time up (the clock moved past it): read anew.
+    later = time.monotonic() + 61
+    monkeypatch.setattr(rolled.time, "monotonic", lambda: later)
+    assert rolled.kept("t", said, lambda: read(3), 60, in_process=True) == ("part", 3)
+    # Bounded: the oldest entries go first.
+    for i in range(rolled.IN_PROCESS_KEPT + 3):
+        rolled.kept("t", (*said, i), lambda: read(9), 60, in_process=True)
+    assert len(rolled._IN_PROCESS) == rolled.IN_PROCESS_KEPT
+    assert rolled._in_process_get(rolled._IN_PROCESS.__iter__().__next__()) is not None
+    # Without in_process, nothing is kept here.
+    rolled._IN_PROCESS.clear()
+    rolled.kept("t", (*said, "shared only"), lambda: read(4), 60)
+    assert not rolled._IN_PROCESS
 
 
 def test_the_rollup_twice_or_by_two_workers_at_once_leaves_the_same_rows(
