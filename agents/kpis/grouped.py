@@ -106,9 +106,10 @@ def _figures(
     targets: list[Target] = [(pairs, _same)]
     if up is not None:
         targets = [*targets, up] if part_percentiles else [up]
-    for f, p50, p95 in _percentiles([cycle, closed.cycle], targets):
+    memo = closed.sorted
+    for f, p50, p95 in _percentiles(cycle, closed.cycle, targets, memo.setdefault("cycle", {})):
         f.cycle_p50, f.cycle_p95 = p50, p95
-    for f, p50, p95 in _percentiles([decide, closed.decide], targets):
+    for f, p50, p95 in _percentiles(decide, closed.decide, targets, memo.setdefault("decide", {})):
         f.decide_p50, f.decide_p95 = p50, p95
     return dict(pairs)
 

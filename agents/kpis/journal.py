@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from django.db import connection, transaction
@@ -439,28 +439,77 @@ def _durations(
 Target = tuple[dict[int, Pair], Callable[[int], int]]
 
 
+# A kept part's durations by group and split, sorted (read only: shared by the requests of
+# a process, as the part they come from: rolled.Closed.sorted).
+Sorted = dict[tuple[int, bool], np.ndarray]
+
+
+def _sorted_by_group(kept: Parts, group_of: Callable[[int], int], memo: dict[Any, Any]) -> Sorted:
+    """The durations of `kept` by group (`group_of` its parts) and split, each sorted: made
+    once for a grouping of its parts and kept in `memo` (the kept part's)."""
+    said = tuple(sorted({(gid, group_of(gid)) for gid, _ in kept}))
+    found = memo.get(said)
+    if found is not None:
+        return cast(Sorted, found)
+    together: dict[tuple[int, bool], list[bytes]] = defaultdict(list)
+    for (gid, cur), blob in kept.items():
+        together[(group_of(gid), cur)].append(blob)
+    out: Sorted = {}
+    for at, blobs in together.items():
+        values = np.sort(np.frombuffer(b"".join(blobs), dtype=">f8").astype(np.float64))
+        values.setflags(write=False)
+        out[at] = values
+    memo[said] = out
+    return out
+
+
+def _p50_p95_of_both(kept: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """_p50_p95 of the kept values (sorted) and the others together, exact, from the kept
+    values around each rank alone: below rank k of both, at most len(other) of the others,
+    so the value of rank k (and k + 1) lies among the kept values from k - len(other) to
+    k + 1 and the others."""
+    n, m = len(kept), len(other)
+    if n == 0 or m > n:
+        return _p50_p95(np.concatenate((kept, other)))
+    last = n + m - 1
+    out = []
+    for fraction in (0.5, 0.95):
+        rank = fraction * last
+        k = int(rank)
+        lo, hi = max(0, k - m), min(n, k + 2)
+        near = np.sort(np.concatenate((kept[lo:hi], other)))
+        below = float(near[k - lo])
+        above = float(near[min(k + 1, last) - lo])
+        out.append(below + (above - below) * (rank - k))
+    return out[0], out[1]
+
+
 def _percentiles(
-    sources: Iterable[Parts], targets: list[Target]
+    journal: Parts, kept: Parts, targets: list[Target], memo: dict[Any, Any] | None = None
 ) -> Iterator[tuple[Figures, float, float]]:
     """The p50 and p95 of each group of each target (the pairs to fill, and the group of
-    each part), from its parts' durations in every source together (the journal's part of
-    the window and the rollup's): the Figures each pair of percentiles belongs to. One
-    definition for both databases (percentile_cont's, by numpy)."""
-    parts: dict[tuple[int, bool], list[bytes]] = defaultdict(list)
-    for source in sources:
-        for at, blob in source.items():
-            parts[at].append(blob)
+    each part), from its parts' durations in the journal's part of the window and the
+    kept (rolled-up) one together: the Figures each pair of percentiles belongs to. The
+    kept part's durations sorted by group once (`memo`, the kept part's; none: here and
+    now), each group's percentiles then from its kept durations around the ranks and its
+    journal's few. One definition for both databases (percentile_cont's)."""
     for pairs, group_of in targets:
-        together: dict[tuple[int, bool], list[bytes]] = defaultdict(list)
-        for (gid, cur), blobs in parts.items():
-            together[(group_of(gid), cur)] += blobs
-        for (gid, cur), blobs in together.items():
-            values = np.frombuffer(b"".join(blobs), dtype=">f8").astype(np.float64)
-            if not len(values):
+        closed = _sorted_by_group(kept, group_of, {} if memo is None else memo)
+        recent: dict[tuple[int, bool], list[bytes]] = defaultdict(list)
+        for (gid, cur), blob in journal.items():
+            recent[(group_of(gid), cur)].append(blob)
+        for at in closed.keys() | recent.keys():
+            other = np.frombuffer(b"".join(recent.get(at, ())), dtype=">f8").astype(np.float64)
+            both = closed.get(at, _NONE)
+            if not len(both) and not len(other):
                 continue
-            p50, p95 = _p50_p95(values)
+            p50, p95 = _p50_p95_of_both(both, other)
+            gid, cur = at
             pair = pairs[gid]
             yield pair.current if cur else pair.previous, p50, p95
+
+
+_NONE = np.zeros(0)
 
 
 def _meta(name: str, as_type: Any) -> Cast:

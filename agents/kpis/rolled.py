@@ -203,12 +203,16 @@ class Closed:
     bars: dict[int, np.ndarray] = field(default_factory=dict)  # a part's: Bars.counts
     cycle: Parts = field(default_factory=dict)
     decide: Parts = field(default_factory=dict)
+    # The durations sorted by group, as the percentiles ask them (journal.Sorted): filled
+    # by the requests of the process that keeps this part, never in the shared cache's
+    # copy (it is written there before any request reads it).
+    sorted: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 # What a page keeps of a window's rolled-up part (closed_part): its format (counted up
 # when Closed or its queries change), and how long — the plan moves on each hour, so an
 # entry is read for an hour at most, and then left to expire.
-CLOSED_FORMAT = 2
+CLOSED_FORMAT = 3
 CLOSED_KEPT_SECONDS = 2 * 3600
 
 

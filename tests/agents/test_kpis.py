@@ -867,19 +867,24 @@ def test_percentile_cont_in_python_interpolates_between_the_closest_ranks() -> N
 
 
 def test_the_pages_percentiles_are_percentile_cont_s() -> None:
-    """The pages' p50 and p95 of a group (from the values at the ranks they lie between)
-    are numpy's percentiles — Postgres' percentile_cont — for any number of values, ties
-    and one value included (fixed seed)."""
+    """The pages' p50 and p95 of a group (from the values at the ranks they lie between,
+    and from a kept part's sorted values around the ranks with the journal's) are numpy's
+    percentiles — Postgres' percentile_cont — for any number of values, ties and one value
+    included, however the values are split between the parts (fixed seed)."""
     rng = random.Random(21)
     for n in (1, 2, 3, 4, 5, 19, 20, 21, 100, 1001, 20000):
         for _ in range(5):
             values = [rng.choice([1.0, 2.0, rng.expovariate(0.01)]) for _ in range(n)]
+            want = [kpis.percentile_cont(values, 0.5), kpis.percentile_cont(values, 0.95)]
             got = kpis.journal._p50_p95(np.asarray(values))
-            assert got == pytest.approx(
-                [kpis.percentile_cont(values, 0.5), kpis.percentile_cont(values, 0.95)],
-                rel=1e-12,
-                abs=1e-12,
-            ), n
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-12), n
+            # Split into a kept part (sorted) and the journal's (any order, fewer or more,
+            # none or all): the same percentiles from the kept values around the ranks.
+            for cut in {0, n // 3, n - min(n, 7), n}:
+                kept = np.sort(np.asarray(values[:cut]))
+                other = np.asarray(values[cut:])
+                both = kpis.journal._p50_p95_of_both(kept, other)
+                assert both == pytest.approx(want, rel=1e-12, abs=1e-12), (n, cut)
 
 
 def test_an_unknown_window_is_refused() -> None:
