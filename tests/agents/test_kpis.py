@@ -866,6 +866,44 @@ def test_percentile_cont_in_python_interpolates_between_the_closest_ranks() -> N
     assert kpis.percentile_cont([10.0, 20.0], 0.95) == pytest.approx(19.5)
 
 
+@pytest.mark.parametrize("path", ["sql", "python"])
+def test_the_money_moved_keeps_any_currency_a_tool_wrote(
+    path: str, make_agent: Any, world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payment's currency is whatever the tool wrote — quotes, separators, a backslash,
+    a non-ASCII sign — and the money moved keeps each apart, exact, as the journal's
+    generic read and the pages' kept statements read it; a step whose sandbox row is
+    gone moved nothing."""
+    if path == "python":
+        monkeypatch.setattr(kpis.journal, "_in_sql", lambda: False)
+    agent = make_agent("kpi-money", "tests.support.agents.counter", ALLOW_ALL_TESTS)
+    pay, order = "payments.pay", "purchasing.create_po"
+    odd = ['";\\', "€ ,", "EUR"]
+    steps = [Step(Action.Kind.TOOL, pay, S.SUCCEEDED, paid=(Decimal("12.34"), c)) for c in odd]
+    steps += [
+        Step(Action.Kind.TOOL, pay, S.SUCCEEDED, paid=(Decimal("0.01"), odd[0])),
+        Step(Action.Kind.TOOL, order, S.SUCCEEDED, ordered=Decimal("9999999999.99")),
+        Step(Action.Kind.TOOL, pay, S.SUCCEEDED),  # its payment row is gone
+        Step(Action.Kind.TOOL, order, S.SUCCEEDED),  # and this order's
+    ]
+    created = NOW - timedelta(hours=2)
+    ran = BuiltRun(agent, agent.live_version, created, Run.Status.SUCCEEDED, created, "", steps)
+    store([ran])
+    window = kpis.window_named("24h", NOW)
+    runs = Run.objects.filter(agent=agent)
+    read = kpis.figures(runs, "agent", window)[agent.pk].current
+    paged = kpis.figures_summed(
+        runs, "version", "agent", lambda _: agent.pk, window, agent_ids=[agent.pk]
+    )[1][agent.pk].current
+    for f in (read, paged):
+        assert f.paid == {
+            odd[0]: Decimal("12.35"),
+            odd[1]: Decimal("12.34"),
+            "EUR": Decimal("12.34"),
+        }
+        assert f.ordered == Decimal("9999999999.99")
+
+
 def test_the_pages_percentiles_are_percentile_cont_s() -> None:
     """The pages' p50 and p95 of a group (from the values at the ranks they lie between,
     and from a kept part's sorted values around the ranks with the journal's) are numpy's
